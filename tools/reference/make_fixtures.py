@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Regenerate the committed timm fixtures under fixtures/ (run from the repository root).
+
+Each fixture directory holds `synth.json` (the `nfc synth` arguments that recreate its
+checkpoint deterministically, so no weights are committed), `input.npy`, and timm's float64
+outputs as float32 .npy. Large maps of the full-size model are stored as channel slices:
+`featureN.every{K}.npy` holds channels 0, K, 2K, ... of featureN.
+
+    cargo build --release -p nfnet-compiler && python3 tools/reference/make_fixtures.py
+
+Needs: pip install torch timm safetensors numpy
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import timm_reference  # noqa: E402
+
+CASES = {
+    # A tiny config through model_args: odd, non-square input, batch 2, 10 classes, F32.
+    "tiny": dict(
+        synth=dict(arch="eca_nfnet_l0", seed=3, num_classes=10, dtype="f32",
+                   model_args=dict(depths=[1, 1, 2, 1], channels=[32, 64, 96, 128], stem_chs=16,
+                                   group_size=8, num_features=192)),
+        input=[2, 3, 45, 37], input_seed=1, every={}),
+    # Other NfCfg paths: no conv2b, one group, width_factor, ch_div 4, ECA gamma 1, no head,
+    # bf16 storage.
+    "tiny_variant_bf16": dict(
+        synth=dict(arch="eca_nfnet_l1", seed=4, num_classes=0, dtype="bf16",
+                   model_args=dict(depths=[2, 1, 1, 2], channels=[32, 64, 96, 128], stem_chs=16,
+                                   group_size=None, num_features=192, extra_conv=False,
+                                   width_factor=0.75, ch_div=4, attn_kwargs=dict(gamma=1))),
+        input=[1, 3, 33, 64], input_seed=2, every={}),
+    # The built-in model: the synthetic eca_nfnet_l2 at 320x320.
+    "l2_320": dict(
+        synth=dict(arch="eca_nfnet_l2", seed=0, num_classes=None, dtype="f32", model_args=None),
+        input=[1, 3, 320, 320], input_seed=7,
+        every={"feature0": 8, "feature1": 16, "feature2": 32, "feature3": 48, "feature4": 96,
+               "forward_features": 3}),
+}
+
+
+def synth_args(s, out):
+    args = ["--arch", s["arch"], "--seed", str(s["seed"]), "--dtype", s["dtype"], "--out", out]
+    if s["num_classes"] is not None:
+        args += ["--num-classes", str(s["num_classes"])]
+    if s["model_args"] is not None:
+        args += ["--model-args", json.dumps(s["model_args"])]
+    return args
+
+
+def main():
+    nfc = os.path.join("target", "release", "nfc")
+    root = "fixtures"
+    for name, case in CASES.items():
+        out = os.path.join(root, name)
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([nfc, "synth"] + synth_args(case["synth"], tmp), check=True)
+            x = np.random.default_rng(case["input_seed"]).standard_normal(case["input"]).astype(np.float32)
+            model = timm_reference.load_model(tmp, timm_reference.torch.float64)
+            outs, taps = timm_reference.run(model, timm_reference.torch.from_numpy(x).double())
+        np.save(os.path.join(out, "input.npy"), x)
+        for k, t in outs.items():
+            a = t.numpy().astype(np.float32)
+            if k in case["every"]:
+                step = case["every"][k]
+                np.save(os.path.join(out, f"{k}.every{step}.npy"), np.ascontiguousarray(a[:, ::step]))
+            else:
+                np.save(os.path.join(out, k + ".npy"), a)
+        with open(os.path.join(out, "synth.json"), "w") as f:
+            json.dump(dict(case["synth"], taps=taps, timm=timm_reference.timm.__version__,
+                           torch=timm_reference.torch.__version__), f, indent=1)
+            f.write("\n")
+        print(name, {k: list(v.shape) for k, v in outs.items()})
+
+
+if __name__ == "__main__":
+    main()
