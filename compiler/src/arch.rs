@@ -1,7 +1,7 @@
 //! The validated architecture: every module of the network with its channels, kernel, stride
 //! and groups, derived from [`ModelConfig`] exactly as timm's `NormFreeNet.__init__` does.
 
-use crate::config::{MAX_CHANNELS, ModelConfig};
+use crate::config::{MAX_CHANNELS, MAX_PARAMS, ModelConfig};
 use crate::error::{Error, Result};
 
 /// timm's `_nonlin_gamma['silu']`: the variance-preserving gain of SiLU, folded into every conv.
@@ -41,10 +41,6 @@ impl ConvSpec {
     /// Output height or width for an input extent `x`.
     pub fn out_extent(&self, x: usize) -> usize {
         (x + 2 * self.pad() - self.k) / self.stride + 1
-    }
-
-    pub fn params(&self) -> usize {
-        self.cout * self.fan_in() + 2 * self.cout
     }
 }
 
@@ -191,7 +187,7 @@ impl Arch {
             problems.push("model_args.attn_kwargs gives an ECA kernel wider than its channels".to_string());
         }
         Error::check(problems)?;
-        Ok(Arch {
+        let arch = Arch {
             config: config.clone(),
             stem,
             blocks,
@@ -201,7 +197,14 @@ impl Arch {
             alpha: c.alpha,
             attn_gain: c.attn_gain,
             eps: c.std_conv_eps,
-        })
+        };
+        let params = arch.params();
+        if params > MAX_PARAMS {
+            return Err(Error::new(format!(
+                "model_args give {params} parameters; at most {MAX_PARAMS} are accepted (eca_nfnet_l3 has 72 million)"
+            )));
+        }
+        Ok(arch)
     }
 
     /// Every `ScaledStdConv2d`, in timm's module order.

@@ -66,6 +66,10 @@ pub const ARCHITECTURES: [&str; 4] = ["eca_nfnet_l0", "eca_nfnet_l1", "eca_nfnet
 pub const MAX_CHANNELS: usize = 1 << 15;
 pub const MAX_DEPTH: usize = 256;
 pub const MAX_CLASSES: usize = 1 << 20;
+/// Largest `width_factor` and `bottle_ratio`.
+pub const MAX_RATIO: f64 = 16.0;
+/// Largest model accepted, in parameters (4 GB of f32; eca_nfnet_l3 has 72 million).
+pub const MAX_PARAMS: usize = 1 << 30;
 
 /// timm's family table (`model_cfgs` + `_nfnet_cfg` + `default_cfgs`) for the ECA-NFNet-L models.
 pub fn family(architecture: &str) -> Option<(NfCfg, PretrainedCfg)> {
@@ -213,6 +217,17 @@ impl Problems<'_> {
         }
     }
 
+    /// A channel multiplier: positive and at most [`MAX_RATIO`].
+    fn ratio(&mut self, field: &str, v: &Value) -> Option<f64> {
+        match v.as_f64() {
+            Some(x) if x > 0.0 && x <= MAX_RATIO => Some(x),
+            _ => {
+                self.push(field, &format!("must be a number above 0 and at most {MAX_RATIO}, got {v}"));
+                None
+            }
+        }
+    }
+
     fn boolean(&mut self, field: &str, v: &Value) -> Option<bool> {
         let b = v.as_bool();
         if b.is_none() {
@@ -344,8 +359,8 @@ fn overlay(p: &mut Problems, cfg: &mut NfCfg, num_classes: &mut usize, key: &str
         }
         "alpha" => set(&mut cfg.alpha, p.number(f, v, false)),
         "attn_gain" => set(&mut cfg.attn_gain, p.number(f, v, false)),
-        "width_factor" => set(&mut cfg.width_factor, p.number(f, v, true)),
-        "bottle_ratio" => set(&mut cfg.bottle_ratio, p.number(f, v, true)),
+        "width_factor" => set(&mut cfg.width_factor, p.ratio(f, v)),
+        "bottle_ratio" => set(&mut cfg.bottle_ratio, p.ratio(f, v)),
         "std_conv_eps" => set(&mut cfg.std_conv_eps, p.number(f, v, true)),
         "stem_type" => set(&mut cfg.stem_type, p.string(f, v)),
         "act_layer" => set(&mut cfg.act_layer, p.string(f, v)),

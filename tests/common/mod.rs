@@ -1,0 +1,107 @@
+//! Shared helpers of the end-to-end tests: fixtures written by
+//! `tools/reference/make_fixtures.py` from timm, and checkpoints recreated from their
+//! `synth.json` with the deterministic synthesizer.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use nfnet_compiler::ops::Tensor;
+use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
+use nfnet_runtime::npy;
+use std::path::{Path, PathBuf};
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// The `nfc synth` arguments recorded with a fixture.
+pub fn synth_spec(name: &str) -> SynthSpec {
+    let text = std::fs::read_to_string(fixture_dir(name).join("synth.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    SynthSpec {
+        architecture: v["arch"].as_str().unwrap().to_string(),
+        seed: v["seed"].as_u64().unwrap(),
+        num_classes: v["num_classes"].as_u64().map(|n| n as usize),
+        model_args: v["model_args"].as_object().cloned(),
+        input_size: None,
+        dtype: StorageDtype::parse(v["dtype"].as_str().unwrap()).unwrap(),
+    }
+}
+
+/// Recreates a fixture's checkpoint in a fresh temporary directory.
+pub fn synth_fixture_model(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    synth::write(&synth_spec(name), dir.path()).unwrap();
+    dir
+}
+
+pub fn load_input(name: &str) -> Tensor {
+    let a = npy::read(&fixture_dir(name).join("input.npy")).unwrap();
+    let s: [usize; 4] = a.shape.clone().try_into().unwrap();
+    Tensor::from_f32(s, &a.data)
+}
+
+/// Relative L2 error of `got` against `want`.
+pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Channels 0, step, 2*step, ... of an NCHW tensor.
+pub fn every_channel(t: &Tensor, step: usize) -> (Vec<usize>, Vec<f64>) {
+    let [b, c, h, w] = t.shape;
+    let plane = h * w;
+    let mut data = Vec::new();
+    for n in 0..b {
+        for ch in (0..c).step_by(step) {
+            data.extend_from_slice(&t.data[(n * c + ch) * plane..][..plane]);
+        }
+    }
+    (vec![b, c.div_ceil(step), h, w], data)
+}
+
+/// Compares named outputs against every fixture file of timm's (full tensors or channel
+/// slices `NAME.everyK.npy`); returns one line per output, failing lines marked.
+pub fn compare_to_fixture(name: &str, outputs: &[(String, Tensor, bool)], tol: f64) -> Vec<String> {
+    let mut report = Vec::new();
+    let mut failed = false;
+    for entry in std::fs::read_dir(fixture_dir(name)).unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        let Some(stem) = file.strip_suffix(".npy") else { continue };
+        if stem == "input" {
+            continue;
+        }
+        let (out_name, step) = match stem.split_once(".every") {
+            Some((n, k)) => (n, k.parse::<usize>().unwrap()),
+            None => (stem, 1),
+        };
+        let (_, t, flat) =
+            outputs.iter().find(|(n, ..)| n == out_name).unwrap_or_else(|| panic!("no output {out_name}"));
+        let want = npy::read(&fixture_dir(name).join(&file)).unwrap();
+        let (mut shape, got) = every_channel(t, step);
+        if *flat {
+            shape.truncate(2);
+        }
+        assert_eq!(shape, want.shape, "{name}/{file}: shape");
+        let want: Vec<f64> = want.data.iter().map(|&v| v as f64).collect();
+        let err = rel_l2(&got, &want);
+        let bad = err.is_nan() || err > tol;
+        failed |= bad;
+        report.push(format!("{}{name}/{file}: relative L2 {err:.2e}", if bad { "FAIL " } else { "" }));
+    }
+    assert!(!failed, "outputs differ from timm beyond {tol:e}:\n{}", report.join("\n"));
+    report
+}
+
+pub fn named_outputs(o: &nfnet_compiler::reference::Outputs) -> Vec<(String, Tensor, bool)> {
+    let mut v = vec![
+        ("logits".to_string(), o.logits.clone(), true),
+        ("pre_logits".to_string(), o.pre_logits.clone(), true),
+        ("forward_features".to_string(), o.forward_features.clone(), false),
+    ];
+    for (i, f) in o.features.iter().enumerate() {
+        v.push((format!("feature{i}"), f.clone(), false));
+    }
+    v
+}
