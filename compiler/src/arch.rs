@@ -140,9 +140,9 @@ impl Arch {
                 problems.push(format!("model_args.channels[{s}] gives {out} channels; at most {MAX_CHANNELS}"));
             }
             if groups == 0 || mid == 0 || !mid.is_multiple_of(groups) || too_big(mid) {
+                let size = c.group_size.map_or("null".to_string(), |g| g.to_string());
                 problems.push(format!(
-                    "model_args.group_size {:?} does not fit stage {s}: {mid} mid channels into {groups} groups",
-                    c.group_size
+                    "model_args.group_size {size} does not fit stage {s}: {mid} mid channels into {groups} groups"
                 ));
                 continue;
             }

@@ -119,8 +119,9 @@ fn sample(name: &str, shape: &[usize], rng: &mut Rng) -> f64 {
 pub fn write(spec: &SynthSpec, dir: &Path) -> Result<()> {
     let config = config_json(spec)?;
     let text = serde_json::to_string_pretty(&config).expect("JSON values serialize") + "\n";
-    let parsed = ModelConfig::parse(&text, "model_args")?;
-    let arch = Arch::new(&parsed)?;
+    let parsed = ModelConfig::parse(&text, "--model-args")?;
+    let arch = Arch::new(&parsed)
+        .map_err(|e| Error { problems: e.problems.into_iter().map(|p| format!("--model-args: {p}")).collect() })?;
     let io = |what: &Path, e: std::io::Error| Error::new(format!("{}: cannot write: {e}", what.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let st = safetensors_bytes(&arch, spec);

@@ -104,7 +104,9 @@ fn check(dir: &Path, input_size: Option<(usize, usize)>) -> Result<()> {
     println!("parameters    {}", thousands(a.params()));
     let origin = synth::synthetic_tag(&ck.metadata).map_or(String::new(), |t| format!(", synthetic: {t}"));
     println!("checkpoint    {} tensors, {}{origin}", ck.tensors.len(), dtypes.join("+"));
-    println!("input         3x{}x{}: {:.2} GFLOP per image", hw.0, hw.1, g.total_flops() as f64 / 1e9);
+    let gflop = g.total_flops() as f64 / 1e9;
+    let digits = if gflop >= 1.0 { 2 } else { 4 };
+    println!("input         3x{}x{}: {gflop:.digits$} GFLOP per image", hw.0, hw.1);
     let conv_out = |name: &str| {
         g.nodes.iter().find(|n| n.module == name && matches!(n.op, Op::Conv(_))).map(|n| g.values[n.output].shape)
     };
