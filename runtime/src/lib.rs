@@ -1,8 +1,35 @@
-//! Runtime support shared by the nfnet compiler, the generated model crate and the `nfnet` app.
-//!
-//! For now this holds the `.npy` tensor file reader and writer that every front door uses;
-//! the generated model's API types, thread pool and preprocessing arrive with code generation.
+//! Runtime support shared by the nfnet compiler, the generated model crate and the `nfnet` app:
+//! instruction-set selection, the thread pool, the NEON emulation the emitted NEON kernels are
+//! tested against on x86, and `.npy` tensor files.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod isa;
+pub mod neon_emu;
 pub mod npy;
+pub mod pool;
+
+pub use isa::{Isa, IsaError};
+pub use pool::Pool;
+
+/// A raw pointer that may cross threads: the generated kernels hand disjoint parts of one
+/// arena to the pool's threads. Whoever dereferences it proves disjointness (memory plan).
+#[derive(Clone, Copy, Debug)]
+pub struct SyncPtr<T>(pub *mut T);
+
+// SAFETY: SyncPtr is only a carrier; every dereference is an unsafe operation whose caller
+// proves that concurrent accesses through copies of it touch disjoint memory.
+unsafe impl<T> Send for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+/// The number of threads to use: `NFNET_THREADS` if set, else the available cores.
+pub fn threads_from_env() -> Result<usize, String> {
+    match std::env::var("NFNET_THREADS") {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(format!("NFNET_THREADS='{v}' is not a thread count from 1 to 1024")),
+        },
+        _ => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}

@@ -1,0 +1,183 @@
+//! A persistent thread pool that runs one data-parallel job at a time, without allocating.
+//!
+//! `run(n, f)` calls `f(i)` for every `i < n`, splitting `0..n` into one contiguous range per
+//! thread (the caller's thread takes the first). Which thread runs an item never changes what
+//! it computes: kernels write disjoint outputs per item, so results are bit-identical for any
+//! thread count. A panic inside `f` is caught on the worker, the job still completes, and
+//! `run` re-raises it on the caller; the pool stays usable.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+type Job = dyn Fn(usize) + Sync;
+
+/// A borrowed job, valid only while `run` waits for it.
+#[derive(Clone, Copy)]
+struct JobRef {
+    f: *const Job,
+    n: usize,
+}
+
+// SAFETY: the pointee is `Sync`, and `run` does not return (nor unwind) before every worker
+// has finished with the pointer, so sending it to the workers is sound.
+unsafe impl Send for JobRef {}
+
+struct State {
+    job: Option<JobRef>,
+    generation: u64,
+    pending: usize,
+    panicked: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    start: Condvar,
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Jobs run outside the lock, so a poisoned lock holds consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+fn range(n: usize, threads: usize, t: usize) -> std::ops::Range<usize> {
+    (n * t / threads)..(n * (t + 1) / threads)
+}
+
+impl Pool {
+    /// A pool of `threads` threads in all (the caller's counts as one; 0 means 1).
+    pub fn new(threads: usize) -> std::io::Result<Pool> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { job: None, generation: 0, pending: 0, panicked: false, shutdown: false }),
+            start: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let mut workers = Vec::with_capacity(threads - 1);
+        for t in 1..threads {
+            let shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("nfnet-worker-{t}"))
+                .spawn(move || worker(&shared, t, threads))?;
+            workers.push(handle);
+        }
+        Ok(Pool { shared, workers })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Calls `f(i)` for every `i < n` across the pool and returns when all are done.
+    pub fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let threads = self.threads();
+        if threads == 1 || n <= 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        // SAFETY (lifetime erasure): the job is cleared and every worker has finished with it
+        // before this function returns or unwinds (the guard below waits in its drop).
+        let f_static: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
+        {
+            let mut s = self.shared.lock();
+            s.job = Some(JobRef { f: f_static, n });
+            s.generation = s.generation.wrapping_add(1);
+            s.pending = threads - 1;
+            s.panicked = false;
+        }
+        self.shared.start.notify_all();
+        struct Wait<'a>(&'a Shared);
+        impl Drop for Wait<'_> {
+            fn drop(&mut self) {
+                let mut s = self.0.lock();
+                while s.pending > 0 {
+                    s = self.0.done.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                s.job = None;
+            }
+        }
+        let wait = Wait(&self.shared);
+        range(n, threads, 0).for_each(f);
+        drop(wait);
+        if self.shared.lock().panicked {
+            panic!("a worker thread panicked while running an nfnet kernel");
+        }
+    }
+}
+
+fn worker(shared: &Shared, t: usize, threads: usize) {
+    let mut seen = 0u64;
+    loop {
+        let job = {
+            let mut s = shared.lock();
+            while !s.shutdown && (s.job.is_none() || s.generation == seen) {
+                s = shared.start.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.shutdown {
+                return;
+            }
+            seen = s.generation;
+            s.job.expect("checked above")
+        };
+        // SAFETY: `run` keeps the job alive until `pending` reaches zero (see JobRef).
+        let f = unsafe { &*job.f };
+        let ok = catch_unwind(AssertUnwindSafe(|| range(job.n, threads, t).for_each(f))).is_ok();
+        let mut s = shared.lock();
+        s.panicked |= !ok;
+        s.pending -= 1;
+        if s.pending == 0 {
+            shared.done.notify_all();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.start.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn every_item_runs_once_for_any_thread_count() {
+        for threads in [1, 2, 3, 7] {
+            let pool = Pool::new(threads).unwrap();
+            for n in [0, 1, 2, 5, 64, 1000] {
+                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(n, &|i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{threads} threads, {n} items");
+            }
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_is_reported_and_the_pool_survives() {
+        let pool = Pool::new(3).unwrap();
+        let r = catch_unwind(AssertUnwindSafe(|| pool.run(30, &|i| assert!(i != 25, "boom"))));
+        assert!(r.is_err());
+        let sum = AtomicUsize::new(0);
+        pool.run(30, &|i| {
+            sum.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 435);
+    }
+}
