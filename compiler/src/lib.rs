@@ -17,12 +17,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arch;
+pub mod builder;
 pub mod checkpoint;
 pub mod config;
+pub mod emit;
 pub mod error;
 pub mod graph;
 pub mod ops;
 pub mod reference;
+pub mod schedule;
 pub mod synth;
 
 use std::path::Path;

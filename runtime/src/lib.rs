@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod isa;
+pub mod kernels;
 pub mod neon_emu;
 pub mod npy;
 pub mod pool;

@@ -1,0 +1,182 @@
+//! The build-script front door: compile a model directory into Rust source and a weight blob
+//! in `OUT_DIR`, as prost-build does for protobuf.
+//!
+//! In a `build.rs`:
+//!
+//! ```no_run
+//! fn main() {
+//!     let result = nfnet_compiler::builder::Builder::from_env().and_then(|b| b.compile());
+//!     if let Err(e) = result {
+//!         for p in &e.problems {
+//!             eprintln!("error: {p}");
+//!         }
+//!         std::process::exit(1);
+//!     }
+//! }
+//! ```
+//!
+//! and in the crate (with `nfnet-runtime` as a dependency):
+//!
+//! ```ignore
+//! include!(concat!(env!("OUT_DIR"), "/nfnet_model.rs"));
+//! ```
+//!
+//! Environment read by [`Builder::from_env`]: `NFNET_MODEL` (a directory with `config.json`
+//! and `model.safetensors`; unset: the built-in synthetic eca_nfnet_l2), `NFNET_INPUT_SIZE`
+//! (`S` or `HxW`, height first; default the config's input size), `NFNET_BATCH` (default 1).
+
+use crate::Model;
+use crate::arch::parse_input_size;
+use crate::emit::{self, EmitInfo};
+use crate::error::{Error, Result};
+use crate::schedule::Schedule;
+use crate::synth::{self, StorageDtype, SynthSpec};
+use std::path::{Path, PathBuf};
+
+/// Largest batch accepted.
+pub const MAX_BATCH: usize = 1024;
+
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    model: Option<PathBuf>,
+    input_size: Option<(usize, usize)>,
+    batch: usize,
+    out_dir: Option<PathBuf>,
+    stop_after: Option<usize>,
+    /// Print cargo directives (set by `from_env`).
+    cargo: bool,
+}
+
+fn env(name: &str, cargo: bool) -> Result<Option<String>> {
+    if cargo {
+        println!("cargo:rerun-if-env-changed={name}");
+    }
+    match std::env::var(name) {
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::new(format!("{name} is not valid UTF-8"))),
+    }
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        Builder { batch: 1, ..Builder::default() }
+    }
+
+    /// Reads `NFNET_MODEL`, `NFNET_INPUT_SIZE`, `NFNET_BATCH` and `OUT_DIR`, and tells cargo
+    /// to rerun when any of them (or the model files) change.
+    pub fn from_env() -> Result<Builder> {
+        let mut b = Builder::new();
+        b.cargo = true;
+        if let Some(m) = env("NFNET_MODEL", true)? {
+            b.model = Some(PathBuf::from(m));
+        }
+        if let Some(s) = env("NFNET_INPUT_SIZE", true)? {
+            b.input_size = Some(parse_input_size(&s).map_err(|e| Error::new(format!("NFNET_INPUT_SIZE: {e}")))?);
+        }
+        if let Some(s) = env("NFNET_BATCH", true)? {
+            b.batch = match s.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_BATCH).contains(&n) => n,
+                _ => return Err(Error::new(format!("NFNET_BATCH='{s}' is not a batch size from 1 to {MAX_BATCH}"))),
+            };
+        }
+        if let Some(s) = env("NFNET_STOP_AFTER_PASS", true)? {
+            b.stop_after = Some(
+                s.trim().parse().map_err(|_| Error::new(format!("NFNET_STOP_AFTER_PASS='{s}' is not a pass count")))?,
+            );
+        }
+        b.out_dir = env("OUT_DIR", false)?.map(PathBuf::from);
+        Ok(b)
+    }
+
+    /// The model directory (`config.json` + `model.safetensors`); none: the built-in model.
+    pub fn model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.model = Some(dir.into());
+        self
+    }
+
+    pub fn input_size(mut self, h: usize, w: usize) -> Self {
+        self.input_size = Some((h, w));
+        self
+    }
+
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// Runs only the first `n` fusion passes (for bisecting a miscompile).
+    pub fn stop_after_pass(mut self, n: usize) -> Self {
+        self.stop_after = Some(n);
+        self
+    }
+
+    /// Compiles: writes `nfnet_model.rs` and `nfnet_weights.bin` into the output directory
+    /// (only when their content changed) and returns the source's path.
+    pub fn compile(&self) -> Result<PathBuf> {
+        let out = self
+            .out_dir
+            .clone()
+            .ok_or_else(|| Error::new("OUT_DIR is not set (run from a build script or set an output directory)"))?;
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(Error::new(format!("batch {} is not from 1 to {MAX_BATCH}", self.batch)));
+        }
+        let (dir, config_name) = match &self.model {
+            Some(d) => (d.clone(), d.join("config.json").display().to_string()),
+            None => (
+                builtin_model(&out)?,
+                "built-in synthetic eca_nfnet_l2 (nfc synth --arch eca_nfnet_l2 --seed 0)".into(),
+            ),
+        };
+        if self.cargo && self.model.is_some() {
+            for f in ["config.json", "model.safetensors"] {
+                println!("cargo:rerun-if-changed={}", dir.join(f).display());
+            }
+        }
+        let model = Model::load(&dir)?;
+        let hw = self.input_size.unwrap_or(model.arch.config.pretrained.input_size);
+        let graph = model.graph(hw, self.batch)?;
+        let schedule = Schedule::new(&graph, self.stop_after);
+        let info = EmitInfo {
+            config: config_name,
+            weights_sha256: model.checkpoint.sha256(),
+            synthetic: synth::synthetic_tag(&model.checkpoint.metadata).map(str::to_string),
+        };
+        let emitted = emit::emit(&schedule, &info);
+        let src = out.join(emit::SOURCE_FILE);
+        write_if_changed(&src, emitted.source.as_bytes())?;
+        write_if_changed(&out.join(emit::WEIGHTS_FILE), &emitted.weights)?;
+        Ok(src)
+    }
+}
+
+/// The built-in model: the synthetic eca_nfnet_l2, seed 0, made in `out` (deterministic).
+fn builtin_model(out: &Path) -> Result<PathBuf> {
+    let dir = out.join("builtin_eca_nfnet_l2");
+    let spec = SynthSpec {
+        architecture: "eca_nfnet_l2".into(),
+        seed: 0,
+        num_classes: None,
+        model_args: None,
+        input_size: None,
+        dtype: StorageDtype::F32,
+    };
+    if !dir.join("model.safetensors").exists() || !dir.join("config.json").exists() {
+        synth::write(&spec, &dir)?;
+    }
+    Ok(dir)
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    nfnet_runtime::npy::write_atomic(path, bytes)
+        .map_err(|e| Error::new(format!("{}: cannot write: {e}", path.display())))
+}

@@ -1,0 +1,426 @@
+//! The per-ISA micro-kernels, written once over a tiny vocabulary (`splat`, `load`, `store`,
+//! `madd`, `add`, `sub`, `mul`, `div`, `max`, `min`, `floor`, `pow2i`) that each ISA module
+//! defines with its own intrinsics. The kernel bodies are the same tokens in every module.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+/// One instruction set the model is emitted for.
+pub struct IsaSpec {
+    /// Module name (`isa_avx2`) and kernel token type (`Avx2`).
+    pub module: &'static str,
+    pub token: &'static str,
+    /// `cfg` predicate under which the module exists.
+    pub cfg: TokenStream,
+    /// The `nfnet_runtime::Isa` variants this module serves (`Neon` natively, `NeonEmu` elsewhere).
+    pub variants: TokenStream,
+    /// Attributes of every vocabulary function and kernel (target features, inlining).
+    pub attrs: TokenStream,
+    pub prelude: TokenStream,
+    /// Lanes per vector and pixels per conv tile.
+    pub lanes: usize,
+    pub mr: usize,
+    pub vocab: TokenStream,
+}
+
+pub fn isas() -> Vec<IsaSpec> {
+    vec![scalar(), avx2(), avx512(), neon()]
+}
+
+fn scalar() -> IsaSpec {
+    IsaSpec {
+        module: "isa_scalar",
+        token: "Scalar",
+        cfg: quote!(all()),
+        variants: quote!(nfnet_runtime::Isa::Scalar),
+        attrs: quote!(#[inline(always)]),
+        prelude: quote!(
+            pub type V = f32;
+        ),
+        lanes: 1,
+        mr: 4,
+        vocab: quote! {
+            #[inline(always)] unsafe fn splat(x: f32) -> V { x }
+            #[inline(always)] unsafe fn load(p: *const f32) -> V { unsafe { *p } }
+            #[inline(always)] unsafe fn store(p: *mut f32, v: V) { unsafe { *p = v } }
+            /// a * b + c, two roundings (a portable fused multiply-add is a slow library call).
+            #[inline(always)] unsafe fn madd(a: V, b: V, c: V) -> V { a * b + c }
+            #[inline(always)] unsafe fn add(a: V, b: V) -> V { a + b }
+            #[inline(always)] unsafe fn sub(a: V, b: V) -> V { a - b }
+            #[inline(always)] unsafe fn mul(a: V, b: V) -> V { a * b }
+            #[inline(always)] unsafe fn div(a: V, b: V) -> V { a / b }
+            #[inline(always)] unsafe fn max(a: V, b: V) -> V { a.max(b) }
+            #[inline(always)] unsafe fn min(a: V, b: V) -> V { a.min(b) }
+            #[inline(always)] unsafe fn floor(a: V) -> V { a.floor() }
+            /// 2^n for integral n in [-126, 127].
+            #[inline(always)] unsafe fn pow2i(n: V) -> V { f32::from_bits((((n as i32) + 127) << 23) as u32) }
+        },
+    }
+}
+
+fn avx2() -> IsaSpec {
+    IsaSpec {
+        module: "isa_avx2",
+        token: "Avx2",
+        cfg: quote!(target_arch = "x86_64"),
+        variants: quote!(nfnet_runtime::Isa::Avx2),
+        attrs: quote!(#[inline] #[target_feature(enable = "avx2,fma")]),
+        prelude: quote!(
+            use core::arch::x86_64::*;
+            pub type V = __m256;
+        ),
+        lanes: 8,
+        mr: 6,
+        vocab: quote! {
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn splat(x: f32) -> V { unsafe { _mm256_set1_ps(x) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn load(p: *const f32) -> V { unsafe { _mm256_loadu_ps(p) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn store(p: *mut f32, v: V) { unsafe { _mm256_storeu_ps(p, v) } }
+            /// a * b + c, fused (one rounding).
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn madd(a: V, b: V, c: V) -> V { unsafe { _mm256_fmadd_ps(a, b, c) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn add(a: V, b: V) -> V { unsafe { _mm256_add_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn sub(a: V, b: V) -> V { unsafe { _mm256_sub_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn mul(a: V, b: V) -> V { unsafe { _mm256_mul_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn div(a: V, b: V) -> V { unsafe { _mm256_div_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn max(a: V, b: V) -> V { unsafe { _mm256_max_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn min(a: V, b: V) -> V { unsafe { _mm256_min_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn floor(a: V) -> V { unsafe { _mm256_floor_ps(a) } }
+            /// 2^n for integral n in [-126, 127].
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn pow2i(n: V) -> V {
+                unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)))) }
+            }
+        },
+    }
+}
+
+fn avx512() -> IsaSpec {
+    IsaSpec {
+        module: "isa_avx512",
+        token: "Avx512",
+        cfg: quote!(target_arch = "x86_64"),
+        variants: quote!(nfnet_runtime::Isa::Avx512),
+        attrs: quote!(#[inline] #[target_feature(enable = "avx512f,avx2,fma")]),
+        prelude: quote!(
+            use core::arch::x86_64::*;
+            pub type V = __m512;
+        ),
+        lanes: 16,
+        mr: 12,
+        vocab: quote! {
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn splat(x: f32) -> V { unsafe { _mm512_set1_ps(x) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn load(p: *const f32) -> V { unsafe { _mm512_loadu_ps(p) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn store(p: *mut f32, v: V) { unsafe { _mm512_storeu_ps(p, v) } }
+            /// a * b + c, fused (one rounding).
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn madd(a: V, b: V, c: V) -> V { unsafe { _mm512_fmadd_ps(a, b, c) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn add(a: V, b: V) -> V { unsafe { _mm512_add_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn sub(a: V, b: V) -> V { unsafe { _mm512_sub_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn mul(a: V, b: V) -> V { unsafe { _mm512_mul_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn div(a: V, b: V) -> V { unsafe { _mm512_div_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn max(a: V, b: V) -> V { unsafe { _mm512_max_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn min(a: V, b: V) -> V { unsafe { _mm512_min_ps(a, b) } }
+            /// Round toward minus infinity, exceptions suppressed.
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn floor(a: V) -> V { unsafe { _mm512_roundscale_ps::<0x09>(a) } }
+            /// 2^n for integral n in [-126, 127].
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn pow2i(n: V) -> V {
+                unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)))) }
+            }
+        },
+    }
+}
+
+fn neon() -> IsaSpec {
+    IsaSpec {
+        module: "isa_neon",
+        token: "Neon",
+        cfg: quote!(all()),
+        variants: quote!(nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu),
+        attrs: quote!(#[inline(always)]),
+        prelude: quote!(
+            #[cfg(target_arch = "aarch64")]
+            use core::arch::aarch64::*;
+            #[cfg(not(target_arch = "aarch64"))]
+            use nfnet_runtime::neon_emu::*;
+            pub type V = float32x4_t;
+        ),
+        lanes: 4,
+        mr: 6,
+        vocab: quote! {
+            #[inline(always)] unsafe fn splat(x: f32) -> V { unsafe { vdupq_n_f32(x) } }
+            #[inline(always)] unsafe fn load(p: *const f32) -> V { unsafe { vld1q_f32(p) } }
+            #[inline(always)] unsafe fn store(p: *mut f32, v: V) { unsafe { vst1q_f32(p, v) } }
+            /// a * b + c, fused (one rounding): FMLA computes c + a * b.
+            #[inline(always)] unsafe fn madd(a: V, b: V, c: V) -> V { unsafe { vfmaq_f32(c, a, b) } }
+            #[inline(always)] unsafe fn add(a: V, b: V) -> V { unsafe { vaddq_f32(a, b) } }
+            #[inline(always)] unsafe fn sub(a: V, b: V) -> V { unsafe { vsubq_f32(a, b) } }
+            #[inline(always)] unsafe fn mul(a: V, b: V) -> V { unsafe { vmulq_f32(a, b) } }
+            #[inline(always)] unsafe fn div(a: V, b: V) -> V { unsafe { vdivq_f32(a, b) } }
+            #[inline(always)] unsafe fn max(a: V, b: V) -> V { unsafe { vmaxq_f32(a, b) } }
+            #[inline(always)] unsafe fn min(a: V, b: V) -> V { unsafe { vminq_f32(a, b) } }
+            #[inline(always)] unsafe fn floor(a: V) -> V { unsafe { vrndmq_f32(a) } }
+            /// 2^n for integral n in [-126, 127].
+            #[inline(always)] unsafe fn pow2i(n: V) -> V {
+                unsafe { vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)))) }
+            }
+        },
+    }
+}
+
+/// The shared kernel bodies (the same tokens in every ISA module).
+fn kernels(attrs: &TokenStream) -> TokenStream {
+    quote! {
+        /// e^x for x clamped to [-87, 88]: Cody-Waite range reduction and Cephes' degree-5
+        /// polynomial; within 2 ulp of the f32-rounded exact value over that range.
+        #attrs
+        unsafe fn exp(x: V) -> V {
+            unsafe {
+                let x = min(max(x, splat(-87.0f32)), splat(88.0f32));
+                let n = floor(madd(x, splat(1.442695040888963f32), splat(0.5f32)));
+                let r = madd(n, splat(-0.693359375f32), x);
+                let r = madd(n, splat(2.12194440e-4f32), r);
+                let mut p = splat(1.9875691500e-4f32);
+                p = madd(p, r, splat(1.3981999507e-3f32));
+                p = madd(p, r, splat(8.3334519073e-3f32));
+                p = madd(p, r, splat(4.1665795894e-2f32));
+                p = madd(p, r, splat(1.6666665459e-1f32));
+                p = madd(p, r, splat(5.0000001201e-1f32));
+                p = madd(p, mul(r, r), add(r, splat(1.0f32)));
+                mul(p, pow2i(n))
+            }
+        }
+
+        /// SiLU, x / (1 + e^-x): within 4 ulp of the exact value (exp's error plus one division).
+        #attrs
+        pub unsafe fn silu(x: V) -> V {
+            unsafe { div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x)))) }
+        }
+
+        /// Stores the first `n` lanes of a 16-wide row.
+        #attrs
+        unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
+            unsafe {
+                if n == 16 {
+                    for v in 0..NV {
+                        store(p.add(v * L), row[v]);
+                    }
+                } else {
+                    let mut t = [0.0f32; 16];
+                    for v in 0..NV {
+                        store(t.as_mut_ptr().add(v * L), row[v]);
+                    }
+                    core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+                }
+            }
+        }
+
+        /// Loads the first `n` of 16 floats (the rest zero).
+        #attrs
+        unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
+            unsafe {
+                let mut t = [0.0f32; 16];
+                core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+                let mut row = [splat(0.0f32); NV];
+                for v in 0..NV {
+                    row[v] = load(t.as_ptr().add(v * L));
+                }
+                row
+            }
+        }
+
+        /// See `nfnet_runtime::kernels::Kernels::conv_tile`; `MR` pixels of `a`, `out`, `pre`.
+        #attrs
+        pub unsafe fn conv_tile<const MR: usize>(
+            a: &[*const f32; MAX_MR],
+            taps: &[isize],
+            kc: usize,
+            b: *const f32,
+            bias: *const f32,
+            out: &[*mut f32; MAX_MR],
+            pre: &[*mut f32; MAX_MR],
+            ncols: usize,
+            act: bool,
+            sums: *mut f32,
+        ) {
+            unsafe {
+                let mut acc = [[splat(0.0f32); NV]; MR];
+                let mut bp = b;
+                for &t in taps {
+                    let mut ap = [core::ptr::null::<f32>(); MR];
+                    for i in 0..MR {
+                        ap[i] = a[i].offset(t);
+                    }
+                    for k in 0..kc {
+                        let mut bv = [splat(0.0f32); NV];
+                        for v in 0..NV {
+                            bv[v] = load(bp.add(v * L));
+                        }
+                        for i in 0..MR {
+                            let x = splat(*ap[i].add(k));
+                            for v in 0..NV {
+                                acc[i][v] = madd(x, bv[v], acc[i][v]);
+                            }
+                        }
+                        bp = bp.add(16);
+                    }
+                }
+                let mut bias_v = [splat(0.0f32); NV];
+                for v in 0..NV {
+                    bias_v[v] = load(bias.add(v * L));
+                }
+                let mut colsum = [splat(0.0f32); NV];
+                for i in 0..MR {
+                    let mut row = [splat(0.0f32); NV];
+                    for v in 0..NV {
+                        row[v] = add(acc[i][v], bias_v[v]);
+                    }
+                    if !pre[i].is_null() {
+                        store_row(pre[i], &row, ncols);
+                    }
+                    if act {
+                        for v in 0..NV {
+                            row[v] = silu(row[v]);
+                        }
+                    }
+                    store_row(out[i], &row, ncols);
+                    for v in 0..NV {
+                        colsum[v] = add(colsum[v], row[v]);
+                    }
+                }
+                if !sums.is_null() {
+                    let mut s = load_row(sums, ncols);
+                    for v in 0..NV {
+                        s[v] = add(s[v], colsum[v]);
+                    }
+                    store_row(sums, &s, ncols);
+                }
+            }
+        }
+
+        /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
+        #attrs
+        pub unsafe fn scale_add_act(n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut f32) {
+            unsafe {
+                let mut p = 0;
+                while p < n {
+                    let mut ch = 0;
+                    while ch + L <= c {
+                        let i = p + ch;
+                        let mut v = load(r.add(i));
+                        if !gate.is_null() {
+                            let g = load(gate.add(ch));
+                            v = if sc.is_null() { mul(v, g) } else { madd(v, g, load(sc.add(i))) };
+                        } else if !sc.is_null() {
+                            v = add(v, load(sc.add(i)));
+                        }
+                        if !y.is_null() {
+                            store(y.add(i), v);
+                        }
+                        if !act.is_null() {
+                            store(act.add(i), silu(v));
+                        }
+                        ch += L;
+                    }
+                    while ch < c {
+                        let i = p + ch;
+                        let mut v = *r.add(i);
+                        if !gate.is_null() {
+                            v *= *gate.add(ch);
+                        }
+                        if !sc.is_null() {
+                            v += *sc.add(i);
+                        }
+                        if !y.is_null() {
+                            *y.add(i) = v;
+                        }
+                        if !act.is_null() {
+                            *act.add(i) = v / (1.0 + (-v).exp());
+                        }
+                        ch += 1;
+                    }
+                    p += c;
+                }
+            }
+        }
+    }
+}
+
+/// One ISA module plus its `Kernels` implementation.
+pub fn module(isa: &IsaSpec) -> TokenStream {
+    let module = format_ident!("{}", isa.module);
+    let token = format_ident!("{}", isa.token);
+    let IsaSpec { cfg, attrs, prelude, vocab, lanes, mr, .. } = isa;
+    let nv = 16 / lanes;
+    let body = kernels(attrs);
+    let arms =
+        (1..=*mr).map(|m| quote!(#m => #module::conv_tile::<#m>(a, taps, kc, b, bias, out, pre, ncols, act, sums),));
+    let doc = format!("The {} micro-kernels ({} lanes, tiles of {} pixels x 16 channels).", isa.token, lanes, mr);
+    quote! {
+        #[doc = #doc]
+        #[cfg(#cfg)]
+        #[allow(unused_unsafe, clippy::missing_safety_doc, clippy::too_many_arguments, clippy::needless_range_loop, dead_code)]
+        pub mod #module {
+            #prelude
+            use nfnet_runtime::kernels::MAX_MR;
+            pub const L: usize = #lanes;
+            pub const NV: usize = #nv;
+            #vocab
+            #body
+        }
+
+        /// Proof that the CPU runs this ISA (made only after detection).
+        #[cfg(#cfg)]
+        #[derive(Clone, Copy)]
+        pub struct #token(());
+
+        #[cfg(#cfg)]
+        // SAFETY: a token exists only after `Isa::is_available` said the CPU runs this ISA.
+        unsafe impl nfnet_runtime::kernels::Kernels for #token {
+            const MR: usize = #mr;
+            unsafe fn conv_tile(
+                self,
+                mr: usize,
+                a: &[*const f32; nfnet_runtime::kernels::MAX_MR],
+                taps: &[isize],
+                kc: usize,
+                b: *const f32,
+                bias: *const f32,
+                out: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
+                pre: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
+                ncols: usize,
+                act: bool,
+                sums: *mut f32,
+            ) {
+                // SAFETY: the token proves the ISA; the caller upholds the pointer contract.
+                unsafe {
+                    match mr {
+                        #(#arms)*
+                        _ => unreachable!("tile height above MR"),
+                    }
+                }
+            }
+            unsafe fn scale_add_act(self, n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut f32) {
+                // SAFETY: as above.
+                unsafe { #module::scale_add_act(n, c, r, gate, sc, y, act) }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_isa_module_holds_the_same_kernels_over_its_own_intrinsics() {
+        for isa in isas() {
+            let text = module(&isa).to_string();
+            for f in ["fn conv_tile", "fn scale_add_act", "fn silu", "fn exp", "fn madd"] {
+                assert!(text.contains(f), "{} lacks {f}", isa.module);
+            }
+            let arms = (1..=isa.mr).filter(|m| text.contains(&format!("conv_tile :: < {m}usize >"))).count();
+            assert_eq!(arms, isa.mr, "{}: one tile arm per height", isa.module);
+        }
+        let avx2 = module(&avx2()).to_string();
+        assert!(avx2.contains("_mm256_fmadd_ps") && avx2.contains("target_feature"));
+        let neon = module(&neon()).to_string();
+        assert!(neon.contains("vfmaq_f32") && neon.contains("neon_emu"));
+    }
+}

@@ -1,0 +1,466 @@
+//! Emission: the schedule as Rust tokens (`quote!`), parsed into a `syn::File` and formatted
+//! with `prettyplease`, plus the packed weight blob the source embeds with `include_bytes!`.
+//!
+//! The source holds the per-ISA micro-kernels ([`isa`]), one function per unique conv shape
+//! (equal blocks share it), the forward pass as a straight list of kernel calls with constant
+//! arena and weight offsets, and the typed API (`Model`, `Workspace`, `Outputs`).
+
+pub mod isa;
+pub mod pack;
+
+use crate::graph::Op as GOp;
+use crate::schedule::{Buffer, Layout, Op, Schedule, Tap};
+use pack::Packed;
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+use std::collections::BTreeMap;
+
+/// File name of the weight blob next to the emitted source.
+pub const WEIGHTS_FILE: &str = "nfnet_weights.bin";
+/// File name of the emitted source.
+pub const SOURCE_FILE: &str = "nfnet_model.rs";
+
+/// What the header and the constants record about the inputs.
+pub struct EmitInfo {
+    /// How the config was named to the compiler (a path, or "built-in").
+    pub config: String,
+    pub weights_sha256: String,
+    /// The synthesizer's tag when the weights are synthetic.
+    pub synthetic: Option<String>,
+}
+
+pub struct Emitted {
+    pub source: String,
+    pub weights: Vec<u8>,
+}
+
+fn f32_lit(x: f64) -> Literal {
+    Literal::f32_suffixed(x as f32)
+}
+
+fn buf(s: &Schedule, b: Option<usize>) -> TokenStream {
+    match b {
+        None => quote!(rt::Buf::none()),
+        Some(b) => {
+            let Buffer { layout: Layout { h, w, c, pad }, offset, .. } = s.buffers[b];
+            quote!(rt::Buf { offset: #offset, h: #h, w: #w, c: #c, pad: #pad })
+        }
+    }
+}
+
+fn offset(s: &Schedule, b: Option<usize>) -> TokenStream {
+    match b {
+        None => quote!(rt::NONE),
+        Some(b) => {
+            let o = s.buffers[b].offset;
+            quote!(#o)
+        }
+    }
+}
+
+/// A function name from a timm module path: `stages.2.1.conv1` -> `stages_2_1_conv1`.
+fn ident_for(module: &str) -> proc_macro2::Ident {
+    format_ident!("{}", module.replace(['.', '+'], "_"))
+}
+
+/// The unique-shape conv functions and the calls of the forward pass.
+struct Convs {
+    items: Vec<TokenStream>,
+    /// Per unique shape key, the function name.
+    names: BTreeMap<String, proc_macro2::Ident>,
+}
+
+fn conv_key_and_desc(s: &Schedule, op: &Op) -> (String, TokenStream, String) {
+    let Op::Conv { node, input, out, act, preact, sums } = op else { unreachable!("conv op") };
+    let GOp::Conv(c) = &s.graph.nodes[*node].op else { unreachable!("conv node") };
+    let sp = &c.spec;
+    let li = s.buffers[*input].layout;
+    let lo = s.buffers[*out].layout;
+    let lp = preact.map(|p| s.buffers[p].layout);
+    let wp = (li.w + 2 * li.pad) as isize;
+    let cin = li.c as isize;
+    let taps: Vec<isize> =
+        (0..sp.k).flat_map(|ky| (0..sp.k).map(move |kx| (ky as isize * wp + kx as isize) * cin)).collect();
+    let kc = sp.cin / sp.groups;
+    let cout_g = sp.cout / sp.groups;
+    let weight_bytes = taps.len() * kc * sp.cout;
+    let act_bytes = li.h * li.w * li.c;
+    let panel_outer = weight_bytes > act_bytes;
+    let key = format!(
+        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}",
+        sp.k,
+        sp.stride,
+        sp.pad(),
+        sp.groups,
+        sums.is_some()
+    );
+    let b = |l: Layout| {
+        let Layout { h, w, c, pad } = l;
+        quote!(rt::Buf { offset: 0, h: #h, w: #w, c: #c, pad: #pad })
+    };
+    let (bi, bo) = (b(li), b(lo));
+    let bp = lp.map_or(quote!(rt::Buf::none()), b);
+    let (stride, cpad, groups, has_sums) = (sp.stride, sp.pad(), sp.groups, sums.is_some());
+    let ntaps = taps.len();
+    let desc = quote! {
+        const TAPS: [isize; #ntaps] = [#(#taps),*];
+        const D: rt::ConvDesc = rt::ConvDesc {
+            input: #bi, out: #bo, pre: #bp, stride: #stride, conv_pad: #cpad, taps: &TAPS,
+            kc: #kc, groups: #groups, cout_g: #cout_g, act: #act, sums: #has_sums, panel_outer: #panel_outer,
+        };
+    };
+    let what = format!(
+        "{}x{} conv{}, {} -> {} channels{}, {}x{} -> {}x{}, stride {}{}{}",
+        sp.k,
+        sp.k,
+        if groups > 1 { format!(" in {groups} groups") } else { String::new() },
+        sp.cin,
+        sp.cout,
+        if *act { " + SiLU" } else { "" },
+        li.h,
+        li.w,
+        lo.h,
+        lo.w,
+        sp.stride,
+        if preact.is_some() { ", also stores the pre-activation" } else { "" },
+        if has_sums { ", accumulates channel sums" } else { "" },
+    );
+    (key, desc, what)
+}
+
+fn emit_convs(s: &Schedule) -> Convs {
+    let mut convs = Convs { items: Vec::new(), names: BTreeMap::new() };
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut order: Vec<(String, TokenStream, String)> = Vec::new();
+    for k in &s.kernels {
+        if let Op::Conv { .. } = k.op {
+            let (key, desc, what) = conv_key_and_desc(s, &k.op);
+            if !users.contains_key(&key) {
+                order.push((key.clone(), desc, what));
+            }
+            users.entry(key).or_default().push(k.modules.join("+"));
+        }
+    }
+    for (key, desc, what) in order {
+        let used = &users[&key];
+        let name = ident_for(used[0].split('+').next().unwrap_or("conv"));
+        let doc = format!("{what}.\n\nImplements: {}.", used.join(", "));
+        convs.items.push(quote! {
+            #[doc = #doc]
+            #[inline(never)]
+            unsafe fn #name<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
+                #desc
+                // SAFETY: the descriptor and offsets come from the schedule (caller contract).
+                unsafe { rt::conv(k, ctx, &D, io) }
+            }
+        });
+        convs.names.insert(key, name);
+    }
+    convs
+}
+
+/// The body of `forward_image`: one call per kernel.
+fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
+    let mut calls = Vec::new();
+    for (i, k) in s.kernels.iter().enumerate() {
+        let slot = packed.slots[i];
+        let doc = format!("{}: {}", k.op.kind(), k.modules.join("+"));
+        let call = match &k.op {
+            Op::PackInput { out } => {
+                let o = buf(s, Some(*out));
+                quote!(rt::pack_input(ctx, image, &#o);)
+            }
+            Op::Conv { input, out, preact, sums, .. } => {
+                let name = &convs.names[&conv_key_and_desc(s, &k.op).0];
+                let (i_, o_, p_, s_) =
+                    (offset(s, Some(*input)), offset(s, Some(*out)), offset(s, *preact), offset(s, *sums));
+                let (w, b) = (slot.weights, slot.bias);
+                quote!(#name(k, ctx, &rt::ConvIo { input: #i_, out: #o_, pre: #p_, sums: #s_, weights: #w, bias: #b });)
+            }
+            Op::ChannelSums { input, sums } => {
+                let x = buf(s, Some(*input));
+                let o = offset(s, Some(*sums));
+                quote!(rt::channel_sums(ctx, &#x, #o);)
+            }
+            Op::EcaGate { node, sums, gate } => {
+                let GOp::Eca { weight, scale } = &s.graph.nodes[*node].op else { unreachable!("eca") };
+                let l = s.buffers[*sums].layout;
+                let (parts, c) = (l.h, l.c);
+                let r = s.graph.nodes[*node].inputs[0];
+                let pixels = s.graph.values[r].shape[2] * s.graph.values[r].shape[3];
+                let (so, go) = (offset(s, Some(*sums)), offset(s, Some(*gate)));
+                let (w, kk, sc) = (slot.weights, weight.len(), f32_lit(*scale));
+                quote!(rt::eca_gate(ctx, #so, #parts, #pixels, #c, #w, #kk, #sc, #go);)
+            }
+            Op::ScaleAddAct { r, gate, shortcut, y, act } => {
+                let (r_, sc_, y_, a_) = (buf(s, Some(*r)), buf(s, *shortcut), buf(s, *y), buf(s, *act));
+                let g_ = offset(s, *gate);
+                quote!(rt::scale_add_act(k, ctx, &#r_, #g_, &#sc_, &#y_, &#a_);)
+            }
+            Op::AvgPool { input, out } => {
+                let (x, o) = (buf(s, Some(*input)), buf(s, Some(*out)));
+                quote!(rt::avg_pool(ctx, &#x, &#o);)
+            }
+            Op::MeanPool { sums, pixels, out } => {
+                let l = s.buffers[*sums].layout;
+                let (parts, c) = (l.h, l.c);
+                let (so, oo) = (offset(s, Some(*sums)), offset(s, Some(*out)));
+                quote!(rt::mean_pool(ctx, #so, #parts, #pixels, #c, #oo);)
+            }
+            Op::Fc { input, out, .. } => {
+                let n_in = s.buffers[*input].layout.c;
+                let n_out = s.buffers[*out].layout.c;
+                let (x, o) = (offset(s, Some(*input)), offset(s, Some(*out)));
+                let (w, b) = (slot.weights, slot.bias);
+                quote!(rt::fc(ctx, #x, #n_in, #w, #b, #n_out, #o);)
+            }
+            Op::CopyOut { tap, input } => {
+                let x = buf(s, Some(*input));
+                match tap {
+                    Tap::Logits => quote!(rt::copy_out(ctx, &#x, logits);),
+                    Tap::PreLogits => quote!(if let Some(d) = &mut pre_logits { rt::copy_out(ctx, &#x, d); }),
+                    Tap::ForwardFeatures => {
+                        quote!(if let Some(d) = &mut forward_features { rt::copy_out(ctx, &#x, d); })
+                    }
+                    Tap::Feature(f) => quote!(if let Some(d) = &mut features { rt::copy_out(ctx, &#x, &mut *d[#f]); }),
+                }
+            }
+        };
+        calls.push(quote! {
+            #[doc = #doc]
+            #[allow(unused_doc_comments)]
+            {
+                #call
+            }
+        });
+    }
+    quote!(#(#calls)*)
+}
+
+/// Emits the whole model.
+pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
+    let packed = pack::pack(s);
+    let convs = emit_convs(s);
+    let forward = emit_forward(s, &packed, &convs);
+    let g = s.graph;
+    let a = &g.arch;
+    let isas = isa::isas();
+    let modules = isas.iter().map(isa::module);
+    let dispatch = isas.iter().map(|i| {
+        let (cfg, variants, token) = (&i.cfg, &i.variants, format_ident!("{}", i.token));
+        quote! {
+            #[cfg(#cfg)]
+            #variants => forward_image(#token(()), &ctx, image, lg, pl, ff, fs),
+        }
+    });
+    let conv_items = &convs.items;
+    let batch = g.batch;
+    let (ih, iw) = g.input_hw;
+    let image_len = 3 * ih * iw;
+    let nf = a.num_features;
+    let nc = a.num_classes;
+    let classes = if nc > 0 { nc } else { nf };
+    let shape_of = |v: usize| g.values[v].shape;
+    let fshapes: Vec<[usize; 4]> = g.features.iter().map(|&v| shape_of(v)).collect();
+    let flens: Vec<usize> = fshapes.iter().map(|sh| sh[1] * sh[2] * sh[3]).collect();
+    let fshape_toks = fshapes.iter().map(|sh| quote!([#(#sh),*]));
+    let ff = shape_of(g.forward_features);
+    let ff_len = ff[1] * ff[2] * ff[3];
+    let ff_chw = &ff[1..];
+    let arena = s.arena_len;
+    let json = serde_json::to_string(&s.to_json()).expect("JSON values serialize");
+    let sha = &info.weights_sha256;
+    let synthetic = match &info.synthetic {
+        Some(t) => quote!(Some(#t)),
+        None => quote!(None),
+    };
+    let arch_name = &a.config.architecture;
+    let p = &a.config.pretrained;
+    let mean = p.mean.map(f32_lit);
+    let std = p.std.map(f32_lit);
+    let crop_pct = f32_lit(p.crop_pct);
+    let (interp, crop_mode) = (&p.interpolation, &p.crop_mode);
+    let weights_bytes = packed.data.len() * 4;
+    let f_names: Vec<_> = (0..5).map(|i| format_ident!("f{i}")).collect();
+    let f_consts: Vec<_> = (0..5).map(|i| format_ident!("FEATURE{i}_LEN")).collect();
+    let tokens = quote! {
+        use nfnet_runtime::kernels as rt;
+        use nfnet_runtime::{Isa, IsaError, Pool, SyncPtr};
+
+        #[cfg(target_endian = "big")]
+        compile_error!("the nfnet weight blob is little-endian");
+
+        /// The timm architecture.
+        pub const ARCHITECTURE: &str = #arch_name;
+        /// Images per inference.
+        pub const BATCH: usize = #batch;
+        pub const INPUT_H: usize = #ih;
+        pub const INPUT_W: usize = #iw;
+        /// One image: 3 x INPUT_H x INPUT_W floats, NCHW.
+        pub const IMAGE_LEN: usize = #image_len;
+        pub const INPUT_LEN: usize = BATCH * IMAGE_LEN;
+        /// Classifier outputs (0: the model has no classifier; logits are the pooled features).
+        pub const NUM_CLASSES: usize = #nc;
+        pub const NUM_FEATURES: usize = #nf;
+        /// Logits per image.
+        pub const CLASSES: usize = #classes;
+        pub const LOGITS_LEN: usize = BATCH * CLASSES;
+        pub const PRE_LOGITS_LEN: usize = BATCH * NUM_FEATURES;
+        /// forward_features per image: [NUM_FEATURES, H/32, W/32].
+        pub const FORWARD_FEATURES_SHAPE: [usize; 3] = [#(#ff_chw),*];
+        pub const FORWARD_FEATURES_LEN: usize = BATCH * #ff_len;
+        /// The five features_only maps per batch, NCHW.
+        pub const FEATURE_SHAPES: [[usize; 4]; 5] = [#(#fshape_toks),*];
+        #(pub const #f_consts: usize = BATCH * #flens;)*
+        /// Floats of the activation arena (one image at a time).
+        pub const ARENA_LEN: usize = #arena;
+        pub const WEIGHTS_BYTES: usize = #weights_bytes;
+        /// SHA-256 of model.safetensors.
+        pub const WEIGHTS_SHA256: &str = #sha;
+        /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
+        pub const SYNTHETIC: Option<&str> = #synthetic;
+        /// pretrained_cfg of the checkpoint (eval preprocessing).
+        pub const MEAN: [f32; 3] = [#(#mean),*];
+        pub const STD: [f32; 3] = [#(#std),*];
+        pub const CROP_PCT: f32 = #crop_pct;
+        pub const INTERPOLATION: &str = #interp;
+        pub const CROP_MODE: &str = #crop_mode;
+        /// The fused kernel schedule (`nfc schedule --json`).
+        pub const SCHEDULE_JSON: &str = #json;
+
+        #[cfg(target_arch = "x86_64")]
+        pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::NeonEmu];
+        #[cfg(target_arch = "aarch64")]
+        pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Neon];
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::NeonEmu];
+
+        #[repr(C, align(64))]
+        struct Aligned<T: ?Sized>(T);
+
+        static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("nfnet_weights.bin"));
+
+        #(#modules)*
+
+        #(#conv_items)*
+
+        /// One image through the network.
+        ///
+        /// # Safety
+        /// `ctx.arena` holds ARENA_LEN floats owned by this call; `ctx.weights` is the blob.
+        #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+        unsafe fn forward_image<K: rt::Kernels>(
+            k: K,
+            ctx: &rt::Ctx,
+            image: &[f32],
+            logits: &mut [f32],
+            mut pre_logits: Option<&mut [f32]>,
+            mut forward_features: Option<&mut [f32]>,
+            mut features: Option<[&mut [f32]; 5]>,
+        ) {
+            // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN
+            // floats and its packing of the weight blob; buffers live at once never overlap.
+            unsafe {
+                #forward
+            }
+        }
+
+        /// The five feature maps, NCHW, for the whole batch.
+        pub struct Features<'a> {
+            #(pub #f_names: &'a mut [f32; #f_consts],)*
+        }
+
+        /// Caller buffers the model writes. Logits always; the rest when given.
+        pub struct Outputs<'a> {
+            pub logits: &'a mut [f32; LOGITS_LEN],
+            pub pre_logits: Option<&'a mut [f32; PRE_LOGITS_LEN]>,
+            pub forward_features: Option<&'a mut [f32; FORWARD_FEATURES_LEN]>,
+            pub features: Option<Features<'a>>,
+        }
+
+        /// Per-thread state: the activation arena (ARENA_LEN floats) and a thread pool.
+        /// Allocated once; inference allocates nothing.
+        pub struct Workspace {
+            arena: Box<[f32]>,
+            pool: Pool,
+        }
+
+        impl Workspace {
+            /// A workspace whose kernels run on `threads` threads (the caller's included).
+            pub fn new(threads: usize) -> std::io::Result<Workspace> {
+                Ok(Workspace { arena: vec![0.0f32; ARENA_LEN].into_boxed_slice(), pool: Pool::new(threads)? })
+            }
+
+            pub fn threads(&self) -> usize {
+                self.pool.threads()
+            }
+        }
+
+        /// The compiled model. Weights are static; the value only records the ISA in use.
+        #[derive(Clone, Copy, Debug)]
+        pub struct Model {
+            isa: Isa,
+        }
+
+        impl Model {
+            /// The fastest ISA of this CPU, or the one `NFNET_ISA` forces (checked).
+            pub fn new() -> Result<Model, IsaError> {
+                Ok(Model { isa: Isa::select(ISAS)? })
+            }
+
+            /// A given ISA, if this build and CPU run it.
+            pub fn with_isa(isa: Isa) -> Result<Model, IsaError> {
+                Ok(Model { isa: Isa::require(isa.name(), ISAS)? })
+            }
+
+            pub fn isa(&self) -> Isa {
+                self.isa
+            }
+
+            /// Runs the batch `input` (normalized pixels, NCHW) and writes the outputs.
+            pub fn infer(&self, ws: &mut Workspace, input: &[f32; INPUT_LEN], out: Outputs<'_>) {
+                let ctx = rt::Ctx {
+                    arena: SyncPtr(ws.arena.as_mut_ptr()),
+                    weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
+                    pool: &ws.pool,
+                };
+                let Outputs { logits, mut pre_logits, mut forward_features, mut features } = out;
+                for b in 0..BATCH {
+                    let image = &input[b * IMAGE_LEN..(b + 1) * IMAGE_LEN];
+                    let lg = &mut logits[b * CLASSES..(b + 1) * CLASSES];
+                    let pl = pre_logits.as_mut().map(|p| &mut p[b * NUM_FEATURES..(b + 1) * NUM_FEATURES]);
+                    let per = FORWARD_FEATURES_LEN / BATCH;
+                    let ff = forward_features.as_mut().map(|p| &mut p[b * per..(b + 1) * per]);
+                    let fs = features.as_mut().map(|f| {
+                        [#(&mut f.#f_names[b * (#f_consts / BATCH)..(b + 1) * (#f_consts / BATCH)]),*]
+                    });
+                    // SAFETY: `self.isa` was checked against this CPU when the Model was made;
+                    // the arena has ARENA_LEN floats and is borrowed mutably for this call.
+                    unsafe {
+                        match self.isa {
+                            #(#dispatch)*
+                            #[allow(unreachable_patterns)]
+                            other => unreachable!("ISA {other} was checked at construction"),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let file: syn::File = syn::parse2(tokens).expect("emitted tokens form a Rust file");
+    let body = prettyplease::unparse(&file);
+    let header = format!(
+        "// @generated by nfnet-compiler {} — do not edit.\n// config: {}\n// weights: model.safetensors, sha256 {}{}\n// architecture {}, input {}x{}x{}, batch {}\n\n",
+        env!("CARGO_PKG_VERSION"),
+        info.config,
+        info.weights_sha256,
+        info.synthetic.as_ref().map_or(String::new(), |t| format!(" (synthetic: {t})")),
+        arch_name,
+        3,
+        ih,
+        iw,
+        batch
+    );
+    let weights = packed.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Emitted { source: header + &body, weights }
+}

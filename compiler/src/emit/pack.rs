@@ -1,0 +1,118 @@
+//! Packing the folded weights into one blob, in the order each kernel reads them.
+
+use crate::graph::{FoldedConv, Op as GOp};
+use crate::schedule::{NR, Op, Schedule};
+
+/// Where a kernel's weights start in the blob (floats).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Slot {
+    pub weights: usize,
+    pub bias: usize,
+}
+
+/// The blob (f32, little endian when written) and one slot per kernel (default when none).
+pub struct Packed {
+    pub data: Vec<f32>,
+    pub slots: Vec<Slot>,
+}
+
+/// Conv weights as panels: `[group][panel][tap][ci][16]`, columns beyond the group's output
+/// channels zero; then the bias as `[group][panel][16]`.
+pub fn pack_conv(c: &FoldedConv, data: &mut Vec<f32>) -> Slot {
+    let s = &c.spec;
+    let (cin_g, cout_g, kk) = (s.cin / s.groups, s.cout / s.groups, s.k * s.k);
+    let panels = cout_g.div_ceil(NR);
+    align(data);
+    let weights = data.len();
+    for g in 0..s.groups {
+        for p in 0..panels {
+            for t in 0..kk {
+                for ci in 0..cin_g {
+                    for j in 0..NR {
+                        let n = p * NR + j;
+                        let v = if n < cout_g { c.weight[((g * cout_g + n) * cin_g + ci) * kk + t] } else { 0.0 };
+                        data.push(v as f32);
+                    }
+                }
+            }
+        }
+    }
+    align(data);
+    let bias = data.len();
+    for g in 0..s.groups {
+        for p in 0..panels {
+            for j in 0..NR {
+                let n = p * NR + j;
+                data.push(if n < cout_g { c.bias[g * cout_g + n] as f32 } else { 0.0 });
+            }
+        }
+    }
+    Slot { weights, bias }
+}
+
+fn align(data: &mut Vec<f32>) {
+    data.resize(data.len().next_multiple_of(16), 0.0);
+}
+
+pub fn pack(s: &Schedule) -> Packed {
+    let mut data = Vec::new();
+    let mut slots = Vec::with_capacity(s.kernels.len());
+    for k in &s.kernels {
+        let slot = match &k.op {
+            Op::Conv { node, .. } => match &s.graph.nodes[*node].op {
+                GOp::Conv(c) => pack_conv(c, &mut data),
+                _ => unreachable!("conv kernels come from conv nodes"),
+            },
+            Op::EcaGate { node, .. } => match &s.graph.nodes[*node].op {
+                GOp::Eca { weight, .. } => {
+                    align(&mut data);
+                    let at = data.len();
+                    data.extend(weight.iter().map(|&w| w as f32));
+                    Slot { weights: at, bias: 0 }
+                }
+                _ => unreachable!("eca gates come from eca nodes"),
+            },
+            Op::Fc { node, .. } => match &s.graph.nodes[*node].op {
+                GOp::Linear { weight, bias } => {
+                    align(&mut data);
+                    let w = data.len();
+                    data.extend(weight.iter().map(|&v| v as f32));
+                    align(&mut data);
+                    let b = data.len();
+                    data.extend(bias.iter().map(|&v| v as f32));
+                    Slot { weights: w, bias: b }
+                }
+                _ => unreachable!("fc comes from linear nodes"),
+            },
+            _ => Slot::default(),
+        };
+        slots.push(slot);
+    }
+    align(&mut data);
+    Packed { data, slots }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::ConvSpec;
+
+    #[test]
+    fn panels_hold_each_groups_columns_zero_padded() {
+        // 2 groups, 3 in and 20 out channels per group (one full panel, one of 4), 1x1.
+        let spec = ConvSpec { name: "c".into(), cin: 6, cout: 40, k: 1, stride: 1, groups: 2 };
+        let weight: Vec<f64> = (0..40 * 3).map(|i| i as f64).collect();
+        let bias: Vec<f64> = (0..40).map(|i| 1000.0 + i as f64).collect();
+        let mut data = Vec::new();
+        let slot = pack_conv(&FoldedConv { spec, weight, bias }, &mut data);
+        // group 1, panel 1, ci 2, column 3 is output channel 20 + 16 + 3 = 39.
+        let at = slot.weights + ((2 + 1) * 3 + 2) * 16 + 3;
+        assert_eq!(data[at], (39 * 3 + 2) as f32);
+        // column 4 of that panel is beyond the group: zero.
+        assert_eq!(data[at + 1], 0.0);
+        assert_eq!(data[slot.bias + 3 * 16 + 3], 1039.0);
+        assert_eq!(data[slot.bias + 3 * 16 + 4], 0.0);
+        assert_eq!(slot.weights % 16, 0);
+        assert_eq!(slot.bias % 16, 0);
+    }
+}

@@ -1,0 +1,661 @@
+//! Lowering the graph to a schedule of fused kernels with a static memory plan.
+//!
+//! Activations live in one arena as NHWC tensors; a tensor read by a 3x3 conv carries a zero
+//! border of one pixel so the conv never tests bounds. Lowering first maps every graph node to
+//! plain kernels; fusion passes then merge them, each reporting where it applied and why not
+//! elsewhere. `stop_after` runs only the first passes, which makes a miscompile bisectable.
+//! Finally the memory plan gives every buffer a fixed arena offset by liveness.
+
+use crate::graph::{Graph, Op as GOp, ValueId};
+use serde_json::{Value as Json, json};
+
+pub type BufId = usize;
+
+/// Pixels per block of a conv's output rows: the unit of work split across threads and of the
+/// fixed-order channel sums (ECA, global pool). Every ISA's tile height divides it.
+pub const M_BLOCK: usize = 48;
+/// Output channels per weight panel (the micro-kernel's width, on every ISA).
+pub const NR: usize = 16;
+/// Arena alignment of every buffer, in floats (64 bytes).
+pub const ALIGN: usize = 16;
+
+/// An NHWC tensor with `pad` zero pixels around it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Layout {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub pad: usize,
+}
+
+impl Layout {
+    pub fn len(&self) -> usize {
+        (self.h + 2 * self.pad) * (self.w + 2 * self.pad) * self.c
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn interior(&self) -> usize {
+        self.h * self.w * self.c
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    /// What it holds: the producing timm module, or a role such as `...attn_last.sums`.
+    pub name: String,
+    pub layout: Layout,
+    /// Arena offset in floats, set by the memory plan.
+    pub offset: usize,
+}
+
+/// A result the caller can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tap {
+    Feature(usize),
+    ForwardFeatures,
+    PreLogits,
+    Logits,
+}
+
+impl Tap {
+    pub fn name(&self) -> String {
+        match self {
+            Tap::Feature(i) => format!("feature{i}"),
+            Tap::ForwardFeatures => "forward_features".into(),
+            Tap::PreLogits => "pre_logits".into(),
+            Tap::Logits => "logits".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// The caller's NCHW image into an NHWC buffer.
+    PackInput { out: BufId },
+    /// Conv + bias, then optionally SiLU; `preact` also stores the value before SiLU; `sums`
+    /// accumulates per-block channel sums of the stored output.
+    Conv { node: usize, input: BufId, out: BufId, act: bool, preact: Option<BufId>, sums: Option<BufId> },
+    /// Per-channel sums over all pixels (one block).
+    ChannelSums { input: BufId, sums: BufId },
+    /// ECA gate: `scale * sigmoid(conv1d(mean))` from block sums.
+    EcaGate { node: usize, sums: BufId, gate: BufId },
+    /// `v = r * gate[c] + shortcut`; store `v` to `y` and/or `silu(v)` to `act`.
+    ScaleAddAct { r: BufId, gate: Option<BufId>, shortcut: Option<BufId>, y: Option<BufId>, act: Option<BufId> },
+    /// AvgPool2d(2, 2, ceil_mode, count_include_pad=False).
+    AvgPool { input: BufId, out: BufId },
+    /// Global average pool from block sums.
+    MeanPool { sums: BufId, pixels: usize, out: BufId },
+    /// The classifier: `out = W x + b`.
+    Fc { node: usize, input: BufId, out: BufId },
+    /// Copies a result to the caller (NCHW), when the caller asked for it.
+    CopyOut { tap: Tap, input: BufId },
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::PackInput { .. } => "pack_input",
+            Op::Conv { .. } => "conv",
+            Op::ChannelSums { .. } => "channel_sums",
+            Op::EcaGate { .. } => "eca_gate",
+            Op::ScaleAddAct { .. } => "scale_add_act",
+            Op::AvgPool { .. } => "avg_pool",
+            Op::MeanPool { .. } => "mean_pool",
+            Op::Fc { .. } => "fc",
+            Op::CopyOut { .. } => "copy_out",
+        }
+    }
+
+    pub fn inputs(&self) -> Vec<BufId> {
+        match *self {
+            Op::PackInput { .. } => vec![],
+            Op::Conv { input, .. } => vec![input],
+            Op::ChannelSums { input, .. } => vec![input],
+            Op::EcaGate { sums, .. } => vec![sums],
+            Op::ScaleAddAct { r, gate, shortcut, .. } => [Some(r), gate, shortcut].into_iter().flatten().collect(),
+            Op::AvgPool { input, .. } => vec![input],
+            Op::MeanPool { sums, .. } => vec![sums],
+            Op::Fc { input, .. } => vec![input],
+            Op::CopyOut { input, .. } => vec![input],
+        }
+    }
+
+    pub fn outputs(&self) -> Vec<BufId> {
+        match *self {
+            Op::PackInput { out } => vec![out],
+            Op::Conv { out, preact, sums, .. } => [Some(out), preact, sums].into_iter().flatten().collect(),
+            Op::ChannelSums { sums, .. } => vec![sums],
+            Op::EcaGate { gate, .. } => vec![gate],
+            Op::ScaleAddAct { y, act, .. } => [y, act].into_iter().flatten().collect(),
+            Op::AvgPool { out, .. } => vec![out],
+            Op::MeanPool { out, .. } => vec![out],
+            Op::Fc { out, .. } => vec![out],
+            Op::CopyOut { .. } => vec![],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// The timm modules it implements, in order (`stages.2.5.conv2`, `stages.2.5.act2b`, ...).
+    pub modules: Vec<String>,
+    pub op: Op,
+}
+
+/// What a fusion pass did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassReport {
+    pub name: &'static str,
+    pub applied: Vec<String>,
+    /// Where the pattern began but the pass declined, with the reason.
+    pub declined: Vec<(String, String)>,
+}
+
+pub struct Schedule<'g> {
+    pub graph: &'g Graph,
+    pub buffers: Vec<Buffer>,
+    pub kernels: Vec<Kernel>,
+    pub passes: Vec<PassReport>,
+    /// Arena floats needed (the peak of the memory plan).
+    pub arena_len: usize,
+}
+
+/// The fusion passes in order.
+pub const PASSES: [&str; 4] = ["conv_act", "conv_channel_sums", "scale_add_act_chain", "downsample_pool"];
+
+impl<'g> Schedule<'g> {
+    /// Lowers `graph`, runs the first `stop_after` fusion passes (all with `None`), and plans memory.
+    pub fn new(graph: &'g Graph, stop_after: Option<usize>) -> Schedule<'g> {
+        let mut s = lower(graph);
+        let n = stop_after.unwrap_or(PASSES.len()).min(PASSES.len());
+        for name in &PASSES[..n] {
+            let report = match *name {
+                "conv_act" => pass_conv_act(&mut s),
+                "conv_channel_sums" => pass_conv_channel_sums(&mut s),
+                "scale_add_act_chain" => pass_scale_add_act_chain(&mut s),
+                _ => pass_downsample_pool(&s),
+            };
+            s.passes.push(report);
+        }
+        s.gc_buffers();
+        s.plan_memory();
+        s
+    }
+
+    /// Kernels reading buffer `b` (at or after kernel index `from`).
+    fn readers(&self, b: BufId) -> Vec<usize> {
+        (0..self.kernels.len()).filter(|&k| self.kernels[k].op.inputs().contains(&b)).collect()
+    }
+
+    /// Drops buffers no kernel touches and renumbers.
+    fn gc_buffers(&mut self) {
+        let mut used = vec![false; self.buffers.len()];
+        for k in &self.kernels {
+            for b in k.op.inputs().into_iter().chain(k.op.outputs()) {
+                used[b] = true;
+            }
+        }
+        let mut map = vec![usize::MAX; self.buffers.len()];
+        let mut kept = Vec::new();
+        for (i, b) in self.buffers.drain(..).enumerate() {
+            if used[i] {
+                map[i] = kept.len();
+                kept.push(b);
+            }
+        }
+        self.buffers = kept;
+        let m = |b: &mut BufId| *b = map[*b];
+        let mo = |b: &mut Option<BufId>| {
+            if let Some(x) = b {
+                *x = map[*x];
+            }
+        };
+        for k in &mut self.kernels {
+            match &mut k.op {
+                Op::PackInput { out } => m(out),
+                Op::Conv { input, out, preact, sums, .. } => {
+                    m(input);
+                    m(out);
+                    mo(preact);
+                    mo(sums);
+                }
+                Op::ChannelSums { input, sums } => {
+                    m(input);
+                    m(sums);
+                }
+                Op::EcaGate { sums, gate, .. } => {
+                    m(sums);
+                    m(gate);
+                }
+                Op::ScaleAddAct { r, gate, shortcut, y, act } => {
+                    m(r);
+                    mo(gate);
+                    mo(shortcut);
+                    mo(y);
+                    mo(act);
+                }
+                Op::AvgPool { input, out } => {
+                    m(input);
+                    m(out);
+                }
+                Op::MeanPool { sums, out, .. } => {
+                    m(sums);
+                    m(out);
+                }
+                Op::Fc { input, out, .. } => {
+                    m(input);
+                    m(out);
+                }
+                Op::CopyOut { input, .. } => m(input),
+            }
+        }
+    }
+
+    /// Live range of every buffer: (first kernel writing it, last kernel touching it).
+    pub fn live_ranges(&self) -> Vec<(usize, usize)> {
+        let mut r = vec![(usize::MAX, 0usize); self.buffers.len()];
+        for (k, kern) in self.kernels.iter().enumerate() {
+            for b in kern.op.inputs().into_iter().chain(kern.op.outputs()) {
+                r[b].0 = r[b].0.min(k);
+                r[b].1 = r[b].1.max(k);
+            }
+        }
+        r
+    }
+
+    /// First-fit placement, largest buffers first, of buffers whose live ranges overlap.
+    fn plan_memory(&mut self) {
+        let ranges = self.live_ranges();
+        let mut order: Vec<BufId> = (0..self.buffers.len()).collect();
+        order.sort_by_key(|&b| (std::cmp::Reverse(self.buffers[b].layout.len()), b));
+        let mut placed: Vec<(usize, usize, BufId)> = Vec::new();
+        let mut peak = 0;
+        for b in order {
+            let len = self.buffers[b].layout.len().next_multiple_of(ALIGN);
+            let (lo, hi) = ranges[b];
+            let mut busy: Vec<(usize, usize)> = placed
+                .iter()
+                .filter(|&&(_, _, o)| ranges[o].0 <= hi && lo <= ranges[o].1)
+                .map(|&(s, e, _)| (s, e))
+                .collect();
+            busy.sort();
+            let mut at = 0;
+            for (s, e) in busy {
+                if at + len <= s {
+                    break;
+                }
+                at = at.max(e);
+            }
+            self.buffers[b].offset = at;
+            placed.push((at, at + len, b));
+            peak = peak.max(at + len);
+        }
+        self.arena_len = peak;
+    }
+
+    /// Bytes of all buffers side by side, without reuse.
+    pub fn naive_arena_len(&self) -> usize {
+        self.buffers.iter().map(|b| b.layout.len().next_multiple_of(ALIGN)).sum()
+    }
+
+    /// FLOPs of a kernel (multiply-adds count two; elementwise ops one per output element).
+    pub fn flops(&self, k: &Kernel) -> u64 {
+        let g = self.graph;
+        match &k.op {
+            Op::Conv { node, out, .. } => {
+                let GOp::Conv(c) = &g.nodes[*node].op else { unreachable!("conv kernels come from conv nodes") };
+                2 * self.buffers[*out].layout.interior() as u64 * c.spec.fan_in() as u64
+            }
+            Op::Fc { node, .. } => {
+                let GOp::Linear { weight, .. } = &g.nodes[*node].op else { unreachable!("fc from linear") };
+                2 * weight.len() as u64
+            }
+            op => op.outputs().iter().map(|&b| self.buffers[b].layout.interior() as u64).sum(),
+        }
+    }
+
+    /// (bytes read, bytes written) per image, weights included.
+    pub fn traffic(&self, k: &Kernel) -> (u64, u64) {
+        let len = |b: &BufId| 4 * self.buffers[*b].layout.interior() as u64;
+        let weights = match &k.op {
+            Op::Conv { node, .. } | Op::Fc { node, .. } | Op::EcaGate { node, .. } => {
+                4 * node_weight_len(&self.graph.nodes[*node].op) as u64
+            }
+            _ => 0,
+        };
+        let input = if let Op::PackInput { out } = &k.op { len(out) } else { 0 };
+        (k.op.inputs().iter().map(len).sum::<u64>() + weights + input, k.op.outputs().iter().map(len).sum())
+    }
+
+    /// The schedule as stable JSON (see README, "Kernel schedule").
+    pub fn to_json(&self) -> Json {
+        let g = self.graph;
+        let buf = |b: &BufId| {
+            let x = &self.buffers[*b];
+            json!({"buffer": x.name, "shape": [x.layout.h, x.layout.w, x.layout.c], "pad": x.layout.pad,
+                   "offset_bytes": 4 * x.offset, "bytes": 4 * x.layout.len()})
+        };
+        let kernels: Vec<Json> = self
+            .kernels
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let (r, w) = self.traffic(k);
+                json!({
+                    "index": i,
+                    "kind": k.op.kind(),
+                    "modules": k.modules,
+                    "inputs": k.op.inputs().iter().map(buf).collect::<Vec<_>>(),
+                    "outputs": k.op.outputs().iter().map(buf).collect::<Vec<_>>(),
+                    "flops": self.flops(k),
+                    "bytes_read": r,
+                    "bytes_written": w,
+                })
+            })
+            .collect();
+        let passes: Vec<Json> = self
+            .passes
+            .iter()
+            .map(|p| {
+                json!({"name": p.name, "applied": p.applied,
+                       "declined": p.declined.iter().map(|(m, why)| json!({"at": m, "reason": why})).collect::<Vec<_>>()})
+            })
+            .collect();
+        json!({
+            "format": "nfnet-schedule/1",
+            "architecture": g.arch.config.architecture,
+            "input": [g.batch, 3, g.input_hw.0, g.input_hw.1],
+            "batch": g.batch,
+            "layout": "NHWC per image; the batch runs image by image through one arena",
+            "total_flops_per_image": self.kernels.iter().map(|k| self.flops(k)).sum::<u64>(),
+            "arena": {"peak_bytes": 4 * self.arena_len, "naive_bytes": 4 * self.naive_arena_len()},
+            "passes": passes,
+            "kernels": kernels,
+        })
+    }
+
+    /// A human-readable table of the schedule.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let g = self.graph;
+        let total: u64 = self.kernels.iter().map(|k| self.flops(k)).sum();
+        s += &format!(
+            "{} at {}x{}, batch {}: {} kernels, {:.2} GFLOP per image\n",
+            g.arch.config.architecture,
+            g.input_hw.0,
+            g.input_hw.1,
+            g.batch,
+            self.kernels.len(),
+            total as f64 / 1e9
+        );
+        s += &format!(
+            "arena: {:.1} MiB peak (static offsets by liveness) vs {:.1} MiB without reuse\n",
+            self.arena_len as f64 * 4.0 / (1 << 20) as f64,
+            self.naive_arena_len() as f64 * 4.0 / (1 << 20) as f64
+        );
+        for p in &self.passes {
+            s += &format!("pass {:<20} applied {:>3}", p.name, p.applied.len());
+            if let Some((at, why)) = p.declined.first() {
+                s += &format!(", declined {} (e.g. {at}: {why})", p.declined.len());
+            }
+            s += "\n";
+        }
+        s += &format!(
+            "{:>4}  {:<14} {:<44} {:>10} {:>9} {:>9}  {}\n",
+            "#", "kind", "modules", "MFLOP", "MB read", "MB writ", "output -> arena slot"
+        );
+        for (i, k) in self.kernels.iter().enumerate() {
+            let (r, w) = self.traffic(k);
+            let mods = k.modules.join("+");
+            let mods = if mods.len() > 44 { format!("{}...", &mods[..41]) } else { mods };
+            let outs: Vec<String> =
+                k.op.outputs()
+                    .iter()
+                    .map(|&b| {
+                        let x = &self.buffers[b];
+                        format!("{}x{}x{}@{}", x.layout.h, x.layout.w, x.layout.c, 4 * x.offset)
+                    })
+                    .collect();
+            s += &format!(
+                "{i:>4}  {:<14} {mods:<44} {:>10.1} {:>9.2} {:>9.2}  {}\n",
+                k.op.kind(),
+                self.flops(k) as f64 / 1e6,
+                r as f64 / 1e6,
+                w as f64 / 1e6,
+                outs.join(" ")
+            );
+        }
+        s
+    }
+}
+
+pub fn node_weight_len(op: &GOp) -> usize {
+    match op {
+        GOp::Conv(c) => c.weight.len() + c.bias.len(),
+        GOp::Linear { weight, bias } => weight.len() + bias.len(),
+        GOp::Eca { weight, .. } => weight.len(),
+        _ => 0,
+    }
+}
+
+/// Graph -> one plain kernel (or a few) per node.
+fn lower(g: &Graph) -> Schedule<'_> {
+    // A value read by a 3x3 conv gets a zero border as wide as that conv's padding.
+    let mut pad = vec![0usize; g.values.len()];
+    for n in &g.nodes {
+        if let GOp::Conv(c) = &n.op {
+            pad[n.inputs[0]] = pad[n.inputs[0]].max(c.spec.pad());
+        }
+    }
+    let mut buffers: Vec<Buffer> = g
+        .values
+        .iter()
+        .zip(&pad)
+        .map(|(v, &p)| Buffer {
+            name: v.name.clone(),
+            layout: Layout { h: v.shape[2], w: v.shape[3], c: v.shape[1], pad: p },
+            offset: 0,
+        })
+        .collect();
+    let mut kernels = vec![Kernel { modules: vec!["input".into()], op: Op::PackInput { out: g.input } }];
+    let add = |buffers: &mut Vec<Buffer>, name: String, layout: Layout| {
+        buffers.push(Buffer { name, layout, offset: 0 });
+        buffers.len() - 1
+    };
+    let taps: Vec<(ValueId, Tap)> = g
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v, Tap::Feature(i)))
+        .chain([(g.forward_features, Tap::ForwardFeatures), (g.pre_logits, Tap::PreLogits), (g.logits, Tap::Logits)])
+        .collect();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let m = vec![n.module.clone()];
+        let (x, y) = (n.inputs[0], n.output);
+        match &n.op {
+            GOp::Conv(_) => kernels.push(Kernel {
+                modules: m,
+                op: Op::Conv { node: i, input: x, out: y, act: false, preact: None, sums: None },
+            }),
+            GOp::Silu => kernels.push(Kernel {
+                modules: m,
+                op: Op::ScaleAddAct { r: x, gate: None, shortcut: None, y: None, act: Some(y) },
+            }),
+            GOp::AvgPool2x2Ceil => kernels.push(Kernel { modules: m, op: Op::AvgPool { input: x, out: y } }),
+            GOp::Eca { .. } => {
+                let c = buffers[x].layout.c;
+                let sums = add(&mut buffers, format!("{}.sums", n.module), Layout { h: 1, w: 1, c, pad: 0 });
+                let gate = add(&mut buffers, format!("{}.gate", n.module), Layout { h: 1, w: 1, c, pad: 0 });
+                kernels.push(Kernel { modules: m.clone(), op: Op::ChannelSums { input: x, sums } });
+                kernels.push(Kernel { modules: m.clone(), op: Op::EcaGate { node: i, sums, gate } });
+                kernels.push(Kernel {
+                    modules: m,
+                    op: Op::ScaleAddAct { r: x, gate: Some(gate), shortcut: None, y: Some(y), act: None },
+                });
+            }
+            GOp::Add => kernels.push(Kernel {
+                modules: m,
+                op: Op::ScaleAddAct { r: x, gate: None, shortcut: Some(n.inputs[1]), y: Some(y), act: None },
+            }),
+            GOp::GlobalAvgPool => {
+                let l = buffers[x].layout;
+                let sums = add(&mut buffers, format!("{}.sums", n.module), Layout { h: 1, w: 1, c: l.c, pad: 0 });
+                kernels.push(Kernel { modules: m.clone(), op: Op::ChannelSums { input: x, sums } });
+                kernels.push(Kernel { modules: m, op: Op::MeanPool { sums, pixels: l.h * l.w, out: y } });
+            }
+            GOp::Linear { .. } => kernels.push(Kernel { modules: m, op: Op::Fc { node: i, input: x, out: y } }),
+        }
+        for &(v, tap) in &taps {
+            if v == y {
+                kernels.push(Kernel { modules: vec![tap.name()], op: Op::CopyOut { tap, input: v } });
+            }
+        }
+    }
+    Schedule { graph: g, buffers, kernels, passes: Vec::new(), arena_len: 0 }
+}
+
+/// Conv followed by a SiLU of its output: SiLU in the conv's epilogue. The raw output is still
+/// stored (`preact`) when something else reads it (a feature tap).
+fn pass_conv_act(s: &mut Schedule) -> PassReport {
+    let mut r = PassReport { name: "conv_act", applied: vec![], declined: vec![] };
+    let mut k = 0;
+    while k < s.kernels.len() {
+        let Op::Conv { out, act: false, .. } = s.kernels[k].op else {
+            k += 1;
+            continue;
+        };
+        let readers = s.readers(out);
+        let silu = readers.iter().copied().find(|&j| {
+            matches!(s.kernels[j].op, Op::ScaleAddAct { r, gate: None, shortcut: None, y: None, act: Some(_) } if r == out)
+        });
+        let Some(j) = silu else {
+            r.declined.push((s.kernels[k].modules.join("+"), "no SiLU reads its output".into()));
+            k += 1;
+            continue;
+        };
+        let Op::ScaleAddAct { act: Some(a), .. } = s.kernels[j].op else { unreachable!("matched above") };
+        let keep_raw = readers.len() > 1;
+        let module = s.kernels[j].modules.clone();
+        if let Op::Conv { out, act, preact, .. } = &mut s.kernels[k].op {
+            *preact = keep_raw.then_some(*out);
+            *out = a;
+            *act = true;
+        }
+        s.kernels[k].modules.extend(module);
+        r.applied.push(s.kernels[k].modules.join("+"));
+        s.kernels.remove(j);
+        k += 1;
+    }
+    r
+}
+
+/// Conv whose output is summed per channel (ECA, global pool): the sums accumulate in the
+/// conv's epilogue, per block of output rows, in a fixed order.
+fn pass_conv_channel_sums(s: &mut Schedule) -> PassReport {
+    let mut r = PassReport { name: "conv_channel_sums", applied: vec![], declined: vec![] };
+    let mut j = 0;
+    while j < s.kernels.len() {
+        let Op::ChannelSums { input, sums } = s.kernels[j].op else {
+            j += 1;
+            continue;
+        };
+        let producer = (0..j).rev().find(|&k| s.kernels[k].op.outputs().contains(&input));
+        let Some(k) = producer.filter(|&k| matches!(s.kernels[k].op, Op::Conv { out, sums: None, .. } if out == input))
+        else {
+            r.declined.push((s.kernels[j].modules.join("+"), "its input is not the main output of a conv".into()));
+            j += 1;
+            continue;
+        };
+        let l = s.buffers[input].layout;
+        s.buffers[sums].layout = Layout { h: (l.h * l.w).div_ceil(M_BLOCK), w: 1, c: l.c, pad: 0 };
+        if let Op::Conv { sums: slot, .. } = &mut s.kernels[k].op {
+            *slot = Some(sums);
+        }
+        let m = s.kernels[j].modules.clone();
+        for x in m {
+            if !s.kernels[k].modules.contains(&x) {
+                s.kernels[k].modules.push(x);
+            }
+        }
+        r.applied.push(s.kernels[k].modules.join("+"));
+        s.kernels.remove(j);
+    }
+    r
+}
+
+/// Chains of elementwise kernels (ECA gate apply -> residual add -> next block's SiLU) become
+/// one pass over the tensor that stores only what is read later.
+fn pass_scale_add_act_chain(s: &mut Schedule) -> PassReport {
+    let mut r = PassReport { name: "scale_add_act_chain", applied: vec![], declined: vec![] };
+    let mut k = 0;
+    while k < s.kernels.len() {
+        let Op::ScaleAddAct { r: kr, gate: kg, shortcut: ks, y: Some(y), act: None } = s.kernels[k].op else {
+            k += 1;
+            continue;
+        };
+        let readers = s.readers(y);
+        let mut merged = None;
+        for &j in &readers {
+            merged = match s.kernels[j].op {
+                // A residual add of y (either operand) when y has no shortcut yet and no other reader.
+                Op::ScaleAddAct { r: jr, gate: None, shortcut: Some(js), y: jy, act: None }
+                    if ks.is_none() && readers.len() == 1 && (jr == y) != (js == y) =>
+                {
+                    let other = if jr == y { js } else { jr };
+                    Some((j, Op::ScaleAddAct { r: kr, gate: kg, shortcut: Some(other), y: jy, act: None }))
+                }
+                // A SiLU of y: keep storing y only if something else reads it.
+                Op::ScaleAddAct { r: jr, gate: None, shortcut: None, y: None, act: Some(a) } if jr == y => {
+                    let y_out = (readers.len() > 1).then_some(y);
+                    Some((j, Op::ScaleAddAct { r: kr, gate: kg, shortcut: ks, y: y_out, act: Some(a) }))
+                }
+                _ => None,
+            };
+            if merged.is_some() {
+                break;
+            }
+        }
+        // The merged kernel runs at k: everything it reads must be ready there.
+        let ready =
+            |op: &Op| op.inputs().iter().all(|b| (0..k).any(|p| s.kernels[p].op.outputs().contains(b)) || *b == kr);
+        let why = match &merged {
+            None if readers.is_empty() => Some(None),
+            None => Some(Some("no elementwise reader it can absorb")),
+            Some((_, op)) if !ready(op) => Some(Some("an operand is produced later")),
+            Some(_) => None,
+        };
+        let (Some((j, op)), None) = (merged, why) else {
+            if let Some(Some(why)) = why {
+                r.declined.push((s.kernels[k].modules.join("+"), why.into()));
+            }
+            k += 1;
+            continue;
+        };
+        let mods = s.kernels[j].modules.clone();
+        s.kernels[k].op = op;
+        s.kernels[k].modules.extend(mods);
+        s.kernels.remove(j);
+        r.applied.push(s.kernels[k].modules.join("+"));
+        // k stays: the merged kernel may absorb the next one too.
+    }
+    r
+}
+
+/// Downsample pooling stays its own kernel: it reads the block's activation once more (a
+/// quarter of it is written), under 1% of the bytes of the block; folding it into the GEMM's
+/// packing would give the 1x1 conv a second input path for little gain.
+fn pass_downsample_pool(s: &Schedule) -> PassReport {
+    let mut r = PassReport { name: "downsample_pool", applied: vec![], declined: vec![] };
+    for k in &s.kernels {
+        if let Op::AvgPool { .. } = k.op {
+            r.declined.push((
+                k.modules.join("+"),
+                "kept as a separate pass: it moves well under 1% of the block's bytes".into(),
+            ));
+        }
+    }
+    r
+}

@@ -1,0 +1,423 @@
+//! The layout-aware drivers the generated model calls, and the contract of the per-ISA
+//! micro-kernels the compiler emits.
+//!
+//! Activations are NHWC buffers in one arena, some with a zero border (`pad`) so 3x3 convs never
+//! test bounds. Every driver splits its work across the [`Pool`] so that each item writes
+//! disjoint memory and computes in a fixed order: results do not depend on the thread count.
+
+use crate::{Pool, SyncPtr};
+
+/// Output channels per weight panel, on every ISA.
+pub const NR: usize = 16;
+/// Pixels per row block (work item and channel-sum unit); every ISA's MR divides it.
+pub const M_BLOCK: usize = 48;
+/// Largest MR of any ISA.
+pub const MAX_MR: usize = 12;
+/// "No buffer" for optional arena offsets.
+pub const NONE: usize = usize::MAX;
+
+/// The micro-kernels one instruction set provides (emitted by the compiler per ISA).
+///
+/// # Safety
+/// Implementations may only be called when the CPU supports the ISA: a value of the
+/// implementing type is the proof (constructed only after detection).
+pub unsafe trait Kernels: Copy + Send + Sync {
+    /// Pixels per conv tile.
+    const MR: usize;
+
+    /// One conv tile: `mr` pixels x 16 output channels over `taps.len() * kc` products.
+    ///
+    /// For pixel `i` and tap `t`, the `kc` inputs are at `a[i] + taps[t] + 0..kc`; `b` is the
+    /// panel, `[taps][kc][16]` floats; `bias` 16 floats. The epilogue adds the bias, stores the
+    /// result to `pre[i]` (when not null), applies SiLU when `act`, stores `ncols` (<= 16)
+    /// values to `out[i]`, and when `sums` is not null adds the column sums of the stored
+    /// values, rows in order, to `sums[0..ncols]`.
+    ///
+    /// # Safety
+    /// Every pointer must be valid for the accesses described, `1 <= mr <= MR`, and no other
+    /// thread may access the written memory meanwhile.
+    unsafe fn conv_tile(
+        self,
+        mr: usize,
+        a: &[*const f32; MAX_MR],
+        taps: &[isize],
+        kc: usize,
+        b: *const f32,
+        bias: *const f32,
+        out: &[*mut f32; MAX_MR],
+        pre: &[*mut f32; MAX_MR],
+        ncols: usize,
+        act: bool,
+        sums: *mut f32,
+    );
+
+    /// For `n` contiguous floats `r`: `v = r * gate[i % c] + sc` (gate, sc optional), then
+    /// stores `v` to `y` and/or `silu(v)` to `act` (each optional, null when absent).
+    ///
+    /// # Safety
+    /// Non-null pointers must be valid for `n` floats (`gate` for `c`), `n` a multiple of `c`.
+    unsafe fn scale_add_act(
+        self,
+        n: usize,
+        c: usize,
+        r: *const f32,
+        gate: *const f32,
+        sc: *const f32,
+        y: *mut f32,
+        act: *mut f32,
+    );
+}
+
+/// What every driver needs: the arena, the packed weights and the pool.
+pub struct Ctx<'a> {
+    pub arena: SyncPtr<f32>,
+    /// The packed weights (read only).
+    pub weights: SyncPtr<f32>,
+    pub pool: &'a Pool,
+}
+
+/// An NHWC buffer in the arena: `offset` floats in, `h x w x c` inside a `pad` border.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buf {
+    pub offset: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub pad: usize,
+}
+
+impl Buf {
+    /// Offset of interior pixel (y, x), channel 0.
+    #[inline(always)]
+    pub fn at(&self, y: usize, x: usize) -> usize {
+        self.offset + ((y + self.pad) * (self.w + 2 * self.pad) + x + self.pad) * self.c
+    }
+
+    pub fn is_some(&self) -> bool {
+        self.offset != NONE
+    }
+
+    pub const fn none() -> Buf {
+        Buf { offset: NONE, h: 0, w: 0, c: 0, pad: 0 }
+    }
+}
+
+impl Ctx<'_> {
+    #[inline(always)]
+    fn ptr(&self, off: usize) -> *mut f32 {
+        // The arena is one allocation; offsets come from the compiler's memory plan.
+        self.arena.0.wrapping_add(off)
+    }
+
+    #[inline(always)]
+    fn w(&self, off: usize) -> *const f32 {
+        self.weights.0.wrapping_add(off)
+    }
+
+    /// Zeroes the border ring of a padded buffer.
+    ///
+    /// # Safety
+    /// `b` must lie inside the arena.
+    pub unsafe fn zero_border(&self, b: &Buf) {
+        if !b.is_some() || b.pad == 0 {
+            return;
+        }
+        let wp = b.w + 2 * b.pad;
+        let hp = b.h + 2 * b.pad;
+        // SAFETY: the whole padded buffer lies in the arena (caller), written by this thread only.
+        unsafe {
+            let base = self.ptr(b.offset);
+            for y in 0..hp {
+                let row = base.add(y * wp * b.c);
+                if y < b.pad || y >= hp - b.pad {
+                    std::ptr::write_bytes(row, 0, wp * b.c);
+                } else {
+                    std::ptr::write_bytes(row, 0, b.pad * b.c);
+                    std::ptr::write_bytes(row.add((wp - b.pad) * b.c), 0, b.pad * b.c);
+                }
+            }
+        }
+    }
+}
+
+/// A convolution's fixed shape (emitted as a constant per unique shape).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvDesc {
+    pub input: Buf,
+    /// Layouts of the outputs (offsets are replaced per call).
+    pub out: Buf,
+    pub pre: Buf,
+    pub stride: usize,
+    /// Border the conv needs (its padding); the input buffer's own border may be wider.
+    pub conv_pad: usize,
+    /// Offsets of each tap relative to the tap (0, 0), in floats.
+    pub taps: &'static [isize],
+    /// Input channels per group.
+    pub kc: usize,
+    pub groups: usize,
+    pub cout_g: usize,
+    pub act: bool,
+    pub sums: bool,
+    /// Work order: all row blocks of one panel before the next (weights stay in cache),
+    /// else all panels of one row block (activations stay in cache).
+    pub panel_outer: bool,
+}
+
+/// Where one conv call reads and writes (arena and weight offsets).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvIo {
+    pub input: usize,
+    pub out: usize,
+    pub pre: usize,
+    pub sums: usize,
+    pub weights: usize,
+    pub bias: usize,
+}
+
+/// Runs a convolution as an implicit GEMM over row blocks x weight panels.
+///
+/// # Safety
+/// The descriptor and offsets must come from the compiler's schedule for this arena and
+/// weight blob: all buffers in bounds, outputs disjoint from inputs.
+#[inline(always)]
+pub unsafe fn conv<K: Kernels>(k: K, ctx: &Ctx, d: &ConvDesc, io: &ConvIo) {
+    let input = Buf { offset: io.input, ..d.input };
+    let out = Buf { offset: io.out, ..d.out };
+    let pre = Buf { offset: io.pre, ..d.pre };
+    // SAFETY: buffers are in the arena (caller contract).
+    unsafe {
+        ctx.zero_border(&out);
+        ctx.zero_border(&pre);
+    }
+    let pixels = out.h * out.w;
+    let mblocks = pixels.div_ceil(M_BLOCK);
+    let panels_g = d.cout_g.div_ceil(NR);
+    let panels = d.groups * panels_g;
+    let panel_len = d.taps.len() * d.kc * NR;
+    let shift = input.pad - d.conv_pad;
+    let mr_max = K::MR;
+    let item = |it: usize| {
+        let (mb, panel) = if d.panel_outer { (it % mblocks, it / mblocks) } else { (it / panels, it % panels) };
+        let (g, pj) = (panel / panels_g, panel % panels_g);
+        let n0 = g * d.cout_g + pj * NR;
+        let ncols = NR.min(d.cout_g - pj * NR);
+        let b = ctx.w(io.weights + panel * panel_len);
+        let bias = ctx.w(io.bias + panel * NR);
+        let sums = if d.sums { ctx.ptr(io.sums + mb * out.c + n0) } else { std::ptr::null_mut() };
+        if d.sums {
+            // SAFETY: this item alone owns sums[mb][n0..n0 + ncols].
+            unsafe { std::ptr::write_bytes(sums, 0, ncols) };
+        }
+        let end = ((mb + 1) * M_BLOCK).min(pixels);
+        let mut p0 = mb * M_BLOCK;
+        while p0 < end {
+            let mr = mr_max.min(end - p0);
+            let mut a = [std::ptr::null::<f32>(); MAX_MR];
+            let mut o = [std::ptr::null_mut::<f32>(); MAX_MR];
+            let mut pr = [std::ptr::null_mut::<f32>(); MAX_MR];
+            for i in 0..mr {
+                let (y, x) = ((p0 + i) / out.w, (p0 + i) % out.w);
+                let iy = y * d.stride + shift;
+                let ix = x * d.stride + shift;
+                let ia = input.offset + (iy * (input.w + 2 * input.pad) + ix) * input.c + g * d.kc;
+                a[i] = ctx.ptr(ia);
+                o[i] = ctx.ptr(out.at(y, x) + n0);
+                if pre.is_some() {
+                    pr[i] = ctx.ptr(pre.at(y, x) + n0);
+                }
+            }
+            // SAFETY: pointers follow the schedule's layouts; this item alone writes these
+            // output pixels' channels n0..n0 + ncols.
+            unsafe { k.conv_tile(mr, &a, d.taps, d.kc, b, bias, &o, &pr, ncols, d.act, sums) };
+            p0 += mr;
+        }
+    };
+    ctx.pool.run(mblocks * panels, &item);
+}
+
+/// `v = r * gate + shortcut`, stored to `y` and/or `silu(v)` to `act`, row by row.
+///
+/// # Safety
+/// Buffers from the schedule: same h, w, c; in the arena; outputs disjoint from inputs.
+pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, sc: &Buf, y: &Buf, act: &Buf) {
+    // SAFETY: buffers are in the arena (caller contract).
+    unsafe {
+        ctx.zero_border(y);
+        ctx.zero_border(act);
+    }
+    let row = |yy: usize| {
+        let p = |b: &Buf| if b.is_some() { ctx.ptr(b.at(yy, 0)) } else { std::ptr::null_mut() };
+        let g = if gate == NONE { std::ptr::null() } else { ctx.ptr(gate) as *const f32 };
+        // SAFETY: each row of each buffer is w * c contiguous floats inside the arena; rows
+        // are written by one item each.
+        unsafe { k.scale_add_act(r.w * r.c, r.c, p(r), g, p(sc), p(y), p(act)) };
+    };
+    ctx.pool.run(r.h, &row);
+}
+
+/// AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) from `x` into `out`.
+///
+/// # Safety
+/// Buffers from the schedule, disjoint, in the arena.
+pub unsafe fn avg_pool(ctx: &Ctx, x: &Buf, out: &Buf) {
+    // SAFETY: in the arena (caller contract).
+    unsafe { ctx.zero_border(out) };
+    let row = |oy: usize| {
+        for ox in 0..out.w {
+            let ys = 2 * oy..(2 * oy + 2).min(x.h);
+            let xs = 2 * ox..(2 * ox + 2).min(x.w);
+            let inv = 1.0 / (ys.len() * xs.len()) as f32;
+            let dst = ctx.ptr(out.at(oy, ox));
+            for c in 0..x.c {
+                let mut s = 0.0f32;
+                for iy in ys.clone() {
+                    for ix in xs.clone() {
+                        // SAFETY: interior pixel of x.
+                        s += unsafe { *ctx.ptr(x.at(iy, ix) + c) };
+                    }
+                }
+                // SAFETY: interior pixel of out, this row's item only.
+                unsafe { *dst.add(c) = s * inv };
+            }
+        }
+    };
+    ctx.pool.run(out.h, &row);
+}
+
+/// Per-channel sums of all pixels of `x` in pixel order, into `sums[0..c]` (one block).
+///
+/// # Safety
+/// Buffers from the schedule, in the arena.
+pub unsafe fn channel_sums(ctx: &Ctx, x: &Buf, sums: usize) {
+    let s = ctx.ptr(sums);
+    // SAFETY: c floats at sums and interior pixels of x, all in the arena.
+    unsafe {
+        std::ptr::write_bytes(s, 0, x.c);
+        for y in 0..x.h {
+            for xx in 0..x.w {
+                let p = ctx.ptr(x.at(y, xx));
+                for c in 0..x.c {
+                    *s.add(c) += *p.add(c);
+                }
+            }
+        }
+    }
+}
+
+/// Sums of `parts` blocks of `c` channel sums, in block order, in f64.
+///
+/// # Safety
+/// `parts * c` floats at `sums` in the arena.
+unsafe fn reduce_blocks(ctx: &Ctx, sums: usize, parts: usize, c: usize, ch: usize) -> f64 {
+    let mut t = 0.0f64;
+    for b in 0..parts {
+        // SAFETY: inside the sums buffer.
+        t += unsafe { *ctx.ptr(sums + b * c + ch) } as f64;
+    }
+    t
+}
+
+/// ECA gate: `gate[c] = scale * sigmoid(sum_j w[j] * mean[c + j - (k - 1) / 2])`, zero padded.
+///
+/// # Safety
+/// Offsets from the schedule: `parts * c` sums, `c` gate floats, `k` weights.
+pub unsafe fn eca_gate(
+    ctx: &Ctx,
+    sums: usize,
+    parts: usize,
+    pixels: usize,
+    c: usize,
+    w: usize,
+    k: usize,
+    scale: f32,
+    gate: usize,
+) {
+    let half = (k - 1) / 2;
+    // SAFETY: weights in the blob; sums and gate in the arena (caller contract).
+    unsafe {
+        for ch in 0..c {
+            let mut acc = 0.0f64;
+            for j in 0..k {
+                let src = ch + j;
+                if src < half || src - half >= c {
+                    continue;
+                }
+                let mean = reduce_blocks(ctx, sums, parts, c, src - half) / pixels as f64;
+                acc += *ctx.w(w + j) as f64 * mean;
+            }
+            *ctx.ptr(gate + ch) = (scale as f64 / (1.0 + (-acc).exp())) as f32;
+        }
+    }
+}
+
+/// Global average pool from block sums.
+///
+/// # Safety
+/// Offsets from the schedule.
+pub unsafe fn mean_pool(ctx: &Ctx, sums: usize, parts: usize, pixels: usize, c: usize, out: usize) {
+    for ch in 0..c {
+        // SAFETY: inside the sums and output buffers.
+        unsafe { *ctx.ptr(out + ch) = (reduce_blocks(ctx, sums, parts, c, ch) / pixels as f64) as f32 };
+    }
+}
+
+/// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`, each dot product in f64 in order.
+///
+/// # Safety
+/// Offsets from the schedule.
+pub unsafe fn fc(ctx: &Ctx, x: usize, n_in: usize, w: usize, bias: usize, n_out: usize, out: usize) {
+    let chunk = 64;
+    let item = |it: usize| {
+        for o in it * chunk..((it + 1) * chunk).min(n_out) {
+            // SAFETY: rows of the weight blob and the input/output buffers, per the schedule;
+            // each output is written by one item.
+            unsafe {
+                let row = ctx.w(w + o * n_in);
+                let mut acc = 0.0f64;
+                for i in 0..n_in {
+                    acc += *row.add(i) as f64 * *ctx.ptr(x + i) as f64;
+                }
+                *ctx.ptr(out + o) = (acc + *ctx.w(bias + o) as f64) as f32;
+            }
+        }
+    };
+    ctx.pool.run(n_out.div_ceil(chunk), &item);
+}
+
+/// The caller's NCHW image into an NHWC buffer (border zeroed).
+///
+/// # Safety
+/// `out` from the schedule; `image` holds `out.c * out.h * out.w` floats.
+pub unsafe fn pack_input(ctx: &Ctx, image: &[f32], out: &Buf) {
+    assert_eq!(image.len(), out.c * out.h * out.w, "image size");
+    // SAFETY: out is in the arena (caller contract).
+    unsafe { ctx.zero_border(out) };
+    let plane = out.h * out.w;
+    for y in 0..out.h {
+        for x in 0..out.w {
+            let dst = ctx.ptr(out.at(y, x));
+            for c in 0..out.c {
+                // SAFETY: interior pixel of out.
+                unsafe { *dst.add(c) = image[c * plane + y * out.w + x] };
+            }
+        }
+    }
+}
+
+/// An NHWC buffer out to the caller's NCHW slice (`c * h * w` floats).
+///
+/// # Safety
+/// `x` from the schedule, in the arena.
+pub unsafe fn copy_out(ctx: &Ctx, x: &Buf, dst: &mut [f32]) {
+    assert_eq!(dst.len(), x.c * x.h * x.w, "output size");
+    let plane = x.h * x.w;
+    for y in 0..x.h {
+        for xx in 0..x.w {
+            let src = ctx.ptr(x.at(y, xx));
+            for c in 0..x.c {
+                // SAFETY: interior pixel of x.
+                dst[c * plane + y * x.w + xx] = unsafe { *src.add(c) };
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The generated code of the tiny fixture models, on every ISA runnable here, against timm.
+//!
+//! Tolerance: relative L2 1e-4 per output (the bound). The generated code computes in
+//! f32 with f32 accumulation over up to a few hundred products per output and a polynomial
+//! exp (<= 2 ulp); observed errors are around 1e-6.
+
+mod common;
+
+use common::*;
+use nfnet_compiler::ops::Tensor;
+use nfnet_runtime::Isa;
+use nfnet_test_models::{tiny, variant};
+
+const TOL: f64 = 1e-4;
+
+fn runnable(isas: &[Isa]) -> Vec<Isa> {
+    let v: Vec<Isa> = isas.iter().copied().filter(|i| i.is_available()).collect();
+    // Every backend this machine can run must be exercised: fail rather than skip silently.
+    #[cfg(target_arch = "x86_64")]
+    for need in [Isa::Scalar, Isa::Avx2, Isa::NeonEmu] {
+        assert!(v.contains(&need), "{need} is not runnable here");
+    }
+    v
+}
+
+fn t(shape: [usize; 4], data: &[f32]) -> Tensor {
+    Tensor::from_f32(shape, data)
+}
+
+macro_rules! check_model {
+    ($m:ident, $fixture:expr) => {{
+        let input: Vec<f32> = load_input($fixture).data.iter().map(|&v| v as f32).collect();
+        let input: &[f32; $m::INPUT_LEN] = input.as_slice().try_into().unwrap();
+        let b = $m::BATCH;
+        for isa in runnable($m::ISAS) {
+            let model = $m::Model::with_isa(isa).unwrap();
+            for threads in [1, 3] {
+                let mut ws = $m::Workspace::new(threads).unwrap();
+                let mut logits = vec![0.0f32; $m::LOGITS_LEN];
+                let mut pre = vec![0.0f32; $m::PRE_LOGITS_LEN];
+                let mut ff = vec![0.0f32; $m::FORWARD_FEATURES_LEN];
+                let mut f0 = vec![0.0f32; $m::FEATURE0_LEN];
+                let mut f1 = vec![0.0f32; $m::FEATURE1_LEN];
+                let mut f2 = vec![0.0f32; $m::FEATURE2_LEN];
+                let mut f3 = vec![0.0f32; $m::FEATURE3_LEN];
+                let mut f4 = vec![0.0f32; $m::FEATURE4_LEN];
+                model.infer(
+                    &mut ws,
+                    input,
+                    $m::Outputs {
+                        logits: logits.as_mut_slice().try_into().unwrap(),
+                        pre_logits: Some(pre.as_mut_slice().try_into().unwrap()),
+                        forward_features: Some(ff.as_mut_slice().try_into().unwrap()),
+                        features: Some($m::Features {
+                            f0: f0.as_mut_slice().try_into().unwrap(),
+                            f1: f1.as_mut_slice().try_into().unwrap(),
+                            f2: f2.as_mut_slice().try_into().unwrap(),
+                            f3: f3.as_mut_slice().try_into().unwrap(),
+                            f4: f4.as_mut_slice().try_into().unwrap(),
+                        }),
+                    },
+                );
+                let fs = $m::FEATURE_SHAPES;
+                let ffs = $m::FORWARD_FEATURES_SHAPE;
+                let outs = vec![
+                    ("logits".to_string(), t([b, $m::CLASSES, 1, 1], &logits), true),
+                    ("pre_logits".to_string(), t([b, $m::NUM_FEATURES, 1, 1], &pre), true),
+                    ("forward_features".to_string(), t([b, ffs[0], ffs[1], ffs[2]], &ff), false),
+                    ("feature0".to_string(), t(fs[0], &f0), false),
+                    ("feature1".to_string(), t(fs[1], &f1), false),
+                    ("feature2".to_string(), t(fs[2], &f2), false),
+                    ("feature3".to_string(), t(fs[3], &f3), false),
+                    ("feature4".to_string(), t(fs[4], &f4), false),
+                ];
+                for line in compare_to_fixture($fixture, &outs, TOL) {
+                    println!("{isa} x{threads}: {line}");
+                }
+            }
+        }
+    }};
+}
+
+#[test]
+fn tiny_model_matches_timm_on_every_isa() {
+    check_model!(tiny, "tiny");
+}
+
+#[test]
+fn variant_model_matches_timm_on_every_isa() {
+    check_model!(variant, "tiny_variant_bf16");
+}

@@ -1,0 +1,51 @@
+//! Compiles the timm fixtures' tiny checkpoints (recreated by the synthesizer from their
+//! synth.json) with the builder API, as a user's own build.rs would.
+
+use nfnet_compiler::builder::Builder;
+use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
+use std::path::{Path, PathBuf};
+
+fn compile(fixture: &str, out: &Path) -> nfnet_compiler::Result<()> {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(fixture);
+    println!("cargo:rerun-if-changed={}", fx.join("synth.json").display());
+    println!("cargo:rerun-if-changed={}", fx.join("input.npy").display());
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.join("synth.json")).unwrap()).unwrap();
+    let spec = SynthSpec {
+        architecture: v["arch"].as_str().unwrap().into(),
+        seed: v["seed"].as_u64().unwrap(),
+        num_classes: v["num_classes"].as_u64().map(|n| n as usize),
+        model_args: v["model_args"].as_object().cloned(),
+        input_size: None,
+        dtype: StorageDtype::parse(v["dtype"].as_str().unwrap()).unwrap(),
+    };
+    let x = nfnet_runtime_npy_shape(&fx.join("input.npy"));
+    let model = out.join(fixture).join("model");
+    synth::write(&spec, &model)?;
+    let mut b = Builder::new().model_dir(&model).input_size(x[2], x[3]).batch(x[0]).out_dir(out.join(fixture));
+    if let Ok(n) = std::env::var("NFNET_STOP_AFTER_PASS") {
+        b = b.stop_after_pass(n.parse().unwrap());
+    }
+    b.compile()?;
+    Ok(())
+}
+
+/// The shape in a .npy header (the fixtures' inputs are float32 NCHW).
+fn nfnet_runtime_npy_shape(p: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(p).unwrap();
+    let header = String::from_utf8_lossy(&bytes[10..]);
+    let s = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    s.split(',').filter(|t| !t.trim().is_empty()).map(|t| t.trim().parse().unwrap()).collect()
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=NFNET_STOP_AFTER_PASS");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for f in ["tiny", "tiny_variant_bf16"] {
+        if let Err(e) = compile(f, &out) {
+            for p in &e.problems {
+                eprintln!("error: {p}");
+            }
+            std::process::exit(1);
+        }
+    }
+}

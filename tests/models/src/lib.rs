@@ -1,0 +1,11 @@
+//! The fixtures' tiny models, compiled by nfnet-compiler at build time.
+
+/// `fixtures/tiny`: batch 2 at 45x37, 10 classes.
+pub mod tiny {
+    include!(concat!(env!("OUT_DIR"), "/tiny/nfnet_model.rs"));
+}
+
+/// `fixtures/tiny_variant_bf16`: no conv2b, one group, no classifier, bf16 weights, 33x64.
+pub mod variant {
+    include!(concat!(env!("OUT_DIR"), "/tiny_variant_bf16/nfnet_model.rs"));
+}
