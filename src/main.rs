@@ -1,15 +1,191 @@
-//! `nfnet`: the static inference binary with the compiled model inside.
-//!
-//! The compiled model (code generation, `generated/`) is not built yet; until it is, this
-//! binary only points to the compiler's tools and fails, so nobody mistakes it for a model.
+//! `nfnet`: the inference binary with the compiled model inside.
 
+use clap::{Parser, Subcommand};
+use nfnet_model as m;
+use nfnet_runtime::npy;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "nfnet",
+    version,
+    about = "ECA-NFNet compiled ahead of time: run, benchmark and inspect the built-in model"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the model on a float32 (N, 3, H, W) .npy of normalized pixels; write logits (N, classes).
+    Run {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Threads (default NFNET_THREADS, else all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Latency: warm-up, then min / median / p90 over the iterations.
+    Bench {
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The compiled model: architecture, shapes, ISA, arena, weights.
+    Info,
+    /// The fused kernel schedule of the compiled model.
+    Schedule {
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "nfnet {}: no compiled model yet (code generation is not built). Use `nfc check`, \
-         `nfc reference` and `nfc synth` from nfnet-compiler meanwhile.",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Run { input, output, threads } => run(&input, &output, threads),
+        Command::Bench { iters, threads, json } => bench(iters, threads, json),
+        Command::Info => info(),
+        Command::Schedule { json } => schedule(json),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn threads(arg: Option<usize>) -> Result<usize, String> {
+    match arg {
+        Some(0) => Err("--threads must be at least 1".into()),
+        Some(n) => Ok(n),
+        None => nfnet_runtime::threads_from_env(),
+    }
+}
+
+fn setup(t: Option<usize>) -> Result<(m::Model, m::Workspace), String> {
+    let model = m::Model::new().map_err(|e| e.to_string())?;
+    let ws = m::Workspace::new(threads(t)?).map_err(|e| format!("cannot start threads: {e}"))?;
+    Ok((model, ws))
+}
+
+fn run(input: &Path, output: &Path, t: Option<usize>) -> Result<(), String> {
+    let x = npy::read(input).map_err(|e| e.to_string())?;
+    let want = [3, m::INPUT_H, m::INPUT_W];
+    if x.shape.len() != 4 || x.shape[1..] != want || x.shape[0] == 0 {
+        return Err(format!(
+            "{}: shape {:?} is not (N, 3, {}, {}), the compiled input size",
+            input.display(),
+            x.shape,
+            m::INPUT_H,
+            m::INPUT_W
+        ));
+    }
+    let (model, mut ws) = setup(t)?;
+    let n = x.shape[0];
+    let mut logits = Vec::with_capacity(n * m::CLASSES);
+    let mut batch = vec![0.0f32; m::INPUT_LEN];
+    let mut out = vec![0.0f32; m::LOGITS_LEN];
+    for chunk in x.data.chunks(m::INPUT_LEN) {
+        // The last chunk is padded with zero images; their logits are dropped.
+        batch[..chunk.len()].copy_from_slice(chunk);
+        batch[chunk.len()..].fill(0.0);
+        let logits_out: &mut [f32; m::LOGITS_LEN] = out.as_mut_slice().try_into().expect("sized");
+        let input: &[f32; m::INPUT_LEN] = batch.as_slice().try_into().expect("sized");
+        model.infer(
+            &mut ws,
+            input,
+            m::Outputs { logits: logits_out, pre_logits: None, forward_features: None, features: None },
+        );
+        let images = chunk.len() / m::IMAGE_LEN;
+        logits.extend_from_slice(&out[..images * m::CLASSES]);
+    }
+    let a = npy::Array::new(vec![n, m::CLASSES], logits).map_err(|e| e.to_string())?;
+    npy::write(output, &a).map_err(|e| e.to_string())
+}
+
+fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
+    if iters == 0 {
+        return Err("--iters must be at least 1".into());
+    }
+    let (model, mut ws) = setup(t)?;
+    // A fixed, non-trivial input (the values do not change the work done).
+    let input: Vec<f32> = (0..m::INPUT_LEN).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let input: &[f32; m::INPUT_LEN] = input.as_slice().try_into().expect("sized");
+    let mut logits = vec![0.0f32; m::LOGITS_LEN];
+    let mut once = |logits: &mut Vec<f32>| {
+        let l: &mut [f32; m::LOGITS_LEN] = logits.as_mut_slice().try_into().expect("sized");
+        let start = Instant::now();
+        model.infer(&mut ws, input, m::Outputs { logits: l, pre_logits: None, forward_features: None, features: None });
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    for _ in 0..2.min(iters) {
+        once(&mut logits);
+    }
+    let mut ms: Vec<f64> = (0..iters).map(|_| once(&mut logits)).collect();
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let (min, median, p90) = (ms[0], pick(0.5), pick(0.9));
+    let ips = m::BATCH as f64 / (median / 1e3);
+    let threads = ws.threads();
+    if json {
+        let v = serde_json::json!({
+            "min_ms": min, "median_ms": median, "p90_ms": p90, "images_per_s": ips, "iters": iters,
+            "threads": threads, "isa": model.isa().name(), "input_size": [m::INPUT_H, m::INPUT_W],
+            "batch": m::BATCH, "architecture": m::ARCHITECTURE,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{} {}x{} batch {} | isa {} | {} threads | {} iters: min {:.1} ms, median {:.1} ms, p90 {:.1} ms, {:.2} images/s",
+            m::ARCHITECTURE,
+            m::INPUT_H,
+            m::INPUT_W,
+            m::BATCH,
+            model.isa(),
+            threads,
+            iters,
+            min,
+            median,
+            p90,
+            ips
+        );
+    }
+    Ok(())
+}
+
+fn info() -> Result<(), String> {
+    let isa = m::Model::new().map(|m| m.isa().name().to_string()).unwrap_or_else(|e| format!("unavailable ({e})"));
+    println!("architecture   {}", m::ARCHITECTURE);
+    println!("input          {} x 3 x {} x {} (batch x channels x height x width)", m::BATCH, m::INPUT_H, m::INPUT_W);
+    println!("classes        {}", m::NUM_CLASSES);
+    println!("features       {}", m::NUM_FEATURES);
+    println!("isa            {isa} (compiled: {})", m::ISAS.iter().map(|i| i.name()).collect::<Vec<_>>().join(", "));
+    println!("arena          {:.1} MiB per workspace", (m::ARENA_LEN * 4) as f64 / (1 << 20) as f64);
+    println!("weights        {:.1} MiB, sha256 {}", m::WEIGHTS_BYTES as f64 / (1 << 20) as f64, m::WEIGHTS_SHA256);
+    match m::SYNTHETIC {
+        Some(tag) => println!("weights origin synthetic ({tag}): not the pretrained model"),
+        None => println!("weights origin a real checkpoint"),
+    }
+    Ok(())
+}
+
+fn schedule(json: bool) -> Result<(), String> {
+    if json {
+        println!("{}", m::SCHEDULE_JSON);
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(m::SCHEDULE_JSON).map_err(|e| e.to_string())?;
+    println!("{}", nfnet_compiler::schedule::json_to_text(&v));
+    Ok(())
 }

@@ -379,57 +379,71 @@ impl<'g> Schedule<'g> {
 
     /// A human-readable table of the schedule.
     pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        let g = self.graph;
-        let total: u64 = self.kernels.iter().map(|k| self.flops(k)).sum();
-        s += &format!(
-            "{} at {}x{}, batch {}: {} kernels, {:.2} GFLOP per image\n",
-            g.arch.config.architecture,
-            g.input_hw.0,
-            g.input_hw.1,
-            g.batch,
-            self.kernels.len(),
-            total as f64 / 1e9
-        );
-        s += &format!(
-            "arena: {:.1} MiB peak (static offsets by liveness) vs {:.1} MiB without reuse\n",
-            self.arena_len as f64 * 4.0 / (1 << 20) as f64,
-            self.naive_arena_len() as f64 * 4.0 / (1 << 20) as f64
-        );
-        for p in &self.passes {
-            s += &format!("pass {:<20} applied {:>3}", p.name, p.applied.len());
-            if let Some((at, why)) = p.declined.first() {
-                s += &format!(", declined {} (e.g. {at}: {why})", p.declined.len());
-            }
-            s += "\n";
-        }
-        s += &format!(
-            "{:>4}  {:<14} {:<44} {:>10} {:>9} {:>9}  {}\n",
-            "#", "kind", "modules", "MFLOP", "MB read", "MB writ", "output -> arena slot"
-        );
-        for (i, k) in self.kernels.iter().enumerate() {
-            let (r, w) = self.traffic(k);
-            let mods = k.modules.join("+");
-            let mods = if mods.len() > 44 { format!("{}...", &mods[..41]) } else { mods };
-            let outs: Vec<String> =
-                k.op.outputs()
-                    .iter()
-                    .map(|&b| {
-                        let x = &self.buffers[b];
-                        format!("{}x{}x{}@{}", x.layout.h, x.layout.w, x.layout.c, 4 * x.offset)
-                    })
-                    .collect();
+        json_to_text(&self.to_json())
+    }
+}
+
+/// Renders the schedule JSON (see [`Schedule::to_json`]) as a table.
+pub fn json_to_text(v: &Json) -> String {
+    let num = |x: &Json| x.as_f64().unwrap_or(0.0);
+    let mut s = String::new();
+    let input: Vec<String> =
+        v["input"].as_array().map(|a| a.iter().map(|x| x.to_string()).collect()).unwrap_or_default();
+    let kernels = v["kernels"].as_array().cloned().unwrap_or_default();
+    s += &format!(
+        "{} input {}: {} kernels, {:.2} GFLOP per image\n",
+        v["architecture"].as_str().unwrap_or("?"),
+        input.join("x"),
+        kernels.len(),
+        num(&v["total_flops_per_image"]) / 1e9
+    );
+    s += &format!(
+        "arena: {:.1} MiB peak (static offsets by liveness) vs {:.1} MiB without reuse\n",
+        num(&v["arena"]["peak_bytes"]) / (1 << 20) as f64,
+        num(&v["arena"]["naive_bytes"]) / (1 << 20) as f64
+    );
+    for p in v["passes"].as_array().into_iter().flatten() {
+        let applied = p["applied"].as_array().map_or(0, Vec::len);
+        let declined = p["declined"].as_array().cloned().unwrap_or_default();
+        s += &format!("pass {:<20} applied {applied:>3}", p["name"].as_str().unwrap_or("?"));
+        if let Some(d) = declined.first() {
             s += &format!(
-                "{i:>4}  {:<14} {mods:<44} {:>10.1} {:>9.2} {:>9.2}  {}\n",
-                k.op.kind(),
-                self.flops(k) as f64 / 1e6,
-                r as f64 / 1e6,
-                w as f64 / 1e6,
-                outs.join(" ")
+                ", declined {} (e.g. {}: {})",
+                declined.len(),
+                d["at"].as_str().unwrap_or("?"),
+                d["reason"].as_str().unwrap_or("?")
             );
         }
-        s
+        s += "\n";
     }
+    s += &format!(
+        "{:>4}  {:<14} {:<48} {:>9} {:>8} {:>8}  {}\n",
+        "#", "kind", "modules", "MFLOP", "MB read", "MB writ", "outputs (HxWxC@arena byte offset)"
+    );
+    for k in &kernels {
+        let mods: Vec<&str> = k["modules"].as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect();
+        let mods = mods.join("+");
+        let mods = if mods.len() > 48 { format!("{}...", &mods[..45]) } else { mods };
+        let outs: Vec<String> = k["outputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                let sh: Vec<String> = o["shape"].as_array().into_iter().flatten().map(|x| x.to_string()).collect();
+                format!("{}@{}", sh.join("x"), o["offset_bytes"])
+            })
+            .collect();
+        s += &format!(
+            "{:>4}  {:<14} {mods:<48} {:>9.1} {:>8.2} {:>8.2}  {}\n",
+            k["index"].as_u64().unwrap_or(0),
+            k["kind"].as_str().unwrap_or("?"),
+            num(&k["flops"]) / 1e6,
+            num(&k["bytes_read"]) / 1e6,
+            num(&k["bytes_written"]) / 1e6,
+            outs.join(" ")
+        );
+    }
+    s
 }
 
 pub fn node_weight_len(op: &GOp) -> usize {
