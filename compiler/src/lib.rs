@@ -15,6 +15,7 @@
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![allow(clippy::needless_doctest_main, reason = "the build.rs example is shown whole, as users copy it")]
 
 pub mod arch;
 pub mod builder;

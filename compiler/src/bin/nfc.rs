@@ -2,9 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use nfnet_compiler::arch::{check_input_size, parse_input_size};
+use nfnet_compiler::builder::{Builder, MAX_BATCH};
 use nfnet_compiler::graph::{Graph, Op};
 use nfnet_compiler::ops::Tensor;
 use nfnet_compiler::reference::Outputs;
+use nfnet_compiler::schedule::Schedule;
 use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
 use nfnet_compiler::{Error, Model, Result};
 use nfnet_runtime::npy;
@@ -47,6 +49,34 @@ enum Command {
         #[arg(long)]
         folded: bool,
     },
+    /// Print the fused kernel schedule and memory plan, without building.
+    Schedule {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_parser = parse_input_size)]
+        input_size: Option<(usize, usize)>,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Stable JSON (format nfnet-schedule/1) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Run only the first N fusion passes.
+        #[arg(long)]
+        stop_after_pass: Option<usize>,
+    },
+    /// Write the generated Rust source and weight blob to a directory, to read.
+    Emit {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_parser = parse_input_size)]
+        input_size: Option<(usize, usize)>,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long)]
+        stop_after_pass: Option<usize>,
+    },
     /// Write a deterministic synthetic checkpoint (config.json + model.safetensors).
     Synth {
         /// eca_nfnet_l0, eca_nfnet_l1, eca_nfnet_l2 or eca_nfnet_l3.
@@ -75,6 +105,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { model, input_size } => check(&model, input_size),
         Command::Reference { model, input, out_dir, folded } => reference(&model, &input, &out_dir, folded),
+        Command::Schedule { model, input_size, batch, json, stop_after_pass } => {
+            schedule(&model, input_size, batch, json, stop_after_pass)
+        }
+        Command::Emit { model, out, input_size, batch, stop_after_pass } => {
+            emit(&model, &out, input_size, batch, stop_after_pass)
+        }
         Command::Synth { arch, seed, out, num_classes, model_args, input_size, dtype } => {
             synth_cmd(arch, seed, &out, num_classes, model_args, input_size, dtype)
         }
@@ -131,6 +167,54 @@ fn check(dir: &Path, input_size: Option<(usize, usize)>) -> Result<()> {
     if a.num_classes > 0 {
         println!("head          avg pool + fc {}->{}", a.num_features, a.num_classes);
     }
+    Ok(())
+}
+
+fn schedule(
+    dir: &Path,
+    input_size: Option<(usize, usize)>,
+    batch: usize,
+    json: bool,
+    stop_after: Option<usize>,
+) -> Result<()> {
+    check_batch(batch)?;
+    let model = Model::load(dir)?;
+    let hw = input_size.unwrap_or(model.arch.config.pretrained.input_size);
+    let graph = model.graph(hw, batch)?;
+    let s = Schedule::new(&graph, stop_after);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s.to_json()).expect("JSON values serialize"));
+    } else {
+        print!("{}", s.to_text());
+    }
+    Ok(())
+}
+
+fn check_batch(batch: usize) -> Result<()> {
+    if !(1..=MAX_BATCH).contains(&batch) {
+        return Err(Error::new(format!("--batch {batch} is not from 1 to {MAX_BATCH}")));
+    }
+    Ok(())
+}
+
+fn emit(
+    dir: &Path,
+    out: &Path,
+    input_size: Option<(usize, usize)>,
+    batch: usize,
+    stop_after: Option<usize>,
+) -> Result<()> {
+    check_batch(batch)?;
+    let mut b = Builder::new().model_dir(dir).batch(batch).out_dir(out);
+    if let Some((h, w)) = input_size {
+        b = b.input_size(h, w);
+    }
+    if let Some(n) = stop_after {
+        b = b.stop_after_pass(n);
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::new(format!("{}: cannot create: {e}", out.display())))?;
+    let src = b.compile()?;
+    println!("wrote {} and {}", src.display(), out.join(nfnet_compiler::emit::WEIGHTS_FILE).display());
     Ok(())
 }
 

@@ -166,6 +166,11 @@ fn neon() -> IsaSpec {
 
 /// The shared kernel bodies (the same tokens in every ISA module).
 fn kernels(attrs: &TokenStream) -> TokenStream {
+    // Constants go through Literal so they print in their shortest round-trip form.
+    let c = |x: f32| proc_macro2::Literal::f32_suffixed(x);
+    let (ln2_hi, ln2_lo) = (c(-0.693_359_4), c(2.121_944_4e-4));
+    let poly = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5].map(c);
+    let [p0, p1, p2, p3, p4, p5] = &poly;
     quote! {
         /// e^x for x clamped to [-87, 88]: Cody-Waite range reduction and Cephes' degree-5
         /// polynomial; within 2 ulp of the f32-rounded exact value over that range.
@@ -173,15 +178,15 @@ fn kernels(attrs: &TokenStream) -> TokenStream {
         unsafe fn exp(x: V) -> V {
             unsafe {
                 let x = min(max(x, splat(-87.0f32)), splat(88.0f32));
-                let n = floor(madd(x, splat(1.442695040888963f32), splat(0.5f32)));
-                let r = madd(n, splat(-0.693359375f32), x);
-                let r = madd(n, splat(2.12194440e-4f32), r);
-                let mut p = splat(1.9875691500e-4f32);
-                p = madd(p, r, splat(1.3981999507e-3f32));
-                p = madd(p, r, splat(8.3334519073e-3f32));
-                p = madd(p, r, splat(4.1665795894e-2f32));
-                p = madd(p, r, splat(1.6666665459e-1f32));
-                p = madd(p, r, splat(5.0000001201e-1f32));
+                let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
+                let r = madd(n, splat(#ln2_hi), x);
+                let r = madd(n, splat(#ln2_lo), r);
+                let mut p = splat(#p0);
+                p = madd(p, r, splat(#p1));
+                p = madd(p, r, splat(#p2));
+                p = madd(p, r, splat(#p3));
+                p = madd(p, r, splat(#p4));
+                p = madd(p, r, splat(#p5));
                 p = madd(p, mul(r, r), add(r, splat(1.0f32)));
                 mul(p, pow2i(n))
             }
@@ -347,10 +352,12 @@ pub fn module(isa: &IsaSpec) -> TokenStream {
     let module = format_ident!("{}", isa.module);
     let token = format_ident!("{}", isa.token);
     let IsaSpec { cfg, attrs, prelude, vocab, lanes, mr, .. } = isa;
-    let nv = 16 / lanes;
+    let lit = proc_macro2::Literal::usize_unsuffixed;
+    let (lanes_l, mr_l, nv) = (lit(*lanes), lit(*mr), lit(16 / lanes));
     let body = kernels(attrs);
-    let arms =
-        (1..=*mr).map(|m| quote!(#m => #module::conv_tile::<#m>(a, taps, kc, b, bias, out, pre, ncols, act, sums),));
+    let arms = (1..=*mr)
+        .map(lit)
+        .map(|m| quote!(#m => #module::conv_tile::<#m>(a, taps, kc, b, bias, out, pre, ncols, act, sums),));
     let doc = format!("The {} micro-kernels ({} lanes, tiles of {} pixels x 16 channels).", isa.token, lanes, mr);
     quote! {
         #[doc = #doc]
@@ -359,7 +366,7 @@ pub fn module(isa: &IsaSpec) -> TokenStream {
         pub mod #module {
             #prelude
             use nfnet_runtime::kernels::MAX_MR;
-            pub const L: usize = #lanes;
+            pub const L: usize = #lanes_l;
             pub const NV: usize = #nv;
             #vocab
             #body
@@ -373,7 +380,7 @@ pub fn module(isa: &IsaSpec) -> TokenStream {
         #[cfg(#cfg)]
         // SAFETY: a token exists only after `Isa::is_available` said the CPU runs this ISA.
         unsafe impl nfnet_runtime::kernels::Kernels for #token {
-            const MR: usize = #mr;
+            const MR: usize = #mr_l;
             unsafe fn conv_tile(
                 self,
                 mr: usize,
@@ -415,7 +422,7 @@ mod tests {
             for f in ["fn conv_tile", "fn scale_add_act", "fn silu", "fn exp", "fn madd"] {
                 assert!(text.contains(f), "{} lacks {f}", isa.module);
             }
-            let arms = (1..=isa.mr).filter(|m| text.contains(&format!("conv_tile :: < {m}usize >"))).count();
+            let arms = (1..=isa.mr).filter(|m| text.contains(&format!("conv_tile :: < {m} >"))).count();
             assert_eq!(arms, isa.mr, "{}: one tile arm per height", isa.module);
         }
         let avx2 = module(&avx2()).to_string();

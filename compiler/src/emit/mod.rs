@@ -38,12 +38,22 @@ fn f32_lit(x: f64) -> Literal {
     Literal::f32_suffixed(x as f32)
 }
 
+/// An integer literal without a type suffix (`12`, not `12usize`).
+fn u(x: usize) -> Literal {
+    Literal::usize_unsuffixed(x)
+}
+
+fn layout_tokens(l: Layout, offset: usize) -> TokenStream {
+    let (o, h, w, c, pad) = (u(offset), u(l.h), u(l.w), u(l.c), u(l.pad));
+    quote!(rt::Buf { offset: #o, h: #h, w: #w, c: #c, pad: #pad })
+}
+
 fn buf(s: &Schedule, b: Option<usize>) -> TokenStream {
     match b {
         None => quote!(rt::Buf::none()),
         Some(b) => {
-            let Buffer { layout: Layout { h, w, c, pad }, offset, .. } = s.buffers[b];
-            quote!(rt::Buf { offset: #offset, h: #h, w: #w, c: #c, pad: #pad })
+            let Buffer { layout, offset, .. } = s.buffers[b];
+            layout_tokens(layout, offset)
         }
     }
 }
@@ -52,7 +62,7 @@ fn offset(s: &Schedule, b: Option<usize>) -> TokenStream {
     match b {
         None => quote!(rt::NONE),
         Some(b) => {
-            let o = s.buffers[b].offset;
+            let o = u(s.buffers[b].offset);
             quote!(#o)
         }
     }
@@ -94,19 +104,18 @@ fn conv_key_and_desc(s: &Schedule, op: &Op) -> (String, TokenStream, String) {
         sp.groups,
         sums.is_some()
     );
-    let b = |l: Layout| {
-        let Layout { h, w, c, pad } = l;
-        quote!(rt::Buf { offset: 0, h: #h, w: #w, c: #c, pad: #pad })
-    };
+    let b = |l: Layout| layout_tokens(l, 0);
     let (bi, bo) = (b(li), b(lo));
     let bp = lp.map_or(quote!(rt::Buf::none()), b);
-    let (stride, cpad, groups, has_sums) = (sp.stride, sp.pad(), sp.groups, sums.is_some());
-    let ntaps = taps.len();
+    let (stride, cpad, groups, has_sums) = (u(sp.stride), u(sp.pad()), sp.groups, sums.is_some());
+    let ntaps = u(taps.len());
+    let taps: Vec<Literal> = taps.iter().map(|&t| Literal::isize_unsuffixed(t)).collect();
+    let (kc_l, groups_l, cout_g_l) = (u(kc), u(groups), u(cout_g));
     let desc = quote! {
         const TAPS: [isize; #ntaps] = [#(#taps),*];
         const D: rt::ConvDesc = rt::ConvDesc {
             input: #bi, out: #bo, pre: #bp, stride: #stride, conv_pad: #cpad, taps: &TAPS,
-            kc: #kc, groups: #groups, cout_g: #cout_g, act: #act, sums: #has_sums, panel_outer: #panel_outer,
+            kc: #kc_l, groups: #groups_l, cout_g: #cout_g_l, act: #act, sums: #has_sums, panel_outer: #panel_outer,
         };
     };
     let what = format!(
@@ -174,7 +183,7 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
                 let name = &convs.names[&conv_key_and_desc(s, &k.op).0];
                 let (i_, o_, p_, s_) =
                     (offset(s, Some(*input)), offset(s, Some(*out)), offset(s, *preact), offset(s, *sums));
-                let (w, b) = (slot.weights, slot.bias);
+                let (w, b) = (u(slot.weights), u(slot.bias));
                 quote!(#name(k, ctx, &rt::ConvIo { input: #i_, out: #o_, pre: #p_, sums: #s_, weights: #w, bias: #b });)
             }
             Op::ChannelSums { input, sums } => {
@@ -185,11 +194,11 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
             Op::EcaGate { node, sums, gate } => {
                 let GOp::Eca { weight, scale } = &s.graph.nodes[*node].op else { unreachable!("eca") };
                 let l = s.buffers[*sums].layout;
-                let (parts, c) = (l.h, l.c);
+                let (parts, c) = (u(l.h), u(l.c));
                 let r = s.graph.nodes[*node].inputs[0];
-                let pixels = s.graph.values[r].shape[2] * s.graph.values[r].shape[3];
+                let pixels = u(s.graph.values[r].shape[2] * s.graph.values[r].shape[3]);
                 let (so, go) = (offset(s, Some(*sums)), offset(s, Some(*gate)));
-                let (w, kk, sc) = (slot.weights, weight.len(), f32_lit(*scale));
+                let (w, kk, sc) = (u(slot.weights), u(weight.len()), f32_lit(*scale));
                 quote!(rt::eca_gate(ctx, #so, #parts, #pixels, #c, #w, #kk, #sc, #go);)
             }
             Op::ScaleAddAct { r, gate, shortcut, y, act } => {
@@ -203,15 +212,15 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
             }
             Op::MeanPool { sums, pixels, out } => {
                 let l = s.buffers[*sums].layout;
-                let (parts, c) = (l.h, l.c);
+                let (parts, c, pixels) = (u(l.h), u(l.c), u(*pixels));
                 let (so, oo) = (offset(s, Some(*sums)), offset(s, Some(*out)));
                 quote!(rt::mean_pool(ctx, #so, #parts, #pixels, #c, #oo);)
             }
             Op::Fc { input, out, .. } => {
-                let n_in = s.buffers[*input].layout.c;
-                let n_out = s.buffers[*out].layout.c;
+                let n_in = u(s.buffers[*input].layout.c);
+                let n_out = u(s.buffers[*out].layout.c);
                 let (x, o) = (offset(s, Some(*input)), offset(s, Some(*out)));
-                let (w, b) = (slot.weights, slot.bias);
+                let (w, b) = (u(slot.weights), u(slot.bias));
                 quote!(rt::fc(ctx, #x, #n_in, #w, #b, #n_out, #o);)
             }
             Op::CopyOut { tap, input } => {
@@ -222,7 +231,10 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
                     Tap::ForwardFeatures => {
                         quote!(if let Some(d) = &mut forward_features { rt::copy_out(ctx, &#x, d); })
                     }
-                    Tap::Feature(f) => quote!(if let Some(d) = &mut features { rt::copy_out(ctx, &#x, &mut *d[#f]); }),
+                    Tap::Feature(f) => {
+                        let f = u(*f);
+                        quote!(if let Some(d) = &mut features { rt::copy_out(ctx, &#x, &mut *d[#f]); })
+                    }
                 }
             }
         };
@@ -254,20 +266,23 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         }
     });
     let conv_items = &convs.items;
-    let batch = g.batch;
-    let (ih, iw) = g.input_hw;
-    let image_len = 3 * ih * iw;
-    let nf = a.num_features;
-    let nc = a.num_classes;
-    let classes = if nc > 0 { nc } else { nf };
+    let batch = u(g.batch);
+    let (ih, iw) = (u(g.input_hw.0), u(g.input_hw.1));
+    let image_len = u(3 * g.input_hw.0 * g.input_hw.1);
+    let nf = u(a.num_features);
+    let nc = u(a.num_classes);
+    let classes = u(if a.num_classes > 0 { a.num_classes } else { a.num_features });
     let shape_of = |v: usize| g.values[v].shape;
     let fshapes: Vec<[usize; 4]> = g.features.iter().map(|&v| shape_of(v)).collect();
-    let flens: Vec<usize> = fshapes.iter().map(|sh| sh[1] * sh[2] * sh[3]).collect();
-    let fshape_toks = fshapes.iter().map(|sh| quote!([#(#sh),*]));
+    let flens: Vec<Literal> = fshapes.iter().map(|sh| u(sh[1] * sh[2] * sh[3])).collect();
+    let fshape_toks = fshapes.iter().map(|sh| {
+        let sh = sh.map(u);
+        quote!([#(#sh),*])
+    });
     let ff = shape_of(g.forward_features);
-    let ff_len = ff[1] * ff[2] * ff[3];
-    let ff_chw = &ff[1..];
-    let arena = s.arena_len;
+    let ff_len = u(ff[1] * ff[2] * ff[3]);
+    let ff_chw = ff[1..].iter().map(|&x| u(x));
+    let arena = u(s.arena_len);
     let json = serde_json::to_string(&s.to_json()).expect("JSON values serialize");
     let sha = &info.weights_sha256;
     let synthetic = match &info.synthetic {
@@ -280,7 +295,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let std = p.std.map(f32_lit);
     let crop_pct = f32_lit(p.crop_pct);
     let (interp, crop_mode) = (&p.interpolation, &p.crop_mode);
-    let weights_bytes = packed.data.len() * 4;
+    let weights_bytes = u(packed.data.len() * 4);
     let f_names: Vec<_> = (0..5).map(|i| format_ident!("f{i}")).collect();
     let f_consts: Vec<_> = (0..5).map(|i| format_ident!("FEATURE{i}_LEN")).collect();
     let tokens = quote! {
@@ -457,9 +472,9 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         info.synthetic.as_ref().map_or(String::new(), |t| format!(" (synthetic: {t})")),
         arch_name,
         3,
-        ih,
-        iw,
-        batch
+        g.input_hw.0,
+        g.input_hw.1,
+        g.batch
     );
     let weights = packed.data.iter().flat_map(|v| v.to_le_bytes()).collect();
     Emitted { source: header + &body, weights }
