@@ -39,6 +39,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time per fused kernel: share of the total and GFLOP/s, slowest first.
+    Profile {
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Rows to print (all with 0).
+        #[arg(long, default_value_t = 30)]
+        top: usize,
+    },
     /// The compiled model: architecture, shapes, ISA, arena, weights.
     Info,
     /// The fused kernel schedule of the compiled model.
@@ -53,6 +63,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Run { input, output, threads } => run(&input, &output, threads),
         Command::Bench { iters, threads, json } => bench(iters, threads, json),
+        Command::Profile { iters, threads, top } => profile(iters, threads, top),
         Command::Info => info(),
         Command::Schedule { json } => schedule(json),
     };
@@ -159,6 +170,53 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
             median,
             p90,
             ips
+        );
+    }
+    Ok(())
+}
+
+fn profile(iters: usize, t: Option<usize>, top: usize) -> Result<(), String> {
+    if iters == 0 {
+        return Err("--iters must be at least 1".into());
+    }
+    let (model, mut ws) = setup(t)?;
+    let input: Vec<f32> = (0..m::INPUT_LEN).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let input: &[f32; m::INPUT_LEN] = input.as_slice().try_into().expect("sized");
+    let mut logits = vec![0.0f32; m::LOGITS_LEN];
+    let mut times = [0u64; m::KERNELS];
+    let mut run = |times: &mut [u64; m::KERNELS]| {
+        let l: &mut [f32; m::LOGITS_LEN] = logits.as_mut_slice().try_into().expect("sized");
+        let out = m::Outputs { logits: l, pre_logits: None, forward_features: None, features: None };
+        model.infer_profiled(&mut ws, input, out, times);
+    };
+    run(&mut [0u64; m::KERNELS]);
+    for _ in 0..iters {
+        run(&mut times);
+    }
+    let total: u64 = times.iter().sum();
+    let mut order: Vec<usize> = (0..m::KERNELS).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(times[i]));
+    let per_iter = |ns: u64| ns as f64 / iters as f64 / 1e6;
+    println!(
+        "{} {}x{} batch {} | isa {} | {} threads | {} iters: {:.1} ms per inference in kernels",
+        m::ARCHITECTURE,
+        m::INPUT_H,
+        m::INPUT_W,
+        m::BATCH,
+        model.isa(),
+        ws.threads(),
+        iters,
+        per_iter(total)
+    );
+    println!("{:>8} {:>6} {:>8}  kernel", "ms", "share", "GFLOP/s");
+    let rows = if top == 0 { m::KERNELS } else { top.min(m::KERNELS) };
+    for &i in &order[..rows] {
+        let ms = per_iter(times[i]);
+        let gflops = (m::KERNEL_FLOPS[i] * m::BATCH as u64) as f64 / (ms * 1e6).max(1.0);
+        println!(
+            "{ms:>8.2} {:>5.1}% {gflops:>8.1}  {}",
+            100.0 * times[i] as f64 / total.max(1) as f64,
+            m::KERNEL_NAMES[i]
         );
     }
     Ok(())

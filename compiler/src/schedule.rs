@@ -11,9 +11,40 @@ use serde_json::{Value as Json, json};
 
 pub type BufId = usize;
 
-/// Pixels per block of a conv's output rows: the unit of work split across threads and of the
+/// Pixels per work item of a conv, about: the unit split across threads and of the
 /// fixed-order channel sums (ECA, global pool). Every ISA's tile height divides it.
 pub const M_BLOCK: usize = 48;
+
+/// How a conv's output pixels are tiled: rows of pixels that a tile never crosses (so the
+/// micro-kernel steps through its pixels with one constant stride), grouped into bands of
+/// rows, the unit of work and of channel sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// The pixels are contiguous in the input (1x1, stride 1, no border): rows are runs of
+    /// [`M_BLOCK`] pixels of the flattened image; else rows are image rows.
+    pub flat: bool,
+    pub rows: usize,
+    pub row_len: usize,
+    pub last_row_len: usize,
+    /// Rows per band.
+    pub band: usize,
+}
+
+impl ConvGeom {
+    pub fn new(out_h: usize, out_w: usize, flat: bool) -> ConvGeom {
+        if flat {
+            let m = out_h * out_w;
+            let rows = m.div_ceil(M_BLOCK);
+            ConvGeom { flat, rows, row_len: M_BLOCK, last_row_len: m - M_BLOCK * (rows - 1), band: 1 }
+        } else {
+            ConvGeom { flat, rows: out_h, row_len: out_w, last_row_len: out_w, band: (M_BLOCK / out_w).max(1) }
+        }
+    }
+
+    pub fn bands(&self) -> usize {
+        self.rows.div_ceil(self.band)
+    }
+}
 /// Output channels per weight panel (the micro-kernel's width, on every ISA).
 pub const NR: usize = 16;
 /// Arena alignment of every buffer, in floats (64 bytes).
@@ -294,6 +325,15 @@ impl<'g> Schedule<'g> {
             peak = peak.max(at + len);
         }
         self.arena_len = peak;
+    }
+
+    /// The tiling of a conv kernel's output.
+    pub fn conv_geom(&self, op: &Op) -> ConvGeom {
+        let Op::Conv { node, input, out, .. } = op else { unreachable!("conv_geom of a conv") };
+        let GOp::Conv(c) = &self.graph.nodes[*node].op else { unreachable!("conv node") };
+        let (li, lo) = (self.buffers[*input].layout, self.buffers[*out].layout);
+        let flat = c.spec.k == 1 && c.spec.stride == 1 && li.pad == 0;
+        ConvGeom::new(lo.h, lo.w, flat)
     }
 
     /// Bytes of all buffers side by side, without reuse.
@@ -583,8 +623,8 @@ fn pass_conv_channel_sums(s: &mut Schedule) -> PassReport {
             j += 1;
             continue;
         };
-        let l = s.buffers[input].layout;
-        s.buffers[sums].layout = Layout { h: (l.h * l.w).div_ceil(M_BLOCK), w: 1, c: l.c, pad: 0 };
+        let bands = s.conv_geom(&s.kernels[k].op).bands();
+        s.buffers[sums].layout = Layout { h: bands, w: 1, c: s.buffers[input].layout.c, pad: 0 };
         if let Op::Conv { sums: slot, .. } = &mut s.kernels[k].op {
             *slot = Some(sums);
         }

@@ -9,48 +9,16 @@ use crate::{Pool, SyncPtr};
 
 /// Output channels per weight panel, on every ISA.
 pub const NR: usize = 16;
-/// Pixels per row block (work item and channel-sum unit); every ISA's MR divides it.
-pub const M_BLOCK: usize = 48;
-/// Largest MR of any ISA.
-pub const MAX_MR: usize = 12;
 /// "No buffer" for optional arena offsets.
 pub const NONE: usize = usize::MAX;
 
-/// The micro-kernels one instruction set provides (emitted by the compiler per ISA).
+/// The elementwise kernel one instruction set provides (emitted by the compiler per ISA; the
+/// conv kernels are emitted per shape inside each ISA module).
 ///
 /// # Safety
 /// Implementations may only be called when the CPU supports the ISA: a value of the
 /// implementing type is the proof (constructed only after detection).
 pub unsafe trait Kernels: Copy + Send + Sync {
-    /// Pixels per conv tile.
-    const MR: usize;
-
-    /// One conv tile: `mr` pixels x 16 output channels over `taps.len() * kc` products.
-    ///
-    /// For pixel `i` and tap `t`, the `kc` inputs are at `a[i] + taps[t] + 0..kc`; `b` is the
-    /// panel, `[taps][kc][16]` floats; `bias` 16 floats. The epilogue adds the bias, stores the
-    /// result to `pre[i]` (when not null), applies SiLU when `act`, stores `ncols` (<= 16)
-    /// values to `out[i]`, and when `sums` is not null adds the column sums of the stored
-    /// values, rows in order, to `sums[0..ncols]`.
-    ///
-    /// # Safety
-    /// Every pointer must be valid for the accesses described, `1 <= mr <= MR`, and no other
-    /// thread may access the written memory meanwhile.
-    unsafe fn conv_tile(
-        self,
-        mr: usize,
-        a: &[*const f32; MAX_MR],
-        taps: &[isize],
-        kc: usize,
-        b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; MAX_MR],
-        pre: &[*mut f32; MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
-    );
-
     /// For `n` contiguous floats `r`: `v = r * gate[i % c] + sc` (gate, sc optional), then
     /// stores `v` to `y` and/or `silu(v)` to `act` (each optional, null when absent).
     ///
@@ -104,13 +72,13 @@ impl Buf {
 
 impl Ctx<'_> {
     #[inline(always)]
-    fn ptr(&self, off: usize) -> *mut f32 {
+    pub fn ptr(&self, off: usize) -> *mut f32 {
         // The arena is one allocation; offsets come from the compiler's memory plan.
         self.arena.0.wrapping_add(off)
     }
 
     #[inline(always)]
-    fn w(&self, off: usize) -> *const f32 {
+    pub fn w(&self, off: usize) -> *const f32 {
         self.weights.0.wrapping_add(off)
     }
 
@@ -158,9 +126,31 @@ pub struct ConvDesc {
     pub cout_g: usize,
     pub act: bool,
     pub sums: bool,
-    /// Work order: all row blocks of one panel before the next (weights stay in cache),
-    /// else all panels of one row block (activations stay in cache).
+    /// Work order: all bands of one panel before the next (weights stay in cache), else all
+    /// panels of one band (activations stay in cache).
     pub panel_outer: bool,
+    /// Tiling (see the compiler's `ConvGeom`): tiles never cross a row; `flat` rows are runs
+    /// of the flattened image, else image rows; `band` rows make one work item.
+    pub flat: bool,
+    pub rows: usize,
+    pub row_len: usize,
+    pub last_row_len: usize,
+    pub band: usize,
+}
+
+impl ConvDesc {
+    pub const fn bands(&self) -> usize {
+        self.rows.div_ceil(self.band)
+    }
+
+    pub const fn panels_per_group(&self) -> usize {
+        self.cout_g.div_ceil(NR)
+    }
+
+    /// Work items: bands x weight panels.
+    pub const fn items(&self) -> usize {
+        self.bands() * self.groups * self.panels_per_group()
+    }
 }
 
 /// Where one conv call reads and writes (arena and weight offsets).
@@ -174,65 +164,19 @@ pub struct ConvIo {
     pub bias: usize,
 }
 
-/// Runs a convolution as an implicit GEMM over row blocks x weight panels.
+/// Runs a convolution: zeroes the borders of its padded outputs, then runs `item` (the ISA's
+/// kernel for this shape) for every work item on the pool.
 ///
 /// # Safety
-/// The descriptor and offsets must come from the compiler's schedule for this arena and
-/// weight blob: all buffers in bounds, outputs disjoint from inputs.
-#[inline(always)]
-pub unsafe fn conv<K: Kernels>(k: K, ctx: &Ctx, d: &ConvDesc, io: &ConvIo) {
-    let input = Buf { offset: io.input, ..d.input };
-    let out = Buf { offset: io.out, ..d.out };
-    let pre = Buf { offset: io.pre, ..d.pre };
+/// The descriptor and offsets must come from the compiler's schedule for this arena, and
+/// `item` must be the kernel emitted for this descriptor.
+pub unsafe fn conv_run(ctx: &Ctx, d: &ConvDesc, io: &ConvIo, item: &(dyn Fn(usize) + Sync)) {
     // SAFETY: buffers are in the arena (caller contract).
     unsafe {
-        ctx.zero_border(&out);
-        ctx.zero_border(&pre);
+        ctx.zero_border(&Buf { offset: io.out, ..d.out });
+        ctx.zero_border(&Buf { offset: io.pre, ..d.pre });
     }
-    let pixels = out.h * out.w;
-    let mblocks = pixels.div_ceil(M_BLOCK);
-    let panels_g = d.cout_g.div_ceil(NR);
-    let panels = d.groups * panels_g;
-    let panel_len = d.taps.len() * d.kc * NR;
-    let shift = input.pad - d.conv_pad;
-    let mr_max = K::MR;
-    let item = |it: usize| {
-        let (mb, panel) = if d.panel_outer { (it % mblocks, it / mblocks) } else { (it / panels, it % panels) };
-        let (g, pj) = (panel / panels_g, panel % panels_g);
-        let n0 = g * d.cout_g + pj * NR;
-        let ncols = NR.min(d.cout_g - pj * NR);
-        let b = ctx.w(io.weights + panel * panel_len);
-        let bias = ctx.w(io.bias + panel * NR);
-        let sums = if d.sums { ctx.ptr(io.sums + mb * out.c + n0) } else { std::ptr::null_mut() };
-        if d.sums {
-            // SAFETY: this item alone owns sums[mb][n0..n0 + ncols].
-            unsafe { std::ptr::write_bytes(sums, 0, ncols) };
-        }
-        let end = ((mb + 1) * M_BLOCK).min(pixels);
-        let mut p0 = mb * M_BLOCK;
-        while p0 < end {
-            let mr = mr_max.min(end - p0);
-            let mut a = [std::ptr::null::<f32>(); MAX_MR];
-            let mut o = [std::ptr::null_mut::<f32>(); MAX_MR];
-            let mut pr = [std::ptr::null_mut::<f32>(); MAX_MR];
-            for i in 0..mr {
-                let (y, x) = ((p0 + i) / out.w, (p0 + i) % out.w);
-                let iy = y * d.stride + shift;
-                let ix = x * d.stride + shift;
-                let ia = input.offset + (iy * (input.w + 2 * input.pad) + ix) * input.c + g * d.kc;
-                a[i] = ctx.ptr(ia);
-                o[i] = ctx.ptr(out.at(y, x) + n0);
-                if pre.is_some() {
-                    pr[i] = ctx.ptr(pre.at(y, x) + n0);
-                }
-            }
-            // SAFETY: pointers follow the schedule's layouts; this item alone writes these
-            // output pixels' channels n0..n0 + ncols.
-            unsafe { k.conv_tile(mr, &a, d.taps, d.kc, b, bias, &o, &pr, ncols, d.act, sums) };
-            p0 += mr;
-        }
-    };
-    ctx.pool.run(mblocks * panels, &item);
+    ctx.pool.run(d.items(), item);
 }
 
 /// `v = r * gate + shortcut`, stored to `y` and/or `silu(v)` to `act`, row by row.

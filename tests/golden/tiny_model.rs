@@ -52,6 +52,70 @@ pub const STD: [f32; 3] = [0.229f32, 0.224f32, 0.225f32];
 pub const CROP_PCT: f32 = 0.9f32;
 pub const INTERPOLATION: &str = "bicubic";
 pub const CROP_MODE: &str = "center";
+/// Kernels of the schedule, in order: the timm modules each implements.
+pub const KERNEL_NAMES: [&str; KERNELS] = [
+    "pack_input input",
+    "conv stem.conv1+stem.act2",
+    "conv stem.conv2+stem.act3",
+    "conv stem.conv3+stem.act4",
+    "copy_out feature0",
+    "conv stem.conv4+stages.0.0.act1",
+    "conv stages.0.0.downsample.conv",
+    "conv stages.0.0.conv1+stages.0.0.act2",
+    "conv stages.0.0.conv2+stages.0.0.act2b",
+    "conv stages.0.0.conv2b+stages.0.0.act3",
+    "conv stages.0.0.conv3+stages.0.0.attn_last",
+    "eca_gate stages.0.0.attn_last",
+    "scale_add_act stages.0.0.attn_last+stages.0.0+stages.1.0.act1",
+    "copy_out feature1",
+    "avg_pool stages.1.0.downsample.pool",
+    "conv stages.1.0.downsample.conv",
+    "conv stages.1.0.conv1+stages.1.0.act2",
+    "conv stages.1.0.conv2+stages.1.0.act2b",
+    "conv stages.1.0.conv2b+stages.1.0.act3",
+    "conv stages.1.0.conv3+stages.1.0.attn_last",
+    "eca_gate stages.1.0.attn_last",
+    "scale_add_act stages.1.0.attn_last+stages.1.0+stages.2.0.act1",
+    "copy_out feature2",
+    "avg_pool stages.2.0.downsample.pool",
+    "conv stages.2.0.downsample.conv",
+    "conv stages.2.0.conv1+stages.2.0.act2",
+    "conv stages.2.0.conv2+stages.2.0.act2b",
+    "conv stages.2.0.conv2b+stages.2.0.act3",
+    "conv stages.2.0.conv3+stages.2.0.attn_last",
+    "eca_gate stages.2.0.attn_last",
+    "scale_add_act stages.2.0.attn_last+stages.2.0+stages.2.1.act1",
+    "conv stages.2.1.conv1+stages.2.1.act2",
+    "conv stages.2.1.conv2+stages.2.1.act2b",
+    "conv stages.2.1.conv2b+stages.2.1.act3",
+    "conv stages.2.1.conv3+stages.2.1.attn_last",
+    "eca_gate stages.2.1.attn_last",
+    "scale_add_act stages.2.1.attn_last+stages.2.1+stages.3.0.act1",
+    "copy_out feature3",
+    "avg_pool stages.3.0.downsample.pool",
+    "conv stages.3.0.downsample.conv",
+    "conv stages.3.0.conv1+stages.3.0.act2",
+    "conv stages.3.0.conv2+stages.3.0.act2b",
+    "conv stages.3.0.conv2b+stages.3.0.act3",
+    "conv stages.3.0.conv3+stages.3.0.attn_last",
+    "eca_gate stages.3.0.attn_last",
+    "scale_add_act stages.3.0.attn_last+stages.3.0",
+    "conv final_conv+final_act+head.global_pool",
+    "copy_out feature4",
+    "copy_out forward_features",
+    "mean_pool head.global_pool",
+    "copy_out pre_logits",
+    "fc head.fc",
+    "copy_out logits",
+];
+/// FLOPs per image of each kernel.
+pub const KERNEL_FLOPS: [u64; KERNELS] = [
+    4995, 47196, 62928, 251712, 0, 276480, 122880, 30720, 138240, 138240, 61440, 32,
+    7680, 0, 960, 122880, 122880, 69120, 69120, 61440, 64, 3840, 0, 576, 110592, 92160,
+    31104, 31104, 41472, 96, 1728, 41472, 31104, 31104, 41472, 96, 1728, 0, 384, 98304,
+    55296, 18432, 18432, 32768, 128, 512, 196608, 0, 0, 192, 0, 3840, 0,
+];
+pub const KERNELS: usize = 53;
 /// The fused kernel schedule (`nfc schedule --json`).
 pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":265792,\"peak_bytes\":61568},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"bytes_read\":3800,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"bytes_read\":8176,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]}]},{\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}]},{\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}]},{\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}]},{\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}]},{\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}]},{\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}]},{\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}]},{\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}]},{\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}]},{\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}]},{\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}]},{\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}]},{\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}]},{\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]}]},{\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}]},{\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}]},{\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"}],\"total_flops_per_image\":2473551}";
 #[cfg(target_arch = "x86_64")]
@@ -63,6 +127,936 @@ pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::NeonEmu];
 #[repr(C, align(64))]
 struct Aligned<T: ?Sized>(T);
 static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("nfnet_weights.bin"));
+/**3x3 conv, 3 -> 2 channels + SiLU, 45x37 -> 23x19, stride 2.
+
+Implements: stem.conv1+stem.act2.*/
+const D_STEM_CONV1: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 45,
+        w: 37,
+        c: 3,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 23,
+        w: 19,
+        c: 2,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 2,
+    conv_pad: 1,
+    taps: &[0, 3, 6, 117, 120, 123, 234, 237, 240],
+    kc: 3,
+    groups: 1,
+    cout_g: 2,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: false,
+    rows: 23,
+    row_len: 19,
+    last_row_len: 19,
+    band: 2,
+};
+/**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1.
+
+Implements: stem.conv2+stem.act3.*/
+const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 23,
+        w: 19,
+        c: 2,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 23,
+        w: 19,
+        c: 4,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 1,
+    taps: &[0, 2, 4, 42, 44, 46, 84, 86, 88],
+    kc: 2,
+    groups: 1,
+    cout_g: 4,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: false,
+    rows: 23,
+    row_len: 19,
+    last_row_len: 19,
+    band: 2,
+};
+/**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation.
+
+Implements: stem.conv3+stem.act4.*/
+const D_STEM_CONV3: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 23,
+        w: 19,
+        c: 4,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 23,
+        w: 19,
+        c: 8,
+        pad: 1,
+    },
+    pre: rt::Buf {
+        offset: 0,
+        h: 23,
+        w: 19,
+        c: 8,
+        pad: 0,
+    },
+    stride: 1,
+    conv_pad: 1,
+    taps: &[0, 4, 8, 84, 88, 92, 168, 172, 176],
+    kc: 4,
+    groups: 1,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: false,
+    rows: 23,
+    row_len: 19,
+    last_row_len: 19,
+    band: 2,
+};
+/**3x3 conv, 8 -> 16 channels + SiLU, 23x19 -> 12x10, stride 2.
+
+Implements: stem.conv4+stages.0.0.act1.*/
+const D_STEM_CONV4: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 23,
+        w: 19,
+        c: 8,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 16,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 2,
+    conv_pad: 1,
+    taps: &[0, 8, 16, 168, 176, 184, 336, 344, 352],
+    kc: 8,
+    groups: 1,
+    cout_g: 16,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: false,
+    rows: 12,
+    row_len: 10,
+    last_row_len: 10,
+    band: 4,
+};
+/**1x1 conv, 16 -> 32 channels, 12x10 -> 12x10, stride 1.
+
+Implements: stages.0.0.downsample.conv.*/
+const D_STAGES_0_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 16,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 32,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 16,
+    groups: 1,
+    cout_g: 32,
+    act: false,
+    sums: false,
+    panel_outer: false,
+    flat: true,
+    rows: 3,
+    row_len: 48,
+    last_row_len: 24,
+    band: 1,
+};
+/**1x1 conv, 16 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
+
+Implements: stages.0.0.conv1+stages.0.0.act2.*/
+const D_STAGES_0_0_CONV1: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 16,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 8,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 16,
+    groups: 1,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: true,
+    rows: 3,
+    row_len: 48,
+    last_row_len: 24,
+    band: 1,
+};
+/**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
+
+Implements: stages.0.0.conv2+stages.0.0.act2b.*/
+const D_STAGES_0_0_CONV2: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 8,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 8,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 1,
+    taps: &[0, 8, 16, 96, 104, 112, 192, 200, 208],
+    kc: 8,
+    groups: 1,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: false,
+    rows: 12,
+    row_len: 10,
+    last_row_len: 10,
+    band: 4,
+};
+/**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
+
+Implements: stages.0.0.conv2b+stages.0.0.act3.*/
+const D_STAGES_0_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 8,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 8,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 1,
+    taps: &[0, 8, 16, 96, 104, 112, 192, 200, 208],
+    kc: 8,
+    groups: 1,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: false,
+    rows: 12,
+    row_len: 10,
+    last_row_len: 10,
+    band: 4,
+};
+/**1x1 conv, 8 -> 32 channels, 12x10 -> 12x10, stride 1, accumulates channel sums.
+
+Implements: stages.0.0.conv3+stages.0.0.attn_last.*/
+const D_STAGES_0_0_CONV3: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 8,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 32,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 8,
+    groups: 1,
+    cout_g: 32,
+    act: false,
+    sums: true,
+    panel_outer: false,
+    flat: true,
+    rows: 3,
+    row_len: 48,
+    last_row_len: 24,
+    band: 1,
+};
+/**1x1 conv, 32 -> 64 channels, 6x5 -> 6x5, stride 1.
+
+Implements: stages.1.0.downsample.conv.*/
+const D_STAGES_1_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 32,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 64,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 32,
+    groups: 1,
+    cout_g: 64,
+    act: false,
+    sums: false,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 30,
+    band: 1,
+};
+/**1x1 conv, 32 -> 16 channels + SiLU, 12x10 -> 12x10, stride 1.
+
+Implements: stages.1.0.conv1+stages.1.0.act2.*/
+const D_STAGES_1_0_CONV1: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 32,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 16,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 32,
+    groups: 1,
+    cout_g: 16,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: true,
+    rows: 3,
+    row_len: 48,
+    last_row_len: 24,
+    band: 1,
+};
+/**3x3 conv in 2 groups, 16 -> 16 channels + SiLU, 12x10 -> 6x5, stride 2.
+
+Implements: stages.1.0.conv2+stages.1.0.act2b.*/
+const D_STAGES_1_0_CONV2: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 12,
+        w: 10,
+        c: 16,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 16,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 2,
+    conv_pad: 1,
+    taps: &[0, 16, 32, 192, 208, 224, 384, 400, 416],
+    kc: 8,
+    groups: 2,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: false,
+    rows: 6,
+    row_len: 5,
+    last_row_len: 5,
+    band: 9,
+};
+/**3x3 conv in 2 groups, 16 -> 16 channels + SiLU, 6x5 -> 6x5, stride 1.
+
+Implements: stages.1.0.conv2b+stages.1.0.act3.*/
+const D_STAGES_1_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 16,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 16,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 1,
+    taps: &[0, 16, 32, 112, 128, 144, 224, 240, 256],
+    kc: 8,
+    groups: 2,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: true,
+    flat: false,
+    rows: 6,
+    row_len: 5,
+    last_row_len: 5,
+    band: 9,
+};
+/**1x1 conv, 16 -> 64 channels, 6x5 -> 6x5, stride 1, accumulates channel sums.
+
+Implements: stages.1.0.conv3+stages.1.0.attn_last.*/
+const D_STAGES_1_0_CONV3: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 16,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 64,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 16,
+    groups: 1,
+    cout_g: 64,
+    act: false,
+    sums: true,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 30,
+    band: 1,
+};
+/**1x1 conv, 64 -> 96 channels, 3x3 -> 3x3, stride 1.
+
+Implements: stages.2.0.downsample.conv.*/
+const D_STAGES_2_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 64,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 96,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 64,
+    groups: 1,
+    cout_g: 96,
+    act: false,
+    sums: false,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 9,
+    band: 1,
+};
+/**1x1 conv, 64 -> 24 channels + SiLU, 6x5 -> 6x5, stride 1.
+
+Implements: stages.2.0.conv1+stages.2.0.act2.*/
+const D_STAGES_2_0_CONV1: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 64,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 24,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 64,
+    groups: 1,
+    cout_g: 24,
+    act: true,
+    sums: false,
+    panel_outer: false,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 30,
+    band: 1,
+};
+/**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 6x5 -> 3x3, stride 2.
+
+Implements: stages.2.0.conv2+stages.2.0.act2b.*/
+const D_STAGES_2_0_CONV2: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 6,
+        w: 5,
+        c: 24,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 24,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 2,
+    conv_pad: 1,
+    taps: &[0, 24, 48, 168, 192, 216, 336, 360, 384],
+    kc: 8,
+    groups: 3,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: true,
+    flat: false,
+    rows: 3,
+    row_len: 3,
+    last_row_len: 3,
+    band: 16,
+};
+/**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
+
+Implements: stages.2.0.conv2b+stages.2.0.act3, stages.2.1.conv2b+stages.2.1.act3.*/
+const D_STAGES_2_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 24,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 24,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 1,
+    taps: &[0, 24, 48, 120, 144, 168, 240, 264, 288],
+    kc: 8,
+    groups: 3,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: true,
+    flat: false,
+    rows: 3,
+    row_len: 3,
+    last_row_len: 3,
+    band: 16,
+};
+/**1x1 conv, 24 -> 96 channels, 3x3 -> 3x3, stride 1, accumulates channel sums.
+
+Implements: stages.2.0.conv3+stages.2.0.attn_last, stages.2.1.conv3+stages.2.1.attn_last.*/
+const D_STAGES_2_0_CONV3: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 24,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 96,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 24,
+    groups: 1,
+    cout_g: 96,
+    act: false,
+    sums: true,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 9,
+    band: 1,
+};
+/**1x1 conv, 96 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
+
+Implements: stages.2.1.conv1+stages.2.1.act2.*/
+const D_STAGES_2_1_CONV1: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 96,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 24,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 96,
+    groups: 1,
+    cout_g: 24,
+    act: true,
+    sums: false,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 9,
+    band: 1,
+};
+/**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
+
+Implements: stages.2.1.conv2+stages.2.1.act2b.*/
+const D_STAGES_2_1_CONV2: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 24,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 24,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 1,
+    taps: &[0, 24, 48, 120, 144, 168, 240, 264, 288],
+    kc: 8,
+    groups: 3,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: true,
+    flat: false,
+    rows: 3,
+    row_len: 3,
+    last_row_len: 3,
+    band: 16,
+};
+/**1x1 conv, 96 -> 128 channels, 2x2 -> 2x2, stride 1.
+
+Implements: stages.3.0.downsample.conv.*/
+const D_STAGES_3_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 96,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 128,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 96,
+    groups: 1,
+    cout_g: 128,
+    act: false,
+    sums: false,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 4,
+    band: 1,
+};
+/**1x1 conv, 96 -> 32 channels + SiLU, 3x3 -> 3x3, stride 1.
+
+Implements: stages.3.0.conv1+stages.3.0.act2.*/
+const D_STAGES_3_0_CONV1: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 96,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 32,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 96,
+    groups: 1,
+    cout_g: 32,
+    act: true,
+    sums: false,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 9,
+    band: 1,
+};
+/**3x3 conv in 4 groups, 32 -> 32 channels + SiLU, 3x3 -> 2x2, stride 2.
+
+Implements: stages.3.0.conv2+stages.3.0.act2b.*/
+const D_STAGES_3_0_CONV2: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 3,
+        w: 3,
+        c: 32,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 32,
+        pad: 1,
+    },
+    pre: rt::Buf::none(),
+    stride: 2,
+    conv_pad: 1,
+    taps: &[0, 32, 64, 160, 192, 224, 320, 352, 384],
+    kc: 8,
+    groups: 4,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: true,
+    flat: false,
+    rows: 2,
+    row_len: 2,
+    last_row_len: 2,
+    band: 24,
+};
+/**3x3 conv in 4 groups, 32 -> 32 channels + SiLU, 2x2 -> 2x2, stride 1.
+
+Implements: stages.3.0.conv2b+stages.3.0.act3.*/
+const D_STAGES_3_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 32,
+        pad: 1,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 32,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 1,
+    taps: &[0, 32, 64, 128, 160, 192, 256, 288, 320],
+    kc: 8,
+    groups: 4,
+    cout_g: 8,
+    act: true,
+    sums: false,
+    panel_outer: true,
+    flat: false,
+    rows: 2,
+    row_len: 2,
+    last_row_len: 2,
+    band: 24,
+};
+/**1x1 conv, 32 -> 128 channels, 2x2 -> 2x2, stride 1, accumulates channel sums.
+
+Implements: stages.3.0.conv3+stages.3.0.attn_last.*/
+const D_STAGES_3_0_CONV3: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 32,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 128,
+        pad: 0,
+    },
+    pre: rt::Buf::none(),
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 32,
+    groups: 1,
+    cout_g: 128,
+    act: false,
+    sums: true,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 4,
+    band: 1,
+};
+/**1x1 conv, 128 -> 192 channels + SiLU, 2x2 -> 2x2, stride 1, also stores the pre-activation, accumulates channel sums.
+
+Implements: final_conv+final_act+head.global_pool.*/
+const D_FINAL_CONV: rt::ConvDesc = rt::ConvDesc {
+    input: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 128,
+        pad: 0,
+    },
+    out: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 192,
+        pad: 0,
+    },
+    pre: rt::Buf {
+        offset: 0,
+        h: 2,
+        w: 2,
+        c: 192,
+        pad: 0,
+    },
+    stride: 1,
+    conv_pad: 0,
+    taps: &[0],
+    kc: 128,
+    groups: 1,
+    cout_g: 192,
+    act: true,
+    sums: true,
+    panel_outer: true,
+    flat: true,
+    rows: 1,
+    row_len: 48,
+    last_row_len: 4,
+    band: 1,
+};
 ///The Scalar micro-kernels (1 lanes, tiles of 4 pixels x 16 channels).
 #[cfg(all())]
 #[allow(
@@ -74,9 +1068,12 @@ static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("nfnet_weights.bin"));
 )]
 pub mod isa_scalar {
     pub type V = f32;
-    use nfnet_runtime::kernels::MAX_MR;
+    use nfnet_runtime::kernels as rt;
     pub const L: usize = 1;
     pub const NV: usize = 16;
+    /// Largest tile height.
+    pub const MR: usize = 4;
+    const TOK: super::Scalar = super::Scalar(());
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
         x
@@ -181,35 +1178,28 @@ pub mod isa_scalar {
             row
         }
     }
-    /// See `nfnet_runtime::kernels::Kernels::conv_tile`; `MR` pixels of `a`, `out`, `pre`.
-    #[inline(always)]
-    pub unsafe fn conv_tile<const MR: usize>(
-        a: &[*const f32; MAX_MR],
+    /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
+    /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
+    /// accumulators stay in registers for the whole loop.
+    #[inline(never)]
+    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+        a0: *const f32,
         taps: &[isize],
-        kc: usize,
         b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; MAX_MR],
-        pre: &[*mut f32; MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
+        out: *mut [[V; NV]; T],
     ) {
         unsafe {
-            let mut acc = [[splat(0.0f32); NV]; MR];
+            let mut acc = [[splat(0.0f32); NV]; T];
             let mut bp = b;
             for &t in taps {
-                let mut ap = [core::ptr::null::<f32>(); MR];
-                for i in 0..MR {
-                    ap[i] = a[i].offset(t);
-                }
-                for k in 0..kc {
+                let ap = a0.offset(t);
+                for k in 0..KC {
                     let mut bv = [splat(0.0f32); NV];
                     for v in 0..NV {
                         bv[v] = load(bp.add(v * L));
                     }
-                    for i in 0..MR {
-                        let x = splat(*ap[i].add(k));
+                    for i in 0..T {
+                        let x = splat(*ap.add(i * STEP + k));
                         for v in 0..NV {
                             acc[i][v] = madd(x, bv[v], acc[i][v]);
                         }
@@ -217,25 +1207,73 @@ pub mod isa_scalar {
                     bp = bp.add(16);
                 }
             }
+            for i in 0..T {
+                for v in 0..NV {
+                    core::ptr::write(
+                        core::ptr::addr_of_mut!((* out) [i] [v]),
+                        acc[i][v],
+                    );
+                }
+            }
+        }
+    }
+    /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
+    /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
+    /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
+    /// and are computed but not stored (tiles end at row ends without smaller kernels).
+    #[inline(always)]
+    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        px: usize,
+        skip: usize,
+        g: usize,
+        n0: usize,
+        ncols: usize,
+        b: *const f32,
+        bias: *const f32,
+        sums: *mut f32,
+    ) {
+        unsafe {
+            let inp = &d.input;
+            let a0 = if d.flat {
+                io.input + px * inp.c + g * KC
+            } else {
+                let (y, x) = (px / d.out.w, px % d.out.w);
+                let shift = inp.pad - d.conv_pad;
+                io.input
+                    + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride
+                        + shift) * inp.c + g * KC
+            };
+            let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
+            gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+            let acc = acc.assume_init();
             let mut bias_v = [splat(0.0f32); NV];
             for v in 0..NV {
                 bias_v[v] = load(bias.add(v * L));
             }
+            let out = rt::Buf { offset: io.out, ..d.out };
+            let pre = rt::Buf { offset: io.pre, ..d.pre };
             let mut colsum = [splat(0.0f32); NV];
-            for i in 0..MR {
+            for i in 0..T {
+                if i < skip {
+                    continue;
+                }
+                let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
                 let mut row = [splat(0.0f32); NV];
                 for v in 0..NV {
                     row[v] = add(acc[i][v], bias_v[v]);
                 }
-                if !pre[i].is_null() {
-                    store_row(pre[i], &row, ncols);
+                if io.pre != rt::NONE {
+                    store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
                 }
-                if act {
+                if d.act {
                     for v in 0..NV {
                         row[v] = silu(row[v]);
                     }
                 }
-                store_row(out[i], &row, ncols);
+                store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
                 for v in 0..NV {
                     colsum[v] = add(colsum[v], row[v]);
                 }
@@ -246,6 +1284,61 @@ pub mod isa_scalar {
                     s[v] = add(s[v], colsum[v]);
                 }
                 store_row(sums, &s, ncols);
+            }
+        }
+    }
+    /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+    #[inline(always)]
+    unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            let bands = d.bands();
+            let panels_g = d.panels_per_group();
+            let panels = d.groups * panels_g;
+            let (bi, panel) = if d.panel_outer {
+                (it % bands, it / bands)
+            } else {
+                (it / panels, it % panels)
+            };
+            let (g, pj) = (panel / panels_g, panel % panels_g);
+            let n0 = g * d.cout_g + pj * 16;
+            let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
+            let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
+            let bias = ctx.w(io.bias + panel * 16);
+            let sums = if d.sums {
+                let s = ctx.ptr(io.sums + bi * d.out.c + n0);
+                core::ptr::write_bytes(s, 0, ncols);
+                s
+            } else {
+                core::ptr::null_mut()
+            };
+            let r_end = if (bi + 1) * d.band < d.rows {
+                (bi + 1) * d.band
+            } else {
+                d.rows
+            };
+            for r in bi * d.band..r_end {
+                let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
+                let start = if d.flat { r * d.row_len } else { r * d.out.w };
+                let end = start + len;
+                let mut px = start;
+                while px < end {
+                    let (at, skip) = if px + T <= end {
+                        (px, 0)
+                    } else {
+                        (end - T, px + T - end)
+                    };
+                    tile::<
+                        T,
+                        KC,
+                        STEP,
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                    px = at + T;
+                }
             }
         }
     }
@@ -306,6 +1399,1472 @@ pub mod isa_scalar {
             }
         }
     }
+    unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 3, 6>(ctx, &super::D_STEM_CONV1, io, it) }
+    }
+    unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV1,
+                io,
+                &|it| unsafe { item_stem_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 2, 2>(ctx, &super::D_STEM_CONV2, io, it) }
+    }
+    unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV2,
+                io,
+                &|it| unsafe { item_stem_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 4, 4>(ctx, &super::D_STEM_CONV3, io, it) }
+    }
+    unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV3,
+                io,
+                &|it| unsafe { item_stem_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 8, 16>(ctx, &super::D_STEM_CONV4, io, it) }
+    }
+    unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV4,
+                io,
+                &|it| unsafe { item_stem_conv4(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<4, 16, 16>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 16, 16>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 8, 8>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<4, 32, 32>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 8, 32>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 8, 16>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 16, 16>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<4, 64, 64>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 64, 64>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 48>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 24, 24>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 96, 96>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_1_CONV1,
+                io,
+                &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_1_CONV2,
+                io,
+                &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<2, 8, 64>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<2, 8, 32>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 128, 128>(ctx, &super::D_FINAL_CONV, io, it) }
+    }
+    unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_FINAL_CONV,
+                io,
+                &|it| unsafe { item_final_conv(ctx, io, it) },
+            )
+        }
+    }
+    /// One image through the network with this ISA's kernels.
+    ///
+    /// # Safety
+    /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+    #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+    pub unsafe fn forward_image(
+        ctx: &rt::Ctx,
+        image: &[f32],
+        logits: &mut [f32],
+        mut pre_logits: Option<&mut [f32]>,
+        mut forward_features: Option<&mut [f32]>,
+        mut features: Option<[&mut [f32]; 5]>,
+        mut prof: Option<&mut [u64]>,
+    ) {
+        let k = TOK;
+        unsafe {
+            ///pack_input: input
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::pack_input(
+                    ctx,
+                    image,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 45,
+                        w: 37,
+                        c: 3,
+                        pad: 1,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[0] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv1+stem.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 5504,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 0,
+                        bias: 432,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[1] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv2+stem.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 5504,
+                        out: 7712,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 448,
+                        bias: 736,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[2] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv3+stem.act4
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7712,
+                        out: 0,
+                        pre: 4208,
+                        sums: rt::NONE,
+                        weights: 752,
+                        bias: 1328,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[3] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature0
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 4208,
+                            h: 23,
+                            w: 19,
+                            c: 8,
+                            pad: 0,
+                        },
+                        &mut *d[0],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[4] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv4+stages.0.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv4(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 1344,
+                        bias: 2496,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[5] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 2512,
+                        bias: 3024,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[6] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv1+stages.0.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 6128,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3056,
+                        bias: 3312,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[7] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv2+stages.0.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6128,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3328,
+                        bias: 4480,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[8] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv2b+stages.0.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3840,
+                        out: 7680,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 4496,
+                        bias: 5648,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[9] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv3+stages.0.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7680,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: 8640,
+                        weights: 5664,
+                        bias: 5920,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[10] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.0.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[11] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 3840,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    15360,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 7680,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 11520,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[12] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 7680,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &mut *d[1],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[13] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.1.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 11520,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[14] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2688,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 5968,
+                        bias: 8016,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[15] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv1+stages.1.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 11520,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8080,
+                        bias: 8592,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[16] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv2+stages.1.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4608,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8608,
+                        bias: 10912,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[17] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv2b+stages.1.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4608,
+                        out: 1920,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 10944,
+                        bias: 13248,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[18] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv3+stages.1.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1920,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 2400,
+                        weights: 13280,
+                        bias: 14304,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[19] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.1.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[20] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    1920,
+                    &rt::Buf {
+                        offset: 2688,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 4608,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[21] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 4608,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &mut *d[2],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[22] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.2.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[23] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1344,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 14384,
+                        bias: 20528,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[24] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv1+stages.2.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6528,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 20624,
+                        bias: 22672,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[25] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv2+stages.2.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 22704,
+                        bias: 26160,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[26] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv2b+stages.2.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 2208,
+                        out: 864,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 26208,
+                        bias: 29664,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[27] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv3+stages.2.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 864,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 1088,
+                        weights: 29712,
+                        bias: 32016,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[28] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.2.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[29] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    864,
+                    &rt::Buf {
+                        offset: 1344,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 2208,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[30] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv1+stages.2.1.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_1_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3072,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 32128,
+                        bias: 35200,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[31] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv2+stages.2.1.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_1_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 608,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 35232,
+                        bias: 38688,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[32] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv2b+stages.2.1.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 608,
+                        out: 1216,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 38736,
+                        bias: 42192,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[33] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv3+stages.2.1.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1216,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 864,
+                        weights: 42240,
+                        bias: 44544,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[34] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.2.1.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[35] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    1728,
+                    &rt::Buf {
+                        offset: 2208,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 864,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[36] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 864,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &mut *d[3],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[37] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.3.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[38] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 800,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 44656,
+                        bias: 56944,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[39] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv1+stages.3.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3072,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 57072,
+                        bias: 60144,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[40] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv2+stages.3.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1312,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 60176,
+                        bias: 64784,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[41] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv2b+stages.3.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1312,
+                        out: 512,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 64848,
+                        bias: 69456,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[42] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv3+stages.3.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 512,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 640,
+                        weights: 69520,
+                        bias: 73616,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[43] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.3.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[44] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.3.0.attn_last+stages.3.0
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    512,
+                    &rt::Buf {
+                        offset: 800,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 1536,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf::none(),
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[45] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: final_conv+final_act+head.global_pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_final_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1536,
+                        out: 768,
+                        pre: 0,
+                        sums: 2048,
+                        weights: 73760,
+                        bias: 98336,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[46] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature4
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 192,
+                            pad: 0,
+                        },
+                        &mut *d[4],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[47] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: forward_features
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut forward_features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 768,
+                            h: 2,
+                            w: 2,
+                            c: 192,
+                            pad: 0,
+                        },
+                        d,
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[48] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///mean_pool: head.global_pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[49] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: pre_logits
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut pre_logits {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 1,
+                            w: 1,
+                            c: 192,
+                            pad: 0,
+                        },
+                        d,
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[50] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///fc: head.fc
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[51] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: logits
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 192,
+                        h: 1,
+                        w: 1,
+                        c: 10,
+                        pad: 0,
+                    },
+                    logits,
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[52] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+        }
+    }
 }
 /// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(all())]
@@ -313,47 +2872,6 @@ pub mod isa_scalar {
 pub struct Scalar(());
 #[cfg(all())]
 unsafe impl nfnet_runtime::kernels::Kernels for Scalar {
-    const MR: usize = 4;
-    unsafe fn conv_tile(
-        self,
-        mr: usize,
-        a: &[*const f32; nfnet_runtime::kernels::MAX_MR],
-        taps: &[isize],
-        kc: usize,
-        b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-        pre: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
-    ) {
-        unsafe {
-            match mr {
-                1 => {
-                    isa_scalar::conv_tile::<
-                        1,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                2 => {
-                    isa_scalar::conv_tile::<
-                        2,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                3 => {
-                    isa_scalar::conv_tile::<
-                        3,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                4 => {
-                    isa_scalar::conv_tile::<
-                        4,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                _ => unreachable!("tile height above MR"),
-            }
-        }
-    }
     unsafe fn scale_add_act(
         self,
         n: usize,
@@ -379,9 +2897,12 @@ unsafe impl nfnet_runtime::kernels::Kernels for Scalar {
 pub mod isa_avx2 {
     use core::arch::x86_64::*;
     pub type V = __m256;
-    use nfnet_runtime::kernels::MAX_MR;
+    use nfnet_runtime::kernels as rt;
     pub const L: usize = 8;
     pub const NV: usize = 2;
+    /// Largest tile height.
+    pub const MR: usize = 6;
+    const TOK: super::Avx2 = super::Avx2(());
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn splat(x: f32) -> V {
@@ -508,36 +3029,29 @@ pub mod isa_avx2 {
             row
         }
     }
-    /// See `nfnet_runtime::kernels::Kernels::conv_tile`; `MR` pixels of `a`, `out`, `pre`.
-    #[inline]
+    /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
+    /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
+    /// accumulators stay in registers for the whole loop.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn conv_tile<const MR: usize>(
-        a: &[*const f32; MAX_MR],
+    #[inline(never)]
+    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+        a0: *const f32,
         taps: &[isize],
-        kc: usize,
         b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; MAX_MR],
-        pre: &[*mut f32; MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
+        out: *mut [[V; NV]; T],
     ) {
         unsafe {
-            let mut acc = [[splat(0.0f32); NV]; MR];
+            let mut acc = [[splat(0.0f32); NV]; T];
             let mut bp = b;
             for &t in taps {
-                let mut ap = [core::ptr::null::<f32>(); MR];
-                for i in 0..MR {
-                    ap[i] = a[i].offset(t);
-                }
-                for k in 0..kc {
+                let ap = a0.offset(t);
+                for k in 0..KC {
                     let mut bv = [splat(0.0f32); NV];
                     for v in 0..NV {
                         bv[v] = load(bp.add(v * L));
                     }
-                    for i in 0..MR {
-                        let x = splat(*ap[i].add(k));
+                    for i in 0..T {
+                        let x = splat(*ap.add(i * STEP + k));
                         for v in 0..NV {
                             acc[i][v] = madd(x, bv[v], acc[i][v]);
                         }
@@ -545,25 +3059,74 @@ pub mod isa_avx2 {
                     bp = bp.add(16);
                 }
             }
+            for i in 0..T {
+                for v in 0..NV {
+                    core::ptr::write(
+                        core::ptr::addr_of_mut!((* out) [i] [v]),
+                        acc[i][v],
+                    );
+                }
+            }
+        }
+    }
+    /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
+    /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
+    /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
+    /// and are computed but not stored (tiles end at row ends without smaller kernels).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        px: usize,
+        skip: usize,
+        g: usize,
+        n0: usize,
+        ncols: usize,
+        b: *const f32,
+        bias: *const f32,
+        sums: *mut f32,
+    ) {
+        unsafe {
+            let inp = &d.input;
+            let a0 = if d.flat {
+                io.input + px * inp.c + g * KC
+            } else {
+                let (y, x) = (px / d.out.w, px % d.out.w);
+                let shift = inp.pad - d.conv_pad;
+                io.input
+                    + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride
+                        + shift) * inp.c + g * KC
+            };
+            let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
+            gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+            let acc = acc.assume_init();
             let mut bias_v = [splat(0.0f32); NV];
             for v in 0..NV {
                 bias_v[v] = load(bias.add(v * L));
             }
+            let out = rt::Buf { offset: io.out, ..d.out };
+            let pre = rt::Buf { offset: io.pre, ..d.pre };
             let mut colsum = [splat(0.0f32); NV];
-            for i in 0..MR {
+            for i in 0..T {
+                if i < skip {
+                    continue;
+                }
+                let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
                 let mut row = [splat(0.0f32); NV];
                 for v in 0..NV {
                     row[v] = add(acc[i][v], bias_v[v]);
                 }
-                if !pre[i].is_null() {
-                    store_row(pre[i], &row, ncols);
+                if io.pre != rt::NONE {
+                    store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
                 }
-                if act {
+                if d.act {
                     for v in 0..NV {
                         row[v] = silu(row[v]);
                     }
                 }
-                store_row(out[i], &row, ncols);
+                store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
                 for v in 0..NV {
                     colsum[v] = add(colsum[v], row[v]);
                 }
@@ -574,6 +3137,62 @@ pub mod isa_avx2 {
                     s[v] = add(s[v], colsum[v]);
                 }
                 store_row(sums, &s, ncols);
+            }
+        }
+    }
+    /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            let bands = d.bands();
+            let panels_g = d.panels_per_group();
+            let panels = d.groups * panels_g;
+            let (bi, panel) = if d.panel_outer {
+                (it % bands, it / bands)
+            } else {
+                (it / panels, it % panels)
+            };
+            let (g, pj) = (panel / panels_g, panel % panels_g);
+            let n0 = g * d.cout_g + pj * 16;
+            let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
+            let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
+            let bias = ctx.w(io.bias + panel * 16);
+            let sums = if d.sums {
+                let s = ctx.ptr(io.sums + bi * d.out.c + n0);
+                core::ptr::write_bytes(s, 0, ncols);
+                s
+            } else {
+                core::ptr::null_mut()
+            };
+            let r_end = if (bi + 1) * d.band < d.rows {
+                (bi + 1) * d.band
+            } else {
+                d.rows
+            };
+            for r in bi * d.band..r_end {
+                let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
+                let start = if d.flat { r * d.row_len } else { r * d.out.w };
+                let end = start + len;
+                let mut px = start;
+                while px < end {
+                    let (at, skip) = if px + T <= end {
+                        (px, 0)
+                    } else {
+                        (end - T, px + T - end)
+                    };
+                    tile::<
+                        T,
+                        KC,
+                        STEP,
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                    px = at + T;
+                }
             }
         }
     }
@@ -635,6 +3254,1499 @@ pub mod isa_avx2 {
             }
         }
     }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 3, 6>(ctx, &super::D_STEM_CONV1, io, it) }
+    }
+    unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV1,
+                io,
+                &|it| unsafe { item_stem_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 2, 2>(ctx, &super::D_STEM_CONV2, io, it) }
+    }
+    unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV2,
+                io,
+                &|it| unsafe { item_stem_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 4, 4>(ctx, &super::D_STEM_CONV3, io, it) }
+    }
+    unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV3,
+                io,
+                &|it| unsafe { item_stem_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 8, 16>(ctx, &super::D_STEM_CONV4, io, it) }
+    }
+    unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV4,
+                io,
+                &|it| unsafe { item_stem_conv4(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_0_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<6, 16, 16>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 16, 16>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_1_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<6, 32, 32>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 32, 32>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<5, 8, 32>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<5, 8, 16>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 16, 16>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_2_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<6, 64, 64>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 64, 64>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 48>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 24, 24>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 96, 96>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_1_CONV1,
+                io,
+                &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_1_CONV2,
+                io,
+                &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_3_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 96, 96>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<2, 8, 64>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<2, 8, 32>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 128, 128>(ctx, &super::D_FINAL_CONV, io, it) }
+    }
+    unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_FINAL_CONV,
+                io,
+                &|it| unsafe { item_final_conv(ctx, io, it) },
+            )
+        }
+    }
+    /// One image through the network with this ISA's kernels.
+    ///
+    /// # Safety
+    /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+    #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+    pub unsafe fn forward_image(
+        ctx: &rt::Ctx,
+        image: &[f32],
+        logits: &mut [f32],
+        mut pre_logits: Option<&mut [f32]>,
+        mut forward_features: Option<&mut [f32]>,
+        mut features: Option<[&mut [f32]; 5]>,
+        mut prof: Option<&mut [u64]>,
+    ) {
+        let k = TOK;
+        unsafe {
+            ///pack_input: input
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::pack_input(
+                    ctx,
+                    image,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 45,
+                        w: 37,
+                        c: 3,
+                        pad: 1,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[0] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv1+stem.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 5504,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 0,
+                        bias: 432,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[1] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv2+stem.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 5504,
+                        out: 7712,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 448,
+                        bias: 736,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[2] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv3+stem.act4
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7712,
+                        out: 0,
+                        pre: 4208,
+                        sums: rt::NONE,
+                        weights: 752,
+                        bias: 1328,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[3] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature0
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 4208,
+                            h: 23,
+                            w: 19,
+                            c: 8,
+                            pad: 0,
+                        },
+                        &mut *d[0],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[4] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv4+stages.0.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv4(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 1344,
+                        bias: 2496,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[5] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 2512,
+                        bias: 3024,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[6] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv1+stages.0.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 6128,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3056,
+                        bias: 3312,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[7] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv2+stages.0.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6128,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3328,
+                        bias: 4480,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[8] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv2b+stages.0.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3840,
+                        out: 7680,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 4496,
+                        bias: 5648,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[9] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv3+stages.0.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7680,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: 8640,
+                        weights: 5664,
+                        bias: 5920,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[10] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.0.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[11] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 3840,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    15360,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 7680,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 11520,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[12] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 7680,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &mut *d[1],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[13] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.1.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 11520,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[14] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2688,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 5968,
+                        bias: 8016,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[15] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv1+stages.1.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 11520,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8080,
+                        bias: 8592,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[16] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv2+stages.1.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4608,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8608,
+                        bias: 10912,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[17] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv2b+stages.1.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4608,
+                        out: 1920,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 10944,
+                        bias: 13248,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[18] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv3+stages.1.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1920,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 2400,
+                        weights: 13280,
+                        bias: 14304,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[19] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.1.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[20] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    1920,
+                    &rt::Buf {
+                        offset: 2688,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 4608,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[21] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 4608,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &mut *d[2],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[22] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.2.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[23] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1344,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 14384,
+                        bias: 20528,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[24] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv1+stages.2.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6528,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 20624,
+                        bias: 22672,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[25] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv2+stages.2.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 22704,
+                        bias: 26160,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[26] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv2b+stages.2.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 2208,
+                        out: 864,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 26208,
+                        bias: 29664,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[27] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv3+stages.2.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 864,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 1088,
+                        weights: 29712,
+                        bias: 32016,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[28] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.2.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[29] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    864,
+                    &rt::Buf {
+                        offset: 1344,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 2208,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[30] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv1+stages.2.1.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_1_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3072,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 32128,
+                        bias: 35200,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[31] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv2+stages.2.1.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_1_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 608,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 35232,
+                        bias: 38688,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[32] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv2b+stages.2.1.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 608,
+                        out: 1216,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 38736,
+                        bias: 42192,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[33] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv3+stages.2.1.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1216,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 864,
+                        weights: 42240,
+                        bias: 44544,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[34] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.2.1.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[35] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    1728,
+                    &rt::Buf {
+                        offset: 2208,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 864,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[36] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 864,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &mut *d[3],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[37] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.3.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[38] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 800,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 44656,
+                        bias: 56944,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[39] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv1+stages.3.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3072,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 57072,
+                        bias: 60144,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[40] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv2+stages.3.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1312,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 60176,
+                        bias: 64784,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[41] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv2b+stages.3.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1312,
+                        out: 512,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 64848,
+                        bias: 69456,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[42] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv3+stages.3.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 512,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 640,
+                        weights: 69520,
+                        bias: 73616,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[43] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.3.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[44] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.3.0.attn_last+stages.3.0
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    512,
+                    &rt::Buf {
+                        offset: 800,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 1536,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf::none(),
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[45] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: final_conv+final_act+head.global_pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_final_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1536,
+                        out: 768,
+                        pre: 0,
+                        sums: 2048,
+                        weights: 73760,
+                        bias: 98336,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[46] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature4
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 192,
+                            pad: 0,
+                        },
+                        &mut *d[4],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[47] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: forward_features
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut forward_features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 768,
+                            h: 2,
+                            w: 2,
+                            c: 192,
+                            pad: 0,
+                        },
+                        d,
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[48] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///mean_pool: head.global_pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[49] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: pre_logits
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut pre_logits {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 1,
+                            w: 1,
+                            c: 192,
+                            pad: 0,
+                        },
+                        d,
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[50] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///fc: head.fc
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[51] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: logits
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 192,
+                        h: 1,
+                        w: 1,
+                        c: 10,
+                        pad: 0,
+                    },
+                    logits,
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[52] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+        }
+    }
 }
 /// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(target_arch = "x86_64")]
@@ -642,57 +4754,6 @@ pub mod isa_avx2 {
 pub struct Avx2(());
 #[cfg(target_arch = "x86_64")]
 unsafe impl nfnet_runtime::kernels::Kernels for Avx2 {
-    const MR: usize = 6;
-    unsafe fn conv_tile(
-        self,
-        mr: usize,
-        a: &[*const f32; nfnet_runtime::kernels::MAX_MR],
-        taps: &[isize],
-        kc: usize,
-        b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-        pre: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
-    ) {
-        unsafe {
-            match mr {
-                1 => {
-                    isa_avx2::conv_tile::<
-                        1,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                2 => {
-                    isa_avx2::conv_tile::<
-                        2,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                3 => {
-                    isa_avx2::conv_tile::<
-                        3,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                4 => {
-                    isa_avx2::conv_tile::<
-                        4,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                5 => {
-                    isa_avx2::conv_tile::<
-                        5,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                6 => {
-                    isa_avx2::conv_tile::<
-                        6,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                _ => unreachable!("tile height above MR"),
-            }
-        }
-    }
     unsafe fn scale_add_act(
         self,
         n: usize,
@@ -718,9 +4779,12 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx2 {
 pub mod isa_avx512 {
     use core::arch::x86_64::*;
     pub type V = __m512;
-    use nfnet_runtime::kernels::MAX_MR;
+    use nfnet_runtime::kernels as rt;
     pub const L: usize = 16;
     pub const NV: usize = 1;
+    /// Largest tile height.
+    pub const MR: usize = 12;
+    const TOK: super::Avx512 = super::Avx512(());
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn splat(x: f32) -> V {
@@ -848,36 +4912,29 @@ pub mod isa_avx512 {
             row
         }
     }
-    /// See `nfnet_runtime::kernels::Kernels::conv_tile`; `MR` pixels of `a`, `out`, `pre`.
-    #[inline]
+    /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
+    /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
+    /// accumulators stay in registers for the whole loop.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn conv_tile<const MR: usize>(
-        a: &[*const f32; MAX_MR],
+    #[inline(never)]
+    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+        a0: *const f32,
         taps: &[isize],
-        kc: usize,
         b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; MAX_MR],
-        pre: &[*mut f32; MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
+        out: *mut [[V; NV]; T],
     ) {
         unsafe {
-            let mut acc = [[splat(0.0f32); NV]; MR];
+            let mut acc = [[splat(0.0f32); NV]; T];
             let mut bp = b;
             for &t in taps {
-                let mut ap = [core::ptr::null::<f32>(); MR];
-                for i in 0..MR {
-                    ap[i] = a[i].offset(t);
-                }
-                for k in 0..kc {
+                let ap = a0.offset(t);
+                for k in 0..KC {
                     let mut bv = [splat(0.0f32); NV];
                     for v in 0..NV {
                         bv[v] = load(bp.add(v * L));
                     }
-                    for i in 0..MR {
-                        let x = splat(*ap[i].add(k));
+                    for i in 0..T {
+                        let x = splat(*ap.add(i * STEP + k));
                         for v in 0..NV {
                             acc[i][v] = madd(x, bv[v], acc[i][v]);
                         }
@@ -885,25 +4942,74 @@ pub mod isa_avx512 {
                     bp = bp.add(16);
                 }
             }
+            for i in 0..T {
+                for v in 0..NV {
+                    core::ptr::write(
+                        core::ptr::addr_of_mut!((* out) [i] [v]),
+                        acc[i][v],
+                    );
+                }
+            }
+        }
+    }
+    /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
+    /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
+    /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
+    /// and are computed but not stored (tiles end at row ends without smaller kernels).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        px: usize,
+        skip: usize,
+        g: usize,
+        n0: usize,
+        ncols: usize,
+        b: *const f32,
+        bias: *const f32,
+        sums: *mut f32,
+    ) {
+        unsafe {
+            let inp = &d.input;
+            let a0 = if d.flat {
+                io.input + px * inp.c + g * KC
+            } else {
+                let (y, x) = (px / d.out.w, px % d.out.w);
+                let shift = inp.pad - d.conv_pad;
+                io.input
+                    + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride
+                        + shift) * inp.c + g * KC
+            };
+            let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
+            gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+            let acc = acc.assume_init();
             let mut bias_v = [splat(0.0f32); NV];
             for v in 0..NV {
                 bias_v[v] = load(bias.add(v * L));
             }
+            let out = rt::Buf { offset: io.out, ..d.out };
+            let pre = rt::Buf { offset: io.pre, ..d.pre };
             let mut colsum = [splat(0.0f32); NV];
-            for i in 0..MR {
+            for i in 0..T {
+                if i < skip {
+                    continue;
+                }
+                let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
                 let mut row = [splat(0.0f32); NV];
                 for v in 0..NV {
                     row[v] = add(acc[i][v], bias_v[v]);
                 }
-                if !pre[i].is_null() {
-                    store_row(pre[i], &row, ncols);
+                if io.pre != rt::NONE {
+                    store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
                 }
-                if act {
+                if d.act {
                     for v in 0..NV {
                         row[v] = silu(row[v]);
                     }
                 }
-                store_row(out[i], &row, ncols);
+                store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
                 for v in 0..NV {
                     colsum[v] = add(colsum[v], row[v]);
                 }
@@ -914,6 +5020,62 @@ pub mod isa_avx512 {
                     s[v] = add(s[v], colsum[v]);
                 }
                 store_row(sums, &s, ncols);
+            }
+        }
+    }
+    /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            let bands = d.bands();
+            let panels_g = d.panels_per_group();
+            let panels = d.groups * panels_g;
+            let (bi, panel) = if d.panel_outer {
+                (it % bands, it / bands)
+            } else {
+                (it / panels, it % panels)
+            };
+            let (g, pj) = (panel / panels_g, panel % panels_g);
+            let n0 = g * d.cout_g + pj * 16;
+            let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
+            let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
+            let bias = ctx.w(io.bias + panel * 16);
+            let sums = if d.sums {
+                let s = ctx.ptr(io.sums + bi * d.out.c + n0);
+                core::ptr::write_bytes(s, 0, ncols);
+                s
+            } else {
+                core::ptr::null_mut()
+            };
+            let r_end = if (bi + 1) * d.band < d.rows {
+                (bi + 1) * d.band
+            } else {
+                d.rows
+            };
+            for r in bi * d.band..r_end {
+                let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
+                let start = if d.flat { r * d.row_len } else { r * d.out.w };
+                let end = start + len;
+                let mut px = start;
+                while px < end {
+                    let (at, skip) = if px + T <= end {
+                        (px, 0)
+                    } else {
+                        (end - T, px + T - end)
+                    };
+                    tile::<
+                        T,
+                        KC,
+                        STEP,
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                    px = at + T;
+                }
             }
         }
     }
@@ -975,6 +5137,1499 @@ pub mod isa_avx512 {
             }
         }
     }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<12, 3, 6>(ctx, &super::D_STEM_CONV1, io, it) }
+    }
+    unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV1,
+                io,
+                &|it| unsafe { item_stem_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<12, 2, 2>(ctx, &super::D_STEM_CONV2, io, it) }
+    }
+    unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV2,
+                io,
+                &|it| unsafe { item_stem_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<12, 4, 4>(ctx, &super::D_STEM_CONV3, io, it) }
+    }
+    unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV3,
+                io,
+                &|it| unsafe { item_stem_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<10, 8, 16>(ctx, &super::D_STEM_CONV4, io, it) }
+    }
+    unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV4,
+                io,
+                &|it| unsafe { item_stem_conv4(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_0_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<12, 16, 16>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<12, 16, 16>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<10, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<10, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<12, 8, 8>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_1_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<12, 32, 32>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<12, 32, 32>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<5, 8, 32>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<5, 8, 16>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<12, 16, 16>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_2_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<9, 64, 64>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<12, 64, 64>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 48>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<9, 24, 24>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<9, 96, 96>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_1_CONV1,
+                io,
+                &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_1_CONV2,
+                io,
+                &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_3_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<9, 96, 96>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<2, 8, 64>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<2, 8, 32>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 128, 128>(ctx, &super::D_FINAL_CONV, io, it) }
+    }
+    unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_FINAL_CONV,
+                io,
+                &|it| unsafe { item_final_conv(ctx, io, it) },
+            )
+        }
+    }
+    /// One image through the network with this ISA's kernels.
+    ///
+    /// # Safety
+    /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+    #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+    pub unsafe fn forward_image(
+        ctx: &rt::Ctx,
+        image: &[f32],
+        logits: &mut [f32],
+        mut pre_logits: Option<&mut [f32]>,
+        mut forward_features: Option<&mut [f32]>,
+        mut features: Option<[&mut [f32]; 5]>,
+        mut prof: Option<&mut [u64]>,
+    ) {
+        let k = TOK;
+        unsafe {
+            ///pack_input: input
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::pack_input(
+                    ctx,
+                    image,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 45,
+                        w: 37,
+                        c: 3,
+                        pad: 1,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[0] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv1+stem.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 5504,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 0,
+                        bias: 432,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[1] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv2+stem.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 5504,
+                        out: 7712,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 448,
+                        bias: 736,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[2] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv3+stem.act4
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7712,
+                        out: 0,
+                        pre: 4208,
+                        sums: rt::NONE,
+                        weights: 752,
+                        bias: 1328,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[3] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature0
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 4208,
+                            h: 23,
+                            w: 19,
+                            c: 8,
+                            pad: 0,
+                        },
+                        &mut *d[0],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[4] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv4+stages.0.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv4(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 1344,
+                        bias: 2496,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[5] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 2512,
+                        bias: 3024,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[6] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv1+stages.0.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 6128,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3056,
+                        bias: 3312,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[7] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv2+stages.0.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6128,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3328,
+                        bias: 4480,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[8] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv2b+stages.0.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3840,
+                        out: 7680,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 4496,
+                        bias: 5648,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[9] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv3+stages.0.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7680,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: 8640,
+                        weights: 5664,
+                        bias: 5920,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[10] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.0.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[11] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 3840,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    15360,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 7680,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 11520,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[12] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 7680,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &mut *d[1],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[13] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.1.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 11520,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[14] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2688,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 5968,
+                        bias: 8016,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[15] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv1+stages.1.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 11520,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8080,
+                        bias: 8592,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[16] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv2+stages.1.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4608,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8608,
+                        bias: 10912,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[17] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv2b+stages.1.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4608,
+                        out: 1920,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 10944,
+                        bias: 13248,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[18] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv3+stages.1.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1920,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 2400,
+                        weights: 13280,
+                        bias: 14304,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[19] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.1.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[20] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    1920,
+                    &rt::Buf {
+                        offset: 2688,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 4608,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[21] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 4608,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &mut *d[2],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[22] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.2.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[23] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1344,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 14384,
+                        bias: 20528,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[24] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv1+stages.2.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6528,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 20624,
+                        bias: 22672,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[25] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv2+stages.2.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 22704,
+                        bias: 26160,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[26] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv2b+stages.2.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 2208,
+                        out: 864,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 26208,
+                        bias: 29664,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[27] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv3+stages.2.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 864,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 1088,
+                        weights: 29712,
+                        bias: 32016,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[28] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.2.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[29] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    864,
+                    &rt::Buf {
+                        offset: 1344,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 2208,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[30] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv1+stages.2.1.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_1_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3072,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 32128,
+                        bias: 35200,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[31] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv2+stages.2.1.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_1_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 608,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 35232,
+                        bias: 38688,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[32] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv2b+stages.2.1.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 608,
+                        out: 1216,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 38736,
+                        bias: 42192,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[33] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv3+stages.2.1.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1216,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 864,
+                        weights: 42240,
+                        bias: 44544,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[34] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.2.1.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[35] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    1728,
+                    &rt::Buf {
+                        offset: 2208,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 864,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[36] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 864,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &mut *d[3],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[37] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.3.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[38] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 800,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 44656,
+                        bias: 56944,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[39] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv1+stages.3.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3072,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 57072,
+                        bias: 60144,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[40] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv2+stages.3.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1312,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 60176,
+                        bias: 64784,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[41] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv2b+stages.3.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1312,
+                        out: 512,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 64848,
+                        bias: 69456,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[42] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv3+stages.3.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 512,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 640,
+                        weights: 69520,
+                        bias: 73616,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[43] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.3.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[44] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.3.0.attn_last+stages.3.0
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    512,
+                    &rt::Buf {
+                        offset: 800,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 1536,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf::none(),
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[45] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: final_conv+final_act+head.global_pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_final_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1536,
+                        out: 768,
+                        pre: 0,
+                        sums: 2048,
+                        weights: 73760,
+                        bias: 98336,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[46] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature4
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 192,
+                            pad: 0,
+                        },
+                        &mut *d[4],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[47] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: forward_features
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut forward_features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 768,
+                            h: 2,
+                            w: 2,
+                            c: 192,
+                            pad: 0,
+                        },
+                        d,
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[48] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///mean_pool: head.global_pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[49] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: pre_logits
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut pre_logits {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 1,
+                            w: 1,
+                            c: 192,
+                            pad: 0,
+                        },
+                        d,
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[50] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///fc: head.fc
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[51] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: logits
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 192,
+                        h: 1,
+                        w: 1,
+                        c: 10,
+                        pad: 0,
+                    },
+                    logits,
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[52] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+        }
+    }
 }
 /// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(target_arch = "x86_64")]
@@ -982,87 +6637,6 @@ pub mod isa_avx512 {
 pub struct Avx512(());
 #[cfg(target_arch = "x86_64")]
 unsafe impl nfnet_runtime::kernels::Kernels for Avx512 {
-    const MR: usize = 12;
-    unsafe fn conv_tile(
-        self,
-        mr: usize,
-        a: &[*const f32; nfnet_runtime::kernels::MAX_MR],
-        taps: &[isize],
-        kc: usize,
-        b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-        pre: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
-    ) {
-        unsafe {
-            match mr {
-                1 => {
-                    isa_avx512::conv_tile::<
-                        1,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                2 => {
-                    isa_avx512::conv_tile::<
-                        2,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                3 => {
-                    isa_avx512::conv_tile::<
-                        3,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                4 => {
-                    isa_avx512::conv_tile::<
-                        4,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                5 => {
-                    isa_avx512::conv_tile::<
-                        5,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                6 => {
-                    isa_avx512::conv_tile::<
-                        6,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                7 => {
-                    isa_avx512::conv_tile::<
-                        7,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                8 => {
-                    isa_avx512::conv_tile::<
-                        8,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                9 => {
-                    isa_avx512::conv_tile::<
-                        9,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                10 => {
-                    isa_avx512::conv_tile::<
-                        10,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                11 => {
-                    isa_avx512::conv_tile::<
-                        11,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                12 => {
-                    isa_avx512::conv_tile::<
-                        12,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                _ => unreachable!("tile height above MR"),
-            }
-        }
-    }
     unsafe fn scale_add_act(
         self,
         n: usize,
@@ -1091,9 +6665,12 @@ pub mod isa_neon {
     #[cfg(not(target_arch = "aarch64"))]
     use nfnet_runtime::neon_emu::*;
     pub type V = float32x4_t;
-    use nfnet_runtime::kernels::MAX_MR;
+    use nfnet_runtime::kernels as rt;
     pub const L: usize = 4;
     pub const NV: usize = 4;
+    /// Largest tile height.
+    pub const MR: usize = 6;
+    const TOK: super::Neon = super::Neon(());
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
         unsafe { vdupq_n_f32(x) }
@@ -1202,35 +6779,28 @@ pub mod isa_neon {
             row
         }
     }
-    /// See `nfnet_runtime::kernels::Kernels::conv_tile`; `MR` pixels of `a`, `out`, `pre`.
-    #[inline(always)]
-    pub unsafe fn conv_tile<const MR: usize>(
-        a: &[*const f32; MAX_MR],
+    /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
+    /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
+    /// accumulators stay in registers for the whole loop.
+    #[inline(never)]
+    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+        a0: *const f32,
         taps: &[isize],
-        kc: usize,
         b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; MAX_MR],
-        pre: &[*mut f32; MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
+        out: *mut [[V; NV]; T],
     ) {
         unsafe {
-            let mut acc = [[splat(0.0f32); NV]; MR];
+            let mut acc = [[splat(0.0f32); NV]; T];
             let mut bp = b;
             for &t in taps {
-                let mut ap = [core::ptr::null::<f32>(); MR];
-                for i in 0..MR {
-                    ap[i] = a[i].offset(t);
-                }
-                for k in 0..kc {
+                let ap = a0.offset(t);
+                for k in 0..KC {
                     let mut bv = [splat(0.0f32); NV];
                     for v in 0..NV {
                         bv[v] = load(bp.add(v * L));
                     }
-                    for i in 0..MR {
-                        let x = splat(*ap[i].add(k));
+                    for i in 0..T {
+                        let x = splat(*ap.add(i * STEP + k));
                         for v in 0..NV {
                             acc[i][v] = madd(x, bv[v], acc[i][v]);
                         }
@@ -1238,25 +6808,73 @@ pub mod isa_neon {
                     bp = bp.add(16);
                 }
             }
+            for i in 0..T {
+                for v in 0..NV {
+                    core::ptr::write(
+                        core::ptr::addr_of_mut!((* out) [i] [v]),
+                        acc[i][v],
+                    );
+                }
+            }
+        }
+    }
+    /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
+    /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
+    /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
+    /// and are computed but not stored (tiles end at row ends without smaller kernels).
+    #[inline(always)]
+    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        px: usize,
+        skip: usize,
+        g: usize,
+        n0: usize,
+        ncols: usize,
+        b: *const f32,
+        bias: *const f32,
+        sums: *mut f32,
+    ) {
+        unsafe {
+            let inp = &d.input;
+            let a0 = if d.flat {
+                io.input + px * inp.c + g * KC
+            } else {
+                let (y, x) = (px / d.out.w, px % d.out.w);
+                let shift = inp.pad - d.conv_pad;
+                io.input
+                    + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride
+                        + shift) * inp.c + g * KC
+            };
+            let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
+            gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+            let acc = acc.assume_init();
             let mut bias_v = [splat(0.0f32); NV];
             for v in 0..NV {
                 bias_v[v] = load(bias.add(v * L));
             }
+            let out = rt::Buf { offset: io.out, ..d.out };
+            let pre = rt::Buf { offset: io.pre, ..d.pre };
             let mut colsum = [splat(0.0f32); NV];
-            for i in 0..MR {
+            for i in 0..T {
+                if i < skip {
+                    continue;
+                }
+                let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
                 let mut row = [splat(0.0f32); NV];
                 for v in 0..NV {
                     row[v] = add(acc[i][v], bias_v[v]);
                 }
-                if !pre[i].is_null() {
-                    store_row(pre[i], &row, ncols);
+                if io.pre != rt::NONE {
+                    store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
                 }
-                if act {
+                if d.act {
                     for v in 0..NV {
                         row[v] = silu(row[v]);
                     }
                 }
-                store_row(out[i], &row, ncols);
+                store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
                 for v in 0..NV {
                     colsum[v] = add(colsum[v], row[v]);
                 }
@@ -1267,6 +6885,61 @@ pub mod isa_neon {
                     s[v] = add(s[v], colsum[v]);
                 }
                 store_row(sums, &s, ncols);
+            }
+        }
+    }
+    /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+    #[inline(always)]
+    unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            let bands = d.bands();
+            let panels_g = d.panels_per_group();
+            let panels = d.groups * panels_g;
+            let (bi, panel) = if d.panel_outer {
+                (it % bands, it / bands)
+            } else {
+                (it / panels, it % panels)
+            };
+            let (g, pj) = (panel / panels_g, panel % panels_g);
+            let n0 = g * d.cout_g + pj * 16;
+            let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
+            let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
+            let bias = ctx.w(io.bias + panel * 16);
+            let sums = if d.sums {
+                let s = ctx.ptr(io.sums + bi * d.out.c + n0);
+                core::ptr::write_bytes(s, 0, ncols);
+                s
+            } else {
+                core::ptr::null_mut()
+            };
+            let r_end = if (bi + 1) * d.band < d.rows {
+                (bi + 1) * d.band
+            } else {
+                d.rows
+            };
+            for r in bi * d.band..r_end {
+                let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
+                let start = if d.flat { r * d.row_len } else { r * d.out.w };
+                let end = start + len;
+                let mut px = start;
+                while px < end {
+                    let (at, skip) = if px + T <= end {
+                        (px, 0)
+                    } else {
+                        (end - T, px + T - end)
+                    };
+                    tile::<
+                        T,
+                        KC,
+                        STEP,
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                    px = at + T;
+                }
             }
         }
     }
@@ -1327,6 +7000,1472 @@ pub mod isa_neon {
             }
         }
     }
+    unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 3, 6>(ctx, &super::D_STEM_CONV1, io, it) }
+    }
+    unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV1,
+                io,
+                &|it| unsafe { item_stem_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 2, 2>(ctx, &super::D_STEM_CONV2, io, it) }
+    }
+    unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV2,
+                io,
+                &|it| unsafe { item_stem_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 4, 4>(ctx, &super::D_STEM_CONV3, io, it) }
+    }
+    unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV3,
+                io,
+                &|it| unsafe { item_stem_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 8, 16>(ctx, &super::D_STEM_CONV4, io, it) }
+    }
+    unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STEM_CONV4,
+                io,
+                &|it| unsafe { item_stem_conv4(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<6, 16, 16>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 16, 16>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_0_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<6, 32, 32>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 32, 32>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<5, 8, 32>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<5, 8, 16>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 16, 16>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_1_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<6, 64, 64>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 64, 64>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 48>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 24, 24>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 96, 96>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_1_CONV1,
+                io,
+                &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_2_1_CONV2,
+                io,
+                &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_downsample_conv(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
+        unsafe {
+            conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+        }
+    }
+    unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
+                io,
+                &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<6, 96, 96>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV1,
+                io,
+                &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<2, 8, 64>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV2,
+                io,
+                &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<2, 8, 32>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV2B,
+                io,
+                &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+    }
+    unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_STAGES_3_0_CONV3,
+                io,
+                &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        unsafe { conv_item::<4, 128, 128>(ctx, &super::D_FINAL_CONV, io, it) }
+    }
+    unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::D_FINAL_CONV,
+                io,
+                &|it| unsafe { item_final_conv(ctx, io, it) },
+            )
+        }
+    }
+    /// One image through the network with this ISA's kernels.
+    ///
+    /// # Safety
+    /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+    #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+    pub unsafe fn forward_image(
+        ctx: &rt::Ctx,
+        image: &[f32],
+        logits: &mut [f32],
+        mut pre_logits: Option<&mut [f32]>,
+        mut forward_features: Option<&mut [f32]>,
+        mut features: Option<[&mut [f32]; 5]>,
+        mut prof: Option<&mut [u64]>,
+    ) {
+        let k = TOK;
+        unsafe {
+            ///pack_input: input
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::pack_input(
+                    ctx,
+                    image,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 45,
+                        w: 37,
+                        c: 3,
+                        pad: 1,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[0] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv1+stem.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 5504,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 0,
+                        bias: 432,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[1] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv2+stem.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 5504,
+                        out: 7712,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 448,
+                        bias: 736,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[2] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv3+stem.act4
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7712,
+                        out: 0,
+                        pre: 4208,
+                        sums: rt::NONE,
+                        weights: 752,
+                        bias: 1328,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[3] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature0
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 4208,
+                            h: 23,
+                            w: 19,
+                            c: 8,
+                            pad: 0,
+                        },
+                        &mut *d[0],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[4] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stem.conv4+stages.0.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stem_conv4(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 1344,
+                        bias: 2496,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[5] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 2512,
+                        bias: 3024,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[6] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv1+stages.0.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 6128,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3056,
+                        bias: 3312,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[7] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv2+stages.0.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6128,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3328,
+                        bias: 4480,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[8] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv2b+stages.0.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3840,
+                        out: 7680,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 4496,
+                        bias: 5648,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[9] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.0.0.conv3+stages.0.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_0_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7680,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: 8640,
+                        weights: 5664,
+                        bias: 5920,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[10] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.0.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[11] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 3840,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    15360,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 7680,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 11520,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[12] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 7680,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &mut *d[1],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[13] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.1.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 11520,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[14] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2688,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 5968,
+                        bias: 8016,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[15] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv1+stages.1.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 11520,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8080,
+                        bias: 8592,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[16] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv2+stages.1.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4608,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8608,
+                        bias: 10912,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[17] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv2b+stages.1.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4608,
+                        out: 1920,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 10944,
+                        bias: 13248,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[18] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.1.0.conv3+stages.1.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_1_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1920,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 2400,
+                        weights: 13280,
+                        bias: 14304,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[19] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.1.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[20] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    1920,
+                    &rt::Buf {
+                        offset: 2688,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 4608,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[21] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 4608,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &mut *d[2],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[22] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.2.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[23] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1344,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 14384,
+                        bias: 20528,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[24] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv1+stages.2.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6528,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 20624,
+                        bias: 22672,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[25] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv2+stages.2.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 22704,
+                        bias: 26160,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[26] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv2b+stages.2.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 2208,
+                        out: 864,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 26208,
+                        bias: 29664,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[27] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.0.conv3+stages.2.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 864,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 1088,
+                        weights: 29712,
+                        bias: 32016,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[28] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.2.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[29] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    864,
+                    &rt::Buf {
+                        offset: 1344,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 2208,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[30] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv1+stages.2.1.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_1_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3072,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 32128,
+                        bias: 35200,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[31] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv2+stages.2.1.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_1_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 608,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 35232,
+                        bias: 38688,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[32] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv2b+stages.2.1.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 608,
+                        out: 1216,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 38736,
+                        bias: 42192,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[33] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.2.1.conv3+stages.2.1.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_2_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1216,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 864,
+                        weights: 42240,
+                        bias: 44544,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[34] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.2.1.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[35] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    1728,
+                    &rt::Buf {
+                        offset: 2208,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 864,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[36] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 864,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &mut *d[3],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[37] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///avg_pool: stages.3.0.downsample.pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 3072,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[38] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.downsample.conv
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_downsample_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 800,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 44656,
+                        bias: 56944,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[39] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv1+stages.3.0.act2
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv1(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3072,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 57072,
+                        bias: 60144,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[40] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv2+stages.3.0.act2b
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1312,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 60176,
+                        bias: 64784,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[41] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv2b+stages.3.0.act3
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv2b(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1312,
+                        out: 512,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 64848,
+                        bias: 69456,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[42] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: stages.3.0.conv3+stages.3.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_stages_3_0_conv3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 512,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 640,
+                        weights: 69520,
+                        bias: 73616,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[43] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///eca_gate: stages.3.0.attn_last
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[44] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///scale_add_act: stages.3.0.attn_last+stages.3.0
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    512,
+                    &rt::Buf {
+                        offset: 800,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 1536,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf::none(),
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[45] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///conv: final_conv+final_act+head.global_pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                conv_final_conv(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1536,
+                        out: 768,
+                        pre: 0,
+                        sums: 2048,
+                        weights: 73760,
+                        bias: 98336,
+                    },
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[46] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: feature4
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 192,
+                            pad: 0,
+                        },
+                        &mut *d[4],
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[47] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: forward_features
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut forward_features {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 768,
+                            h: 2,
+                            w: 2,
+                            c: 192,
+                            pad: 0,
+                        },
+                        d,
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[48] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///mean_pool: head.global_pool
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[49] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: pre_logits
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                if let Some(d) = &mut pre_logits {
+                    rt::copy_out(
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 1,
+                            w: 1,
+                            c: 192,
+                            pad: 0,
+                        },
+                        d,
+                    );
+                }
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[50] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///fc: head.fc
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[51] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+            ///copy_out: logits
+            #[allow(unused_doc_comments)]
+            {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 192,
+                        h: 1,
+                        w: 1,
+                        c: 10,
+                        pad: 0,
+                    },
+                    logits,
+                );
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[52] += t0.elapsed().as_nanos() as u64;
+                }
+            }
+        }
+    }
 }
 /// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(all())]
@@ -1334,57 +8473,6 @@ pub mod isa_neon {
 pub struct Neon(());
 #[cfg(all())]
 unsafe impl nfnet_runtime::kernels::Kernels for Neon {
-    const MR: usize = 6;
-    unsafe fn conv_tile(
-        self,
-        mr: usize,
-        a: &[*const f32; nfnet_runtime::kernels::MAX_MR],
-        taps: &[isize],
-        kc: usize,
-        b: *const f32,
-        bias: *const f32,
-        out: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-        pre: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-        ncols: usize,
-        act: bool,
-        sums: *mut f32,
-    ) {
-        unsafe {
-            match mr {
-                1 => {
-                    isa_neon::conv_tile::<
-                        1,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                2 => {
-                    isa_neon::conv_tile::<
-                        2,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                3 => {
-                    isa_neon::conv_tile::<
-                        3,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                4 => {
-                    isa_neon::conv_tile::<
-                        4,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                5 => {
-                    isa_neon::conv_tile::<
-                        5,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                6 => {
-                    isa_neon::conv_tile::<
-                        6,
-                    >(a, taps, kc, b, bias, out, pre, ncols, act, sums)
-                }
-                _ => unreachable!("tile height above MR"),
-            }
-        }
-    }
     unsafe fn scale_add_act(
         self,
         n: usize,
@@ -1396,1859 +8484,6 @@ unsafe impl nfnet_runtime::kernels::Kernels for Neon {
         act: *mut f32,
     ) {
         unsafe { isa_neon::scale_add_act(n, c, r, gate, sc, y, act) }
-    }
-}
-/**3x3 conv, 3 -> 2 channels + SiLU, 45x37 -> 23x19, stride 2.
-
-Implements: stem.conv1+stem.act2.*/
-#[inline(never)]
-unsafe fn stem_conv1<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 3, 6, 117, 120, 123, 234, 237, 240];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 45,
-            w: 37,
-            c: 3,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 23,
-            w: 19,
-            c: 2,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 2,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 3,
-        groups: 1,
-        cout_g: 2,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1.
-
-Implements: stem.conv2+stem.act3.*/
-#[inline(never)]
-unsafe fn stem_conv2<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 2, 4, 42, 44, 46, 84, 86, 88];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 23,
-            w: 19,
-            c: 2,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 23,
-            w: 19,
-            c: 4,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 2,
-        groups: 1,
-        cout_g: 4,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation.
-
-Implements: stem.conv3+stem.act4.*/
-#[inline(never)]
-unsafe fn stem_conv3<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 4, 8, 84, 88, 92, 168, 172, 176];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 23,
-            w: 19,
-            c: 4,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 23,
-            w: 19,
-            c: 8,
-            pad: 1,
-        },
-        pre: rt::Buf {
-            offset: 0,
-            h: 23,
-            w: 19,
-            c: 8,
-            pad: 0,
-        },
-        stride: 1,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 4,
-        groups: 1,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv, 8 -> 16 channels + SiLU, 23x19 -> 12x10, stride 2.
-
-Implements: stem.conv4+stages.0.0.act1.*/
-#[inline(never)]
-unsafe fn stem_conv4<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 8, 16, 168, 176, 184, 336, 344, 352];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 23,
-            w: 19,
-            c: 8,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 16,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 2,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 1,
-        cout_g: 16,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 16 -> 32 channels, 12x10 -> 12x10, stride 1.
-
-Implements: stages.0.0.downsample.conv.*/
-#[inline(never)]
-unsafe fn stages_0_0_downsample_conv<K: rt::Kernels>(
-    k: K,
-    ctx: &rt::Ctx,
-    io: &rt::ConvIo,
-) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 16,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 32,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 16,
-        groups: 1,
-        cout_g: 32,
-        act: false,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 16 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
-
-Implements: stages.0.0.conv1+stages.0.0.act2.*/
-#[inline(never)]
-unsafe fn stages_0_0_conv1<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 16,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 8,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 16,
-        groups: 1,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
-
-Implements: stages.0.0.conv2+stages.0.0.act2b.*/
-#[inline(never)]
-unsafe fn stages_0_0_conv2<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 8, 16, 96, 104, 112, 192, 200, 208];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 8,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 8,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 1,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
-
-Implements: stages.0.0.conv2b+stages.0.0.act3.*/
-#[inline(never)]
-unsafe fn stages_0_0_conv2b<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 8, 16, 96, 104, 112, 192, 200, 208];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 8,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 8,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 1,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 8 -> 32 channels, 12x10 -> 12x10, stride 1, accumulates channel sums.
-
-Implements: stages.0.0.conv3+stages.0.0.attn_last.*/
-#[inline(never)]
-unsafe fn stages_0_0_conv3<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 8,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 32,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 8,
-        groups: 1,
-        cout_g: 32,
-        act: false,
-        sums: true,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 32 -> 64 channels, 6x5 -> 6x5, stride 1.
-
-Implements: stages.1.0.downsample.conv.*/
-#[inline(never)]
-unsafe fn stages_1_0_downsample_conv<K: rt::Kernels>(
-    k: K,
-    ctx: &rt::Ctx,
-    io: &rt::ConvIo,
-) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 32,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 64,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 32,
-        groups: 1,
-        cout_g: 64,
-        act: false,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 32 -> 16 channels + SiLU, 12x10 -> 12x10, stride 1.
-
-Implements: stages.1.0.conv1+stages.1.0.act2.*/
-#[inline(never)]
-unsafe fn stages_1_0_conv1<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 32,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 16,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 32,
-        groups: 1,
-        cout_g: 16,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv in 2 groups, 16 -> 16 channels + SiLU, 12x10 -> 6x5, stride 2.
-
-Implements: stages.1.0.conv2+stages.1.0.act2b.*/
-#[inline(never)]
-unsafe fn stages_1_0_conv2<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 16, 32, 192, 208, 224, 384, 400, 416];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 12,
-            w: 10,
-            c: 16,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 16,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 2,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 2,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv in 2 groups, 16 -> 16 channels + SiLU, 6x5 -> 6x5, stride 1.
-
-Implements: stages.1.0.conv2b+stages.1.0.act3.*/
-#[inline(never)]
-unsafe fn stages_1_0_conv2b<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 16, 32, 112, 128, 144, 224, 240, 256];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 16,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 16,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 2,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 16 -> 64 channels, 6x5 -> 6x5, stride 1, accumulates channel sums.
-
-Implements: stages.1.0.conv3+stages.1.0.attn_last.*/
-#[inline(never)]
-unsafe fn stages_1_0_conv3<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 16,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 64,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 16,
-        groups: 1,
-        cout_g: 64,
-        act: false,
-        sums: true,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 64 -> 96 channels, 3x3 -> 3x3, stride 1.
-
-Implements: stages.2.0.downsample.conv.*/
-#[inline(never)]
-unsafe fn stages_2_0_downsample_conv<K: rt::Kernels>(
-    k: K,
-    ctx: &rt::Ctx,
-    io: &rt::ConvIo,
-) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 64,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 96,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 64,
-        groups: 1,
-        cout_g: 96,
-        act: false,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 64 -> 24 channels + SiLU, 6x5 -> 6x5, stride 1.
-
-Implements: stages.2.0.conv1+stages.2.0.act2.*/
-#[inline(never)]
-unsafe fn stages_2_0_conv1<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 64,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 24,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 64,
-        groups: 1,
-        cout_g: 24,
-        act: true,
-        sums: false,
-        panel_outer: false,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 6x5 -> 3x3, stride 2.
-
-Implements: stages.2.0.conv2+stages.2.0.act2b.*/
-#[inline(never)]
-unsafe fn stages_2_0_conv2<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 24, 48, 168, 192, 216, 336, 360, 384];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 6,
-            w: 5,
-            c: 24,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 24,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 2,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 3,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
-
-Implements: stages.2.0.conv2b+stages.2.0.act3, stages.2.1.conv2b+stages.2.1.act3.*/
-#[inline(never)]
-unsafe fn stages_2_0_conv2b<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 24, 48, 120, 144, 168, 240, 264, 288];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 24,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 24,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 3,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 24 -> 96 channels, 3x3 -> 3x3, stride 1, accumulates channel sums.
-
-Implements: stages.2.0.conv3+stages.2.0.attn_last, stages.2.1.conv3+stages.2.1.attn_last.*/
-#[inline(never)]
-unsafe fn stages_2_0_conv3<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 24,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 96,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 24,
-        groups: 1,
-        cout_g: 96,
-        act: false,
-        sums: true,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 96 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
-
-Implements: stages.2.1.conv1+stages.2.1.act2.*/
-#[inline(never)]
-unsafe fn stages_2_1_conv1<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 96,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 24,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 96,
-        groups: 1,
-        cout_g: 24,
-        act: true,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
-
-Implements: stages.2.1.conv2+stages.2.1.act2b.*/
-#[inline(never)]
-unsafe fn stages_2_1_conv2<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 24, 48, 120, 144, 168, 240, 264, 288];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 24,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 24,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 3,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 96 -> 128 channels, 2x2 -> 2x2, stride 1.
-
-Implements: stages.3.0.downsample.conv.*/
-#[inline(never)]
-unsafe fn stages_3_0_downsample_conv<K: rt::Kernels>(
-    k: K,
-    ctx: &rt::Ctx,
-    io: &rt::ConvIo,
-) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 96,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 128,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 96,
-        groups: 1,
-        cout_g: 128,
-        act: false,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 96 -> 32 channels + SiLU, 3x3 -> 3x3, stride 1.
-
-Implements: stages.3.0.conv1+stages.3.0.act2.*/
-#[inline(never)]
-unsafe fn stages_3_0_conv1<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 96,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 32,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 96,
-        groups: 1,
-        cout_g: 32,
-        act: true,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv in 4 groups, 32 -> 32 channels + SiLU, 3x3 -> 2x2, stride 2.
-
-Implements: stages.3.0.conv2+stages.3.0.act2b.*/
-#[inline(never)]
-unsafe fn stages_3_0_conv2<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 32, 64, 160, 192, 224, 320, 352, 384];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 3,
-            w: 3,
-            c: 32,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 32,
-            pad: 1,
-        },
-        pre: rt::Buf::none(),
-        stride: 2,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 4,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**3x3 conv in 4 groups, 32 -> 32 channels + SiLU, 2x2 -> 2x2, stride 1.
-
-Implements: stages.3.0.conv2b+stages.3.0.act3.*/
-#[inline(never)]
-unsafe fn stages_3_0_conv2b<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 9] = [0, 32, 64, 128, 160, 192, 256, 288, 320];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 32,
-            pad: 1,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 32,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 1,
-        taps: &TAPS,
-        kc: 8,
-        groups: 4,
-        cout_g: 8,
-        act: true,
-        sums: false,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 32 -> 128 channels, 2x2 -> 2x2, stride 1, accumulates channel sums.
-
-Implements: stages.3.0.conv3+stages.3.0.attn_last.*/
-#[inline(never)]
-unsafe fn stages_3_0_conv3<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 32,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 128,
-            pad: 0,
-        },
-        pre: rt::Buf::none(),
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 32,
-        groups: 1,
-        cout_g: 128,
-        act: false,
-        sums: true,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/**1x1 conv, 128 -> 192 channels + SiLU, 2x2 -> 2x2, stride 1, also stores the pre-activation, accumulates channel sums.
-
-Implements: final_conv+final_act+head.global_pool.*/
-#[inline(never)]
-unsafe fn final_conv<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-    const TAPS: [isize; 1] = [0];
-    const D: rt::ConvDesc = rt::ConvDesc {
-        input: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 128,
-            pad: 0,
-        },
-        out: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 192,
-            pad: 0,
-        },
-        pre: rt::Buf {
-            offset: 0,
-            h: 2,
-            w: 2,
-            c: 192,
-            pad: 0,
-        },
-        stride: 1,
-        conv_pad: 0,
-        taps: &TAPS,
-        kc: 128,
-        groups: 1,
-        cout_g: 192,
-        act: true,
-        sums: true,
-        panel_outer: true,
-    };
-    unsafe { rt::conv(k, ctx, &D, io) }
-}
-/// One image through the network.
-///
-/// # Safety
-/// `ctx.arena` holds ARENA_LEN floats owned by this call; `ctx.weights` is the blob.
-#[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
-unsafe fn forward_image<K: rt::Kernels>(
-    k: K,
-    ctx: &rt::Ctx,
-    image: &[f32],
-    logits: &mut [f32],
-    mut pre_logits: Option<&mut [f32]>,
-    mut forward_features: Option<&mut [f32]>,
-    mut features: Option<[&mut [f32]; 5]>,
-) {
-    unsafe {
-        ///pack_input: input
-        #[allow(unused_doc_comments)]
-        {
-            rt::pack_input(
-                ctx,
-                image,
-                &rt::Buf {
-                    offset: 0,
-                    h: 45,
-                    w: 37,
-                    c: 3,
-                    pad: 1,
-                },
-            );
-        }
-        ///conv: stem.conv1+stem.act2
-        #[allow(unused_doc_comments)]
-        {
-            stem_conv1(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 5504,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 0,
-                    bias: 432,
-                },
-            );
-        }
-        ///conv: stem.conv2+stem.act3
-        #[allow(unused_doc_comments)]
-        {
-            stem_conv2(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 5504,
-                    out: 7712,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 448,
-                    bias: 736,
-                },
-            );
-        }
-        ///conv: stem.conv3+stem.act4
-        #[allow(unused_doc_comments)]
-        {
-            stem_conv3(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 7712,
-                    out: 0,
-                    pre: 4208,
-                    sums: rt::NONE,
-                    weights: 752,
-                    bias: 1328,
-                },
-            );
-        }
-        ///copy_out: feature0
-        #[allow(unused_doc_comments)]
-        {
-            if let Some(d) = &mut features {
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 4208,
-                        h: 23,
-                        w: 19,
-                        c: 8,
-                        pad: 0,
-                    },
-                    &mut *d[0],
-                );
-            }
-        }
-        ///conv: stem.conv4+stages.0.0.act1
-        #[allow(unused_doc_comments)]
-        {
-            stem_conv4(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 4208,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 1344,
-                    bias: 2496,
-                },
-            );
-        }
-        ///conv: stages.0.0.downsample.conv
-        #[allow(unused_doc_comments)]
-        {
-            stages_0_0_downsample_conv(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 4208,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 2512,
-                    bias: 3024,
-                },
-            );
-        }
-        ///conv: stages.0.0.conv1+stages.0.0.act2
-        #[allow(unused_doc_comments)]
-        {
-            stages_0_0_conv1(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 4208,
-                    out: 6128,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 3056,
-                    bias: 3312,
-                },
-            );
-        }
-        ///conv: stages.0.0.conv2+stages.0.0.act2b
-        #[allow(unused_doc_comments)]
-        {
-            stages_0_0_conv2(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 6128,
-                    out: 3840,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 3328,
-                    bias: 4480,
-                },
-            );
-        }
-        ///conv: stages.0.0.conv2b+stages.0.0.act3
-        #[allow(unused_doc_comments)]
-        {
-            stages_0_0_conv2b(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 3840,
-                    out: 7680,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 4496,
-                    bias: 5648,
-                },
-            );
-        }
-        ///conv: stages.0.0.conv3+stages.0.0.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            stages_0_0_conv3(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 7680,
-                    out: 3840,
-                    pre: rt::NONE,
-                    sums: 8640,
-                    weights: 5664,
-                    bias: 5920,
-                },
-            );
-        }
-        ///eca_gate: stages.0.0.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
-        }
-        ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-        #[allow(unused_doc_comments)]
-        {
-            rt::scale_add_act(
-                k,
-                ctx,
-                &rt::Buf {
-                    offset: 3840,
-                    h: 12,
-                    w: 10,
-                    c: 32,
-                    pad: 0,
-                },
-                15360,
-                &rt::Buf {
-                    offset: 0,
-                    h: 12,
-                    w: 10,
-                    c: 32,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 7680,
-                    h: 12,
-                    w: 10,
-                    c: 32,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 11520,
-                    h: 12,
-                    w: 10,
-                    c: 32,
-                    pad: 0,
-                },
-            );
-        }
-        ///copy_out: feature1
-        #[allow(unused_doc_comments)]
-        {
-            if let Some(d) = &mut features {
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 7680,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &mut *d[1],
-                );
-            }
-        }
-        ///avg_pool: stages.1.0.downsample.pool
-        #[allow(unused_doc_comments)]
-        {
-            rt::avg_pool(
-                ctx,
-                &rt::Buf {
-                    offset: 11520,
-                    h: 12,
-                    w: 10,
-                    c: 32,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 0,
-                    h: 6,
-                    w: 5,
-                    c: 32,
-                    pad: 0,
-                },
-            );
-        }
-        ///conv: stages.1.0.downsample.conv
-        #[allow(unused_doc_comments)]
-        {
-            stages_1_0_downsample_conv(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 2688,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 5968,
-                    bias: 8016,
-                },
-            );
-        }
-        ///conv: stages.1.0.conv1+stages.1.0.act2
-        #[allow(unused_doc_comments)]
-        {
-            stages_1_0_conv1(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 11520,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 8080,
-                    bias: 8592,
-                },
-            );
-        }
-        ///conv: stages.1.0.conv2+stages.1.0.act2b
-        #[allow(unused_doc_comments)]
-        {
-            stages_1_0_conv2(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 4608,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 8608,
-                    bias: 10912,
-                },
-            );
-        }
-        ///conv: stages.1.0.conv2b+stages.1.0.act3
-        #[allow(unused_doc_comments)]
-        {
-            stages_1_0_conv2b(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 4608,
-                    out: 1920,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 10944,
-                    bias: 13248,
-                },
-            );
-        }
-        ///conv: stages.1.0.conv3+stages.1.0.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            stages_1_0_conv3(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 1920,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: 2400,
-                    weights: 13280,
-                    bias: 14304,
-                },
-            );
-        }
-        ///eca_gate: stages.1.0.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
-        }
-        ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-        #[allow(unused_doc_comments)]
-        {
-            rt::scale_add_act(
-                k,
-                ctx,
-                &rt::Buf {
-                    offset: 0,
-                    h: 6,
-                    w: 5,
-                    c: 64,
-                    pad: 0,
-                },
-                1920,
-                &rt::Buf {
-                    offset: 2688,
-                    h: 6,
-                    w: 5,
-                    c: 64,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 4608,
-                    h: 6,
-                    w: 5,
-                    c: 64,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 6528,
-                    h: 6,
-                    w: 5,
-                    c: 64,
-                    pad: 0,
-                },
-            );
-        }
-        ///copy_out: feature2
-        #[allow(unused_doc_comments)]
-        {
-            if let Some(d) = &mut features {
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 4608,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &mut *d[2],
-                );
-            }
-        }
-        ///avg_pool: stages.2.0.downsample.pool
-        #[allow(unused_doc_comments)]
-        {
-            rt::avg_pool(
-                ctx,
-                &rt::Buf {
-                    offset: 6528,
-                    h: 6,
-                    w: 5,
-                    c: 64,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 0,
-                    h: 3,
-                    w: 3,
-                    c: 64,
-                    pad: 0,
-                },
-            );
-        }
-        ///conv: stages.2.0.downsample.conv
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_0_downsample_conv(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 1344,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 14384,
-                    bias: 20528,
-                },
-            );
-        }
-        ///conv: stages.2.0.conv1+stages.2.0.act2
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_0_conv1(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 6528,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 20624,
-                    bias: 22672,
-                },
-            );
-        }
-        ///conv: stages.2.0.conv2+stages.2.0.act2b
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_0_conv2(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 2208,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 22704,
-                    bias: 26160,
-                },
-            );
-        }
-        ///conv: stages.2.0.conv2b+stages.2.0.act3
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_0_conv2b(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 2208,
-                    out: 864,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 26208,
-                    bias: 29664,
-                },
-            );
-        }
-        ///conv: stages.2.0.conv3+stages.2.0.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_0_conv3(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 864,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: 1088,
-                    weights: 29712,
-                    bias: 32016,
-                },
-            );
-        }
-        ///eca_gate: stages.2.0.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
-        }
-        ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-        #[allow(unused_doc_comments)]
-        {
-            rt::scale_add_act(
-                k,
-                ctx,
-                &rt::Buf {
-                    offset: 0,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-                864,
-                &rt::Buf {
-                    offset: 1344,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 2208,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 3072,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-            );
-        }
-        ///conv: stages.2.1.conv1+stages.2.1.act2
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_1_conv1(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 3072,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 32128,
-                    bias: 35200,
-                },
-            );
-        }
-        ///conv: stages.2.1.conv2+stages.2.1.act2b
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_1_conv2(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 608,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 35232,
-                    bias: 38688,
-                },
-            );
-        }
-        ///conv: stages.2.1.conv2b+stages.2.1.act3
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_0_conv2b(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 608,
-                    out: 1216,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 38736,
-                    bias: 42192,
-                },
-            );
-        }
-        ///conv: stages.2.1.conv3+stages.2.1.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            stages_2_0_conv3(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 1216,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: 864,
-                    weights: 42240,
-                    bias: 44544,
-                },
-            );
-        }
-        ///eca_gate: stages.2.1.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
-        }
-        ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-        #[allow(unused_doc_comments)]
-        {
-            rt::scale_add_act(
-                k,
-                ctx,
-                &rt::Buf {
-                    offset: 0,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-                1728,
-                &rt::Buf {
-                    offset: 2208,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 864,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 3072,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-            );
-        }
-        ///copy_out: feature3
-        #[allow(unused_doc_comments)]
-        {
-            if let Some(d) = &mut features {
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &mut *d[3],
-                );
-            }
-        }
-        ///avg_pool: stages.3.0.downsample.pool
-        #[allow(unused_doc_comments)]
-        {
-            rt::avg_pool(
-                ctx,
-                &rt::Buf {
-                    offset: 3072,
-                    h: 3,
-                    w: 3,
-                    c: 96,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 0,
-                    h: 2,
-                    w: 2,
-                    c: 96,
-                    pad: 0,
-                },
-            );
-        }
-        ///conv: stages.3.0.downsample.conv
-        #[allow(unused_doc_comments)]
-        {
-            stages_3_0_downsample_conv(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 800,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 44656,
-                    bias: 56944,
-                },
-            );
-        }
-        ///conv: stages.3.0.conv1+stages.3.0.act2
-        #[allow(unused_doc_comments)]
-        {
-            stages_3_0_conv1(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 3072,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 57072,
-                    bias: 60144,
-                },
-            );
-        }
-        ///conv: stages.3.0.conv2+stages.3.0.act2b
-        #[allow(unused_doc_comments)]
-        {
-            stages_3_0_conv2(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 0,
-                    out: 1312,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 60176,
-                    bias: 64784,
-                },
-            );
-        }
-        ///conv: stages.3.0.conv2b+stages.3.0.act3
-        #[allow(unused_doc_comments)]
-        {
-            stages_3_0_conv2b(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 1312,
-                    out: 512,
-                    pre: rt::NONE,
-                    sums: rt::NONE,
-                    weights: 64848,
-                    bias: 69456,
-                },
-            );
-        }
-        ///conv: stages.3.0.conv3+stages.3.0.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            stages_3_0_conv3(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 512,
-                    out: 0,
-                    pre: rt::NONE,
-                    sums: 640,
-                    weights: 69520,
-                    bias: 73616,
-                },
-            );
-        }
-        ///eca_gate: stages.3.0.attn_last
-        #[allow(unused_doc_comments)]
-        {
-            rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
-        }
-        ///scale_add_act: stages.3.0.attn_last+stages.3.0
-        #[allow(unused_doc_comments)]
-        {
-            rt::scale_add_act(
-                k,
-                ctx,
-                &rt::Buf {
-                    offset: 0,
-                    h: 2,
-                    w: 2,
-                    c: 128,
-                    pad: 0,
-                },
-                512,
-                &rt::Buf {
-                    offset: 800,
-                    h: 2,
-                    w: 2,
-                    c: 128,
-                    pad: 0,
-                },
-                &rt::Buf {
-                    offset: 1536,
-                    h: 2,
-                    w: 2,
-                    c: 128,
-                    pad: 0,
-                },
-                &rt::Buf::none(),
-            );
-        }
-        ///conv: final_conv+final_act+head.global_pool
-        #[allow(unused_doc_comments)]
-        {
-            final_conv(
-                k,
-                ctx,
-                &rt::ConvIo {
-                    input: 1536,
-                    out: 768,
-                    pre: 0,
-                    sums: 2048,
-                    weights: 73760,
-                    bias: 98336,
-                },
-            );
-        }
-        ///copy_out: feature4
-        #[allow(unused_doc_comments)]
-        {
-            if let Some(d) = &mut features {
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 2,
-                        w: 2,
-                        c: 192,
-                        pad: 0,
-                    },
-                    &mut *d[4],
-                );
-            }
-        }
-        ///copy_out: forward_features
-        #[allow(unused_doc_comments)]
-        {
-            if let Some(d) = &mut forward_features {
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 768,
-                        h: 2,
-                        w: 2,
-                        c: 192,
-                        pad: 0,
-                    },
-                    d,
-                );
-            }
-        }
-        ///mean_pool: head.global_pool
-        #[allow(unused_doc_comments)]
-        {
-            rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
-        }
-        ///copy_out: pre_logits
-        #[allow(unused_doc_comments)]
-        {
-            if let Some(d) = &mut pre_logits {
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 1,
-                        w: 1,
-                        c: 192,
-                        pad: 0,
-                    },
-                    d,
-                );
-            }
-        }
-        ///fc: head.fc
-        #[allow(unused_doc_comments)]
-        {
-            rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
-        }
-        ///copy_out: logits
-        #[allow(unused_doc_comments)]
-        {
-            rt::copy_out(
-                ctx,
-                &rt::Buf {
-                    offset: 192,
-                    h: 1,
-                    w: 1,
-                    c: 10,
-                    pad: 0,
-                },
-                logits,
-            );
-        }
     }
 }
 /// The five feature maps, NCHW, for the whole batch.
@@ -3305,6 +8540,26 @@ impl Model {
     }
     /// Runs the batch `input` (normalized pixels, NCHW) and writes the outputs.
     pub fn infer(&self, ws: &mut Workspace, input: &[f32; INPUT_LEN], out: Outputs<'_>) {
+        self.run(ws, input, out, None)
+    }
+    /// Like `infer`, and adds each kernel's wall time in nanoseconds to `times`
+    /// (indexed like `KERNEL_NAMES`).
+    pub fn infer_profiled(
+        &self,
+        ws: &mut Workspace,
+        input: &[f32; INPUT_LEN],
+        out: Outputs<'_>,
+        times: &mut [u64; KERNELS],
+    ) {
+        self.run(ws, input, out, Some(times))
+    }
+    fn run(
+        &self,
+        ws: &mut Workspace,
+        input: &[f32; INPUT_LEN],
+        out: Outputs<'_>,
+        mut prof: Option<&mut [u64; KERNELS]>,
+    ) {
         let ctx = rt::Ctx {
             arena: SyncPtr(ws.arena.as_mut_ptr()),
             weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
@@ -3344,19 +8599,51 @@ impl Model {
                 match self.isa {
                     #[cfg(all())]
                     nfnet_runtime::Isa::Scalar => {
-                        forward_image(Scalar(()), &ctx, image, lg, pl, ff, fs)
+                        isa_scalar::forward_image(
+                            &ctx,
+                            image,
+                            lg,
+                            pl,
+                            ff,
+                            fs,
+                            prof.as_mut().map(|p| &mut p[..]),
+                        )
                     }
                     #[cfg(target_arch = "x86_64")]
                     nfnet_runtime::Isa::Avx2 => {
-                        forward_image(Avx2(()), &ctx, image, lg, pl, ff, fs)
+                        isa_avx2::forward_image(
+                            &ctx,
+                            image,
+                            lg,
+                            pl,
+                            ff,
+                            fs,
+                            prof.as_mut().map(|p| &mut p[..]),
+                        )
                     }
                     #[cfg(target_arch = "x86_64")]
                     nfnet_runtime::Isa::Avx512 => {
-                        forward_image(Avx512(()), &ctx, image, lg, pl, ff, fs)
+                        isa_avx512::forward_image(
+                            &ctx,
+                            image,
+                            lg,
+                            pl,
+                            ff,
+                            fs,
+                            prof.as_mut().map(|p| &mut p[..]),
+                        )
                     }
                     #[cfg(all())]
                     nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu => {
-                        forward_image(Neon(()), &ctx, image, lg, pl, ff, fs)
+                        isa_neon::forward_image(
+                            &ctx,
+                            image,
+                            lg,
+                            pl,
+                            ff,
+                            fs,
+                            prof.as_mut().map(|p| &mut p[..]),
+                        )
                     }
                     #[allow(unreachable_patterns)]
                     other => unreachable!("ISA {other} was checked at construction"),

@@ -16,6 +16,8 @@ pub struct IsaSpec {
     pub variants: TokenStream,
     /// Attributes of every vocabulary function and kernel (target features, inlining).
     pub attrs: TokenStream,
+    /// The target-feature attribute alone (for the per-shape entry points).
+    pub feature: TokenStream,
     pub prelude: TokenStream,
     /// Lanes per vector and pixels per conv tile.
     pub lanes: usize,
@@ -34,6 +36,7 @@ fn scalar() -> IsaSpec {
         cfg: quote!(all()),
         variants: quote!(nfnet_runtime::Isa::Scalar),
         attrs: quote!(#[inline(always)]),
+        feature: quote!(),
         prelude: quote!(
             pub type V = f32;
         ),
@@ -65,6 +68,7 @@ fn avx2() -> IsaSpec {
         cfg: quote!(target_arch = "x86_64"),
         variants: quote!(nfnet_runtime::Isa::Avx2),
         attrs: quote!(#[inline] #[target_feature(enable = "avx2,fma")]),
+        feature: quote!(#[target_feature(enable = "avx2,fma")]),
         prelude: quote!(
             use core::arch::x86_64::*;
             pub type V = __m256;
@@ -99,6 +103,7 @@ fn avx512() -> IsaSpec {
         cfg: quote!(target_arch = "x86_64"),
         variants: quote!(nfnet_runtime::Isa::Avx512),
         attrs: quote!(#[inline] #[target_feature(enable = "avx512f,avx2,fma")]),
+        feature: quote!(#[target_feature(enable = "avx512f,avx2,fma")]),
         prelude: quote!(
             use core::arch::x86_64::*;
             pub type V = __m512;
@@ -134,6 +139,7 @@ fn neon() -> IsaSpec {
         cfg: quote!(all()),
         variants: quote!(nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu),
         attrs: quote!(#[inline(always)]),
+        feature: quote!(),
         prelude: quote!(
             #[cfg(target_arch = "aarch64")]
             use core::arch::aarch64::*;
@@ -165,7 +171,7 @@ fn neon() -> IsaSpec {
 }
 
 /// The shared kernel bodies (the same tokens in every ISA module).
-fn kernels(attrs: &TokenStream) -> TokenStream {
+fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
     // Constants go through Literal so they print in their shortest round-trip form.
     let c = |x: f32| proc_macro2::Literal::f32_suffixed(x);
     let (ln2_hi, ln2_lo) = (c(-0.693_359_4), c(2.121_944_4e-4));
@@ -230,35 +236,29 @@ fn kernels(attrs: &TokenStream) -> TokenStream {
             }
         }
 
-        /// See `nfnet_runtime::kernels::Kernels::conv_tile`; `MR` pixels of `a`, `out`, `pre`.
-        #attrs
-        pub unsafe fn conv_tile<const MR: usize>(
-            a: &[*const f32; MAX_MR],
+        /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
+        /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
+        /// accumulators stay in registers for the whole loop.
+        #feature
+        #[inline(never)]
+        unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+            a0: *const f32,
             taps: &[isize],
-            kc: usize,
             b: *const f32,
-            bias: *const f32,
-            out: &[*mut f32; MAX_MR],
-            pre: &[*mut f32; MAX_MR],
-            ncols: usize,
-            act: bool,
-            sums: *mut f32,
+            out: *mut [[V; NV]; T],
         ) {
             unsafe {
-                let mut acc = [[splat(0.0f32); NV]; MR];
+                let mut acc = [[splat(0.0f32); NV]; T];
                 let mut bp = b;
                 for &t in taps {
-                    let mut ap = [core::ptr::null::<f32>(); MR];
-                    for i in 0..MR {
-                        ap[i] = a[i].offset(t);
-                    }
-                    for k in 0..kc {
+                    let ap = a0.offset(t);
+                    for k in 0..KC {
                         let mut bv = [splat(0.0f32); NV];
                         for v in 0..NV {
                             bv[v] = load(bp.add(v * L));
                         }
-                        for i in 0..MR {
-                            let x = splat(*ap[i].add(k));
+                        for i in 0..T {
+                            let x = splat(*ap.add(i * STEP + k));
                             for v in 0..NV {
                                 acc[i][v] = madd(x, bv[v], acc[i][v]);
                             }
@@ -266,25 +266,73 @@ fn kernels(attrs: &TokenStream) -> TokenStream {
                         bp = bp.add(16);
                     }
                 }
+                // Element by element through a raw pointer: returning `acc` by value lets the
+                // compiler place it in the caller's memory and store it on every step.
+                for i in 0..T {
+                    for v in 0..NV {
+                        core::ptr::write(core::ptr::addr_of_mut!((*out)[i][v]), acc[i][v]);
+                    }
+                }
+            }
+        }
+
+        /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
+        /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
+        /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
+        /// and are computed but not stored (tiles end at row ends without smaller kernels).
+        #attrs
+        unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+            ctx: &rt::Ctx,
+            d: &rt::ConvDesc,
+            io: &rt::ConvIo,
+            px: usize,
+            skip: usize,
+            g: usize,
+            n0: usize,
+            ncols: usize,
+            b: *const f32,
+            bias: *const f32,
+            sums: *mut f32,
+        ) {
+            unsafe {
+                let inp = &d.input;
+                let a0 = if d.flat {
+                    io.input + px * inp.c + g * KC
+                } else {
+                    let (y, x) = (px / d.out.w, px % d.out.w);
+                    let shift = inp.pad - d.conv_pad;
+                    io.input + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride + shift) * inp.c + g * KC
+                };
+                let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
+                gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+                let acc = acc.assume_init();
                 let mut bias_v = [splat(0.0f32); NV];
                 for v in 0..NV {
                     bias_v[v] = load(bias.add(v * L));
                 }
+                let out = rt::Buf { offset: io.out, ..d.out };
+                let pre = rt::Buf { offset: io.pre, ..d.pre };
                 let mut colsum = [splat(0.0f32); NV];
-                for i in 0..MR {
+                // Constant trip count: a loop from `skip` would index `acc` dynamically and
+                // keep it in memory.
+                for i in 0..T {
+                    if i < skip {
+                        continue;
+                    }
+                    let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
                     let mut row = [splat(0.0f32); NV];
                     for v in 0..NV {
                         row[v] = add(acc[i][v], bias_v[v]);
                     }
-                    if !pre[i].is_null() {
-                        store_row(pre[i], &row, ncols);
+                    if io.pre != rt::NONE {
+                        store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
                     }
-                    if act {
+                    if d.act {
                         for v in 0..NV {
                             row[v] = silu(row[v]);
                         }
                     }
-                    store_row(out[i], &row, ncols);
+                    store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
                     for v in 0..NV {
                         colsum[v] = add(colsum[v], row[v]);
                     }
@@ -295,6 +343,46 @@ fn kernels(attrs: &TokenStream) -> TokenStream {
                         s[v] = add(s[v], colsum[v]);
                     }
                     store_row(sums, &s, ncols);
+                }
+            }
+        }
+
+        /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+        #attrs
+        unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
+            ctx: &rt::Ctx,
+            d: &rt::ConvDesc,
+            io: &rt::ConvIo,
+            it: usize,
+        ) {
+            unsafe {
+                let bands = d.bands();
+                let panels_g = d.panels_per_group();
+                let panels = d.groups * panels_g;
+                let (bi, panel) = if d.panel_outer { (it % bands, it / bands) } else { (it / panels, it % panels) };
+                let (g, pj) = (panel / panels_g, panel % panels_g);
+                let n0 = g * d.cout_g + pj * 16;
+                let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
+                let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
+                let bias = ctx.w(io.bias + panel * 16);
+                let sums = if d.sums {
+                    let s = ctx.ptr(io.sums + bi * d.out.c + n0);
+                    core::ptr::write_bytes(s, 0, ncols);
+                    s
+                } else {
+                    core::ptr::null_mut()
+                };
+                let r_end = if (bi + 1) * d.band < d.rows { (bi + 1) * d.band } else { d.rows };
+                for r in bi * d.band..r_end {
+                    let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
+                    let start = if d.flat { r * d.row_len } else { r * d.out.w };
+                    let end = start + len;
+                    let mut px = start;
+                    while px < end {
+                        let (at, skip) = if px + T <= end { (px, 0) } else { (end - T, px + T - end) };
+                        tile::<T, KC, STEP>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                        px = at + T;
+                    }
                 }
             }
         }
@@ -347,17 +435,15 @@ fn kernels(attrs: &TokenStream) -> TokenStream {
     }
 }
 
-/// One ISA module plus its `Kernels` implementation.
-pub fn module(isa: &IsaSpec) -> TokenStream {
+/// One ISA module plus its `Kernels` implementation; `items` are the per-shape conv entry
+/// points and `forward` the body of its `forward_image`.
+pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream) -> TokenStream {
     let module = format_ident!("{}", isa.module);
     let token = format_ident!("{}", isa.token);
     let IsaSpec { cfg, attrs, prelude, vocab, lanes, mr, .. } = isa;
     let lit = proc_macro2::Literal::usize_unsuffixed;
     let (lanes_l, mr_l, nv) = (lit(*lanes), lit(*mr), lit(16 / lanes));
-    let body = kernels(attrs);
-    let arms = (1..=*mr)
-        .map(lit)
-        .map(|m| quote!(#m => #module::conv_tile::<#m>(a, taps, kc, b, bias, out, pre, ncols, act, sums),));
+    let body = kernels(attrs, &isa.feature);
     let doc = format!("The {} micro-kernels ({} lanes, tiles of {} pixels x 16 channels).", isa.token, lanes, mr);
     quote! {
         #[doc = #doc]
@@ -365,11 +451,38 @@ pub fn module(isa: &IsaSpec) -> TokenStream {
         #[allow(unused_unsafe, clippy::missing_safety_doc, clippy::too_many_arguments, clippy::needless_range_loop, dead_code)]
         pub mod #module {
             #prelude
-            use nfnet_runtime::kernels::MAX_MR;
+            use nfnet_runtime::kernels as rt;
             pub const L: usize = #lanes_l;
             pub const NV: usize = #nv;
+            /// Largest tile height.
+            pub const MR: usize = #mr_l;
+            const TOK: super::#token = super::#token(());
             #vocab
             #body
+            #items
+
+            /// One image through the network with this ISA's kernels.
+            ///
+            /// # Safety
+            /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+            #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+            pub unsafe fn forward_image(
+                ctx: &rt::Ctx,
+                image: &[f32],
+                logits: &mut [f32],
+                mut pre_logits: Option<&mut [f32]>,
+                mut forward_features: Option<&mut [f32]>,
+                mut features: Option<[&mut [f32]; 5]>,
+                mut prof: Option<&mut [u64]>,
+            ) {
+                let k = TOK;
+                // SAFETY: every offset below comes from the compiler's memory plan for
+                // ARENA_LEN floats and its packing of the weight blob; buffers live at the
+                // same time never overlap.
+                unsafe {
+                    #forward
+                }
+            }
         }
 
         /// Proof that the CPU runs this ISA (made only after detection).
@@ -380,31 +493,8 @@ pub fn module(isa: &IsaSpec) -> TokenStream {
         #[cfg(#cfg)]
         // SAFETY: a token exists only after `Isa::is_available` said the CPU runs this ISA.
         unsafe impl nfnet_runtime::kernels::Kernels for #token {
-            const MR: usize = #mr_l;
-            unsafe fn conv_tile(
-                self,
-                mr: usize,
-                a: &[*const f32; nfnet_runtime::kernels::MAX_MR],
-                taps: &[isize],
-                kc: usize,
-                b: *const f32,
-                bias: *const f32,
-                out: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-                pre: &[*mut f32; nfnet_runtime::kernels::MAX_MR],
-                ncols: usize,
-                act: bool,
-                sums: *mut f32,
-            ) {
-                // SAFETY: the token proves the ISA; the caller upholds the pointer contract.
-                unsafe {
-                    match mr {
-                        #(#arms)*
-                        _ => unreachable!("tile height above MR"),
-                    }
-                }
-            }
             unsafe fn scale_add_act(self, n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut f32) {
-                // SAFETY: as above.
+                // SAFETY: the token proves the ISA; the caller upholds the pointer contract.
                 unsafe { #module::scale_add_act(n, c, r, gate, sc, y, act) }
             }
         }
@@ -417,17 +507,17 @@ mod tests {
 
     #[test]
     fn every_isa_module_holds_the_same_kernels_over_its_own_intrinsics() {
+        let none = TokenStream::new();
         for isa in isas() {
-            let text = module(&isa).to_string();
-            for f in ["fn conv_tile", "fn scale_add_act", "fn silu", "fn exp", "fn madd"] {
+            let text = module(&isa, &none, &none).to_string();
+            for f in ["fn tile", "fn conv_item", "fn scale_add_act", "fn silu", "fn exp", "fn madd", "fn forward_image"]
+            {
                 assert!(text.contains(f), "{} lacks {f}", isa.module);
             }
-            let arms = (1..=isa.mr).filter(|m| text.contains(&format!("conv_tile :: < {m} >"))).count();
-            assert_eq!(arms, isa.mr, "{}: one tile arm per height", isa.module);
         }
-        let avx2 = module(&avx2()).to_string();
+        let avx2 = module(&avx2(), &none, &none).to_string();
         assert!(avx2.contains("_mm256_fmadd_ps") && avx2.contains("target_feature"));
-        let neon = module(&neon()).to_string();
+        let neon = module(&neon(), &none, &none).to_string();
         assert!(neon.contains("vfmaq_f32") && neon.contains("neon_emu"));
     }
 }

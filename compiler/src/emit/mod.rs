@@ -68,36 +68,44 @@ fn offset(s: &Schedule, b: Option<usize>) -> TokenStream {
     }
 }
 
-/// A function name from a timm module path: `stages.2.1.conv1` -> `stages_2_1_conv1`.
-fn ident_for(module: &str) -> proc_macro2::Ident {
-    format_ident!("{}", module.replace(['.', '+'], "_"))
+/// One unique conv shape: its descriptor constant and what the per-ISA entry points need.
+struct ConvShape {
+    /// `stages_2_1_conv1`: the first module using it.
+    name: String,
+    desc: TokenStream,
+    doc: String,
+    kc: usize,
+    /// Floats between consecutive pixels of a tile in the input.
+    step: usize,
+    /// Pixels of the longest row a tile may cover (the tile height is at most this).
+    max_tile: usize,
 }
 
-/// The unique-shape conv functions and the calls of the forward pass.
+/// Unique conv shapes in first-use order, and the shape index of every conv kernel.
 struct Convs {
-    items: Vec<TokenStream>,
-    /// Per unique shape key, the function name.
-    names: BTreeMap<String, proc_macro2::Ident>,
+    shapes: Vec<ConvShape>,
+    of_kernel: BTreeMap<usize, usize>,
 }
 
-fn conv_key_and_desc(s: &Schedule, op: &Op) -> (String, TokenStream, String) {
+fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
     let Op::Conv { node, input, out, act, preact, sums } = op else { unreachable!("conv op") };
     let GOp::Conv(c) = &s.graph.nodes[*node].op else { unreachable!("conv node") };
     let sp = &c.spec;
     let li = s.buffers[*input].layout;
     let lo = s.buffers[*out].layout;
     let lp = preact.map(|p| s.buffers[p].layout);
+    let geom = s.conv_geom(op);
     let wp = (li.w + 2 * li.pad) as isize;
     let cin = li.c as isize;
     let taps: Vec<isize> =
         (0..sp.k).flat_map(|ky| (0..sp.k).map(move |kx| (ky as isize * wp + kx as isize) * cin)).collect();
     let kc = sp.cin / sp.groups;
     let cout_g = sp.cout / sp.groups;
-    let weight_bytes = taps.len() * kc * sp.cout;
-    let act_bytes = li.h * li.w * li.c;
-    let panel_outer = weight_bytes > act_bytes;
+    let step = if geom.flat { li.c } else { sp.stride * li.c };
+    // Keep the weights in cache when they outweigh the activations.
+    let panel_outer = taps.len() * kc * sp.cout > li.h * li.w * li.c;
     let key = format!(
-        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}",
+        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}|{geom:?}",
         sp.k,
         sp.stride,
         sp.pad(),
@@ -107,22 +115,23 @@ fn conv_key_and_desc(s: &Schedule, op: &Op) -> (String, TokenStream, String) {
     let b = |l: Layout| layout_tokens(l, 0);
     let (bi, bo) = (b(li), b(lo));
     let bp = lp.map_or(quote!(rt::Buf::none()), b);
-    let (stride, cpad, groups, has_sums) = (u(sp.stride), u(sp.pad()), sp.groups, sums.is_some());
-    let ntaps = u(taps.len());
-    let taps: Vec<Literal> = taps.iter().map(|&t| Literal::isize_unsuffixed(t)).collect();
-    let (kc_l, groups_l, cout_g_l) = (u(kc), u(groups), u(cout_g));
+    let (stride, cpad, has_sums) = (u(sp.stride), u(sp.pad()), sums.is_some());
+    let taps_l: Vec<Literal> = taps.iter().map(|&t| Literal::isize_unsuffixed(t)).collect();
+    let (kc_l, groups_l, cout_g_l) = (u(kc), u(sp.groups), u(cout_g));
+    let (flat, rows, row_len, last, band) =
+        (geom.flat, u(geom.rows), u(geom.row_len), u(geom.last_row_len), u(geom.band));
     let desc = quote! {
-        const TAPS: [isize; #ntaps] = [#(#taps),*];
-        const D: rt::ConvDesc = rt::ConvDesc {
-            input: #bi, out: #bo, pre: #bp, stride: #stride, conv_pad: #cpad, taps: &TAPS,
+        rt::ConvDesc {
+            input: #bi, out: #bo, pre: #bp, stride: #stride, conv_pad: #cpad, taps: &[#(#taps_l),*],
             kc: #kc_l, groups: #groups_l, cout_g: #cout_g_l, act: #act, sums: #has_sums, panel_outer: #panel_outer,
-        };
+            flat: #flat, rows: #rows, row_len: #row_len, last_row_len: #last, band: #band,
+        }
     };
-    let what = format!(
+    let doc = format!(
         "{}x{} conv{}, {} -> {} channels{}, {}x{} -> {}x{}, stride {}{}{}",
         sp.k,
         sp.k,
-        if groups > 1 { format!(" in {groups} groups") } else { String::new() },
+        if sp.groups > 1 { format!(" in {} groups", sp.groups) } else { String::new() },
         sp.cin,
         sp.cout,
         if *act { " + SiLU" } else { "" },
@@ -134,38 +143,67 @@ fn conv_key_and_desc(s: &Schedule, op: &Op) -> (String, TokenStream, String) {
         if preact.is_some() { ", also stores the pre-activation" } else { "" },
         if has_sums { ", accumulates channel sums" } else { "" },
     );
-    (key, desc, what)
+    let max_tile = geom.row_len.max(geom.last_row_len).min(lo.h * lo.w);
+    (key, ConvShape { name: String::new(), desc, doc, kc, step, max_tile })
 }
 
-fn emit_convs(s: &Schedule) -> Convs {
-    let mut convs = Convs { items: Vec::new(), names: BTreeMap::new() };
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut order: Vec<(String, TokenStream, String)> = Vec::new();
-    for k in &s.kernels {
+fn collect_convs(s: &Schedule) -> Convs {
+    let mut convs = Convs { shapes: Vec::new(), of_kernel: BTreeMap::new() };
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut users: Vec<Vec<String>> = Vec::new();
+    for (i, k) in s.kernels.iter().enumerate() {
         if let Op::Conv { .. } = k.op {
-            let (key, desc, what) = conv_key_and_desc(s, &k.op);
-            if !users.contains_key(&key) {
-                order.push((key.clone(), desc, what));
-            }
-            users.entry(key).or_default().push(k.modules.join("+"));
+            let (key, mut shape) = conv_shape(s, &k.op);
+            let at = *index.entry(key).or_insert_with(|| {
+                shape.name = k.modules[0].replace('.', "_");
+                convs.shapes.push(shape);
+                users.push(Vec::new());
+                convs.shapes.len() - 1
+            });
+            users[at].push(k.modules.join("+"));
+            convs.of_kernel.insert(i, at);
         }
     }
-    for (key, desc, what) in order {
-        let used = &users[&key];
-        let name = ident_for(used[0].split('+').next().unwrap_or("conv"));
-        let doc = format!("{what}.\n\nImplements: {}.", used.join(", "));
-        convs.items.push(quote! {
-            #[doc = #doc]
-            #[inline(never)]
-            unsafe fn #name<K: rt::Kernels>(k: K, ctx: &rt::Ctx, io: &rt::ConvIo) {
-                #desc
-                // SAFETY: the descriptor and offsets come from the schedule (caller contract).
-                unsafe { rt::conv(k, ctx, &D, io) }
-            }
-        });
-        convs.names.insert(key, name);
+    for (shape, used) in convs.shapes.iter_mut().zip(&users) {
+        shape.doc = format!("{}.\n\nImplements: {}.", shape.doc, used.join(", "));
     }
     convs
+}
+
+/// The descriptor constants (shared by every ISA).
+fn conv_consts(convs: &Convs) -> TokenStream {
+    let items = convs.shapes.iter().map(|c| {
+        let name = format_ident!("D_{}", c.name.to_uppercase());
+        let (desc, doc) = (&c.desc, &c.doc);
+        quote! {
+            #[doc = #doc]
+            const #name: rt::ConvDesc = #desc;
+        }
+    });
+    quote!(#(#items)*)
+}
+
+/// The per-shape entry points inside one ISA module.
+fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
+    let feature = &isa.feature;
+    let items = convs.shapes.iter().map(|c| {
+        let d = format_ident!("D_{}", c.name.to_uppercase());
+        let item = format_ident!("item_{}", c.name);
+        let run = format_ident!("conv_{}", c.name);
+        let t = u(isa.mr.min(c.max_tile));
+        let (kc, step) = (u(c.kc), u(c.step));
+        quote! {
+            #feature
+            unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+                unsafe { conv_item::<#t, #kc, #step>(ctx, &super::#d, io, it) }
+            }
+
+            unsafe fn #run(ctx: &rt::Ctx, io: &rt::ConvIo) {
+                unsafe { rt::conv_run(ctx, &super::#d, io, &|it| unsafe { #item(ctx, io, it) }) }
+            }
+        }
+    });
+    quote!(#(#items)*)
 }
 
 /// The body of `forward_image`: one call per kernel.
@@ -180,11 +218,11 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
                 quote!(rt::pack_input(ctx, image, &#o);)
             }
             Op::Conv { input, out, preact, sums, .. } => {
-                let name = &convs.names[&conv_key_and_desc(s, &k.op).0];
+                let name = format_ident!("conv_{}", convs.shapes[convs.of_kernel[&i]].name);
                 let (i_, o_, p_, s_) =
                     (offset(s, Some(*input)), offset(s, Some(*out)), offset(s, *preact), offset(s, *sums));
                 let (w, b) = (u(slot.weights), u(slot.bias));
-                quote!(#name(k, ctx, &rt::ConvIo { input: #i_, out: #o_, pre: #p_, sums: #s_, weights: #w, bias: #b });)
+                quote!(#name(ctx, &rt::ConvIo { input: #i_, out: #o_, pre: #p_, sums: #s_, weights: #w, bias: #b });)
             }
             Op::ChannelSums { input, sums } => {
                 let x = buf(s, Some(*input));
@@ -238,11 +276,16 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
                 }
             }
         };
+        let idx = u(i);
         calls.push(quote! {
             #[doc = #doc]
             #[allow(unused_doc_comments)]
             {
+                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 #call
+                if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                    p[#idx] += t0.elapsed().as_nanos() as u64;
+                }
             }
         });
     }
@@ -252,20 +295,20 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
 /// Emits the whole model.
 pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let packed = pack::pack(s);
-    let convs = emit_convs(s);
+    let convs = collect_convs(s);
     let forward = emit_forward(s, &packed, &convs);
+    let descs = conv_consts(&convs);
     let g = s.graph;
     let a = &g.arch;
     let isas = isa::isas();
-    let modules = isas.iter().map(isa::module);
+    let modules = isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i), &forward));
     let dispatch = isas.iter().map(|i| {
-        let (cfg, variants, token) = (&i.cfg, &i.variants, format_ident!("{}", i.token));
+        let (cfg, variants, module) = (&i.cfg, &i.variants, format_ident!("{}", i.module));
         quote! {
             #[cfg(#cfg)]
-            #variants => forward_image(#token(()), &ctx, image, lg, pl, ff, fs),
+            #variants => #module::forward_image(&ctx, image, lg, pl, ff, fs, prof.as_mut().map(|p| &mut p[..])),
         }
     });
-    let conv_items = &convs.items;
     let batch = u(g.batch);
     let (ih, iw) = (u(g.input_hw.0), u(g.input_hw.1));
     let image_len = u(3 * g.input_hw.0 * g.input_hw.1);
@@ -296,6 +339,10 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let crop_pct = f32_lit(p.crop_pct);
     let (interp, crop_mode) = (&p.interpolation, &p.crop_mode);
     let weights_bytes = u(packed.data.len() * 4);
+    let kernel_names: Vec<String> =
+        s.kernels.iter().map(|k| format!("{} {}", k.op.kind(), k.modules.join("+"))).collect();
+    let kernel_flops: Vec<Literal> = s.kernels.iter().map(|k| Literal::u64_unsuffixed(s.flops(k))).collect();
+    let n_kernels = u(s.kernels.len());
     let f_names: Vec<_> = (0..5).map(|i| format_ident!("f{i}")).collect();
     let f_consts: Vec<_> = (0..5).map(|i| format_ident!("FEATURE{i}_LEN")).collect();
     let tokens = quote! {
@@ -340,6 +387,11 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         pub const CROP_PCT: f32 = #crop_pct;
         pub const INTERPOLATION: &str = #interp;
         pub const CROP_MODE: &str = #crop_mode;
+        /// Kernels of the schedule, in order: the timm modules each implements.
+        pub const KERNEL_NAMES: [&str; KERNELS] = [#(#kernel_names),*];
+        /// FLOPs per image of each kernel.
+        pub const KERNEL_FLOPS: [u64; KERNELS] = [#(#kernel_flops),*];
+        pub const KERNELS: usize = #n_kernels;
         /// The fused kernel schedule (`nfc schedule --json`).
         pub const SCHEDULE_JSON: &str = #json;
 
@@ -355,30 +407,9 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
 
         static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("nfnet_weights.bin"));
 
+        #descs
+
         #(#modules)*
-
-        #(#conv_items)*
-
-        /// One image through the network.
-        ///
-        /// # Safety
-        /// `ctx.arena` holds ARENA_LEN floats owned by this call; `ctx.weights` is the blob.
-        #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
-        unsafe fn forward_image<K: rt::Kernels>(
-            k: K,
-            ctx: &rt::Ctx,
-            image: &[f32],
-            logits: &mut [f32],
-            mut pre_logits: Option<&mut [f32]>,
-            mut forward_features: Option<&mut [f32]>,
-            mut features: Option<[&mut [f32]; 5]>,
-        ) {
-            // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN
-            // floats and its packing of the weight blob; buffers live at once never overlap.
-            unsafe {
-                #forward
-            }
-        }
 
         /// The five feature maps, NCHW, for the whole batch.
         pub struct Features<'a> {
@@ -434,6 +465,22 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
 
             /// Runs the batch `input` (normalized pixels, NCHW) and writes the outputs.
             pub fn infer(&self, ws: &mut Workspace, input: &[f32; INPUT_LEN], out: Outputs<'_>) {
+                self.run(ws, input, out, None)
+            }
+
+            /// Like `infer`, and adds each kernel's wall time in nanoseconds to `times`
+            /// (indexed like `KERNEL_NAMES`).
+            pub fn infer_profiled(
+                &self,
+                ws: &mut Workspace,
+                input: &[f32; INPUT_LEN],
+                out: Outputs<'_>,
+                times: &mut [u64; KERNELS],
+            ) {
+                self.run(ws, input, out, Some(times))
+            }
+
+            fn run(&self, ws: &mut Workspace, input: &[f32; INPUT_LEN], out: Outputs<'_>, mut prof: Option<&mut [u64; KERNELS]>) {
                 let ctx = rt::Ctx {
                     arena: SyncPtr(ws.arena.as_mut_ptr()),
                     weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
