@@ -7,8 +7,10 @@
 //! `run` re-raises it on the caller; the pool stays usable.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 type Job = dyn Fn(usize) + Sync;
 
@@ -35,6 +37,27 @@ struct Shared {
     state: Mutex<State>,
     start: Condvar,
     done: Condvar,
+    /// Mirrors of `generation` and `pending` that threads spin on briefly before sleeping:
+    /// a model runs hundreds of short jobs per inference, and waking a sleeping thread
+    /// costs tens of microseconds each time.
+    generation: AtomicU64,
+    pending: AtomicUsize,
+}
+
+/// How long a thread spins for the next job or for the workers to finish before sleeping.
+const SPIN: Duration = Duration::from_micros(200);
+
+fn spin_until(cond: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > SPIN {
+            return false;
+        }
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+    }
+    true
 }
 
 impl Shared {
@@ -61,6 +84,8 @@ impl Pool {
             state: Mutex::new(State { job: None, generation: 0, pending: 0, panicked: false, shutdown: false }),
             start: Condvar::new(),
             done: Condvar::new(),
+            generation: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(threads - 1);
         for t in 1..threads {
@@ -93,11 +118,14 @@ impl Pool {
             s.generation = s.generation.wrapping_add(1);
             s.pending = threads - 1;
             s.panicked = false;
+            self.shared.pending.store(threads - 1, Ordering::Release);
+            self.shared.generation.store(s.generation, Ordering::Release);
         }
         self.shared.start.notify_all();
         struct Wait<'a>(&'a Shared);
         impl Drop for Wait<'_> {
             fn drop(&mut self) {
+                spin_until(|| self.0.pending.load(Ordering::Acquire) == 0);
                 let mut s = self.0.lock();
                 while s.pending > 0 {
                     s = self.0.done.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -117,6 +145,7 @@ impl Pool {
 fn worker(shared: &Shared, t: usize, threads: usize) {
     let mut seen = 0u64;
     loop {
+        spin_until(|| shared.generation.load(Ordering::Acquire) != seen);
         let job = {
             let mut s = shared.lock();
             while !s.shutdown && (s.job.is_none() || s.generation == seen) {
@@ -134,6 +163,7 @@ fn worker(shared: &Shared, t: usize, threads: usize) {
         let mut s = shared.lock();
         s.panicked |= !ok;
         s.pending -= 1;
+        shared.pending.store(s.pending, Ordering::Release);
         if s.pending == 0 {
             shared.done.notify_all();
         }
@@ -143,6 +173,7 @@ fn worker(shared: &Shared, t: usize, threads: usize) {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.lock().shutdown = true;
+        self.shared.generation.fetch_add(1, Ordering::Release);
         self.shared.start.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();

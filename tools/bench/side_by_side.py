@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""nfnet beside PyTorch eager (timm), ONNX Runtime and OpenVINO: same checkpoint, same input,
+one run. Prints median / min latency, the ratio to each peer, and each one's relative L2
+error on the logits against timm evaluated in float64.
+
+    cargo build --release
+    python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--peers torch,ort,ov]
+
+--model must be the checkpoint the nfnet binary was compiled from (default: the built-in
+synthetic eca_nfnet_l2, recreated with `nfc synth --arch eca_nfnet_l2 --seed 0`). The input
+size is the compiled one (`nfnet info`). Optional dependencies: torch timm safetensors numpy
+(required), onnx onnxruntime (ort), openvino (ov).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+import timm_reference  # noqa: E402
+
+NFNET = os.path.join(ROOT, "target", "release", "nfnet")
+NFC = os.path.join(ROOT, "target", "release", "nfc")
+
+
+def compiled_info():
+    out = subprocess.run([NFNET, "bench", "--iters", "1", "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def rel_l2(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def timed(f, iters, warm=2):
+    for _ in range(warm):
+        f()
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        f()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts), min(ts)
+
+
+def standardized_copy(model):
+    """A float32 copy of the model whose ScaledStdConv2d layers are plain convs with the
+    standardized weights precomputed, so ONNX consumers see ordinary Conv nodes."""
+    import copy
+    import torch.nn.functional as F
+    from timm.layers import ScaledStdConv2d
+
+    m = copy.deepcopy(model).float()
+    for conv in [x for x in m.modules() if isinstance(x, ScaledStdConv2d)]:
+        w = conv.weight.reshape(conv.out_channels, -1)
+        mean = w.mean(dim=1, keepdim=True)
+        var = w.var(dim=1, unbiased=False, keepdim=True)
+        std_w = ((w - mean) / torch.sqrt(var + conv.eps) * (conv.gain.view(-1, 1) * conv.scale)).reshape_as(conv.weight)
+        fixed = std_w.detach().clone()
+        conv.forward = (lambda c, wt: lambda x: F.conv2d(x, wt, c.bias, c.stride, c.padding, c.dilation, c.groups))(conv, fixed)
+    return m
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--peers", default="torch,ort,ov")
+    a = p.parse_args()
+    peers = [x for x in a.peers.split(",") if x]
+    info = compiled_info()
+    h, w = info["input_size"]
+    batch = info["batch"]
+    tmp = tempfile.mkdtemp()
+    model_dir = a.model
+    if model_dir is None:
+        model_dir = os.path.join(tmp, "builtin")
+        subprocess.run([NFC, "synth", "--arch", "eca_nfnet_l2", "--seed", "0", "--out", model_dir], check=True,
+                       capture_output=True)
+    x = np.random.default_rng(0).standard_normal((batch, 3, h, w)).astype(np.float32)
+    xp = os.path.join(tmp, "x.npy")
+    np.save(xp, x)
+    torch.set_num_threads(a.threads)
+    m64 = timm_reference.load_model(model_dir, torch.float64)
+    with torch.no_grad():
+        ref = m64(torch.from_numpy(x).double()).numpy()
+    del m64
+    rows = []
+    # nfnet: accuracy through `nfnet run`, speed through `nfnet bench`.
+    lp = os.path.join(tmp, "logits.npy")
+    env = dict(os.environ)
+    subprocess.run([NFNET, "run", "--input", xp, "--output", lp, "--threads", str(a.threads)], check=True, env=env)
+    err = rel_l2(np.load(lp), ref)
+    out = subprocess.run([NFNET, "bench", "--iters", str(a.iters), "--threads", str(a.threads), "--json"],
+                         check=True, capture_output=True, text=True, env=env)
+    b = json.loads(out.stdout)
+    rows.append((f"nfnet ({b['isa']})", b["median_ms"], b["min_ms"], err))
+    m32 = timm_reference.load_model(model_dir, torch.float32)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        if "torch" in peers:
+            y = m32(xt).numpy()
+            med, mn = timed(lambda: m32(xt), a.iters)
+            rows.append(("pytorch eager (timm)", med, mn, rel_l2(y, ref)))
+        onnx_path = os.path.join(tmp, "m.onnx")
+        if any(p in peers for p in ("ort", "ov")):
+            torch.onnx.export(standardized_copy(m32), (xt,), onnx_path, dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["y"])
+    if "ort" in peers:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = a.threads
+        so.inter_op_num_threads = 1
+        s = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+        y = s.run(None, {"x": x})[0]
+        med, mn = timed(lambda: s.run(None, {"x": x}), a.iters)
+        rows.append((f"onnxruntime {ort.__version__}", med, mn, rel_l2(y, ref)))
+    if "ov" in peers:
+        import openvino as ov
+        cm = ov.Core().compile_model(onnx_path, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
+                                                        "PERFORMANCE_HINT": "LATENCY",
+                                                        "INFERENCE_PRECISION_HINT": "f32"})
+        req = cm.create_infer_request()
+        y = req.infer({0: x})[cm.output(0)]
+        med, mn = timed(lambda: req.infer({0: x}), a.iters)
+        rows.append((f"openvino {ov.__version__.split('-')[0]}", med, mn, rel_l2(y, ref)))
+    nf = rows[0][1]
+    print(f"{info['architecture']} {h}x{w} batch {batch}, {a.threads} threads, {a.iters} iterations, "
+          f"checkpoint {model_dir}")
+    print(f"{'':28} {'median ms':>10} {'min ms':>8} {'nfnet/peer':>10} {'rel L2 vs f64':>14}")
+    for name, med, mn, e in rows:
+        print(f"{name:28} {med:10.1f} {mn:8.1f} {nf / med:10.2f} {e:14.2e}")
+
+
+if __name__ == "__main__":
+    main()
