@@ -59,6 +59,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    nfnet_runtime::quiet_sigpipe();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Run { input, output, threads } => run(&input, &output, threads),

@@ -34,3 +34,14 @@ pub fn threads_from_env() -> Result<usize, String> {
         _ => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
     }
 }
+
+/// Makes a command-line tool end quietly when its output pipe closes (`nfnet ... | head`), as
+/// Unix tools do, instead of failing on the next print.
+pub fn quiet_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE at program start, before any
+    // thread exists, has no other effect on Rust's runtime.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -101,6 +101,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    nfnet_runtime::quiet_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { model, input_size } => check(&model, input_size),
