@@ -1,5 +1,7 @@
 //! `nfnet`: the inference binary with the compiled model inside.
 
+mod app;
+
 use clap::{Parser, Subcommand};
 use nfnet_model as m;
 use nfnet_runtime::npy;
@@ -20,6 +22,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Classify images: top-K classes with probabilities (softmax x 100), as the model card.
+    Classify {
+        /// Image files or directories (their images, sorted).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// The five feature maps (features_only): stem.conv3, stages.0, stages.1, stages.2, final_conv.
+    Features {
+        image: Option<PathBuf>,
+        /// A float32 (N, 3, H, W) .npy of normalized pixels instead of an image.
+        #[arg(long, conflicts_with = "image")]
+        input: Option<PathBuf>,
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Image embeddings: pooled (N, num_features), or forward_features with --unpooled.
+    Embed {
+        image: Option<PathBuf>,
+        #[arg(long, conflicts_with = "image")]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        unpooled: bool,
+        #[arg(long, default_value = "embedding.npy")]
+        output: PathBuf,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Write exactly the tensor the model sees for an image: float32 (1, 3, H, W).
+    Preprocess {
+        image: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Run the model on a float32 (N, 3, H, W) .npy of normalized pixels; write logits (N, classes).
     Run {
         #[arg(long)]
@@ -48,6 +91,9 @@ enum Command {
         /// Rows to print (all with 0).
         #[arg(long, default_value_t = 30)]
         top: usize,
+        /// Also write a bar chart of the kernels' times as SVG.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// The compiled model: architecture, shapes, ISA, arena, weights.
     Info,
@@ -64,7 +110,15 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Run { input, output, threads } => run(&input, &output, threads),
         Command::Bench { iters, threads, json } => bench(iters, threads, json),
-        Command::Profile { iters, threads, top } => profile(iters, threads, top),
+        Command::Profile { iters, threads, top, svg } => profile(iters, threads, top, svg.as_deref()),
+        Command::Classify { images, top, json, threads } => app::classify(&images, top, json, threads),
+        Command::Features { image, input, out_dir, threads } => {
+            app::features(image.as_deref(), input.as_deref(), &out_dir, threads)
+        }
+        Command::Embed { image, input, unpooled, output, threads } => {
+            app::embed(image.as_deref(), input.as_deref(), unpooled, &output, threads)
+        }
+        Command::Preprocess { image, output } => app::preprocess(&image, &output),
         Command::Info => info(),
         Command::Schedule { json } => schedule(json),
     };
@@ -85,7 +139,7 @@ fn threads(arg: Option<usize>) -> Result<usize, String> {
     }
 }
 
-fn setup(t: Option<usize>) -> Result<(m::Model, m::Workspace), String> {
+pub(crate) fn setup(t: Option<usize>) -> Result<(m::Model, m::Workspace), String> {
     let model = m::Model::new().map_err(|e| e.to_string())?;
     let ws = m::Workspace::new(threads(t)?).map_err(|e| format!("cannot start threads: {e}"))?;
     Ok((model, ws))
@@ -176,7 +230,7 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn profile(iters: usize, t: Option<usize>, top: usize) -> Result<(), String> {
+fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>) -> Result<(), String> {
     if iters == 0 {
         return Err("--iters must be at least 1".into());
     }
@@ -219,6 +273,20 @@ fn profile(iters: usize, t: Option<usize>, top: usize) -> Result<(), String> {
             100.0 * times[i] as f64 / total.max(1) as f64,
             m::KERNEL_NAMES[i]
         );
+    }
+    if let Some(path) = svg {
+        let bars: Vec<(String, f64)> =
+            order[..rows].iter().map(|&i| (m::KERNEL_NAMES[i].to_string(), per_iter(times[i]))).collect();
+        let title = format!(
+            "{} {}x{}, {} threads, {}: ms per kernel",
+            m::ARCHITECTURE,
+            m::INPUT_H,
+            m::INPUT_W,
+            ws.threads(),
+            model.isa()
+        );
+        npy::write_atomic(path, app::svg_bars(&title, &bars).as_bytes())
+            .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
     }
     Ok(())
 }

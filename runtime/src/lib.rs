@@ -9,6 +9,8 @@ pub mod kernels;
 pub mod neon_emu;
 pub mod npy;
 pub mod pool;
+#[cfg(feature = "images")]
+pub mod preprocess;
 
 pub use isa::{Isa, IsaError};
 pub use pool::Pool;

@@ -336,7 +336,9 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let p = &a.config.pretrained;
     let mean = p.mean.map(f32_lit);
     let std = p.std.map(f32_lit);
-    let crop_pct = f32_lit(p.crop_pct);
+    // timm's resolve_data_config(use_test_size=True) pairs the test size with test_crop_pct.
+    let at_test_size = p.test_input_size == Some(g.input_hw);
+    let crop_pct = f32_lit(if at_test_size { p.test_crop_pct.unwrap_or(p.crop_pct) } else { p.crop_pct });
     let (interp, crop_mode) = (&p.interpolation, &p.crop_mode);
     let weights_bytes = u(packed.data.len() * 4);
     let kernel_names: Vec<String> =
@@ -381,7 +383,8 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         pub const WEIGHTS_SHA256: &str = #sha;
         /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
         pub const SYNTHETIC: Option<&str> = #synthetic;
-        /// pretrained_cfg of the checkpoint (eval preprocessing).
+        /// pretrained_cfg of the checkpoint (eval preprocessing); CROP_PCT is test_crop_pct when
+        /// the compiled size is the config's test_input_size.
         pub const MEAN: [f32; 3] = [#(#mean),*];
         pub const STD: [f32; 3] = [#(#std),*];
         pub const CROP_PCT: f32 = #crop_pct;
