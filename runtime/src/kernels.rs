@@ -146,11 +146,6 @@ impl ConvDesc {
     pub const fn panels_per_group(&self) -> usize {
         self.cout_g.div_ceil(NR)
     }
-
-    /// Work items: bands x weight panels.
-    pub const fn items(&self) -> usize {
-        self.bands() * self.groups * self.panels_per_group()
-    }
 }
 
 /// Where one conv call reads and writes (arena and weight offsets).
@@ -165,18 +160,18 @@ pub struct ConvIo {
 }
 
 /// Runs a convolution: zeroes the borders of its padded outputs, then runs `item` (the ISA's
-/// kernel for this shape) for every work item on the pool.
+/// kernel for this shape) for each of the `items` work items on the pool.
 ///
 /// # Safety
 /// The descriptor and offsets must come from the compiler's schedule for this arena, and
 /// `item` must be the kernel emitted for this descriptor.
-pub unsafe fn conv_run(ctx: &Ctx, d: &ConvDesc, io: &ConvIo, item: &(dyn Fn(usize) + Sync)) {
+pub unsafe fn conv_run(ctx: &Ctx, d: &ConvDesc, io: &ConvIo, items: usize, item: &(dyn Fn(usize) + Sync)) {
     // SAFETY: buffers are in the arena (caller contract).
     unsafe {
         ctx.zero_border(&Buf { offset: io.out, ..d.out });
         ctx.zero_border(&Buf { offset: io.pre, ..d.pre });
     }
-    ctx.pool.run(d.items(), item);
+    ctx.pool.run(items, item);
 }
 
 /// `v = r * gate + shortcut`, stored to `y` and/or `silu(v)` to `act`, row by row.

@@ -46,7 +46,8 @@ pub const WEIGHTS_BYTES: usize = 401856;
 pub const WEIGHTS_SHA256: &str = "d60791b543e87cdfa324adc86c3513f3e62a86587600a85c11d1a6aca78967ec";
 /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
 pub const SYNTHETIC: Option<&str> = Some("eca_nfnet_l0 seed 3");
-/// pretrained_cfg of the checkpoint (eval preprocessing).
+/// pretrained_cfg of the checkpoint (eval preprocessing); CROP_PCT is test_crop_pct when
+/// the compiled size is the config's test_input_size.
 pub const MEAN: [f32; 3] = [0.485f32, 0.456f32, 0.406f32];
 pub const STD: [f32; 3] = [0.229f32, 0.224f32, 0.225f32];
 pub const CROP_PCT: f32 = 0.9f32;
@@ -1178,51 +1179,59 @@ pub mod isa_scalar {
             row
         }
     }
-    /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
-    /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
-    /// accumulators stay in registers for the whole loop.
+    /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
+    /// `panel_len` floats apart) times `T` broadcast inputs `STEP` floats apart, written to
+    /// `out` at the end. Kept out of line so the accumulators stay in registers.
     #[inline(never)]
-    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
         a0: *const f32,
         taps: &[isize],
         b: *const f32,
-        out: *mut [[V; NV]; T],
+        panel_len: usize,
+        out: *mut [[[V; NV]; P]; T],
     ) {
         unsafe {
-            let mut acc = [[splat(0.0f32); NV]; T];
+            let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bp = b;
             for &t in taps {
                 let ap = a0.offset(t);
                 for k in 0..KC {
-                    let mut bv = [splat(0.0f32); NV];
-                    for v in 0..NV {
-                        bv[v] = load(bp.add(v * L));
+                    let mut bv = [[splat(0.0f32); NV]; P];
+                    for p in 0..P {
+                        for v in 0..NV {
+                            bv[p][v] = load(bp.add(p * panel_len + v * L));
+                        }
                     }
                     for i in 0..T {
                         let x = splat(*ap.add(i * STEP + k));
-                        for v in 0..NV {
-                            acc[i][v] = madd(x, bv[v], acc[i][v]);
+                        for p in 0..P {
+                            for v in 0..NV {
+                                acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                            }
                         }
                     }
                     bp = bp.add(16);
                 }
             }
             for i in 0..T {
-                for v in 0..NV {
-                    core::ptr::write(
-                        core::ptr::addr_of_mut!((* out) [i] [v]),
-                        acc[i][v],
-                    );
+                for p in 0..P {
+                    for v in 0..NV {
+                        core::ptr::write(
+                            core::ptr::addr_of_mut!((* out) [i] [p] [v]),
+                            acc[i][p][v],
+                        );
+                    }
                 }
             }
         }
     }
-    /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
-    /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
-    /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
-    /// and are computed but not stored (tiles end at row ends without smaller kernels).
+    /// One conv tile: `T` output pixels of one row x `P` panels of 16 output channels,
+    /// over the taps and `KC` input channels. The tile's pixels are `STEP` floats apart in
+    /// the input, so the inner loop needs one pointer. Rows before `skip` overlap the
+    /// previous tile and are computed but not stored (tiles end at row ends without
+    /// smaller kernels).
     #[inline(always)]
-    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
         ctx: &rt::Ctx,
         d: &rt::ConvDesc,
         io: &rt::ConvIo,
@@ -1246,72 +1255,84 @@ pub mod isa_scalar {
                     + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride
                         + shift) * inp.c + g * KC
             };
-            let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
-            gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+            let panel_len = d.taps.len() * KC * 16;
+            let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+            gemm::<
+                T,
+                KC,
+                STEP,
+                P,
+            >(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
             let acc = acc.assume_init();
-            let mut bias_v = [splat(0.0f32); NV];
-            for v in 0..NV {
-                bias_v[v] = load(bias.add(v * L));
-            }
             let out = rt::Buf { offset: io.out, ..d.out };
             let pre = rt::Buf { offset: io.pre, ..d.pre };
-            let mut colsum = [splat(0.0f32); NV];
-            for i in 0..T {
-                if i < skip {
-                    continue;
-                }
-                let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
-                let mut row = [splat(0.0f32); NV];
+            for p in 0..P {
+                let mut bias_v = [splat(0.0f32); NV];
                 for v in 0..NV {
-                    row[v] = add(acc[i][v], bias_v[v]);
+                    bias_v[v] = load(bias.add(p * 16 + v * L));
                 }
-                if io.pre != rt::NONE {
-                    store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
-                }
-                if d.act {
+                let n = n0 + p * 16;
+                let mut colsum = [splat(0.0f32); NV];
+                for i in 0..T {
+                    if i < skip {
+                        continue;
+                    }
+                    let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
+                    let mut row = [splat(0.0f32); NV];
                     for v in 0..NV {
-                        row[v] = silu(row[v]);
+                        row[v] = add(acc[i][p][v], bias_v[v]);
+                    }
+                    if io.pre != rt::NONE {
+                        store_row(ctx.ptr(pre.at(y, x) + n), &row, ncols);
+                    }
+                    if d.act {
+                        for v in 0..NV {
+                            row[v] = silu(row[v]);
+                        }
+                    }
+                    store_row(ctx.ptr(out.at(y, x) + n), &row, ncols);
+                    for v in 0..NV {
+                        colsum[v] = add(colsum[v], row[v]);
                     }
                 }
-                store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
-                for v in 0..NV {
-                    colsum[v] = add(colsum[v], row[v]);
+                if !sums.is_null() {
+                    let sp = sums.add(p * 16);
+                    let mut s = load_row(sp, ncols);
+                    for v in 0..NV {
+                        s[v] = add(s[v], colsum[v]);
+                    }
+                    store_row(sp, &s, ncols);
                 }
-            }
-            if !sums.is_null() {
-                let mut s = load_row(sums, ncols);
-                for v in 0..NV {
-                    s[v] = add(s[v], colsum[v]);
-                }
-                store_row(sums, &s, ncols);
             }
         }
     }
-    /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+    /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
+    /// group (`P` > 1 only when the group's panels are all full), tiles in order.
     #[inline(always)]
-    unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
-        ctx: &rt::Ctx,
-        d: &rt::ConvDesc,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv_item<
+        const T: usize,
+        const KC: usize,
+        const STEP: usize,
+        const P: usize,
+    >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
         unsafe {
             let bands = d.bands();
-            let panels_g = d.panels_per_group();
-            let panels = d.groups * panels_g;
-            let (bi, panel) = if d.panel_outer {
+            let units_g = d.panels_per_group() / P;
+            let units = d.groups * units_g;
+            let (bi, unit) = if d.panel_outer {
                 (it % bands, it / bands)
             } else {
-                (it / panels, it % panels)
+                (it / units, it % units)
             };
-            let (g, pj) = (panel / panels_g, panel % panels_g);
+            let (g, pj) = (unit / units_g, (unit % units_g) * P);
+            let panel = g * d.panels_per_group() + pj;
             let n0 = g * d.cout_g + pj * 16;
             let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
             let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
             let bias = ctx.w(io.bias + panel * 16);
             let sums = if d.sums {
                 let s = ctx.ptr(io.sums + bi * d.out.c + n0);
-                core::ptr::write_bytes(s, 0, ncols);
+                core::ptr::write_bytes(s, 0, if P == 1 { ncols } else { 16 * P });
                 s
             } else {
                 core::ptr::null_mut()
@@ -1336,6 +1357,7 @@ pub mod isa_scalar {
                         T,
                         KC,
                         STEP,
+                        P,
                     >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
                     px = at + T;
                 }
@@ -1400,7 +1422,7 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 3, 6>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe { conv_item::<4, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1408,12 +1430,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 2, 2>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe { conv_item::<4, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1421,12 +1444,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 4, 4>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe { conv_item::<4, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1434,12 +1458,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 8, 16>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe { conv_item::<4, 8, 16, 1>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1447,6 +1472,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
+                3,
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
         }
@@ -1457,7 +1483,7 @@ pub mod isa_scalar {
         it: usize,
     ) {
         unsafe {
-            conv_item::<4, 16, 16>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<4, 16, 16, 1>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -1466,12 +1492,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
+                6,
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 16, 16>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+        unsafe { conv_item::<4, 16, 16, 1>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1479,12 +1506,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe { conv_item::<4, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1492,12 +1520,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe { conv_item::<4, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1505,12 +1534,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 8, 8>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+        unsafe { conv_item::<4, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1518,6 +1548,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
+                6,
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
         }
@@ -1528,7 +1559,7 @@ pub mod isa_scalar {
         it: usize,
     ) {
         unsafe {
-            conv_item::<4, 32, 32>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<4, 32, 32, 1>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -1537,12 +1568,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
+                4,
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+        unsafe { conv_item::<4, 32, 32, 1>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1550,12 +1582,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
+                3,
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 8, 32>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe { conv_item::<4, 8, 32, 1>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1563,12 +1596,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 8, 16>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe { conv_item::<4, 8, 16, 1>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1576,12 +1610,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 16, 16>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe { conv_item::<4, 16, 16, 1>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1589,6 +1624,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
+                4,
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
         }
@@ -1599,7 +1635,7 @@ pub mod isa_scalar {
         it: usize,
     ) {
         unsafe {
-            conv_item::<4, 64, 64>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<4, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -1608,12 +1644,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
+                6,
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 64, 64>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe { conv_item::<4, 64, 64, 1>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1621,12 +1658,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 48>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 48, 1>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1634,12 +1672,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+        unsafe { conv_item::<3, 8, 24, 1>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1647,12 +1686,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 24, 24>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe { conv_item::<4, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1660,12 +1700,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
+                6,
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 96, 96>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe { conv_item::<4, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1673,12 +1714,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 24, 1>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1686,6 +1728,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
         }
@@ -1696,7 +1739,7 @@ pub mod isa_scalar {
         it: usize,
     ) {
         unsafe {
-            conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<4, 96, 96, 1>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -1705,12 +1748,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
+                8,
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe { conv_item::<4, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1718,12 +1762,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<2, 8, 64>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+        unsafe { conv_item::<2, 8, 64, 1>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1731,12 +1776,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<2, 8, 32>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+        unsafe { conv_item::<2, 8, 32, 1>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1744,12 +1790,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe { conv_item::<4, 32, 32, 1>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1757,12 +1804,13 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
+                8,
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 128, 128>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe { conv_item::<4, 128, 128, 1>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1770,6 +1818,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
+                12,
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
         }
@@ -3029,53 +3078,61 @@ pub mod isa_avx2 {
             row
         }
     }
-    /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
-    /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
-    /// accumulators stay in registers for the whole loop.
+    /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
+    /// `panel_len` floats apart) times `T` broadcast inputs `STEP` floats apart, written to
+    /// `out` at the end. Kept out of line so the accumulators stay in registers.
     #[target_feature(enable = "avx2,fma")]
     #[inline(never)]
-    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
         a0: *const f32,
         taps: &[isize],
         b: *const f32,
-        out: *mut [[V; NV]; T],
+        panel_len: usize,
+        out: *mut [[[V; NV]; P]; T],
     ) {
         unsafe {
-            let mut acc = [[splat(0.0f32); NV]; T];
+            let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bp = b;
             for &t in taps {
                 let ap = a0.offset(t);
                 for k in 0..KC {
-                    let mut bv = [splat(0.0f32); NV];
-                    for v in 0..NV {
-                        bv[v] = load(bp.add(v * L));
+                    let mut bv = [[splat(0.0f32); NV]; P];
+                    for p in 0..P {
+                        for v in 0..NV {
+                            bv[p][v] = load(bp.add(p * panel_len + v * L));
+                        }
                     }
                     for i in 0..T {
                         let x = splat(*ap.add(i * STEP + k));
-                        for v in 0..NV {
-                            acc[i][v] = madd(x, bv[v], acc[i][v]);
+                        for p in 0..P {
+                            for v in 0..NV {
+                                acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                            }
                         }
                     }
                     bp = bp.add(16);
                 }
             }
             for i in 0..T {
-                for v in 0..NV {
-                    core::ptr::write(
-                        core::ptr::addr_of_mut!((* out) [i] [v]),
-                        acc[i][v],
-                    );
+                for p in 0..P {
+                    for v in 0..NV {
+                        core::ptr::write(
+                            core::ptr::addr_of_mut!((* out) [i] [p] [v]),
+                            acc[i][p][v],
+                        );
+                    }
                 }
             }
         }
     }
-    /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
-    /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
-    /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
-    /// and are computed but not stored (tiles end at row ends without smaller kernels).
+    /// One conv tile: `T` output pixels of one row x `P` panels of 16 output channels,
+    /// over the taps and `KC` input channels. The tile's pixels are `STEP` floats apart in
+    /// the input, so the inner loop needs one pointer. Rows before `skip` overlap the
+    /// previous tile and are computed but not stored (tiles end at row ends without
+    /// smaller kernels).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
         ctx: &rt::Ctx,
         d: &rt::ConvDesc,
         io: &rt::ConvIo,
@@ -3099,73 +3156,85 @@ pub mod isa_avx2 {
                     + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride
                         + shift) * inp.c + g * KC
             };
-            let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
-            gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+            let panel_len = d.taps.len() * KC * 16;
+            let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+            gemm::<
+                T,
+                KC,
+                STEP,
+                P,
+            >(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
             let acc = acc.assume_init();
-            let mut bias_v = [splat(0.0f32); NV];
-            for v in 0..NV {
-                bias_v[v] = load(bias.add(v * L));
-            }
             let out = rt::Buf { offset: io.out, ..d.out };
             let pre = rt::Buf { offset: io.pre, ..d.pre };
-            let mut colsum = [splat(0.0f32); NV];
-            for i in 0..T {
-                if i < skip {
-                    continue;
-                }
-                let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
-                let mut row = [splat(0.0f32); NV];
+            for p in 0..P {
+                let mut bias_v = [splat(0.0f32); NV];
                 for v in 0..NV {
-                    row[v] = add(acc[i][v], bias_v[v]);
+                    bias_v[v] = load(bias.add(p * 16 + v * L));
                 }
-                if io.pre != rt::NONE {
-                    store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
-                }
-                if d.act {
+                let n = n0 + p * 16;
+                let mut colsum = [splat(0.0f32); NV];
+                for i in 0..T {
+                    if i < skip {
+                        continue;
+                    }
+                    let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
+                    let mut row = [splat(0.0f32); NV];
                     for v in 0..NV {
-                        row[v] = silu(row[v]);
+                        row[v] = add(acc[i][p][v], bias_v[v]);
+                    }
+                    if io.pre != rt::NONE {
+                        store_row(ctx.ptr(pre.at(y, x) + n), &row, ncols);
+                    }
+                    if d.act {
+                        for v in 0..NV {
+                            row[v] = silu(row[v]);
+                        }
+                    }
+                    store_row(ctx.ptr(out.at(y, x) + n), &row, ncols);
+                    for v in 0..NV {
+                        colsum[v] = add(colsum[v], row[v]);
                     }
                 }
-                store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
-                for v in 0..NV {
-                    colsum[v] = add(colsum[v], row[v]);
+                if !sums.is_null() {
+                    let sp = sums.add(p * 16);
+                    let mut s = load_row(sp, ncols);
+                    for v in 0..NV {
+                        s[v] = add(s[v], colsum[v]);
+                    }
+                    store_row(sp, &s, ncols);
                 }
-            }
-            if !sums.is_null() {
-                let mut s = load_row(sums, ncols);
-                for v in 0..NV {
-                    s[v] = add(s[v], colsum[v]);
-                }
-                store_row(sums, &s, ncols);
             }
         }
     }
-    /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+    /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
+    /// group (`P` > 1 only when the group's panels are all full), tiles in order.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
-        ctx: &rt::Ctx,
-        d: &rt::ConvDesc,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv_item<
+        const T: usize,
+        const KC: usize,
+        const STEP: usize,
+        const P: usize,
+    >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
         unsafe {
             let bands = d.bands();
-            let panels_g = d.panels_per_group();
-            let panels = d.groups * panels_g;
-            let (bi, panel) = if d.panel_outer {
+            let units_g = d.panels_per_group() / P;
+            let units = d.groups * units_g;
+            let (bi, unit) = if d.panel_outer {
                 (it % bands, it / bands)
             } else {
-                (it / panels, it % panels)
+                (it / units, it % units)
             };
-            let (g, pj) = (panel / panels_g, panel % panels_g);
+            let (g, pj) = (unit / units_g, (unit % units_g) * P);
+            let panel = g * d.panels_per_group() + pj;
             let n0 = g * d.cout_g + pj * 16;
             let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
             let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
             let bias = ctx.w(io.bias + panel * 16);
             let sums = if d.sums {
                 let s = ctx.ptr(io.sums + bi * d.out.c + n0);
-                core::ptr::write_bytes(s, 0, ncols);
+                core::ptr::write_bytes(s, 0, if P == 1 { ncols } else { 16 * P });
                 s
             } else {
                 core::ptr::null_mut()
@@ -3190,6 +3259,7 @@ pub mod isa_avx2 {
                         T,
                         KC,
                         STEP,
+                        P,
                     >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
                     px = at + T;
                 }
@@ -3256,7 +3326,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 3, 6>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe { conv_item::<6, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3264,13 +3334,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 2, 2>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe { conv_item::<6, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3278,13 +3349,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 4, 4>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe { conv_item::<6, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3292,13 +3364,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 16>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe { conv_item::<6, 8, 16, 1>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3306,6 +3379,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
+                3,
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
         }
@@ -3317,7 +3391,7 @@ pub mod isa_avx2 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<6, 16, 16>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<6, 16, 16, 1>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -3326,13 +3400,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
+                6,
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 16, 16>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+        unsafe { conv_item::<6, 16, 16, 1>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3340,13 +3415,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3354,13 +3430,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3368,13 +3445,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3382,6 +3460,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
+                6,
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
         }
@@ -3393,7 +3472,7 @@ pub mod isa_avx2 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<6, 32, 32>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<6, 32, 32, 1>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -3402,13 +3481,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
+                4,
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 32, 32>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+        unsafe { conv_item::<6, 32, 32, 1>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3416,13 +3496,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
+                3,
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<5, 8, 32>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe { conv_item::<5, 8, 32, 1>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3430,13 +3511,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<5, 8, 16>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe { conv_item::<5, 8, 16, 1>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3444,13 +3526,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 16, 16>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe { conv_item::<6, 16, 16, 1>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3458,6 +3541,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
+                4,
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
         }
@@ -3469,7 +3553,7 @@ pub mod isa_avx2 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<6, 64, 64>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<6, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -3478,13 +3562,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
+                6,
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 64, 64>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe { conv_item::<6, 64, 64, 1>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3492,13 +3577,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 48>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 48, 1>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3506,13 +3592,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+        unsafe { conv_item::<3, 8, 24, 1>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3520,13 +3607,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 24, 24>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe { conv_item::<6, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3534,13 +3622,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
+                6,
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 96, 96>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe { conv_item::<6, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3548,13 +3637,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 24, 1>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3562,6 +3652,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
         }
@@ -3573,7 +3664,7 @@ pub mod isa_avx2 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<4, 96, 96, 1>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -3582,13 +3673,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
+                8,
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 96, 96>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe { conv_item::<6, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3596,13 +3688,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<2, 8, 64>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+        unsafe { conv_item::<2, 8, 64, 1>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3610,13 +3703,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<2, 8, 32>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+        unsafe { conv_item::<2, 8, 32, 1>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3624,13 +3718,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe { conv_item::<4, 32, 32, 1>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3638,13 +3733,14 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
+                8,
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 128, 128>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe { conv_item::<4, 128, 128, 1>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3652,6 +3748,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
+                12,
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
         }
@@ -4912,53 +5009,61 @@ pub mod isa_avx512 {
             row
         }
     }
-    /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
-    /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
-    /// accumulators stay in registers for the whole loop.
+    /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
+    /// `panel_len` floats apart) times `T` broadcast inputs `STEP` floats apart, written to
+    /// `out` at the end. Kept out of line so the accumulators stay in registers.
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline(never)]
-    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
         a0: *const f32,
         taps: &[isize],
         b: *const f32,
-        out: *mut [[V; NV]; T],
+        panel_len: usize,
+        out: *mut [[[V; NV]; P]; T],
     ) {
         unsafe {
-            let mut acc = [[splat(0.0f32); NV]; T];
+            let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bp = b;
             for &t in taps {
                 let ap = a0.offset(t);
                 for k in 0..KC {
-                    let mut bv = [splat(0.0f32); NV];
-                    for v in 0..NV {
-                        bv[v] = load(bp.add(v * L));
+                    let mut bv = [[splat(0.0f32); NV]; P];
+                    for p in 0..P {
+                        for v in 0..NV {
+                            bv[p][v] = load(bp.add(p * panel_len + v * L));
+                        }
                     }
                     for i in 0..T {
                         let x = splat(*ap.add(i * STEP + k));
-                        for v in 0..NV {
-                            acc[i][v] = madd(x, bv[v], acc[i][v]);
+                        for p in 0..P {
+                            for v in 0..NV {
+                                acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                            }
                         }
                     }
                     bp = bp.add(16);
                 }
             }
             for i in 0..T {
-                for v in 0..NV {
-                    core::ptr::write(
-                        core::ptr::addr_of_mut!((* out) [i] [v]),
-                        acc[i][v],
-                    );
+                for p in 0..P {
+                    for v in 0..NV {
+                        core::ptr::write(
+                            core::ptr::addr_of_mut!((* out) [i] [p] [v]),
+                            acc[i][p][v],
+                        );
+                    }
                 }
             }
         }
     }
-    /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
-    /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
-    /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
-    /// and are computed but not stored (tiles end at row ends without smaller kernels).
+    /// One conv tile: `T` output pixels of one row x `P` panels of 16 output channels,
+    /// over the taps and `KC` input channels. The tile's pixels are `STEP` floats apart in
+    /// the input, so the inner loop needs one pointer. Rows before `skip` overlap the
+    /// previous tile and are computed but not stored (tiles end at row ends without
+    /// smaller kernels).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
         ctx: &rt::Ctx,
         d: &rt::ConvDesc,
         io: &rt::ConvIo,
@@ -4982,73 +5087,85 @@ pub mod isa_avx512 {
                     + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride
                         + shift) * inp.c + g * KC
             };
-            let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
-            gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+            let panel_len = d.taps.len() * KC * 16;
+            let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+            gemm::<
+                T,
+                KC,
+                STEP,
+                P,
+            >(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
             let acc = acc.assume_init();
-            let mut bias_v = [splat(0.0f32); NV];
-            for v in 0..NV {
-                bias_v[v] = load(bias.add(v * L));
-            }
             let out = rt::Buf { offset: io.out, ..d.out };
             let pre = rt::Buf { offset: io.pre, ..d.pre };
-            let mut colsum = [splat(0.0f32); NV];
-            for i in 0..T {
-                if i < skip {
-                    continue;
-                }
-                let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
-                let mut row = [splat(0.0f32); NV];
+            for p in 0..P {
+                let mut bias_v = [splat(0.0f32); NV];
                 for v in 0..NV {
-                    row[v] = add(acc[i][v], bias_v[v]);
+                    bias_v[v] = load(bias.add(p * 16 + v * L));
                 }
-                if io.pre != rt::NONE {
-                    store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
-                }
-                if d.act {
+                let n = n0 + p * 16;
+                let mut colsum = [splat(0.0f32); NV];
+                for i in 0..T {
+                    if i < skip {
+                        continue;
+                    }
+                    let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
+                    let mut row = [splat(0.0f32); NV];
                     for v in 0..NV {
-                        row[v] = silu(row[v]);
+                        row[v] = add(acc[i][p][v], bias_v[v]);
+                    }
+                    if io.pre != rt::NONE {
+                        store_row(ctx.ptr(pre.at(y, x) + n), &row, ncols);
+                    }
+                    if d.act {
+                        for v in 0..NV {
+                            row[v] = silu(row[v]);
+                        }
+                    }
+                    store_row(ctx.ptr(out.at(y, x) + n), &row, ncols);
+                    for v in 0..NV {
+                        colsum[v] = add(colsum[v], row[v]);
                     }
                 }
-                store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
-                for v in 0..NV {
-                    colsum[v] = add(colsum[v], row[v]);
+                if !sums.is_null() {
+                    let sp = sums.add(p * 16);
+                    let mut s = load_row(sp, ncols);
+                    for v in 0..NV {
+                        s[v] = add(s[v], colsum[v]);
+                    }
+                    store_row(sp, &s, ncols);
                 }
-            }
-            if !sums.is_null() {
-                let mut s = load_row(sums, ncols);
-                for v in 0..NV {
-                    s[v] = add(s[v], colsum[v]);
-                }
-                store_row(sums, &s, ncols);
             }
         }
     }
-    /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+    /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
+    /// group (`P` > 1 only when the group's panels are all full), tiles in order.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
-        ctx: &rt::Ctx,
-        d: &rt::ConvDesc,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv_item<
+        const T: usize,
+        const KC: usize,
+        const STEP: usize,
+        const P: usize,
+    >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
         unsafe {
             let bands = d.bands();
-            let panels_g = d.panels_per_group();
-            let panels = d.groups * panels_g;
-            let (bi, panel) = if d.panel_outer {
+            let units_g = d.panels_per_group() / P;
+            let units = d.groups * units_g;
+            let (bi, unit) = if d.panel_outer {
                 (it % bands, it / bands)
             } else {
-                (it / panels, it % panels)
+                (it / units, it % units)
             };
-            let (g, pj) = (panel / panels_g, panel % panels_g);
+            let (g, pj) = (unit / units_g, (unit % units_g) * P);
+            let panel = g * d.panels_per_group() + pj;
             let n0 = g * d.cout_g + pj * 16;
             let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
             let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
             let bias = ctx.w(io.bias + panel * 16);
             let sums = if d.sums {
                 let s = ctx.ptr(io.sums + bi * d.out.c + n0);
-                core::ptr::write_bytes(s, 0, ncols);
+                core::ptr::write_bytes(s, 0, if P == 1 { ncols } else { 16 * P });
                 s
             } else {
                 core::ptr::null_mut()
@@ -5073,6 +5190,7 @@ pub mod isa_avx512 {
                         T,
                         KC,
                         STEP,
+                        P,
                     >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
                     px = at + T;
                 }
@@ -5139,7 +5257,7 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 3, 6>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe { conv_item::<12, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5147,13 +5265,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 2, 2>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe { conv_item::<12, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5161,13 +5280,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 4, 4>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe { conv_item::<12, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5175,13 +5295,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<10, 8, 16>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe { conv_item::<10, 8, 16, 1>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5189,6 +5310,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
+                3,
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
         }
@@ -5200,7 +5322,7 @@ pub mod isa_avx512 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<12, 16, 16>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<12, 16, 16, 2>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -5209,13 +5331,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 16, 16>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+        unsafe { conv_item::<12, 16, 16, 1>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5223,13 +5346,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<10, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe { conv_item::<10, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5237,13 +5361,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<10, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe { conv_item::<10, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5251,13 +5376,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 8, 8>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+        unsafe { conv_item::<12, 8, 8, 2>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5265,6 +5391,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
         }
@@ -5276,7 +5403,7 @@ pub mod isa_avx512 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<12, 32, 32>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<12, 32, 32, 2>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -5285,13 +5412,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 32, 32>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+        unsafe { conv_item::<12, 32, 32, 1>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5299,13 +5427,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
+                3,
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<5, 8, 32>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe { conv_item::<5, 8, 32, 1>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5313,13 +5442,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<5, 8, 16>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe { conv_item::<5, 8, 16, 1>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5327,13 +5457,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 16, 16>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe { conv_item::<12, 16, 16, 2>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5341,6 +5472,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
         }
@@ -5352,7 +5484,7 @@ pub mod isa_avx512 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<9, 64, 64>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<9, 64, 64, 2>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -5361,13 +5493,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 64, 64>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe { conv_item::<12, 64, 64, 1>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5375,13 +5508,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 48>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 48, 1>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5389,13 +5523,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+        unsafe { conv_item::<3, 8, 24, 1>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5403,13 +5538,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<9, 24, 24>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe { conv_item::<9, 24, 24, 2>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5417,13 +5553,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<9, 96, 96>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe { conv_item::<9, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5431,13 +5568,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 24, 1>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5445,6 +5583,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
         }
@@ -5456,7 +5595,7 @@ pub mod isa_avx512 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<4, 96, 96, 2>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -5465,13 +5604,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<9, 96, 96>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe { conv_item::<9, 96, 96, 2>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5479,13 +5619,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
+                1,
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<2, 8, 64>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+        unsafe { conv_item::<2, 8, 64, 1>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5493,13 +5634,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<2, 8, 32>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+        unsafe { conv_item::<2, 8, 32, 1>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5507,13 +5649,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe { conv_item::<4, 32, 32, 2>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5521,13 +5664,14 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 128, 128>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe { conv_item::<4, 128, 128, 2>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5535,6 +5679,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
+                6,
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
         }
@@ -6779,51 +6924,59 @@ pub mod isa_neon {
             row
         }
     }
-    /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
-    /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
-    /// accumulators stay in registers for the whole loop.
+    /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
+    /// `panel_len` floats apart) times `T` broadcast inputs `STEP` floats apart, written to
+    /// `out` at the end. Kept out of line so the accumulators stay in registers.
     #[inline(never)]
-    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+    unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
         a0: *const f32,
         taps: &[isize],
         b: *const f32,
-        out: *mut [[V; NV]; T],
+        panel_len: usize,
+        out: *mut [[[V; NV]; P]; T],
     ) {
         unsafe {
-            let mut acc = [[splat(0.0f32); NV]; T];
+            let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bp = b;
             for &t in taps {
                 let ap = a0.offset(t);
                 for k in 0..KC {
-                    let mut bv = [splat(0.0f32); NV];
-                    for v in 0..NV {
-                        bv[v] = load(bp.add(v * L));
+                    let mut bv = [[splat(0.0f32); NV]; P];
+                    for p in 0..P {
+                        for v in 0..NV {
+                            bv[p][v] = load(bp.add(p * panel_len + v * L));
+                        }
                     }
                     for i in 0..T {
                         let x = splat(*ap.add(i * STEP + k));
-                        for v in 0..NV {
-                            acc[i][v] = madd(x, bv[v], acc[i][v]);
+                        for p in 0..P {
+                            for v in 0..NV {
+                                acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                            }
                         }
                     }
                     bp = bp.add(16);
                 }
             }
             for i in 0..T {
-                for v in 0..NV {
-                    core::ptr::write(
-                        core::ptr::addr_of_mut!((* out) [i] [v]),
-                        acc[i][v],
-                    );
+                for p in 0..P {
+                    for v in 0..NV {
+                        core::ptr::write(
+                            core::ptr::addr_of_mut!((* out) [i] [p] [v]),
+                            acc[i][p][v],
+                        );
+                    }
                 }
             }
         }
     }
-    /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
-    /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
-    /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
-    /// and are computed but not stored (tiles end at row ends without smaller kernels).
+    /// One conv tile: `T` output pixels of one row x `P` panels of 16 output channels,
+    /// over the taps and `KC` input channels. The tile's pixels are `STEP` floats apart in
+    /// the input, so the inner loop needs one pointer. Rows before `skip` overlap the
+    /// previous tile and are computed but not stored (tiles end at row ends without
+    /// smaller kernels).
     #[inline(always)]
-    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+    unsafe fn tile<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
         ctx: &rt::Ctx,
         d: &rt::ConvDesc,
         io: &rt::ConvIo,
@@ -6847,72 +7000,84 @@ pub mod isa_neon {
                     + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride
                         + shift) * inp.c + g * KC
             };
-            let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
-            gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+            let panel_len = d.taps.len() * KC * 16;
+            let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+            gemm::<
+                T,
+                KC,
+                STEP,
+                P,
+            >(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
             let acc = acc.assume_init();
-            let mut bias_v = [splat(0.0f32); NV];
-            for v in 0..NV {
-                bias_v[v] = load(bias.add(v * L));
-            }
             let out = rt::Buf { offset: io.out, ..d.out };
             let pre = rt::Buf { offset: io.pre, ..d.pre };
-            let mut colsum = [splat(0.0f32); NV];
-            for i in 0..T {
-                if i < skip {
-                    continue;
-                }
-                let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
-                let mut row = [splat(0.0f32); NV];
+            for p in 0..P {
+                let mut bias_v = [splat(0.0f32); NV];
                 for v in 0..NV {
-                    row[v] = add(acc[i][v], bias_v[v]);
+                    bias_v[v] = load(bias.add(p * 16 + v * L));
                 }
-                if io.pre != rt::NONE {
-                    store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
-                }
-                if d.act {
+                let n = n0 + p * 16;
+                let mut colsum = [splat(0.0f32); NV];
+                for i in 0..T {
+                    if i < skip {
+                        continue;
+                    }
+                    let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
+                    let mut row = [splat(0.0f32); NV];
                     for v in 0..NV {
-                        row[v] = silu(row[v]);
+                        row[v] = add(acc[i][p][v], bias_v[v]);
+                    }
+                    if io.pre != rt::NONE {
+                        store_row(ctx.ptr(pre.at(y, x) + n), &row, ncols);
+                    }
+                    if d.act {
+                        for v in 0..NV {
+                            row[v] = silu(row[v]);
+                        }
+                    }
+                    store_row(ctx.ptr(out.at(y, x) + n), &row, ncols);
+                    for v in 0..NV {
+                        colsum[v] = add(colsum[v], row[v]);
                     }
                 }
-                store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
-                for v in 0..NV {
-                    colsum[v] = add(colsum[v], row[v]);
+                if !sums.is_null() {
+                    let sp = sums.add(p * 16);
+                    let mut s = load_row(sp, ncols);
+                    for v in 0..NV {
+                        s[v] = add(s[v], colsum[v]);
+                    }
+                    store_row(sp, &s, ncols);
                 }
-            }
-            if !sums.is_null() {
-                let mut s = load_row(sums, ncols);
-                for v in 0..NV {
-                    s[v] = add(s[v], colsum[v]);
-                }
-                store_row(sums, &s, ncols);
             }
         }
     }
-    /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+    /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
+    /// group (`P` > 1 only when the group's panels are all full), tiles in order.
     #[inline(always)]
-    unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
-        ctx: &rt::Ctx,
-        d: &rt::ConvDesc,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv_item<
+        const T: usize,
+        const KC: usize,
+        const STEP: usize,
+        const P: usize,
+    >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
         unsafe {
             let bands = d.bands();
-            let panels_g = d.panels_per_group();
-            let panels = d.groups * panels_g;
-            let (bi, panel) = if d.panel_outer {
+            let units_g = d.panels_per_group() / P;
+            let units = d.groups * units_g;
+            let (bi, unit) = if d.panel_outer {
                 (it % bands, it / bands)
             } else {
-                (it / panels, it % panels)
+                (it / units, it % units)
             };
-            let (g, pj) = (panel / panels_g, panel % panels_g);
+            let (g, pj) = (unit / units_g, (unit % units_g) * P);
+            let panel = g * d.panels_per_group() + pj;
             let n0 = g * d.cout_g + pj * 16;
             let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
             let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
             let bias = ctx.w(io.bias + panel * 16);
             let sums = if d.sums {
                 let s = ctx.ptr(io.sums + bi * d.out.c + n0);
-                core::ptr::write_bytes(s, 0, ncols);
+                core::ptr::write_bytes(s, 0, if P == 1 { ncols } else { 16 * P });
                 s
             } else {
                 core::ptr::null_mut()
@@ -6937,6 +7102,7 @@ pub mod isa_neon {
                         T,
                         KC,
                         STEP,
+                        P,
                     >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
                     px = at + T;
                 }
@@ -7001,7 +7167,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 3, 6>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe { conv_item::<6, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7009,12 +7175,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 2, 2>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe { conv_item::<6, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7022,12 +7189,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 4, 4>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe { conv_item::<6, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7035,12 +7203,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
+                12,
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 16>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe { conv_item::<6, 8, 16, 1>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7048,6 +7217,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
+                3,
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
         }
@@ -7058,7 +7228,7 @@ pub mod isa_neon {
         it: usize,
     ) {
         unsafe {
-            conv_item::<6, 16, 16>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<6, 16, 16, 1>(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -7067,12 +7237,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
+                6,
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 16, 16>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+        unsafe { conv_item::<6, 16, 16, 1>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7080,12 +7251,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7093,12 +7265,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7106,12 +7279,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
+                3,
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7119,6 +7293,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
+                6,
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
         }
@@ -7129,7 +7304,7 @@ pub mod isa_neon {
         it: usize,
     ) {
         unsafe {
-            conv_item::<6, 32, 32>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<6, 32, 32, 1>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -7138,12 +7313,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
+                4,
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 32, 32>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+        unsafe { conv_item::<6, 32, 32, 1>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7151,12 +7327,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
+                3,
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<5, 8, 32>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe { conv_item::<5, 8, 32, 1>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7164,12 +7341,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<5, 8, 16>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe { conv_item::<5, 8, 16, 1>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7177,12 +7355,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
+                2,
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 16, 16>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe { conv_item::<6, 16, 16, 1>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7190,6 +7369,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
+                4,
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
         }
@@ -7200,7 +7380,7 @@ pub mod isa_neon {
         it: usize,
     ) {
         unsafe {
-            conv_item::<6, 64, 64>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<6, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -7209,12 +7389,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
+                6,
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 64, 64>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe { conv_item::<6, 64, 64, 1>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7222,12 +7403,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 48>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 48, 1>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7235,12 +7417,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+        unsafe { conv_item::<3, 8, 24, 1>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7248,12 +7431,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 24, 24>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe { conv_item::<6, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7261,12 +7445,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
+                6,
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 96, 96>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe { conv_item::<6, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7274,12 +7459,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<3, 8, 24>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 24, 1>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7287,6 +7473,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
+                3,
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
         }
@@ -7297,7 +7484,7 @@ pub mod isa_neon {
         it: usize,
     ) {
         unsafe {
-            conv_item::<4, 96, 96>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<4, 96, 96, 1>(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -7306,12 +7493,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
+                8,
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 96, 96>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe { conv_item::<6, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7319,12 +7507,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
+                2,
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<2, 8, 64>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+        unsafe { conv_item::<2, 8, 64, 1>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7332,12 +7521,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<2, 8, 32>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+        unsafe { conv_item::<2, 8, 32, 1>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7345,12 +7535,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
+                4,
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 32, 32>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe { conv_item::<4, 32, 32, 1>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7358,12 +7549,13 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
+                8,
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 128, 128>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe { conv_item::<4, 128, 128, 1>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7371,6 +7563,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
+                12,
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
         }

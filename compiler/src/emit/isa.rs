@@ -22,6 +22,9 @@ pub struct IsaSpec {
     /// Lanes per vector and pixels per conv tile.
     pub lanes: usize,
     pub mr: usize,
+    /// Weight panels a work item computes at once when a group's panels allow it (two on
+    /// AVX-512: 12 x 32 accumulators, so each broadcast input feeds two FMAs).
+    pub panels: usize,
     pub vocab: TokenStream,
 }
 
@@ -42,6 +45,7 @@ fn scalar() -> IsaSpec {
         ),
         lanes: 1,
         mr: 4,
+        panels: 1,
         vocab: quote! {
             #[inline(always)] unsafe fn splat(x: f32) -> V { x }
             #[inline(always)] unsafe fn load(p: *const f32) -> V { unsafe { *p } }
@@ -75,6 +79,7 @@ fn avx2() -> IsaSpec {
         ),
         lanes: 8,
         mr: 6,
+        panels: 1,
         vocab: quote! {
             #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn splat(x: f32) -> V { unsafe { _mm256_set1_ps(x) } }
             #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn load(p: *const f32) -> V { unsafe { _mm256_loadu_ps(p) } }
@@ -110,6 +115,7 @@ fn avx512() -> IsaSpec {
         ),
         lanes: 16,
         mr: 12,
+        panels: 2,
         vocab: quote! {
             #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn splat(x: f32) -> V { unsafe { _mm512_set1_ps(x) } }
             #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn load(p: *const f32) -> V { unsafe { _mm512_loadu_ps(p) } }
@@ -149,6 +155,7 @@ fn neon() -> IsaSpec {
         ),
         lanes: 4,
         mr: 6,
+        panels: 1,
         vocab: quote! {
             #[inline(always)] unsafe fn splat(x: f32) -> V { unsafe { vdupq_n_f32(x) } }
             #[inline(always)] unsafe fn load(p: *const f32) -> V { unsafe { vld1q_f32(p) } }
@@ -236,31 +243,36 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             }
         }
 
-        /// The tile's products: for each tap, `KC` steps of one panel row times `T` broadcast
-        /// inputs `STEP` floats apart, written to `out` at the end. Kept out of line so the
-        /// accumulators stay in registers for the whole loop.
+        /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
+        /// `panel_len` floats apart) times `T` broadcast inputs `STEP` floats apart, written to
+        /// `out` at the end. Kept out of line so the accumulators stay in registers.
         #feature
         #[inline(never)]
-        unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize>(
+        unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
             a0: *const f32,
             taps: &[isize],
             b: *const f32,
-            out: *mut [[V; NV]; T],
+            panel_len: usize,
+            out: *mut [[[V; NV]; P]; T],
         ) {
             unsafe {
-                let mut acc = [[splat(0.0f32); NV]; T];
+                let mut acc = [[[splat(0.0f32); NV]; P]; T];
                 let mut bp = b;
                 for &t in taps {
                     let ap = a0.offset(t);
                     for k in 0..KC {
-                        let mut bv = [splat(0.0f32); NV];
-                        for v in 0..NV {
-                            bv[v] = load(bp.add(v * L));
+                        let mut bv = [[splat(0.0f32); NV]; P];
+                        for p in 0..P {
+                            for v in 0..NV {
+                                bv[p][v] = load(bp.add(p * panel_len + v * L));
+                            }
                         }
                         for i in 0..T {
                             let x = splat(*ap.add(i * STEP + k));
-                            for v in 0..NV {
-                                acc[i][v] = madd(x, bv[v], acc[i][v]);
+                            for p in 0..P {
+                                for v in 0..NV {
+                                    acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                                }
                             }
                         }
                         bp = bp.add(16);
@@ -269,19 +281,22 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 // Element by element through a raw pointer: returning `acc` by value lets the
                 // compiler place it in the caller's memory and store it on every step.
                 for i in 0..T {
-                    for v in 0..NV {
-                        core::ptr::write(core::ptr::addr_of_mut!((*out)[i][v]), acc[i][v]);
+                    for p in 0..P {
+                        for v in 0..NV {
+                            core::ptr::write(core::ptr::addr_of_mut!((*out)[i][p][v]), acc[i][p][v]);
+                        }
                     }
                 }
             }
         }
 
-        /// One conv tile: `T` output pixels of one row x 16 output channels, over the taps
-        /// and `KC` input channels. The tile's pixels are `STEP` floats apart in the input,
-        /// so the inner loop needs one pointer. Rows before `skip` overlap the previous tile
-        /// and are computed but not stored (tiles end at row ends without smaller kernels).
+        /// One conv tile: `T` output pixels of one row x `P` panels of 16 output channels,
+        /// over the taps and `KC` input channels. The tile's pixels are `STEP` floats apart in
+        /// the input, so the inner loop needs one pointer. Rows before `skip` overlap the
+        /// previous tile and are computed but not stored (tiles end at row ends without
+        /// smaller kernels).
         #attrs
-        unsafe fn tile<const T: usize, const KC: usize, const STEP: usize>(
+        unsafe fn tile<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
             ctx: &rt::Ctx,
             d: &rt::ConvDesc,
             io: &rt::ConvIo,
@@ -303,53 +318,58 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     let shift = inp.pad - d.conv_pad;
                     io.input + ((y * d.stride + shift) * (inp.w + 2 * inp.pad) + x * d.stride + shift) * inp.c + g * KC
                 };
-                let mut acc = core::mem::MaybeUninit::<[[V; NV]; T]>::uninit();
-                gemm::<T, KC, STEP>(ctx.ptr(a0) as *const f32, d.taps, b, acc.as_mut_ptr());
+                let panel_len = d.taps.len() * KC * 16;
+                let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+                gemm::<T, KC, STEP, P>(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
                 let acc = acc.assume_init();
-                let mut bias_v = [splat(0.0f32); NV];
-                for v in 0..NV {
-                    bias_v[v] = load(bias.add(v * L));
-                }
                 let out = rt::Buf { offset: io.out, ..d.out };
                 let pre = rt::Buf { offset: io.pre, ..d.pre };
-                let mut colsum = [splat(0.0f32); NV];
-                // Constant trip count: a loop from `skip` would index `acc` dynamically and
-                // keep it in memory.
-                for i in 0..T {
-                    if i < skip {
-                        continue;
-                    }
-                    let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
-                    let mut row = [splat(0.0f32); NV];
+                for p in 0..P {
+                    let mut bias_v = [splat(0.0f32); NV];
                     for v in 0..NV {
-                        row[v] = add(acc[i][v], bias_v[v]);
+                        bias_v[v] = load(bias.add(p * 16 + v * L));
                     }
-                    if io.pre != rt::NONE {
-                        store_row(ctx.ptr(pre.at(y, x) + n0), &row, ncols);
-                    }
-                    if d.act {
+                    let n = n0 + p * 16;
+                    let mut colsum = [splat(0.0f32); NV];
+                    // Constant trip count: a loop from `skip` would index `acc` dynamically.
+                    for i in 0..T {
+                        if i < skip {
+                            continue;
+                        }
+                        let (y, x) = ((px + i) / d.out.w, (px + i) % d.out.w);
+                        let mut row = [splat(0.0f32); NV];
                         for v in 0..NV {
-                            row[v] = silu(row[v]);
+                            row[v] = add(acc[i][p][v], bias_v[v]);
+                        }
+                        if io.pre != rt::NONE {
+                            store_row(ctx.ptr(pre.at(y, x) + n), &row, ncols);
+                        }
+                        if d.act {
+                            for v in 0..NV {
+                                row[v] = silu(row[v]);
+                            }
+                        }
+                        store_row(ctx.ptr(out.at(y, x) + n), &row, ncols);
+                        for v in 0..NV {
+                            colsum[v] = add(colsum[v], row[v]);
                         }
                     }
-                    store_row(ctx.ptr(out.at(y, x) + n0), &row, ncols);
-                    for v in 0..NV {
-                        colsum[v] = add(colsum[v], row[v]);
+                    if !sums.is_null() {
+                        let sp = sums.add(p * 16);
+                        let mut s = load_row(sp, ncols);
+                        for v in 0..NV {
+                            s[v] = add(s[v], colsum[v]);
+                        }
+                        store_row(sp, &s, ncols);
                     }
-                }
-                if !sums.is_null() {
-                    let mut s = load_row(sums, ncols);
-                    for v in 0..NV {
-                        s[v] = add(s[v], colsum[v]);
-                    }
-                    store_row(sums, &s, ncols);
                 }
             }
         }
 
-        /// One work item of a conv: a band of rows times one weight panel, tiles in order.
+        /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
+        /// group (`P` > 1 only when the group's panels are all full), tiles in order.
         #attrs
-        unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize>(
+        unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
             ctx: &rt::Ctx,
             d: &rt::ConvDesc,
             io: &rt::ConvIo,
@@ -357,17 +377,18 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         ) {
             unsafe {
                 let bands = d.bands();
-                let panels_g = d.panels_per_group();
-                let panels = d.groups * panels_g;
-                let (bi, panel) = if d.panel_outer { (it % bands, it / bands) } else { (it / panels, it % panels) };
-                let (g, pj) = (panel / panels_g, panel % panels_g);
+                let units_g = d.panels_per_group() / P;
+                let units = d.groups * units_g;
+                let (bi, unit) = if d.panel_outer { (it % bands, it / bands) } else { (it / units, it % units) };
+                let (g, pj) = (unit / units_g, (unit % units_g) * P);
+                let panel = g * d.panels_per_group() + pj;
                 let n0 = g * d.cout_g + pj * 16;
                 let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
                 let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
                 let bias = ctx.w(io.bias + panel * 16);
                 let sums = if d.sums {
                     let s = ctx.ptr(io.sums + bi * d.out.c + n0);
-                    core::ptr::write_bytes(s, 0, ncols);
+                    core::ptr::write_bytes(s, 0, if P == 1 { ncols } else { 16 * P });
                     s
                 } else {
                     core::ptr::null_mut()
@@ -380,7 +401,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     let mut px = start;
                     while px < end {
                         let (at, skip) = if px + T <= end { (px, 0) } else { (end - T, px + T - end) };
-                        tile::<T, KC, STEP>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                        tile::<T, KC, STEP, P>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
                         px = at + T;
                     }
                 }

@@ -9,7 +9,7 @@ pub mod isa;
 pub mod pack;
 
 use crate::graph::Op as GOp;
-use crate::schedule::{Buffer, Layout, Op, Schedule, Tap};
+use crate::schedule::{Buffer, Layout, NR, Op, Schedule, Tap};
 use pack::Packed;
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
@@ -79,6 +79,9 @@ struct ConvShape {
     step: usize,
     /// Pixels of the longest row a tile may cover (the tile height is at most this).
     max_tile: usize,
+    cout_g: usize,
+    groups: usize,
+    bands: usize,
 }
 
 /// Unique conv shapes in first-use order, and the shape index of every conv kernel.
@@ -144,7 +147,8 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
         if has_sums { ", accumulates channel sums" } else { "" },
     );
     let max_tile = geom.row_len.max(geom.last_row_len).min(lo.h * lo.w);
-    (key, ConvShape { name: String::new(), desc, doc, kc, step, max_tile })
+    let (groups, bands) = (sp.groups, geom.bands());
+    (key, ConvShape { name: String::new(), desc, doc, kc, step, max_tile, cout_g, groups, bands })
 }
 
 fn collect_convs(s: &Schedule) -> Convs {
@@ -192,14 +196,19 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
         let run = format_ident!("conv_{}", c.name);
         let t = u(isa.mr.min(c.max_tile));
         let (kc, step) = (u(c.kc), u(c.step));
+        // Several panels per item only when every panel of a group is full and they pair up.
+        let panels_g = c.cout_g.div_ceil(NR);
+        let p = if c.cout_g % NR == 0 && panels_g % isa.panels == 0 { isa.panels } else { 1 };
+        let items = u(c.bands * c.groups * panels_g / p);
+        let p = u(p);
         quote! {
             #feature
             unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-                unsafe { conv_item::<#t, #kc, #step>(ctx, &super::#d, io, it) }
+                unsafe { conv_item::<#t, #kc, #step, #p>(ctx, &super::#d, io, it) }
             }
 
             unsafe fn #run(ctx: &rt::Ctx, io: &rt::ConvIo) {
-                unsafe { rt::conv_run(ctx, &super::#d, io, &|it| unsafe { #item(ctx, io, it) }) }
+                unsafe { rt::conv_run(ctx, &super::#d, io, #items, &|it| unsafe { #item(ctx, io, it) }) }
             }
         }
     });
