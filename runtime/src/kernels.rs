@@ -201,22 +201,27 @@ pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, s
 pub unsafe fn avg_pool(ctx: &Ctx, x: &Buf, out: &Buf) {
     // SAFETY: in the arena (caller contract).
     unsafe { ctx.zero_border(out) };
+    let c = x.c;
     let row = |oy: usize| {
         for ox in 0..out.w {
             let ys = 2 * oy..(2 * oy + 2).min(x.h);
             let xs = 2 * ox..(2 * ox + 2).min(x.w);
             let inv = 1.0 / (ys.len() * xs.len()) as f32;
-            let dst = ctx.ptr(out.at(oy, ox));
-            for c in 0..x.c {
-                let mut s = 0.0f32;
-                for iy in ys.clone() {
-                    for ix in xs.clone() {
-                        // SAFETY: interior pixel of x.
-                        s += unsafe { *ctx.ptr(x.at(iy, ix) + c) };
+            // SAFETY: an interior pixel of out (this row's item only) and interior pixels of
+            // x, each `c` floats, in the arena and disjoint.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ctx.ptr(out.at(oy, ox)), c) };
+            dst.fill(0.0);
+            for iy in ys.clone() {
+                for ix in xs.clone() {
+                    // SAFETY: as above.
+                    let src = unsafe { std::slice::from_raw_parts(ctx.ptr(x.at(iy, ix)), c) };
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d += s;
                     }
                 }
-                // SAFETY: interior pixel of out, this row's item only.
-                unsafe { *dst.add(c) = s * inv };
+            }
+            for d in dst.iter_mut() {
+                *d *= inv;
             }
         }
     };
@@ -257,9 +262,11 @@ unsafe fn reduce_blocks(ctx: &Ctx, sums: usize, parts: usize, c: usize, ch: usiz
 }
 
 /// ECA gate: `gate[c] = scale * sigmoid(sum_j w[j] * mean[c + j - (k - 1) / 2])`, zero padded.
+/// The channel means are first written to `gate` (f32, the block sums reduced in f64).
 ///
 /// # Safety
-/// Offsets from the schedule: `parts * c` sums, `c` gate floats, `k` weights.
+/// Offsets from the schedule: `parts * c` sums, `c` gate floats, `k` weights; the gate
+/// buffer must not overlap the sums.
 pub unsafe fn eca_gate(
     ctx: &Ctx,
     sums: usize,
@@ -272,8 +279,15 @@ pub unsafe fn eca_gate(
     gate: usize,
 ) {
     let half = (k - 1) / 2;
-    // SAFETY: weights in the blob; sums and gate in the arena (caller contract).
+    // SAFETY: weights in the blob; sums and gate in the arena, disjoint (caller contract).
     unsafe {
+        let means = std::slice::from_raw_parts_mut(ctx.ptr(gate), c);
+        for (ch, m) in means.iter_mut().enumerate() {
+            *m = (reduce_blocks(ctx, sums, parts, c, ch) / pixels as f64) as f32;
+        }
+        // In place, left to right: keep the k - 1 - half means a later channel still needs.
+        let mut window = [0.0f64; 64];
+        assert!(k <= window.len(), "ECA kernel wider than 64");
         for ch in 0..c {
             let mut acc = 0.0f64;
             for j in 0..k {
@@ -281,10 +295,13 @@ pub unsafe fn eca_gate(
                 if src < half || src - half >= c {
                     continue;
                 }
-                let mean = reduce_blocks(ctx, sums, parts, c, src - half) / pixels as f64;
+                let s = src - half;
+                // Means at channels below ch were overwritten: read them from the window.
+                let mean = if s < ch { window[s % 64] } else { means[s] as f64 };
                 acc += *ctx.w(w + j) as f64 * mean;
             }
-            *ctx.ptr(gate + ch) = (scale as f64 / (1.0 + (-acc).exp())) as f32;
+            window[ch % 64] = means[ch] as f64;
+            means[ch] = (scale as f64 / (1.0 + (-acc).exp())) as f32;
         }
     }
 }
@@ -300,22 +317,31 @@ pub unsafe fn mean_pool(ctx: &Ctx, sums: usize, parts: usize, pixels: usize, c: 
     }
 }
 
-/// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`, each dot product in f64 in order.
+/// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`: each dot product in 16 f32
+/// lanes (a fixed order), summed in f64.
 ///
 /// # Safety
 /// Offsets from the schedule.
 pub unsafe fn fc(ctx: &Ctx, x: usize, n_in: usize, w: usize, bias: usize, n_out: usize, out: usize) {
     let chunk = 64;
+    // SAFETY: the input buffer is n_in floats in the arena (caller contract).
+    let xs = unsafe { std::slice::from_raw_parts(ctx.ptr(x) as *const f32, n_in) };
     let item = |it: usize| {
         for o in it * chunk..((it + 1) * chunk).min(n_out) {
-            // SAFETY: rows of the weight blob and the input/output buffers, per the schedule;
-            // each output is written by one item.
+            // SAFETY: row o of the weight blob and the bias, per the schedule; each output is
+            // written by one item.
             unsafe {
-                let row = ctx.w(w + o * n_in);
-                let mut acc = 0.0f64;
-                for i in 0..n_in {
-                    acc += *row.add(i) as f64 * *ctx.ptr(x + i) as f64;
+                let row = std::slice::from_raw_parts(ctx.w(w + o * n_in), n_in);
+                let mut lanes = [0.0f32; 16];
+                let (rc, xc) = (row.chunks_exact(16), xs.chunks_exact(16));
+                let (rr, xr) = (rc.remainder(), xc.remainder());
+                for (r, v) in rc.zip(xc) {
+                    for l in 0..16 {
+                        lanes[l] += r[l] * v[l];
+                    }
                 }
+                let mut acc: f64 = lanes.iter().map(|&v| v as f64).sum();
+                acc += rr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
                 *ctx.ptr(out + o) = (acc + *ctx.w(bias + o) as f64) as f32;
             }
         }
