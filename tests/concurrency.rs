@@ -58,9 +58,7 @@ fn threads_inferring_at_once_get_what_one_thread_gets() {
             .map(|x| {
                 s.spawn(move || {
                     let mut ws = tiny::Workspace::new(2).unwrap();
-                    (0..5)
-                        .map(|_| logits_with!(tiny, &mut ws, x.as_slice().try_into().unwrap()))
-                        .collect::<Vec<_>>()
+                    (0..5).map(|_| logits_with!(tiny, &mut ws, x.as_slice().try_into().unwrap())).collect::<Vec<_>>()
                 })
             })
             .collect();
