@@ -112,11 +112,11 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
         std::fs::write(&path, mutate(seed, &ms)).unwrap();
-        if let Ok(c) = Checkpoint::open(&path) {
-            if c.validate(arch).is_ok() {
-                for name in c.tensors.keys() {
-                    let _ = c.f64(name);
-                }
+        if let Ok(c) = Checkpoint::open(&path)
+            && c.validate(arch).is_ok()
+        {
+            for name in c.tensors.keys() {
+                let _ = c.f64(name);
             }
         }
     }
@@ -126,7 +126,7 @@ proptest! {
         let seed = std::fs::read(fixtures().join("fuzz/seed.npy")).unwrap();
         let _ = npy::parse(&mutate(&seed, &ms));
         let _ = npy::parse(&junk);
-        let mut header = b"\\x93NUMPY\\x01\\x00".to_vec();
+        let mut header = b"\x93NUMPY\x01\x00".to_vec();
         header.extend_from_slice(&junk);
         let _ = npy::parse(&header);
     }
