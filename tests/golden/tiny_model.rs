@@ -1588,7 +1588,7 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 8, 32, 1>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe { conv_item::<3, 8, 32, 1>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1602,7 +1602,7 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 8, 16, 1>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe { conv_item::<3, 8, 16, 1>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1635,7 +1635,7 @@ pub mod isa_scalar {
         it: usize,
     ) {
         unsafe {
-            conv_item::<4, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<3, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -1692,7 +1692,7 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe { conv_item::<3, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1706,7 +1706,7 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe { conv_item::<3, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -1754,7 +1754,7 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<4, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe { conv_item::<3, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3326,7 +3326,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe { conv_item::<5, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3341,7 +3341,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe { conv_item::<5, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3356,7 +3356,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe { conv_item::<5, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3371,7 +3371,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 16, 1>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe { conv_item::<5, 8, 16, 1>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3422,7 +3422,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe { conv_item::<5, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3437,7 +3437,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe { conv_item::<5, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3553,7 +3553,7 @@ pub mod isa_avx2 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<6, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<5, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -3614,7 +3614,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe { conv_item::<5, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3629,7 +3629,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe { conv_item::<5, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -3680,7 +3680,7 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe { conv_item::<5, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5257,7 +5257,7 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe { conv_item::<10, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5272,7 +5272,7 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe { conv_item::<10, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5287,7 +5287,7 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe { conv_item::<10, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5403,7 +5403,7 @@ pub mod isa_avx512 {
         it: usize,
     ) {
         unsafe {
-            conv_item::<12, 32, 32, 2>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<10, 32, 32, 2>(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -5464,7 +5464,7 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 16, 16, 2>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe { conv_item::<10, 16, 16, 2>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -5500,7 +5500,7 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<12, 64, 64, 1>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe { conv_item::<10, 64, 64, 1>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7167,7 +7167,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe { conv_item::<5, 3, 6, 1>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7181,7 +7181,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe { conv_item::<5, 2, 2, 1>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7195,7 +7195,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe { conv_item::<5, 4, 4, 1>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7209,7 +7209,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 16, 1>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe { conv_item::<5, 8, 16, 1>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7257,7 +7257,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe { conv_item::<5, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7271,7 +7271,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe { conv_item::<5, 8, 8, 1>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7380,7 +7380,7 @@ pub mod isa_neon {
         it: usize,
     ) {
         unsafe {
-            conv_item::<6, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            conv_item::<5, 64, 64, 1>(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
@@ -7437,7 +7437,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe { conv_item::<5, 24, 24, 1>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7451,7 +7451,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe { conv_item::<5, 96, 96, 1>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {
@@ -7499,7 +7499,7 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        unsafe { conv_item::<6, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe { conv_item::<5, 96, 96, 1>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         unsafe {

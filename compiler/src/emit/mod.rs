@@ -194,7 +194,10 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
         let d = format_ident!("D_{}", c.name.to_uppercase());
         let item = format_ident!("item_{}", c.name);
         let run = format_ident!("conv_{}", c.name);
-        let t = u(isa.mr.min(c.max_tile));
+        // Tiles of equal height that cover a row exactly where possible (a row of 20 pixels
+        // is two tiles of 10, not 12 + an overlapping 12).
+        let row = c.max_tile;
+        let t = u(row.div_ceil(row.div_ceil(isa.mr)).min(isa.mr));
         let (kc, step) = (u(c.kc), u(c.step));
         // Several panels per item only when every panel of a group is full and they pair up.
         let panels_g = c.cout_g.div_ceil(NR);
