@@ -6,20 +6,12 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use nfnet_compiler::Model;
 use nfnet_compiler::ops::Tensor;
-use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
+use nfnet_compiler::synth::{self, SynthSpec};
 use std::time::Duration;
 
 fn l2_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let spec = SynthSpec {
-        architecture: "eca_nfnet_l2".into(),
-        seed: 0,
-        num_classes: None,
-        model_args: None,
-        input_size: None,
-        dtype: StorageDtype::F32,
-    };
-    synth::write(&spec, dir.path()).unwrap();
+    synth::write(&SynthSpec::builtin(), dir.path()).unwrap();
     dir
 }
 

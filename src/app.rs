@@ -306,6 +306,14 @@ pub fn embed(
     save(output, shape, data)
 }
 
+/// Logits `(N, classes)` of a float32 `(N, 3, H, W)` tensor file.
+pub fn run(input: &Path, output: &Path, threads: Option<usize>) -> Result<(), String> {
+    let images = inputs(None, Some(input))?;
+    let outs = run_all(&images, false, threads)?;
+    let logits: Vec<f32> = outs.iter().flat_map(|o| o.logits.iter().copied()).collect();
+    save(output, vec![images.len(), m::CLASSES], logits)
+}
+
 pub fn preprocess(image: &Path, output: &Path) -> Result<(), String> {
     let t = inputs(Some(image), None)?.remove(0);
     save(output, vec![1, 3, m::INPUT_H, m::INPUT_W], t)

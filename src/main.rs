@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     nfnet_runtime::quiet_sigpipe();
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Run { input, output, threads } => run(&input, &output, threads),
+        Command::Run { input, output, threads } => app::run(&input, &output, threads),
         Command::Bench { iters, threads, json } => bench(iters, threads, json),
         Command::Profile { iters, threads, top, svg } => profile(iters, threads, top, svg.as_deref()),
         Command::Classify { images, top, json, threads } => app::classify(&images, top, json, threads),
@@ -145,48 +145,17 @@ pub(crate) fn setup(t: Option<usize>) -> Result<(m::Model, m::Workspace), String
     Ok((model, ws))
 }
 
-fn run(input: &Path, output: &Path, t: Option<usize>) -> Result<(), String> {
-    let x = npy::read(input).map_err(|e| e.to_string())?;
-    let want = [3, m::INPUT_H, m::INPUT_W];
-    if x.shape.len() != 4 || x.shape[1..] != want || x.shape[0] == 0 {
-        return Err(format!(
-            "{}: shape {:?} is not (N, 3, {}, {}), the compiled input size",
-            input.display(),
-            x.shape,
-            m::INPUT_H,
-            m::INPUT_W
-        ));
-    }
-    let (model, mut ws) = setup(t)?;
-    let n = x.shape[0];
-    let mut logits = Vec::with_capacity(n * m::CLASSES);
-    let mut batch = vec![0.0f32; m::INPUT_LEN];
-    let mut out = vec![0.0f32; m::LOGITS_LEN];
-    for chunk in x.data.chunks(m::INPUT_LEN) {
-        // The last chunk is padded with zero images; their logits are dropped.
-        batch[..chunk.len()].copy_from_slice(chunk);
-        batch[chunk.len()..].fill(0.0);
-        let logits_out: &mut [f32; m::LOGITS_LEN] = out.as_mut_slice().try_into().expect("sized");
-        let input: &[f32; m::INPUT_LEN] = batch.as_slice().try_into().expect("sized");
-        model.infer(
-            &mut ws,
-            input,
-            m::Outputs { logits: logits_out, pre_logits: None, forward_features: None, features: None },
-        );
-        let images = chunk.len() / m::IMAGE_LEN;
-        logits.extend_from_slice(&out[..images * m::CLASSES]);
-    }
-    let a = npy::Array::new(vec![n, m::CLASSES], logits).map_err(|e| e.to_string())?;
-    npy::write(output, &a).map_err(|e| e.to_string())
-}
-
-fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
+/// A fixed, non-trivial input for timing (the values do not change the work done).
+fn timing_input(iters: usize) -> Result<Vec<f32>, String> {
     if iters == 0 {
         return Err("--iters must be at least 1".into());
     }
+    Ok((0..m::INPUT_LEN).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())
+}
+
+fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
+    let input = timing_input(iters)?;
     let (model, mut ws) = setup(t)?;
-    // A fixed, non-trivial input (the values do not change the work done).
-    let input: Vec<f32> = (0..m::INPUT_LEN).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
     let input: &[f32; m::INPUT_LEN] = input.as_slice().try_into().expect("sized");
     let mut logits = vec![0.0f32; m::LOGITS_LEN];
     let mut once = |logits: &mut Vec<f32>| {
@@ -231,11 +200,8 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
 }
 
 fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>) -> Result<(), String> {
-    if iters == 0 {
-        return Err("--iters must be at least 1".into());
-    }
+    let input = timing_input(iters)?;
     let (model, mut ws) = setup(t)?;
-    let input: Vec<f32> = (0..m::INPUT_LEN).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
     let input: &[f32; m::INPUT_LEN] = input.as_slice().try_into().expect("sized");
     let mut logits = vec![0.0f32; m::LOGITS_LEN];
     let mut times = [0u64; m::KERNELS];

@@ -30,7 +30,7 @@ use crate::arch::parse_input_size;
 use crate::emit::{self, EmitInfo};
 use crate::error::{Error, Result};
 use crate::schedule::Schedule;
-use crate::synth::{self, StorageDtype, SynthSpec};
+use crate::synth::{self, SynthSpec};
 use std::path::{Path, PathBuf};
 
 /// Largest batch accepted.
@@ -159,14 +159,7 @@ impl Builder {
 /// The built-in model: the synthetic eca_nfnet_l2, seed 0, made in `out` (deterministic).
 fn builtin_model(out: &Path) -> Result<PathBuf> {
     let dir = out.join("builtin_eca_nfnet_l2");
-    let spec = SynthSpec {
-        architecture: "eca_nfnet_l2".into(),
-        seed: 0,
-        num_classes: None,
-        model_args: None,
-        input_size: None,
-        dtype: StorageDtype::F32,
-    };
+    let spec = SynthSpec::builtin();
     if !dir.join("model.safetensors").exists() || !dir.join("config.json").exists() {
         synth::write(&spec, &dir)?;
     }

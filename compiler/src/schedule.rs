@@ -216,7 +216,7 @@ impl<'g> Schedule<'g> {
         s
     }
 
-    /// Kernels reading buffer `b` (at or after kernel index `from`).
+    /// Indices of the kernels reading buffer `b`.
     fn readers(&self, b: BufId) -> Vec<usize> {
         (0..self.kernels.len()).filter(|&k| self.kernels[k].op.inputs().contains(&b)).collect()
     }

@@ -58,6 +58,20 @@ pub struct SynthSpec {
     pub dtype: StorageDtype,
 }
 
+impl SynthSpec {
+    /// The product's built-in model: eca_nfnet_l2, seed 0, 1000 classes, f32.
+    pub fn builtin() -> SynthSpec {
+        SynthSpec {
+            architecture: "eca_nfnet_l2".into(),
+            seed: 0,
+            num_classes: None,
+            model_args: None,
+            input_size: None,
+            dtype: StorageDtype::F32,
+        }
+    }
+}
+
 /// SplitMix64: tiny, fast, and fully specified, so files never change with a dependency.
 struct Rng(u64);
 
