@@ -11,7 +11,7 @@ use common::*;
 use nfnet_compiler::ops::Tensor;
 use nfnet_model as l2;
 use nfnet_runtime::Isa;
-use nfnet_test_models::{tiny, variant};
+use nfnet_test_models::{tiny, tiny_passes_0, tiny_passes_1, tiny_passes_2, variant};
 
 const TOL: f64 = 1e-4;
 
@@ -88,6 +88,17 @@ macro_rules! check_model {
 #[test]
 fn tiny_model_matches_timm_on_every_isa() {
     check_model!(tiny, "tiny");
+}
+
+/// Each fusion pass preserves the model: the tiny model compiled after 0, 1 and 2 passes
+/// (unfused SiLU, channel sums, ECA gate, residual add kernels) matches timm too.
+#[test]
+fn partially_fused_schedules_match_timm_on_every_isa() {
+    check_model!(tiny_passes_0, "tiny", [2]);
+    check_model!(tiny_passes_1, "tiny", [2]);
+    check_model!(tiny_passes_2, "tiny", [1]);
+    assert!(tiny_passes_0::KERNELS > tiny_passes_1::KERNELS && tiny_passes_1::KERNELS > tiny_passes_2::KERNELS);
+    assert!(tiny_passes_2::KERNELS > tiny::KERNELS);
 }
 
 #[test]

@@ -713,3 +713,68 @@ fn pass_downsample_pool(s: &Schedule) -> PassReport {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Model;
+    use crate::synth::{self, StorageDtype, SynthSpec};
+
+    fn tiny_graph() -> crate::graph::Graph {
+        let dir = tempfile::tempdir().unwrap();
+        let args = r#"{"depths": [1, 2, 1, 1], "channels": [32, 64, 96, 128], "stem_chs": 16, "group_size": 8,
+                       "num_features": 192}"#;
+        let spec = SynthSpec {
+            architecture: "eca_nfnet_l0".into(),
+            seed: 9,
+            num_classes: Some(7),
+            model_args: serde_json::from_str(args).unwrap(),
+            input_size: None,
+            dtype: StorageDtype::F32,
+        };
+        synth::write(&spec, dir.path()).unwrap();
+        Model::load(dir.path()).unwrap().graph((41, 35), 1).unwrap()
+    }
+
+    #[test]
+    fn passes_apply_where_timm_allows_and_say_why_not_elsewhere() {
+        let g = tiny_graph();
+        let s = Schedule::new(&g, None);
+        let by_name = |n: &str| s.passes.iter().find(|p| p.name == n).unwrap();
+        // Every conv a SiLU follows: the 4 stem convs (conv4 by the first block's act1), 3 per
+        // block (conv1, conv2, conv2b), final_conv.
+        assert_eq!(by_name("conv_act").applied.len(), 4 + 3 * 5 + 1);
+        // ECA sums in each conv3 (5 blocks) and the global pool in final_conv.
+        assert_eq!(by_name("conv_channel_sums").applied.len(), 5 + 1);
+        assert!(by_name("conv_act").declined.iter().all(|(_, why)| why.contains("SiLU")));
+        assert!(by_name("downsample_pool").declined.len() == 3);
+        // No SiLU or residual add is left on its own.
+        for k in &s.kernels {
+            if let Op::ScaleAddAct { gate, shortcut, .. } = k.op {
+                assert!(gate.is_some() || shortcut.is_some(), "lone elementwise kernel {:?}", k.modules);
+            }
+        }
+        let unfused = Schedule::new(&g, Some(0));
+        assert!(unfused.passes.is_empty() && unfused.kernels.len() > s.kernels.len());
+    }
+
+    #[test]
+    fn buffers_live_at_the_same_time_never_overlap() {
+        let g = tiny_graph();
+        for stop in [Some(0), Some(2), None] {
+            let s = Schedule::new(&g, stop);
+            let r = s.live_ranges();
+            for a in 0..s.buffers.len() {
+                for b in a + 1..s.buffers.len() {
+                    let live = r[a].0 <= r[b].1 && r[b].0 <= r[a].1;
+                    let (x, y) = (&s.buffers[a], &s.buffers[b]);
+                    let apart = x.offset + x.layout.len() <= y.offset || y.offset + y.layout.len() <= x.offset;
+                    assert!(!live || apart, "{} and {} overlap while both live", x.name, y.name);
+                }
+                assert!(s.buffers[a].offset % ALIGN == 0);
+                assert!(s.buffers[a].offset + s.buffers[a].layout.len() <= s.arena_len);
+            }
+            assert!(s.arena_len < s.naive_arena_len());
+        }
+    }
+}

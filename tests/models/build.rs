@@ -5,7 +5,9 @@ use nfnet_compiler::builder::Builder;
 use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
 use std::path::{Path, PathBuf};
 
-fn compile(fixture: &str, out: &Path) -> nfnet_compiler::Result<()> {
+/// Compiles a fixture's model into `out/<name>`, running only the first `stop_after` fusion
+/// passes when given.
+fn compile(fixture: &str, name: &str, stop_after: Option<usize>, out: &Path) -> nfnet_compiler::Result<()> {
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(fixture);
     println!("cargo:rerun-if-changed={}", fx.join("synth.json").display());
     println!("cargo:rerun-if-changed={}", fx.join("input.npy").display());
@@ -19,11 +21,11 @@ fn compile(fixture: &str, out: &Path) -> nfnet_compiler::Result<()> {
         dtype: StorageDtype::parse(v["dtype"].as_str().unwrap()).unwrap(),
     };
     let x = nfnet_runtime_npy_shape(&fx.join("input.npy"));
-    let model = out.join(fixture).join("model");
+    let model = out.join(name).join("model");
     synth::write(&spec, &model)?;
-    let mut b = Builder::new().model_dir(&model).input_size(x[2], x[3]).batch(x[0]).out_dir(out.join(fixture));
-    if let Ok(n) = std::env::var("NFNET_STOP_AFTER_PASS") {
-        b = b.stop_after_pass(n.parse().unwrap());
+    let mut b = Builder::new().model_dir(&model).input_size(x[2], x[3]).batch(x[0]).out_dir(out.join(name));
+    if let Some(n) = stop_after {
+        b = b.stop_after_pass(n);
     }
     b.compile()?;
     Ok(())
@@ -38,10 +40,18 @@ fn nfnet_runtime_npy_shape(p: &Path) -> Vec<usize> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=NFNET_STOP_AFTER_PASS");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    for f in ["tiny", "tiny_variant_bf16"] {
-        if let Err(e) = compile(f, &out) {
+    // The fixtures with every fusion pass, and the tiny one after each prefix of the passes
+    // (so the unfused kernels every pass replaces are compiled and tested too).
+    let builds = [
+        ("tiny", "tiny", None),
+        ("tiny_variant_bf16", "tiny_variant_bf16", None),
+        ("tiny", "tiny_passes_0", Some(0)),
+        ("tiny", "tiny_passes_1", Some(1)),
+        ("tiny", "tiny_passes_2", Some(2)),
+    ];
+    for (f, name, stop) in builds {
+        if let Err(e) = compile(f, name, stop, &out) {
             for p in &e.problems {
                 eprintln!("error: {p}");
             }

@@ -9,3 +9,18 @@ pub mod tiny {
 pub mod variant {
     include!(concat!(env!("OUT_DIR"), "/tiny_variant_bf16/nfnet_model.rs"));
 }
+
+/// `fixtures/tiny` without fusion passes: every graph node its own kernel.
+pub mod tiny_passes_0 {
+    include!(concat!(env!("OUT_DIR"), "/tiny_passes_0/nfnet_model.rs"));
+}
+
+/// `fixtures/tiny` after the first fusion pass (conv + SiLU).
+pub mod tiny_passes_1 {
+    include!(concat!(env!("OUT_DIR"), "/tiny_passes_1/nfnet_model.rs"));
+}
+
+/// `fixtures/tiny` after two passes (+ channel sums in the conv epilogue).
+pub mod tiny_passes_2 {
+    include!(concat!(env!("OUT_DIR"), "/tiny_passes_2/nfnet_model.rs"));
+}
