@@ -771,7 +771,7 @@ mod tests {
                     let apart = x.offset + x.layout.len() <= y.offset || y.offset + y.layout.len() <= x.offset;
                     assert!(!live || apart, "{} and {} overlap while both live", x.name, y.name);
                 }
-                assert!(s.buffers[a].offset % ALIGN == 0);
+                assert!(s.buffers[a].offset.is_multiple_of(ALIGN));
                 assert!(s.buffers[a].offset + s.buffers[a].layout.len() <= s.arena_len);
             }
             assert!(s.arena_len < s.naive_arena_len());
