@@ -97,8 +97,11 @@ fn partially_fused_schedules_match_timm_on_every_isa() {
     check_model!(tiny_passes_0, "tiny", [2]);
     check_model!(tiny_passes_1, "tiny", [2]);
     check_model!(tiny_passes_2, "tiny", [1]);
-    assert!(tiny_passes_0::KERNELS > tiny_passes_1::KERNELS && tiny_passes_1::KERNELS > tiny_passes_2::KERNELS);
-    assert!(tiny_passes_2::KERNELS > tiny::KERNELS);
+    // Each pass merged kernels (checked when this compiles).
+    const {
+        assert!(tiny_passes_0::KERNELS > tiny_passes_1::KERNELS && tiny_passes_1::KERNELS > tiny_passes_2::KERNELS);
+        assert!(tiny_passes_2::KERNELS > tiny::KERNELS);
+    }
 }
 
 #[test]
