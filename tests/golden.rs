@@ -17,6 +17,7 @@ fn emitted_source_of_the_tiny_model_is_unchanged() {
     let graph = model.graph((45, 37), 2).unwrap();
     let schedule = Schedule::new(&graph, None);
     let info = EmitInfo {
+        weight_dtype: Default::default(),
         config: "fixtures/tiny (nfc synth from fixtures/tiny/synth.json)".into(),
         weights_sha256: model.checkpoint.sha256(),
         synthetic: Some("eca_nfnet_l0 seed 3".into()),

@@ -27,6 +27,7 @@
 
 use crate::Model;
 use crate::arch::parse_input_size;
+use crate::emit::pack::WeightDtype;
 use crate::emit::{self, EmitInfo};
 use crate::error::{Error, Result};
 use crate::schedule::Schedule;
@@ -43,6 +44,7 @@ pub struct Builder {
     batch: usize,
     out_dir: Option<PathBuf>,
     stop_after: Option<usize>,
+    weight_dtype: WeightDtype,
     /// Print cargo directives (set by `from_env`).
     cargo: bool,
 }
@@ -86,6 +88,10 @@ impl Builder {
                 s.trim().parse().map_err(|_| Error::new(format!("NFNET_STOP_AFTER_PASS='{s}' is not a pass count")))?,
             );
         }
+        if let Some(s) = env("NFNET_WEIGHT_DTYPE", true)? {
+            b.weight_dtype = WeightDtype::parse(&s)
+                .ok_or_else(|| Error::new(format!("NFNET_WEIGHT_DTYPE='{s}' is not one of f32, bf16, f16")))?;
+        }
         b.out_dir = env("OUT_DIR", false)?.map(PathBuf::from);
         Ok(b)
     }
@@ -108,6 +114,12 @@ impl Builder {
 
     pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// Stores the conv weights as f32 (default), bf16 or f16: half the binary for 16 bits.
+    pub fn weight_dtype(mut self, wd: WeightDtype) -> Self {
+        self.weight_dtype = wd;
         self
     }
 
@@ -143,7 +155,11 @@ impl Builder {
         let hw = self.input_size.unwrap_or(model.arch.config.pretrained.input_size);
         let graph = model.graph(hw, self.batch)?;
         let schedule = Schedule::new(&graph, self.stop_after);
+        if self.weight_dtype == WeightDtype::F16 {
+            check_f16_range(&graph)?;
+        }
         let info = EmitInfo {
+            weight_dtype: self.weight_dtype,
             config: config_name,
             weights_sha256: model.checkpoint.sha256(),
             synthetic: synth::synthetic_tag(&model.checkpoint.metadata).map(str::to_string),
@@ -154,6 +170,21 @@ impl Builder {
         write_if_changed(&out.join(emit::WEIGHTS_FILE), &emitted.weights)?;
         Ok(src)
     }
+}
+
+/// f16 holds magnitudes up to 65504: refuse folded weights beyond it rather than store infinity.
+fn check_f16_range(g: &crate::graph::Graph) -> Result<()> {
+    for n in &g.nodes {
+        if let crate::graph::Op::Conv(c) = &n.op
+            && let Some(w) = c.weight.iter().find(|w| w.abs() > 65504.0)
+        {
+            return Err(Error::new(format!(
+                "NFNET_WEIGHT_DTYPE=f16: {} has a folded weight {w:e} beyond f16's range; use bf16",
+                c.spec.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The built-in model: the synthetic eca_nfnet_l2, seed 0, made in `out` (deterministic).

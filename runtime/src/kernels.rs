@@ -39,8 +39,10 @@ pub unsafe trait Kernels: Copy + Send + Sync {
 /// What every driver needs: the arena, the packed weights and the pool.
 pub struct Ctx<'a> {
     pub arena: SyncPtr<f32>,
-    /// The packed weights (read only).
+    /// The packed weights (read only): f32 values, then (when the model stores its conv
+    /// weights in 16 bits) the u16 region.
     pub weights: SyncPtr<f32>,
+    pub weights16: SyncPtr<u16>,
     pub pool: &'a Pool,
 }
 
@@ -80,6 +82,11 @@ impl Ctx<'_> {
     #[inline(always)]
     pub fn w(&self, off: usize) -> *const f32 {
         self.weights.0.wrapping_add(off)
+    }
+
+    #[inline(always)]
+    pub fn w16(&self, off: usize) -> *const u16 {
+        self.weights16.0.wrapping_add(off)
     }
 
     /// Zeroes the border ring of a padded buffer.

@@ -14,6 +14,64 @@
 #[repr(C, align(16))]
 pub struct float32x4_t(pub [f32; 4]);
 
+/// Four u16 lanes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(8))]
+pub struct uint16x4_t(pub [u16; 4]);
+
+/// Four u32 lanes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(16))]
+pub struct uint32x4_t(pub [u32; 4]);
+
+/// Loads four u16.
+///
+/// # Safety
+/// `p` must be valid for reading 8 bytes (no alignment needed).
+#[inline(always)]
+pub unsafe fn vld1_u16(p: *const u16) -> uint16x4_t {
+    // SAFETY: the caller guarantees 4 readable u16 at p; read_unaligned needs no alignment.
+    uint16x4_t(unsafe { p.cast::<[u16; 4]>().read_unaligned() })
+}
+
+/// USHLL #0: widens four u16 to u32.
+#[inline(always)]
+pub fn vmovl_u16(a: uint16x4_t) -> uint32x4_t {
+    uint32x4_t(a.0.map(u32::from))
+}
+
+/// SHL by an immediate (0..=31).
+#[inline(always)]
+pub fn vshlq_n_u32<const N: i32>(a: uint32x4_t) -> uint32x4_t {
+    const { assert!(N >= 0 && N < 32) };
+    uint32x4_t(a.0.map(|x| x.wrapping_shl(N as u32)))
+}
+
+#[inline(always)]
+pub fn vandq_u32(a: uint32x4_t, b: uint32x4_t) -> uint32x4_t {
+    uint32x4_t(std::array::from_fn(|i| a.0[i] & b.0[i]))
+}
+
+#[inline(always)]
+pub fn vorrq_u32(a: uint32x4_t, b: uint32x4_t) -> uint32x4_t {
+    uint32x4_t(std::array::from_fn(|i| a.0[i] | b.0[i]))
+}
+
+#[inline(always)]
+pub fn vdupq_n_u32(x: u32) -> uint32x4_t {
+    uint32x4_t([x; 4])
+}
+
+#[inline(always)]
+pub fn vreinterpretq_f32_u32(a: uint32x4_t) -> float32x4_t {
+    float32x4_t(a.0.map(f32::from_bits))
+}
+
+#[inline(always)]
+pub fn vreinterpretq_u32_f32(a: float32x4_t) -> uint32x4_t {
+    uint32x4_t(a.0.map(f32::to_bits))
+}
+
 /// Four i32 lanes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C, align(16))]
@@ -146,5 +204,11 @@ mod tests {
             assert_eq!(vld1q_f32(buf.as_ptr().add(1)), a);
         }
         assert!(vmaxq_f32(a, vdupq_n_f32(f32::NAN)).0[0].is_nan());
+        let h = [0x3c00u16, 0xc000, 0x0001, 0x7bff];
+        // SAFETY: h has 4 u16.
+        let w = vmovl_u16(unsafe { vld1_u16(h.as_ptr()) });
+        assert_eq!(vshlq_n_u32::<16>(w).0[0], 0x3c00_0000);
+        assert_eq!(vandq_u32(w, vdupq_n_u32(0x7fff)).0[1], 0x4000);
+        assert_eq!(vreinterpretq_u32_f32(vreinterpretq_f32_u32(w)), w);
     }
 }

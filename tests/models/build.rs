@@ -2,12 +2,19 @@
 //! synth.json) with the builder API, as a user's own build.rs would.
 
 use nfnet_compiler::builder::Builder;
+use nfnet_compiler::emit::pack::WeightDtype;
 use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
 use std::path::{Path, PathBuf};
 
 /// Compiles a fixture's model into `out/<name>`, running only the first `stop_after` fusion
 /// passes when given.
-fn compile(fixture: &str, name: &str, stop_after: Option<usize>, out: &Path) -> nfnet_compiler::Result<()> {
+fn compile(
+    fixture: &str,
+    name: &str,
+    stop_after: Option<usize>,
+    wd: WeightDtype,
+    out: &Path,
+) -> nfnet_compiler::Result<()> {
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(fixture);
     println!("cargo:rerun-if-changed={}", fx.join("synth.json").display());
     println!("cargo:rerun-if-changed={}", fx.join("input.npy").display());
@@ -23,7 +30,8 @@ fn compile(fixture: &str, name: &str, stop_after: Option<usize>, out: &Path) -> 
     let x = nfnet_runtime_npy_shape(&fx.join("input.npy"));
     let model = out.join(name).join("model");
     synth::write(&spec, &model)?;
-    let mut b = Builder::new().model_dir(&model).input_size(x[2], x[3]).batch(x[0]).out_dir(out.join(name));
+    let mut b =
+        Builder::new().model_dir(&model).input_size(x[2], x[3]).batch(x[0]).weight_dtype(wd).out_dir(out.join(name));
     if let Some(n) = stop_after {
         b = b.stop_after_pass(n);
     }
@@ -43,15 +51,19 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     // The fixtures with every fusion pass, and the tiny one after each prefix of the passes
     // (so the unfused kernels every pass replaces are compiled and tested too).
+    // And the tiny one with its conv weights stored in bf16 and f16.
+    let f32 = WeightDtype::F32;
     let builds = [
-        ("tiny", "tiny", None),
-        ("tiny_variant_bf16", "tiny_variant_bf16", None),
-        ("tiny", "tiny_passes_0", Some(0)),
-        ("tiny", "tiny_passes_1", Some(1)),
-        ("tiny", "tiny_passes_2", Some(2)),
+        ("tiny", "tiny", None, f32),
+        ("tiny_variant_bf16", "tiny_variant_bf16", None, f32),
+        ("tiny", "tiny_passes_0", Some(0), f32),
+        ("tiny", "tiny_passes_1", Some(1), f32),
+        ("tiny", "tiny_passes_2", Some(2), f32),
+        ("tiny", "tiny_weights_bf16", None, WeightDtype::Bf16),
+        ("tiny", "tiny_weights_f16", None, WeightDtype::F16),
     ];
-    for (f, name, stop) in builds {
-        if let Err(e) = compile(f, name, stop, &out) {
+    for (f, name, stop, wd) in builds {
+        if let Err(e) = compile(f, name, stop, wd, &out) {
             for p in &e.problems {
                 eprintln!("error: {p}");
             }

@@ -63,6 +63,17 @@ fn scalar() -> IsaSpec {
             #[inline(always)] unsafe fn pow2i(n: V) -> V { f32::from_bits((((n as i32) + 127) << 23) as u32) }
             /// A hint only; nothing on this ISA.
             #[inline(always)] unsafe fn prefetch(_p: *const f32) {}
+            /// bf16 to f32: the high half of the f32's bits.
+            #[inline(always)] unsafe fn load_bf16(p: *const u16) -> V { unsafe { f32::from_bits((*p as u32) << 16) } }
+            /// f16 to f32 (finite values): exponent and mantissa moved into place, rescaled by
+            /// 2^112, sign restored; exact for normals and subnormals.
+            #[inline(always)] unsafe fn load_f16(p: *const u16) -> V {
+                unsafe {
+                    let h = *p as u32;
+                    let f = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
+                    f32::from_bits(f.to_bits() | ((h & 0x8000) << 16))
+                }
+            }
         },
     }
 }
@@ -101,6 +112,20 @@ fn avx2() -> IsaSpec {
             }
             /// Brings the line at `p` into L1 (a hint).
             #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn prefetch(p: *const f32) { unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) } }
+            /// Eight bf16 to f32.
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn load_bf16(p: *const u16) -> V {
+                unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)))) }
+            }
+            /// Eight f16 (finite) to f32, as the scalar `load_f16`.
+            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn load_f16(p: *const u16) -> V {
+                unsafe {
+                    let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+                    let mag = _mm256_castsi256_ps(_mm256_slli_epi32::<13>(_mm256_and_si256(w, _mm256_set1_epi32(0x7fff))));
+                    let f = _mm256_mul_ps(mag, _mm256_castsi256_ps(_mm256_set1_epi32(0x7780_0000)));
+                    let sign = _mm256_slli_epi32::<16>(_mm256_and_si256(w, _mm256_set1_epi32(0x8000)));
+                    _mm256_or_ps(f, _mm256_castsi256_ps(sign))
+                }
+            }
         },
     }
 }
@@ -142,6 +167,20 @@ fn avx512() -> IsaSpec {
             /// A hint only: with two panels per step the extra load uops cost more than the
             /// prefetcher leaves on the table (measured: no gain).
             #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn prefetch(_p: *const f32) {}
+            /// Sixteen bf16 to f32.
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn load_bf16(p: *const u16) -> V {
+                unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)))) }
+            }
+            /// Sixteen f16 (finite) to f32, as the scalar `load_f16`.
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn load_f16(p: *const u16) -> V {
+                unsafe {
+                    let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+                    let mag = _mm512_castsi512_ps(_mm512_slli_epi32::<13>(_mm512_and_si512(w, _mm512_set1_epi32(0x7fff))));
+                    let f = _mm512_mul_ps(mag, _mm512_castsi512_ps(_mm512_set1_epi32(0x7780_0000)));
+                    let sign = _mm512_slli_epi32::<16>(_mm512_and_si512(w, _mm512_set1_epi32(0x8000)));
+                    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign))
+                }
+            }
         },
     }
 }
@@ -183,6 +222,20 @@ fn neon() -> IsaSpec {
             }
             /// A hint only; left to the hardware prefetcher here.
             #[inline(always)] unsafe fn prefetch(_p: *const f32) {}
+            /// Four bf16 to f32.
+            #[inline(always)] unsafe fn load_bf16(p: *const u16) -> V {
+                unsafe { vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16(p)))) }
+            }
+            /// Four f16 (finite) to f32, as the scalar `load_f16`.
+            #[inline(always)] unsafe fn load_f16(p: *const u16) -> V {
+                unsafe {
+                    let w = vmovl_u16(vld1_u16(p));
+                    let mag = vreinterpretq_f32_u32(vshlq_n_u32::<13>(vandq_u32(w, vdupq_n_u32(0x7fff))));
+                    let f = vmulq_f32(mag, vreinterpretq_f32_u32(vdupq_n_u32(0x7780_0000)));
+                    let sign = vshlq_n_u32::<16>(vandq_u32(w, vdupq_n_u32(0x8000)));
+                    vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(f), sign))
+                }
+            }
         },
     }
 }
@@ -254,31 +307,31 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         }
 
         /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
-        /// `panel_len` floats apart) times `T` broadcast inputs `STEP` floats apart, written to
+        /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
         /// `out` at the end. Kept out of line so the accumulators stay in registers.
         #feature
         #[inline(never)]
-        unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
+        unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize, const WD: usize>(
             a0: *const f32,
             taps: &[isize],
-            b: *const f32,
+            b: *const u8,
             panel_len: usize,
             out: *mut [[[V; NV]; P]; T],
         ) {
             unsafe {
                 let mut acc = [[[splat(0.0f32); NV]; P]; T];
-                let mut bp = b;
+                let mut bi = 0usize;
                 for &t in taps {
                     let ap = a0.offset(t);
                     for k in 0..KC {
                         // The weight panels stream through L1 once per tile: fetch ahead.
                         for p in 0..P {
-                            prefetch(bp.add(p * panel_len + B_AHEAD));
+                            prefetch(b.add((bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 }) as *const f32);
                         }
                         let mut bv = [[splat(0.0f32); NV]; P];
                         for p in 0..P {
                             for v in 0..NV {
-                                bv[p][v] = load(bp.add(p * panel_len + v * L));
+                                bv[p][v] = load_weights::<WD>(b, bi + p * panel_len + v * L);
                             }
                         }
                         for i in 0..T {
@@ -289,7 +342,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                                 }
                             }
                         }
-                        bp = bp.add(16);
+                        bi += 16;
                     }
                 }
                 // Element by element through a raw pointer: returning `acc` by value lets the
@@ -304,13 +357,26 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             }
         }
 
+        /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
+        /// f16 (2).
+        #attrs
+        unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
+            unsafe {
+                match WD {
+                    0 => load((b as *const f32).add(i)),
+                    1 => load_bf16((b as *const u16).add(i)),
+                    _ => load_f16((b as *const u16).add(i)),
+                }
+            }
+        }
+
         /// One conv tile: `T` output pixels of one row x `P` panels of 16 output channels,
         /// over the taps and `KC` input channels. The tile's pixels are `STEP` floats apart in
         /// the input, so the inner loop needs one pointer. Rows before `skip` overlap the
         /// previous tile and are computed but not stored (tiles end at row ends without
         /// smaller kernels).
         #attrs
-        unsafe fn tile<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
+        unsafe fn tile<const T: usize, const KC: usize, const STEP: usize, const P: usize, const WD: usize>(
             ctx: &rt::Ctx,
             d: &rt::ConvDesc,
             io: &rt::ConvIo,
@@ -319,7 +385,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             g: usize,
             n0: usize,
             ncols: usize,
-            b: *const f32,
+            b: *const u8,
             bias: *const f32,
             sums: *mut f32,
         ) {
@@ -334,7 +400,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 };
                 let panel_len = d.taps.len() * KC * 16;
                 let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
-                gemm::<T, KC, STEP, P>(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
+                gemm::<T, KC, STEP, P, WD>(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
                 let acc = acc.assume_init();
                 let out = rt::Buf { offset: io.out, ..d.out };
                 let pre = rt::Buf { offset: io.pre, ..d.pre };
@@ -383,7 +449,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
         /// group (`P` > 1 only when the group's panels are all full), tiles in order.
         #attrs
-        unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize, const P: usize>(
+        unsafe fn conv_item<const T: usize, const KC: usize, const STEP: usize, const P: usize, const WD: usize>(
             ctx: &rt::Ctx,
             d: &rt::ConvDesc,
             io: &rt::ConvIo,
@@ -398,7 +464,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let panel = g * d.panels_per_group() + pj;
                 let n0 = g * d.cout_g + pj * 16;
                 let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
-                let b = ctx.w(io.weights + panel * d.taps.len() * KC * 16);
+                let w_at = io.weights + panel * d.taps.len() * KC * 16;
+                let b = if WD == 0 { ctx.w(w_at) as *const u8 } else { ctx.w16(w_at) as *const u8 };
                 let bias = ctx.w(io.bias + panel * 16);
                 let sums = if d.sums {
                     let s = ctx.ptr(io.sums + bi * d.out.c + n0);
@@ -415,7 +482,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     let mut px = start;
                     while px < end {
                         let (at, skip) = if px + T <= end { (px, 0) } else { (end - T, px + T - end) };
-                        tile::<T, KC, STEP, P>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                        tile::<T, KC, STEP, P, WD>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
                         px = at + T;
                     }
                 }

@@ -10,20 +10,65 @@ pub struct Slot {
     pub bias: usize,
 }
 
-/// The blob (f32, little endian when written) and one slot per kernel (default when none).
+/// How the conv weights are stored (`NFNET_WEIGHT_DTYPE`); everything else is f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl WeightDtype {
+    pub fn parse(s: &str) -> Option<WeightDtype> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Some(WeightDtype::F32),
+            "bf16" | "bfloat16" => Some(WeightDtype::Bf16),
+            "f16" | "float16" => Some(WeightDtype::F16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::F16 => "f16",
+        }
+    }
+
+    /// The kernels' code for it (`WD`).
+    pub fn code(self) -> usize {
+        self as usize
+    }
+}
+
+/// The blob: f32 values (`data`), then the 16-bit conv weights (`data16`) when the weights
+/// are stored in 16 bits; one slot per kernel (default when none). Conv weight slots index
+/// `data16` in that case.
 pub struct Packed {
     pub data: Vec<f32>,
+    pub data16: Vec<u16>,
     pub slots: Vec<Slot>,
 }
 
+impl Packed {
+    /// The blob as written (little endian): `data`, then `data16`.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut b: Vec<u8> = self.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        b.extend(self.data16.iter().flat_map(|v| v.to_le_bytes()));
+        b
+    }
+}
+
 /// Conv weights as panels: `[group][panel][tap][ci][16]`, columns beyond the group's output
-/// channels zero; then the bias as `[group][panel][16]`.
-pub fn pack_conv(c: &FoldedConv, data: &mut Vec<f32>) -> Slot {
+/// channels zero (in `data`, or rounded to nearest-even 16 bits in `data16`); then the bias
+/// as `[group][panel][16]` in `data`.
+pub fn pack_conv(c: &FoldedConv, wd: WeightDtype, data: &mut Vec<f32>, data16: &mut Vec<u16>) -> Slot {
     let s = &c.spec;
     let (cin_g, cout_g, kk) = (s.cin / s.groups, s.cout / s.groups, s.k * s.k);
     let panels = cout_g.div_ceil(NR);
-    align(data);
-    let weights = data.len();
+    let mut panel_values = Vec::with_capacity(s.groups * panels * kk * cin_g * NR);
     for g in 0..s.groups {
         for p in 0..panels {
             for t in 0..kk {
@@ -31,12 +76,29 @@ pub fn pack_conv(c: &FoldedConv, data: &mut Vec<f32>) -> Slot {
                     for j in 0..NR {
                         let n = p * NR + j;
                         let v = if n < cout_g { c.weight[((g * cout_g + n) * cin_g + ci) * kk + t] } else { 0.0 };
-                        data.push(v as f32);
+                        panel_values.push(v);
                     }
                 }
             }
         }
     }
+    let weights = match wd {
+        WeightDtype::F32 => {
+            align(data);
+            let at = data.len();
+            data.extend(panel_values.iter().map(|&v| v as f32));
+            at
+        }
+        WeightDtype::Bf16 | WeightDtype::F16 => {
+            data16.resize(data16.len().next_multiple_of(32), 0);
+            let at = data16.len();
+            data16.extend(panel_values.iter().map(|&v| match wd {
+                WeightDtype::Bf16 => half::bf16::from_f64(v).to_bits(),
+                _ => half::f16::from_f64(v).to_bits(),
+            }));
+            at
+        }
+    };
     align(data);
     let bias = data.len();
     for g in 0..s.groups {
@@ -54,13 +116,14 @@ fn align(data: &mut Vec<f32>) {
     data.resize(data.len().next_multiple_of(16), 0.0);
 }
 
-pub fn pack(s: &Schedule) -> Packed {
+pub fn pack(s: &Schedule, wd: WeightDtype) -> Packed {
     let mut data = Vec::new();
+    let mut data16 = Vec::new();
     let mut slots = Vec::with_capacity(s.kernels.len());
     for k in &s.kernels {
         let slot = match &k.op {
             Op::Conv { node, .. } => match &s.graph.nodes[*node].op {
-                GOp::Conv(c) => pack_conv(c, &mut data),
+                GOp::Conv(c) => pack_conv(c, wd, &mut data, &mut data16),
                 _ => unreachable!("conv kernels come from conv nodes"),
             },
             Op::EcaGate { node, .. } => match &s.graph.nodes[*node].op {
@@ -89,7 +152,8 @@ pub fn pack(s: &Schedule) -> Packed {
         slots.push(slot);
     }
     align(&mut data);
-    Packed { data, slots }
+    data16.resize(data16.len().next_multiple_of(32), 0);
+    Packed { data, data16, slots }
 }
 
 #[cfg(test)]
@@ -104,7 +168,7 @@ mod tests {
         let weight: Vec<f64> = (0..40 * 3).map(|i| i as f64).collect();
         let bias: Vec<f64> = (0..40).map(|i| 1000.0 + i as f64).collect();
         let mut data = Vec::new();
-        let slot = pack_conv(&FoldedConv { spec, weight, bias }, &mut data);
+        let slot = pack_conv(&FoldedConv { spec, weight, bias }, WeightDtype::F32, &mut data, &mut Vec::new());
         // group 1, panel 1, ci 2, column 3 is output channel 20 + 16 + 3 = 39.
         let at = slot.weights + ((2 + 1) * 3 + 2) * 16 + 3;
         assert_eq!(data[at], (39 * 3 + 2) as f32);

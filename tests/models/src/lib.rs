@@ -24,3 +24,13 @@ pub mod tiny_passes_1 {
 pub mod tiny_passes_2 {
     include!(concat!(env!("OUT_DIR"), "/tiny_passes_2/nfnet_model.rs"));
 }
+
+/// `fixtures/tiny` with its conv weights stored in bf16.
+pub mod tiny_weights_bf16 {
+    include!(concat!(env!("OUT_DIR"), "/tiny_weights_bf16/nfnet_model.rs"));
+}
+
+/// `fixtures/tiny` with its conv weights stored in f16.
+pub mod tiny_weights_f16 {
+    include!(concat!(env!("OUT_DIR"), "/tiny_weights_f16/nfnet_model.rs"));
+}
