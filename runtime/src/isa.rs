@@ -9,7 +9,7 @@ use std::fmt;
 pub enum Isa {
     /// Portable Rust, no intrinsics.
     Scalar,
-    /// x86_64 AVX2 + FMA.
+    /// x86_64 AVX2 + FMA (+ F16C, which every AVX2 CPU has).
     Avx2,
     /// x86_64 AVX-512F (with AVX2 + FMA).
     Avx512,
@@ -42,12 +42,15 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,

@@ -3043,64 +3043,64 @@ pub mod isa_avx2 {
     pub const MR: usize = 6;
     const TOK: super::Avx2 = super::Avx2(());
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn splat(x: f32) -> V {
         unsafe { _mm256_set1_ps(x) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load(p: *const f32) -> V {
         unsafe { _mm256_loadu_ps(p) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store(p: *mut f32, v: V) {
         unsafe { _mm256_storeu_ps(p, v) }
     }
     /// a * b + c, fused (one rounding).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn madd(a: V, b: V, c: V) -> V {
         unsafe { _mm256_fmadd_ps(a, b, c) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn add(a: V, b: V) -> V {
         unsafe { _mm256_add_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn sub(a: V, b: V) -> V {
         unsafe { _mm256_sub_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn mul(a: V, b: V) -> V {
         unsafe { _mm256_mul_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn div(a: V, b: V) -> V {
         unsafe { _mm256_div_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn max(a: V, b: V) -> V {
         unsafe { _mm256_max_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn min(a: V, b: V) -> V {
         unsafe { _mm256_min_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn floor(a: V) -> V {
         unsafe { _mm256_floor_ps(a) }
     }
     /// 2^n for integral n in [-126, 127].
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pow2i(n: V) -> V {
         unsafe {
             _mm256_castsi256_ps(
@@ -3112,13 +3112,13 @@ pub mod isa_avx2 {
     }
     /// Brings the line at `p` into L1 (a hint).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn prefetch(p: *const f32) {
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
     /// Eight bf16 to f32.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_bf16(p: *const u16) -> V {
         unsafe {
             _mm256_castsi256_ps(
@@ -3128,29 +3128,16 @@ pub mod isa_avx2 {
             )
         }
     }
-    /// Eight f16 (finite) to f32, as the scalar `load_f16`.
+    /// Eight f16 to f32 (F16C's exact conversion).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_f16(p: *const u16) -> V {
-        unsafe {
-            let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-            let mag = _mm256_castsi256_ps(
-                _mm256_slli_epi32::<13>(_mm256_and_si256(w, _mm256_set1_epi32(0x7fff))),
-            );
-            let f = _mm256_mul_ps(
-                mag,
-                _mm256_castsi256_ps(_mm256_set1_epi32(0x7780_0000)),
-            );
-            let sign = _mm256_slli_epi32::<
-                16,
-            >(_mm256_and_si256(w, _mm256_set1_epi32(0x8000)));
-            _mm256_or_ps(f, _mm256_castsi256_ps(sign))
-        }
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
     }
     /// e^x for x clamped to [-87, 88]: Cody-Waite range reduction and Cephes' degree-5
     /// polynomial; within 2 ulp of the f32-rounded exact value over that range.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn exp(x: V) -> V {
         unsafe {
             let x = min(max(x, splat(-87.0f32)), splat(88.0f32));
@@ -3169,13 +3156,13 @@ pub mod isa_avx2 {
     }
     /// SiLU, x / (1 + e^-x): within 4 ulp of the exact value (exp's error plus one division).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn silu(x: V) -> V {
         unsafe { div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x)))) }
     }
     /// Stores the first `n` lanes of a 16-wide row.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
         unsafe {
             if n == 16 {
@@ -3193,7 +3180,7 @@ pub mod isa_avx2 {
     }
     /// Loads the first `n` of 16 floats (the rest zero).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
         unsafe {
             let mut t = [0.0f32; 16];
@@ -3208,7 +3195,7 @@ pub mod isa_avx2 {
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
     /// `out` at the end. Kept out of line so the accumulators stay in registers.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline(never)]
     unsafe fn gemm<
         const T: usize,
@@ -3269,7 +3256,7 @@ pub mod isa_avx2 {
     /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
     /// f16 (2).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
         unsafe {
             match WD {
@@ -3285,7 +3272,7 @@ pub mod isa_avx2 {
     /// previous tile and are computed but not stored (tiles end at row ends without
     /// smaller kernels).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile<
         const T: usize,
         const KC: usize,
@@ -3371,7 +3358,7 @@ pub mod isa_avx2 {
     /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
     /// group (`P` > 1 only when the group's panels are all full), tiles in order.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn conv_item<
         const T: usize,
         const KC: usize,
@@ -3436,7 +3423,7 @@ pub mod isa_avx2 {
     }
     /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scale_add_act(
         n: usize,
         c: usize,
@@ -3492,7 +3479,7 @@ pub mod isa_avx2 {
             }
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
     }
@@ -3507,7 +3494,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
     }
@@ -3522,7 +3509,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
     }
@@ -3537,7 +3524,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
     }
@@ -3552,7 +3539,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_downsample_conv(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
@@ -3579,7 +3566,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
@@ -3594,7 +3581,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
@@ -3609,7 +3596,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
@@ -3624,7 +3611,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<6, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
@@ -3639,7 +3626,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_downsample_conv(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
@@ -3666,7 +3653,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<6, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
@@ -3681,7 +3668,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
@@ -3696,7 +3683,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
@@ -3711,7 +3698,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
@@ -3726,7 +3713,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_downsample_conv(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
@@ -3753,7 +3740,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<6, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
@@ -3768,7 +3755,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
@@ -3783,7 +3770,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
@@ -3798,7 +3785,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 24, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
@@ -3813,7 +3800,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
@@ -3828,7 +3815,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
@@ -3843,7 +3830,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_downsample_conv(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
@@ -3870,7 +3857,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
@@ -3885,7 +3872,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
@@ -3900,7 +3887,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
@@ -3915,7 +3902,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
@@ -3930,7 +3917,7 @@ pub mod isa_avx2 {
             )
         }
     }
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<4, 128, 128, 1, 0>(ctx, &super::D_FINAL_CONV, io, it) }
     }
@@ -5077,65 +5064,65 @@ pub mod isa_avx512 {
     pub const MR: usize = 12;
     const TOK: super::Avx512 = super::Avx512(());
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn splat(x: f32) -> V {
         unsafe { _mm512_set1_ps(x) }
     }
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load(p: *const f32) -> V {
         unsafe { _mm512_loadu_ps(p) }
     }
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn store(p: *mut f32, v: V) {
         unsafe { _mm512_storeu_ps(p, v) }
     }
     /// a * b + c, fused (one rounding).
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn madd(a: V, b: V, c: V) -> V {
         unsafe { _mm512_fmadd_ps(a, b, c) }
     }
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn add(a: V, b: V) -> V {
         unsafe { _mm512_add_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn sub(a: V, b: V) -> V {
         unsafe { _mm512_sub_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn mul(a: V, b: V) -> V {
         unsafe { _mm512_mul_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn div(a: V, b: V) -> V {
         unsafe { _mm512_div_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn max(a: V, b: V) -> V {
         unsafe { _mm512_max_ps(a, b) }
     }
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn min(a: V, b: V) -> V {
         unsafe { _mm512_min_ps(a, b) }
     }
     /// Round toward minus infinity, exceptions suppressed.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn floor(a: V) -> V {
         unsafe { _mm512_roundscale_ps::<0x09>(a) }
     }
     /// 2^n for integral n in [-126, 127].
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn pow2i(n: V) -> V {
         unsafe {
             _mm512_castsi512_ps(
@@ -5149,11 +5136,11 @@ pub mod isa_avx512 {
     /// A hint only: with two panels per step the extra load uops cost more than the
     /// prefetcher leaves on the table (measured: no gain).
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn prefetch(_p: *const f32) {}
     /// Sixteen bf16 to f32.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_bf16(p: *const u16) -> V {
         unsafe {
             _mm512_castsi512_ps(
@@ -5163,29 +5150,16 @@ pub mod isa_avx512 {
             )
         }
     }
-    /// Sixteen f16 (finite) to f32, as the scalar `load_f16`.
+    /// Sixteen f16 to f32 (AVX-512F's exact conversion).
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_f16(p: *const u16) -> V {
-        unsafe {
-            let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
-            let mag = _mm512_castsi512_ps(
-                _mm512_slli_epi32::<13>(_mm512_and_si512(w, _mm512_set1_epi32(0x7fff))),
-            );
-            let f = _mm512_mul_ps(
-                mag,
-                _mm512_castsi512_ps(_mm512_set1_epi32(0x7780_0000)),
-            );
-            let sign = _mm512_slli_epi32::<
-                16,
-            >(_mm512_and_si512(w, _mm512_set1_epi32(0x8000)));
-            _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign))
-        }
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
     }
     /// e^x for x clamped to [-87, 88]: Cody-Waite range reduction and Cephes' degree-5
     /// polynomial; within 2 ulp of the f32-rounded exact value over that range.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn exp(x: V) -> V {
         unsafe {
             let x = min(max(x, splat(-87.0f32)), splat(88.0f32));
@@ -5204,13 +5178,13 @@ pub mod isa_avx512 {
     }
     /// SiLU, x / (1 + e^-x): within 4 ulp of the exact value (exp's error plus one division).
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn silu(x: V) -> V {
         unsafe { div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x)))) }
     }
     /// Stores the first `n` lanes of a 16-wide row.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
         unsafe {
             if n == 16 {
@@ -5228,7 +5202,7 @@ pub mod isa_avx512 {
     }
     /// Loads the first `n` of 16 floats (the rest zero).
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
         unsafe {
             let mut t = [0.0f32; 16];
@@ -5243,7 +5217,7 @@ pub mod isa_avx512 {
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
     /// `out` at the end. Kept out of line so the accumulators stay in registers.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline(never)]
     unsafe fn gemm<
         const T: usize,
@@ -5304,7 +5278,7 @@ pub mod isa_avx512 {
     /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
     /// f16 (2).
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
         unsafe {
             match WD {
@@ -5320,7 +5294,7 @@ pub mod isa_avx512 {
     /// previous tile and are computed but not stored (tiles end at row ends without
     /// smaller kernels).
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn tile<
         const T: usize,
         const KC: usize,
@@ -5406,7 +5380,7 @@ pub mod isa_avx512 {
     /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
     /// group (`P` > 1 only when the group's panels are all full), tiles in order.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn conv_item<
         const T: usize,
         const KC: usize,
@@ -5471,7 +5445,7 @@ pub mod isa_avx512 {
     }
     /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn scale_add_act(
         n: usize,
         c: usize,
@@ -5527,7 +5501,7 @@ pub mod isa_avx512 {
             }
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<10, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
     }
@@ -5542,7 +5516,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<10, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
     }
@@ -5557,7 +5531,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<10, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
     }
@@ -5572,7 +5546,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<10, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
     }
@@ -5587,7 +5561,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_downsample_conv(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
@@ -5614,7 +5588,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<12, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
@@ -5629,7 +5603,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<10, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
@@ -5644,7 +5618,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<10, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
@@ -5659,7 +5633,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<12, 8, 8, 2, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
@@ -5674,7 +5648,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_downsample_conv(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
@@ -5701,7 +5675,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<12, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
@@ -5716,7 +5690,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
@@ -5731,7 +5705,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
@@ -5746,7 +5720,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<10, 16, 16, 2, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
@@ -5761,7 +5735,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_downsample_conv(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
@@ -5788,7 +5762,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<10, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
@@ -5803,7 +5777,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
@@ -5818,7 +5792,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
@@ -5833,7 +5807,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<9, 24, 24, 2, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
@@ -5848,7 +5822,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<9, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
@@ -5863,7 +5837,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
@@ -5878,7 +5852,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_downsample_conv(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
@@ -5905,7 +5879,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<9, 96, 96, 2, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
@@ -5920,7 +5894,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
@@ -5935,7 +5909,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
@@ -5950,7 +5924,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<4, 32, 32, 2, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
@@ -5965,7 +5939,7 @@ pub mod isa_avx512 {
             )
         }
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         unsafe { conv_item::<4, 128, 128, 2, 0>(ctx, &super::D_FINAL_CONV, io, it) }
     }

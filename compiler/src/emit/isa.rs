@@ -84,8 +84,8 @@ fn avx2() -> IsaSpec {
         token: "Avx2",
         cfg: quote!(target_arch = "x86_64"),
         variants: quote!(nfnet_runtime::Isa::Avx2),
-        attrs: quote!(#[inline] #[target_feature(enable = "avx2,fma")]),
-        feature: quote!(#[target_feature(enable = "avx2,fma")]),
+        attrs: quote!(#[inline] #[target_feature(enable = "avx2,fma,f16c")]),
+        feature: quote!(#[target_feature(enable = "avx2,fma,f16c")]),
         prelude: quote!(
             use core::arch::x86_64::*;
             pub type V = __m256;
@@ -94,37 +94,31 @@ fn avx2() -> IsaSpec {
         mr: 6,
         panels: 1,
         vocab: quote! {
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn splat(x: f32) -> V { unsafe { _mm256_set1_ps(x) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn load(p: *const f32) -> V { unsafe { _mm256_loadu_ps(p) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn store(p: *mut f32, v: V) { unsafe { _mm256_storeu_ps(p, v) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn splat(x: f32) -> V { unsafe { _mm256_set1_ps(x) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn load(p: *const f32) -> V { unsafe { _mm256_loadu_ps(p) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn store(p: *mut f32, v: V) { unsafe { _mm256_storeu_ps(p, v) } }
             /// a * b + c, fused (one rounding).
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn madd(a: V, b: V, c: V) -> V { unsafe { _mm256_fmadd_ps(a, b, c) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn add(a: V, b: V) -> V { unsafe { _mm256_add_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn sub(a: V, b: V) -> V { unsafe { _mm256_sub_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn mul(a: V, b: V) -> V { unsafe { _mm256_mul_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn div(a: V, b: V) -> V { unsafe { _mm256_div_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn max(a: V, b: V) -> V { unsafe { _mm256_max_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn min(a: V, b: V) -> V { unsafe { _mm256_min_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn floor(a: V) -> V { unsafe { _mm256_floor_ps(a) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn madd(a: V, b: V, c: V) -> V { unsafe { _mm256_fmadd_ps(a, b, c) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn add(a: V, b: V) -> V { unsafe { _mm256_add_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn sub(a: V, b: V) -> V { unsafe { _mm256_sub_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn mul(a: V, b: V) -> V { unsafe { _mm256_mul_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn div(a: V, b: V) -> V { unsafe { _mm256_div_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn max(a: V, b: V) -> V { unsafe { _mm256_max_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn min(a: V, b: V) -> V { unsafe { _mm256_min_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn floor(a: V) -> V { unsafe { _mm256_floor_ps(a) } }
             /// 2^n for integral n in [-126, 127].
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn pow2i(n: V) -> V {
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn pow2i(n: V) -> V {
                 unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)))) }
             }
             /// Brings the line at `p` into L1 (a hint).
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn prefetch(p: *const f32) { unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn prefetch(p: *const f32) { unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) } }
             /// Eight bf16 to f32.
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn load_bf16(p: *const u16) -> V {
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn load_bf16(p: *const u16) -> V {
                 unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)))) }
             }
-            /// Eight f16 (finite) to f32, as the scalar `load_f16`.
-            #[inline] #[target_feature(enable = "avx2,fma")] unsafe fn load_f16(p: *const u16) -> V {
-                unsafe {
-                    let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-                    let mag = _mm256_castsi256_ps(_mm256_slli_epi32::<13>(_mm256_and_si256(w, _mm256_set1_epi32(0x7fff))));
-                    let f = _mm256_mul_ps(mag, _mm256_castsi256_ps(_mm256_set1_epi32(0x7780_0000)));
-                    let sign = _mm256_slli_epi32::<16>(_mm256_and_si256(w, _mm256_set1_epi32(0x8000)));
-                    _mm256_or_ps(f, _mm256_castsi256_ps(sign))
-                }
+            /// Eight f16 to f32 (F16C's exact conversion).
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn load_f16(p: *const u16) -> V {
+                unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
             }
         },
     }
@@ -136,8 +130,8 @@ fn avx512() -> IsaSpec {
         token: "Avx512",
         cfg: quote!(target_arch = "x86_64"),
         variants: quote!(nfnet_runtime::Isa::Avx512),
-        attrs: quote!(#[inline] #[target_feature(enable = "avx512f,avx2,fma")]),
-        feature: quote!(#[target_feature(enable = "avx512f,avx2,fma")]),
+        attrs: quote!(#[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")]),
+        feature: quote!(#[target_feature(enable = "avx512f,avx2,fma,f16c")]),
         prelude: quote!(
             use core::arch::x86_64::*;
             pub type V = __m512;
@@ -146,40 +140,34 @@ fn avx512() -> IsaSpec {
         mr: 12,
         panels: 2,
         vocab: quote! {
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn splat(x: f32) -> V { unsafe { _mm512_set1_ps(x) } }
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn load(p: *const f32) -> V { unsafe { _mm512_loadu_ps(p) } }
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn store(p: *mut f32, v: V) { unsafe { _mm512_storeu_ps(p, v) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn splat(x: f32) -> V { unsafe { _mm512_set1_ps(x) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn load(p: *const f32) -> V { unsafe { _mm512_loadu_ps(p) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn store(p: *mut f32, v: V) { unsafe { _mm512_storeu_ps(p, v) } }
             /// a * b + c, fused (one rounding).
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn madd(a: V, b: V, c: V) -> V { unsafe { _mm512_fmadd_ps(a, b, c) } }
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn add(a: V, b: V) -> V { unsafe { _mm512_add_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn sub(a: V, b: V) -> V { unsafe { _mm512_sub_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn mul(a: V, b: V) -> V { unsafe { _mm512_mul_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn div(a: V, b: V) -> V { unsafe { _mm512_div_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn max(a: V, b: V) -> V { unsafe { _mm512_max_ps(a, b) } }
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn min(a: V, b: V) -> V { unsafe { _mm512_min_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn madd(a: V, b: V, c: V) -> V { unsafe { _mm512_fmadd_ps(a, b, c) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn add(a: V, b: V) -> V { unsafe { _mm512_add_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn sub(a: V, b: V) -> V { unsafe { _mm512_sub_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn mul(a: V, b: V) -> V { unsafe { _mm512_mul_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn div(a: V, b: V) -> V { unsafe { _mm512_div_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn max(a: V, b: V) -> V { unsafe { _mm512_max_ps(a, b) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn min(a: V, b: V) -> V { unsafe { _mm512_min_ps(a, b) } }
             /// Round toward minus infinity, exceptions suppressed.
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn floor(a: V) -> V { unsafe { _mm512_roundscale_ps::<0x09>(a) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn floor(a: V) -> V { unsafe { _mm512_roundscale_ps::<0x09>(a) } }
             /// 2^n for integral n in [-126, 127].
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn pow2i(n: V) -> V {
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn pow2i(n: V) -> V {
                 unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)))) }
             }
             /// Brings the line at `p` into L1 (a hint).
             /// A hint only: with two panels per step the extra load uops cost more than the
             /// prefetcher leaves on the table (measured: no gain).
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn prefetch(_p: *const f32) {}
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn prefetch(_p: *const f32) {}
             /// Sixteen bf16 to f32.
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn load_bf16(p: *const u16) -> V {
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn load_bf16(p: *const u16) -> V {
                 unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)))) }
             }
-            /// Sixteen f16 (finite) to f32, as the scalar `load_f16`.
-            #[inline] #[target_feature(enable = "avx512f,avx2,fma")] unsafe fn load_f16(p: *const u16) -> V {
-                unsafe {
-                    let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
-                    let mag = _mm512_castsi512_ps(_mm512_slli_epi32::<13>(_mm512_and_si512(w, _mm512_set1_epi32(0x7fff))));
-                    let f = _mm512_mul_ps(mag, _mm512_castsi512_ps(_mm512_set1_epi32(0x7780_0000)));
-                    let sign = _mm512_slli_epi32::<16>(_mm512_and_si512(w, _mm512_set1_epi32(0x8000)));
-                    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign))
-                }
+            /// Sixteen f16 to f32 (AVX-512F's exact conversion).
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn load_f16(p: *const u16) -> V {
+                unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
             }
         },
     }
