@@ -316,6 +316,13 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let a = &g.arch;
     let isas = isa::isas();
     let modules = isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i, info.weight_dtype), &forward));
+    let silu_dispatch = isas.iter().map(|i| {
+        let (cfg, variants, token) = (&i.cfg, &i.variants, format_ident!("{}", i.token));
+        quote! {
+            #[cfg(#cfg)]
+            #variants => rt::Kernels::scale_add_act(#token(()), n, n.max(1), r, none, none, none, o),
+        }
+    });
     let dispatch = isas.iter().map(|i| {
         let (cfg, variants, module) = (&i.cfg, &i.variants, format_ident!("{}", i.module));
         quote! {
@@ -463,6 +470,26 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             pub fn threads(&self) -> usize {
                 self.pool.threads()
             }
+        }
+
+        /// SiLU of `x` into `out` with `isa`'s vectorized kernel (the one every fused epilogue
+        /// uses), for checking its accuracy; `x` and `out` must have the same length.
+        pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
+            let isa = Isa::require(isa.name(), ISAS)?;
+            assert_eq!(x.len(), out.len(), "silu: lengths differ");
+            let n = x.len();
+            let (r, o) = (x.as_ptr(), out.as_mut_ptr());
+            let none = core::ptr::null_mut::<f32>();
+            // SAFETY: the ISA was checked above; x and out hold n floats each; one row of n
+            // channels, no gate, shortcut or y.
+            unsafe {
+                match isa {
+                    #(#silu_dispatch)*
+                    #[allow(unreachable_patterns)]
+                    other => unreachable!("ISA {other} was checked above"),
+                }
+            }
+            Ok(())
         }
 
         /// The compiled model. Weights are static; the value only records the ISA in use.
