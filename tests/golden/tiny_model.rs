@@ -3007,6 +3007,643 @@ pub mod isa_scalar {
             }
         }
     }
+    /// Kernel `index` alone (see `Model::run_kernel`).
+    ///
+    /// # Safety
+    /// As `forward_image`.
+    #[allow(unused_variables)]
+    pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
+        let k = TOK;
+        unsafe {
+            match index {
+                1 => {
+                    conv_stem_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 5504,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 0,
+                            bias: 432,
+                        },
+                    );
+                }
+                2 => {
+                    conv_stem_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 5504,
+                            out: 7712,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 448,
+                            bias: 736,
+                        },
+                    );
+                }
+                3 => {
+                    conv_stem_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 7712,
+                            out: 0,
+                            pre: 4208,
+                            sums: rt::NONE,
+                            weights: 752,
+                            bias: 1328,
+                        },
+                    );
+                }
+                5 => {
+                    conv_stem_conv4(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 4208,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 1344,
+                            bias: 2496,
+                        },
+                    );
+                }
+                6 => {
+                    conv_stages_0_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4208,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 2512,
+                            bias: 3024,
+                        },
+                    );
+                }
+                7 => {
+                    conv_stages_0_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4208,
+                            out: 6128,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 3056,
+                            bias: 3312,
+                        },
+                    );
+                }
+                8 => {
+                    conv_stages_0_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 6128,
+                            out: 3840,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 3328,
+                            bias: 4480,
+                        },
+                    );
+                }
+                9 => {
+                    conv_stages_0_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3840,
+                            out: 7680,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 4496,
+                            bias: 5648,
+                        },
+                    );
+                }
+                10 => {
+                    conv_stages_0_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 7680,
+                            out: 3840,
+                            pre: rt::NONE,
+                            sums: 8640,
+                            weights: 5664,
+                            bias: 5920,
+                        },
+                    );
+                }
+                11 => {
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                }
+                12 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 3840,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        15360,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 7680,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 11520,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                    );
+                }
+                14 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 11520,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 6,
+                            w: 5,
+                            c: 32,
+                            pad: 0,
+                        },
+                    );
+                }
+                15 => {
+                    conv_stages_1_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 2688,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 5968,
+                            bias: 8016,
+                        },
+                    );
+                }
+                16 => {
+                    conv_stages_1_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 11520,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 8080,
+                            bias: 8592,
+                        },
+                    );
+                }
+                17 => {
+                    conv_stages_1_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 4608,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 8608,
+                            bias: 10912,
+                        },
+                    );
+                }
+                18 => {
+                    conv_stages_1_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4608,
+                            out: 1920,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 10944,
+                            bias: 13248,
+                        },
+                    );
+                }
+                19 => {
+                    conv_stages_1_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1920,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 2400,
+                            weights: 13280,
+                            bias: 14304,
+                        },
+                    );
+                }
+                20 => {
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                }
+                21 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        1920,
+                        &rt::Buf {
+                            offset: 2688,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 4608,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 6528,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                    );
+                }
+                23 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 6528,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 64,
+                            pad: 0,
+                        },
+                    );
+                }
+                24 => {
+                    conv_stages_2_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 1344,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 14384,
+                            bias: 20528,
+                        },
+                    );
+                }
+                25 => {
+                    conv_stages_2_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 6528,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 20624,
+                            bias: 22672,
+                        },
+                    );
+                }
+                26 => {
+                    conv_stages_2_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 2208,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 22704,
+                            bias: 26160,
+                        },
+                    );
+                }
+                27 => {
+                    conv_stages_2_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 2208,
+                            out: 864,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 26208,
+                            bias: 29664,
+                        },
+                    );
+                }
+                28 => {
+                    conv_stages_2_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 864,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 1088,
+                            weights: 29712,
+                            bias: 32016,
+                        },
+                    );
+                }
+                29 => {
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                }
+                30 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        864,
+                        &rt::Buf {
+                            offset: 1344,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 2208,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                31 => {
+                    conv_stages_2_1_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3072,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 32128,
+                            bias: 35200,
+                        },
+                    );
+                }
+                32 => {
+                    conv_stages_2_1_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 608,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 35232,
+                            bias: 38688,
+                        },
+                    );
+                }
+                33 => {
+                    conv_stages_2_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 608,
+                            out: 1216,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 38736,
+                            bias: 42192,
+                        },
+                    );
+                }
+                34 => {
+                    conv_stages_2_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1216,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 864,
+                            weights: 42240,
+                            bias: 44544,
+                        },
+                    );
+                }
+                35 => {
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                }
+                36 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        1728,
+                        &rt::Buf {
+                            offset: 2208,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 864,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                38 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                39 => {
+                    conv_stages_3_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 800,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 44656,
+                            bias: 56944,
+                        },
+                    );
+                }
+                40 => {
+                    conv_stages_3_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3072,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 57072,
+                            bias: 60144,
+                        },
+                    );
+                }
+                41 => {
+                    conv_stages_3_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 1312,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 60176,
+                            bias: 64784,
+                        },
+                    );
+                }
+                42 => {
+                    conv_stages_3_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1312,
+                            out: 512,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 64848,
+                            bias: 69456,
+                        },
+                    );
+                }
+                43 => {
+                    conv_stages_3_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 512,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 640,
+                            weights: 69520,
+                            bias: 73616,
+                        },
+                    );
+                }
+                44 => {
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                }
+                45 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        512,
+                        &rt::Buf {
+                            offset: 800,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 1536,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        &rt::Buf::none(),
+                    );
+                }
+                46 => {
+                    conv_final_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1536,
+                            out: 768,
+                            pre: 0,
+                            sums: 2048,
+                            weights: 73760,
+                            bias: 98336,
+                        },
+                    );
+                }
+                49 => {
+                    rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                }
+                51 => {
+                    rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 /// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(all())]
@@ -5030,6 +5667,643 @@ pub mod isa_avx2 {
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[52] += t0.elapsed().as_nanos() as u64;
                 }
+            }
+        }
+    }
+    /// Kernel `index` alone (see `Model::run_kernel`).
+    ///
+    /// # Safety
+    /// As `forward_image`.
+    #[allow(unused_variables)]
+    pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
+        let k = TOK;
+        unsafe {
+            match index {
+                1 => {
+                    conv_stem_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 5504,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 0,
+                            bias: 432,
+                        },
+                    );
+                }
+                2 => {
+                    conv_stem_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 5504,
+                            out: 7712,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 448,
+                            bias: 736,
+                        },
+                    );
+                }
+                3 => {
+                    conv_stem_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 7712,
+                            out: 0,
+                            pre: 4208,
+                            sums: rt::NONE,
+                            weights: 752,
+                            bias: 1328,
+                        },
+                    );
+                }
+                5 => {
+                    conv_stem_conv4(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 4208,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 1344,
+                            bias: 2496,
+                        },
+                    );
+                }
+                6 => {
+                    conv_stages_0_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4208,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 2512,
+                            bias: 3024,
+                        },
+                    );
+                }
+                7 => {
+                    conv_stages_0_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4208,
+                            out: 6128,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 3056,
+                            bias: 3312,
+                        },
+                    );
+                }
+                8 => {
+                    conv_stages_0_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 6128,
+                            out: 3840,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 3328,
+                            bias: 4480,
+                        },
+                    );
+                }
+                9 => {
+                    conv_stages_0_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3840,
+                            out: 7680,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 4496,
+                            bias: 5648,
+                        },
+                    );
+                }
+                10 => {
+                    conv_stages_0_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 7680,
+                            out: 3840,
+                            pre: rt::NONE,
+                            sums: 8640,
+                            weights: 5664,
+                            bias: 5920,
+                        },
+                    );
+                }
+                11 => {
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                }
+                12 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 3840,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        15360,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 7680,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 11520,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                    );
+                }
+                14 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 11520,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 6,
+                            w: 5,
+                            c: 32,
+                            pad: 0,
+                        },
+                    );
+                }
+                15 => {
+                    conv_stages_1_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 2688,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 5968,
+                            bias: 8016,
+                        },
+                    );
+                }
+                16 => {
+                    conv_stages_1_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 11520,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 8080,
+                            bias: 8592,
+                        },
+                    );
+                }
+                17 => {
+                    conv_stages_1_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 4608,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 8608,
+                            bias: 10912,
+                        },
+                    );
+                }
+                18 => {
+                    conv_stages_1_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4608,
+                            out: 1920,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 10944,
+                            bias: 13248,
+                        },
+                    );
+                }
+                19 => {
+                    conv_stages_1_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1920,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 2400,
+                            weights: 13280,
+                            bias: 14304,
+                        },
+                    );
+                }
+                20 => {
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                }
+                21 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        1920,
+                        &rt::Buf {
+                            offset: 2688,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 4608,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 6528,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                    );
+                }
+                23 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 6528,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 64,
+                            pad: 0,
+                        },
+                    );
+                }
+                24 => {
+                    conv_stages_2_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 1344,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 14384,
+                            bias: 20528,
+                        },
+                    );
+                }
+                25 => {
+                    conv_stages_2_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 6528,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 20624,
+                            bias: 22672,
+                        },
+                    );
+                }
+                26 => {
+                    conv_stages_2_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 2208,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 22704,
+                            bias: 26160,
+                        },
+                    );
+                }
+                27 => {
+                    conv_stages_2_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 2208,
+                            out: 864,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 26208,
+                            bias: 29664,
+                        },
+                    );
+                }
+                28 => {
+                    conv_stages_2_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 864,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 1088,
+                            weights: 29712,
+                            bias: 32016,
+                        },
+                    );
+                }
+                29 => {
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                }
+                30 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        864,
+                        &rt::Buf {
+                            offset: 1344,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 2208,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                31 => {
+                    conv_stages_2_1_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3072,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 32128,
+                            bias: 35200,
+                        },
+                    );
+                }
+                32 => {
+                    conv_stages_2_1_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 608,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 35232,
+                            bias: 38688,
+                        },
+                    );
+                }
+                33 => {
+                    conv_stages_2_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 608,
+                            out: 1216,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 38736,
+                            bias: 42192,
+                        },
+                    );
+                }
+                34 => {
+                    conv_stages_2_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1216,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 864,
+                            weights: 42240,
+                            bias: 44544,
+                        },
+                    );
+                }
+                35 => {
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                }
+                36 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        1728,
+                        &rt::Buf {
+                            offset: 2208,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 864,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                38 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                39 => {
+                    conv_stages_3_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 800,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 44656,
+                            bias: 56944,
+                        },
+                    );
+                }
+                40 => {
+                    conv_stages_3_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3072,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 57072,
+                            bias: 60144,
+                        },
+                    );
+                }
+                41 => {
+                    conv_stages_3_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 1312,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 60176,
+                            bias: 64784,
+                        },
+                    );
+                }
+                42 => {
+                    conv_stages_3_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1312,
+                            out: 512,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 64848,
+                            bias: 69456,
+                        },
+                    );
+                }
+                43 => {
+                    conv_stages_3_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 512,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 640,
+                            weights: 69520,
+                            bias: 73616,
+                        },
+                    );
+                }
+                44 => {
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                }
+                45 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        512,
+                        &rt::Buf {
+                            offset: 800,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 1536,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        &rt::Buf::none(),
+                    );
+                }
+                46 => {
+                    conv_final_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1536,
+                            out: 768,
+                            pre: 0,
+                            sums: 2048,
+                            weights: 73760,
+                            bias: 98336,
+                        },
+                    );
+                }
+                49 => {
+                    rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                }
+                51 => {
+                    rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                }
+                _ => {}
             }
         }
     }
@@ -7060,6 +8334,643 @@ pub mod isa_avx512 {
             }
         }
     }
+    /// Kernel `index` alone (see `Model::run_kernel`).
+    ///
+    /// # Safety
+    /// As `forward_image`.
+    #[allow(unused_variables)]
+    pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
+        let k = TOK;
+        unsafe {
+            match index {
+                1 => {
+                    conv_stem_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 5504,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 0,
+                            bias: 432,
+                        },
+                    );
+                }
+                2 => {
+                    conv_stem_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 5504,
+                            out: 7712,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 448,
+                            bias: 736,
+                        },
+                    );
+                }
+                3 => {
+                    conv_stem_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 7712,
+                            out: 0,
+                            pre: 4208,
+                            sums: rt::NONE,
+                            weights: 752,
+                            bias: 1328,
+                        },
+                    );
+                }
+                5 => {
+                    conv_stem_conv4(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 4208,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 1344,
+                            bias: 2496,
+                        },
+                    );
+                }
+                6 => {
+                    conv_stages_0_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4208,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 2512,
+                            bias: 3024,
+                        },
+                    );
+                }
+                7 => {
+                    conv_stages_0_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4208,
+                            out: 6128,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 3056,
+                            bias: 3312,
+                        },
+                    );
+                }
+                8 => {
+                    conv_stages_0_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 6128,
+                            out: 3840,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 3328,
+                            bias: 4480,
+                        },
+                    );
+                }
+                9 => {
+                    conv_stages_0_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3840,
+                            out: 7680,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 4496,
+                            bias: 5648,
+                        },
+                    );
+                }
+                10 => {
+                    conv_stages_0_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 7680,
+                            out: 3840,
+                            pre: rt::NONE,
+                            sums: 8640,
+                            weights: 5664,
+                            bias: 5920,
+                        },
+                    );
+                }
+                11 => {
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                }
+                12 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 3840,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        15360,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 7680,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 11520,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                    );
+                }
+                14 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 11520,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 6,
+                            w: 5,
+                            c: 32,
+                            pad: 0,
+                        },
+                    );
+                }
+                15 => {
+                    conv_stages_1_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 2688,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 5968,
+                            bias: 8016,
+                        },
+                    );
+                }
+                16 => {
+                    conv_stages_1_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 11520,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 8080,
+                            bias: 8592,
+                        },
+                    );
+                }
+                17 => {
+                    conv_stages_1_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 4608,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 8608,
+                            bias: 10912,
+                        },
+                    );
+                }
+                18 => {
+                    conv_stages_1_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4608,
+                            out: 1920,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 10944,
+                            bias: 13248,
+                        },
+                    );
+                }
+                19 => {
+                    conv_stages_1_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1920,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 2400,
+                            weights: 13280,
+                            bias: 14304,
+                        },
+                    );
+                }
+                20 => {
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                }
+                21 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        1920,
+                        &rt::Buf {
+                            offset: 2688,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 4608,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 6528,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                    );
+                }
+                23 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 6528,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 64,
+                            pad: 0,
+                        },
+                    );
+                }
+                24 => {
+                    conv_stages_2_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 1344,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 14384,
+                            bias: 20528,
+                        },
+                    );
+                }
+                25 => {
+                    conv_stages_2_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 6528,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 20624,
+                            bias: 22672,
+                        },
+                    );
+                }
+                26 => {
+                    conv_stages_2_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 2208,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 22704,
+                            bias: 26160,
+                        },
+                    );
+                }
+                27 => {
+                    conv_stages_2_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 2208,
+                            out: 864,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 26208,
+                            bias: 29664,
+                        },
+                    );
+                }
+                28 => {
+                    conv_stages_2_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 864,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 1088,
+                            weights: 29712,
+                            bias: 32016,
+                        },
+                    );
+                }
+                29 => {
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                }
+                30 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        864,
+                        &rt::Buf {
+                            offset: 1344,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 2208,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                31 => {
+                    conv_stages_2_1_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3072,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 32128,
+                            bias: 35200,
+                        },
+                    );
+                }
+                32 => {
+                    conv_stages_2_1_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 608,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 35232,
+                            bias: 38688,
+                        },
+                    );
+                }
+                33 => {
+                    conv_stages_2_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 608,
+                            out: 1216,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 38736,
+                            bias: 42192,
+                        },
+                    );
+                }
+                34 => {
+                    conv_stages_2_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1216,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 864,
+                            weights: 42240,
+                            bias: 44544,
+                        },
+                    );
+                }
+                35 => {
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                }
+                36 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        1728,
+                        &rt::Buf {
+                            offset: 2208,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 864,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                38 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                39 => {
+                    conv_stages_3_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 800,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 44656,
+                            bias: 56944,
+                        },
+                    );
+                }
+                40 => {
+                    conv_stages_3_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3072,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 57072,
+                            bias: 60144,
+                        },
+                    );
+                }
+                41 => {
+                    conv_stages_3_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 1312,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 60176,
+                            bias: 64784,
+                        },
+                    );
+                }
+                42 => {
+                    conv_stages_3_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1312,
+                            out: 512,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 64848,
+                            bias: 69456,
+                        },
+                    );
+                }
+                43 => {
+                    conv_stages_3_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 512,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 640,
+                            weights: 69520,
+                            bias: 73616,
+                        },
+                    );
+                }
+                44 => {
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                }
+                45 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        512,
+                        &rt::Buf {
+                            offset: 800,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 1536,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        &rt::Buf::none(),
+                    );
+                }
+                46 => {
+                    conv_final_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1536,
+                            out: 768,
+                            pre: 0,
+                            sums: 2048,
+                            weights: 73760,
+                            bias: 98336,
+                        },
+                    );
+                }
+                49 => {
+                    rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                }
+                51 => {
+                    rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 /// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(target_arch = "x86_64")]
@@ -9036,6 +10947,643 @@ pub mod isa_neon {
             }
         }
     }
+    /// Kernel `index` alone (see `Model::run_kernel`).
+    ///
+    /// # Safety
+    /// As `forward_image`.
+    #[allow(unused_variables)]
+    pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
+        let k = TOK;
+        unsafe {
+            match index {
+                1 => {
+                    conv_stem_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 5504,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 0,
+                            bias: 432,
+                        },
+                    );
+                }
+                2 => {
+                    conv_stem_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 5504,
+                            out: 7712,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 448,
+                            bias: 736,
+                        },
+                    );
+                }
+                3 => {
+                    conv_stem_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 7712,
+                            out: 0,
+                            pre: 4208,
+                            sums: rt::NONE,
+                            weights: 752,
+                            bias: 1328,
+                        },
+                    );
+                }
+                5 => {
+                    conv_stem_conv4(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 4208,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 1344,
+                            bias: 2496,
+                        },
+                    );
+                }
+                6 => {
+                    conv_stages_0_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4208,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 2512,
+                            bias: 3024,
+                        },
+                    );
+                }
+                7 => {
+                    conv_stages_0_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4208,
+                            out: 6128,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 3056,
+                            bias: 3312,
+                        },
+                    );
+                }
+                8 => {
+                    conv_stages_0_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 6128,
+                            out: 3840,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 3328,
+                            bias: 4480,
+                        },
+                    );
+                }
+                9 => {
+                    conv_stages_0_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3840,
+                            out: 7680,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 4496,
+                            bias: 5648,
+                        },
+                    );
+                }
+                10 => {
+                    conv_stages_0_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 7680,
+                            out: 3840,
+                            pre: rt::NONE,
+                            sums: 8640,
+                            weights: 5664,
+                            bias: 5920,
+                        },
+                    );
+                }
+                11 => {
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                }
+                12 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 3840,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        15360,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 7680,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 11520,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                    );
+                }
+                14 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 11520,
+                            h: 12,
+                            w: 10,
+                            c: 32,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 6,
+                            w: 5,
+                            c: 32,
+                            pad: 0,
+                        },
+                    );
+                }
+                15 => {
+                    conv_stages_1_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 2688,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 5968,
+                            bias: 8016,
+                        },
+                    );
+                }
+                16 => {
+                    conv_stages_1_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 11520,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 8080,
+                            bias: 8592,
+                        },
+                    );
+                }
+                17 => {
+                    conv_stages_1_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 4608,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 8608,
+                            bias: 10912,
+                        },
+                    );
+                }
+                18 => {
+                    conv_stages_1_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 4608,
+                            out: 1920,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 10944,
+                            bias: 13248,
+                        },
+                    );
+                }
+                19 => {
+                    conv_stages_1_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1920,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 2400,
+                            weights: 13280,
+                            bias: 14304,
+                        },
+                    );
+                }
+                20 => {
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                }
+                21 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        1920,
+                        &rt::Buf {
+                            offset: 2688,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 4608,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 6528,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                    );
+                }
+                23 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 6528,
+                            h: 6,
+                            w: 5,
+                            c: 64,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 64,
+                            pad: 0,
+                        },
+                    );
+                }
+                24 => {
+                    conv_stages_2_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 1344,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 14384,
+                            bias: 20528,
+                        },
+                    );
+                }
+                25 => {
+                    conv_stages_2_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 6528,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 20624,
+                            bias: 22672,
+                        },
+                    );
+                }
+                26 => {
+                    conv_stages_2_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 2208,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 22704,
+                            bias: 26160,
+                        },
+                    );
+                }
+                27 => {
+                    conv_stages_2_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 2208,
+                            out: 864,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 26208,
+                            bias: 29664,
+                        },
+                    );
+                }
+                28 => {
+                    conv_stages_2_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 864,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 1088,
+                            weights: 29712,
+                            bias: 32016,
+                        },
+                    );
+                }
+                29 => {
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                }
+                30 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        864,
+                        &rt::Buf {
+                            offset: 1344,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 2208,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                31 => {
+                    conv_stages_2_1_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3072,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 32128,
+                            bias: 35200,
+                        },
+                    );
+                }
+                32 => {
+                    conv_stages_2_1_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 608,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 35232,
+                            bias: 38688,
+                        },
+                    );
+                }
+                33 => {
+                    conv_stages_2_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 608,
+                            out: 1216,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 38736,
+                            bias: 42192,
+                        },
+                    );
+                }
+                34 => {
+                    conv_stages_2_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1216,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 864,
+                            weights: 42240,
+                            bias: 44544,
+                        },
+                    );
+                }
+                35 => {
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                }
+                36 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        1728,
+                        &rt::Buf {
+                            offset: 2208,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 864,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                38 => {
+                    rt::avg_pool(
+                        ctx,
+                        &rt::Buf {
+                            offset: 3072,
+                            h: 3,
+                            w: 3,
+                            c: 96,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 96,
+                            pad: 0,
+                        },
+                    );
+                }
+                39 => {
+                    conv_stages_3_0_downsample_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 800,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 44656,
+                            bias: 56944,
+                        },
+                    );
+                }
+                40 => {
+                    conv_stages_3_0_conv1(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 3072,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 57072,
+                            bias: 60144,
+                        },
+                    );
+                }
+                41 => {
+                    conv_stages_3_0_conv2(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 0,
+                            out: 1312,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 60176,
+                            bias: 64784,
+                        },
+                    );
+                }
+                42 => {
+                    conv_stages_3_0_conv2b(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1312,
+                            out: 512,
+                            pre: rt::NONE,
+                            sums: rt::NONE,
+                            weights: 64848,
+                            bias: 69456,
+                        },
+                    );
+                }
+                43 => {
+                    conv_stages_3_0_conv3(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 512,
+                            out: 0,
+                            pre: rt::NONE,
+                            sums: 640,
+                            weights: 69520,
+                            bias: 73616,
+                        },
+                    );
+                }
+                44 => {
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                }
+                45 => {
+                    rt::scale_add_act(
+                        k,
+                        ctx,
+                        &rt::Buf {
+                            offset: 0,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        512,
+                        &rt::Buf {
+                            offset: 800,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        &rt::Buf {
+                            offset: 1536,
+                            h: 2,
+                            w: 2,
+                            c: 128,
+                            pad: 0,
+                        },
+                        &rt::Buf::none(),
+                    );
+                }
+                46 => {
+                    conv_final_conv(
+                        ctx,
+                        &rt::ConvIo {
+                            input: 1536,
+                            out: 768,
+                            pre: 0,
+                            sums: 2048,
+                            weights: 73760,
+                            bias: 98336,
+                        },
+                    );
+                }
+                49 => {
+                    rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                }
+                51 => {
+                    rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 /// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(all())]
@@ -9145,6 +11693,36 @@ pub struct Model {
     isa: Isa,
 }
 impl Model {
+    /// Runs kernel `index` of the schedule alone on whatever the workspace holds, for
+    /// benchmarking kernels (`KERNEL_NAMES`, `KERNEL_FLOPS`); the result is meaningless
+    /// and later inferences are unaffected. Packing and copy-out kernels do nothing.
+    pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
+        assert!(index < KERNELS, "kernel index {index} out of range");
+        let ctx = rt::Ctx {
+            arena: SyncPtr(ws.arena.as_mut_ptr()),
+            weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
+            weights16: SyncPtr(
+                WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16,
+            ),
+            pool: &ws.pool,
+        };
+        unsafe {
+            match self.isa {
+                #[cfg(all())]
+                nfnet_runtime::Isa::Scalar => isa_scalar::run_kernel(&ctx, index),
+                #[cfg(target_arch = "x86_64")]
+                nfnet_runtime::Isa::Avx2 => isa_avx2::run_kernel(&ctx, index),
+                #[cfg(target_arch = "x86_64")]
+                nfnet_runtime::Isa::Avx512 => isa_avx512::run_kernel(&ctx, index),
+                #[cfg(all())]
+                nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu => {
+                    isa_neon::run_kernel(&ctx, index)
+                }
+                #[allow(unreachable_patterns)]
+                other => unreachable!("ISA {other} was checked at construction"),
+            }
+        }
+    }
     /// The fastest ISA of this CPU, or the one `NFNET_ISA` forces (checked).
     pub fn new() -> Result<Model, IsaError> {
         Ok(Model { isa: Isa::select(ISAS)? })

@@ -532,7 +532,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
 
 /// One ISA module plus its `Kernels` implementation; `items` are the per-shape conv entry
 /// points and `forward` the body of its `forward_image`.
-pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream) -> TokenStream {
+pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_arms: &TokenStream) -> TokenStream {
     let module = format_ident!("{}", isa.module);
     let token = format_ident!("{}", isa.token);
     let IsaSpec { cfg, attrs, prelude, vocab, lanes, mr, .. } = isa;
@@ -580,6 +580,22 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream) -> Toke
                     #forward
                 }
             }
+
+            /// Kernel `index` alone (see `Model::run_kernel`).
+            ///
+            /// # Safety
+            /// As `forward_image`.
+            #[allow(unused_variables)]
+            pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
+                let k = TOK;
+                // SAFETY: as in `forward_image`.
+                unsafe {
+                    match index {
+                        #kernel_arms
+                        _ => {}
+                    }
+                }
+            }
         }
 
         /// Proof that the CPU runs this ISA (made only after detection).
@@ -606,15 +622,15 @@ mod tests {
     fn every_isa_module_holds_the_same_kernels_over_its_own_intrinsics() {
         let none = TokenStream::new();
         for isa in isas() {
-            let text = module(&isa, &none, &none).to_string();
+            let text = module(&isa, &none, &none, &none).to_string();
             for f in ["fn tile", "fn conv_item", "fn scale_add_act", "fn silu", "fn exp", "fn madd", "fn forward_image"]
             {
                 assert!(text.contains(f), "{} lacks {f}", isa.module);
             }
         }
-        let avx2 = module(&avx2(), &none, &none).to_string();
+        let avx2 = module(&avx2(), &none, &none, &none).to_string();
         assert!(avx2.contains("_mm256_fmadd_ps") && avx2.contains("target_feature"));
-        let neon = module(&neon(), &none, &none).to_string();
+        let neon = module(&neon(), &none, &none, &none).to_string();
         assert!(neon.contains("vfmaq_f32") && neon.contains("neon_emu"));
     }
 }

@@ -221,8 +221,11 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
 }
 
 /// The body of `forward_image`: one call per kernel.
-fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
+/// The body of `forward_image` (one timed call per kernel) and the arms of `run_kernel` (each
+/// kernel alone, for benchmarks; the input packing and copies out do nothing there).
+fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, TokenStream) {
     let mut calls = Vec::new();
+    let mut arms = Vec::new();
     for (i, k) in s.kernels.iter().enumerate() {
         let slot = packed.slots[i];
         let doc = format!("{}: {}", k.op.kind(), k.modules.join("+"));
@@ -291,6 +294,9 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
             }
         };
         let idx = u(i);
+        if !matches!(k.op, Op::PackInput { .. } | Op::CopyOut { .. }) {
+            arms.push(quote!(#idx => { #call }));
+        }
         calls.push(quote! {
             #[doc = #doc]
             #[allow(unused_doc_comments)]
@@ -303,19 +309,27 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> TokenStream {
             }
         });
     }
-    quote!(#(#calls)*)
+    (quote!(#(#calls)*), quote!(#(#arms)*))
 }
 
 /// Emits the whole model.
 pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let packed = pack::pack(s, info.weight_dtype);
     let convs = collect_convs(s);
-    let forward = emit_forward(s, &packed, &convs);
+    let (forward, kernel_arms) = emit_forward(s, &packed, &convs);
     let descs = conv_consts(&convs);
     let g = s.graph;
     let a = &g.arch;
     let isas = isa::isas();
-    let modules = isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i, info.weight_dtype), &forward));
+    let modules =
+        isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i, info.weight_dtype), &forward, &kernel_arms));
+    let kernel_dispatch = isas.iter().map(|i| {
+        let (cfg, variants, module) = (&i.cfg, &i.variants, format_ident!("{}", i.module));
+        quote! {
+            #[cfg(#cfg)]
+            #variants => #module::run_kernel(&ctx, index),
+        }
+    });
     let silu_dispatch = isas.iter().map(|i| {
         let (cfg, variants, token) = (&i.cfg, &i.variants, format_ident!("{}", i.token));
         quote! {
@@ -499,6 +513,27 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         }
 
         impl Model {
+            /// Runs kernel `index` of the schedule alone on whatever the workspace holds, for
+            /// benchmarking kernels (`KERNEL_NAMES`, `KERNEL_FLOPS`); the result is meaningless
+            /// and later inferences are unaffected. Packing and copy-out kernels do nothing.
+            pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
+                assert!(index < KERNELS, "kernel index {index} out of range");
+                let ctx = rt::Ctx {
+                    arena: SyncPtr(ws.arena.as_mut_ptr()),
+                    weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
+                    weights16: SyncPtr(WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16),
+                    pool: &ws.pool,
+                };
+                // SAFETY: as in `run`: the ISA was checked, the arena is ours for this call.
+                unsafe {
+                    match self.isa {
+                        #(#kernel_dispatch)*
+                        #[allow(unreachable_patterns)]
+                        other => unreachable!("ISA {other} was checked at construction"),
+                    }
+                }
+            }
+
             /// The fastest ISA of this CPU, or the one `NFNET_ISA` forces (checked).
             pub fn new() -> Result<Model, IsaError> {
                 Ok(Model { isa: Isa::select(ISAS)? })
