@@ -54,6 +54,9 @@ impl Model {
     /// The folded graph for `batch` images of `input_hw` (height, width).
     pub fn graph(&self, input_hw: (usize, usize), batch: usize) -> Result<graph::Graph> {
         arch::check_input_size(input_hw.0, input_hw.1).map_err(Error::new)?;
+        if !(1..=builder::MAX_BATCH).contains(&batch) {
+            return Err(Error::new(format!("batch {batch} is not from 1 to {}", builder::MAX_BATCH)));
+        }
         graph::Graph::build(&self.arch, &self.checkpoint, input_hw, batch)
     }
 
