@@ -11636,6 +11636,17 @@ impl Workspace {
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }
+    /// The arena, the weight blob and the pool, as the kernels see them.
+    fn ctx(&mut self) -> rt::Ctx<'_> {
+        rt::Ctx {
+            arena: SyncPtr(self.arena.as_mut_ptr()),
+            weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
+            weights16: SyncPtr(
+                WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16,
+            ),
+            pool: &self.pool,
+        }
+    }
 }
 /// SiLU of `x` into `out` with `isa`'s vectorized kernel (the one every fused epilogue
 /// uses), for checking its accuracy; `x` and `out` must have the same length.
@@ -11698,14 +11709,7 @@ impl Model {
     /// and later inferences are unaffected. Packing and copy-out kernels do nothing.
     pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
         assert!(index < KERNELS, "kernel index {index} out of range");
-        let ctx = rt::Ctx {
-            arena: SyncPtr(ws.arena.as_mut_ptr()),
-            weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
-            weights16: SyncPtr(
-                WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16,
-            ),
-            pool: &ws.pool,
-        };
+        let ctx = ws.ctx();
         unsafe {
             match self.isa {
                 #[cfg(all())]
@@ -11758,14 +11762,7 @@ impl Model {
         out: Outputs<'_>,
         mut prof: Option<&mut [u64; KERNELS]>,
     ) {
-        let ctx = rt::Ctx {
-            arena: SyncPtr(ws.arena.as_mut_ptr()),
-            weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
-            weights16: SyncPtr(
-                WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16,
-            ),
-            pool: &ws.pool,
-        };
+        let ctx = ws.ctx();
         let Outputs { logits, mut pre_logits, mut forward_features, mut features } = out;
         for b in 0..BATCH {
             let image = &input[b * IMAGE_LEN..(b + 1) * IMAGE_LEN];

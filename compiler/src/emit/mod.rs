@@ -484,6 +484,16 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             pub fn threads(&self) -> usize {
                 self.pool.threads()
             }
+
+            /// The arena, the weight blob and the pool, as the kernels see them.
+            fn ctx(&mut self) -> rt::Ctx<'_> {
+                rt::Ctx {
+                    arena: SyncPtr(self.arena.as_mut_ptr()),
+                    weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
+                    weights16: SyncPtr(WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16),
+                    pool: &self.pool,
+                }
+            }
         }
 
         /// SiLU of `x` into `out` with `isa`'s vectorized kernel (the one every fused epilogue
@@ -518,12 +528,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             /// and later inferences are unaffected. Packing and copy-out kernels do nothing.
             pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
                 assert!(index < KERNELS, "kernel index {index} out of range");
-                let ctx = rt::Ctx {
-                    arena: SyncPtr(ws.arena.as_mut_ptr()),
-                    weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
-                    weights16: SyncPtr(WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16),
-                    pool: &ws.pool,
-                };
+                let ctx = ws.ctx();
                 // SAFETY: as in `run`: the ISA was checked, the arena is ours for this call.
                 unsafe {
                     match self.isa {
@@ -566,12 +571,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             }
 
             fn run(&self, ws: &mut Workspace, input: &[f32; INPUT_LEN], out: Outputs<'_>, mut prof: Option<&mut [u64; KERNELS]>) {
-                let ctx = rt::Ctx {
-                    arena: SyncPtr(ws.arena.as_mut_ptr()),
-                    weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
-                    weights16: SyncPtr(WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16),
-                    pool: &ws.pool,
-                };
+                let ctx = ws.ctx();
                 let Outputs { logits, mut pre_logits, mut forward_features, mut features } = out;
                 for b in 0..BATCH {
                     let image = &input[b * IMAGE_LEN..(b + 1) * IMAGE_LEN];
