@@ -1087,10 +1087,12 @@ pub mod isa_scalar {
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { *p }
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: V) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { *p = v }
     }
     /// a * b + c, two roundings (a portable fused multiply-add is a slow library call).
@@ -1137,12 +1139,14 @@ pub mod isa_scalar {
     /// bf16 to f32: the high half of the f32's bits.
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { f32::from_bits((*p as u32) << 16) }
     }
     /// f16 to f32 (finite values): exponent and mantissa moved into place, rescaled by
     /// 2^112, sign restored; exact for normals and subnormals.
     #[inline(always)]
     unsafe fn load_f16(p: *const u16) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let h = *p as u32;
             let f = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
@@ -1153,6 +1157,7 @@ pub mod isa_scalar {
     /// polynomial; a few ulp over that range (the SiLU bound below is what is tested).
     #[inline(always)]
     unsafe fn exp(x: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let x = min(max(x, splat(-87.0f32)), splat(88.0f32));
             let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
@@ -1173,6 +1178,7 @@ pub mod isa_scalar {
     /// within 6e-37 of it (x is clamped there so e^-x stays finite).
     #[inline(always)]
     pub unsafe fn silu(x: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let x = max(x, splat(-88.0f32));
             div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x))))
@@ -1181,6 +1187,7 @@ pub mod isa_scalar {
     /// Stores the first `n` lanes of a 16-wide row.
     #[inline(always)]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             if n == 16 {
                 for v in 0..NV {
@@ -1198,6 +1205,7 @@ pub mod isa_scalar {
     /// Loads the first `n` of 16 floats (the rest zero).
     #[inline(always)]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut t = [0.0f32; 16];
             core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
@@ -1225,6 +1233,7 @@ pub mod isa_scalar {
         panel_len: usize,
         out: *mut [[[V; NV]; P]; T],
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
@@ -1272,6 +1281,7 @@ pub mod isa_scalar {
     /// f16 (2).
     #[inline(always)]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match WD {
                 0 => load((b as *const f32).add(i)),
@@ -1305,6 +1315,7 @@ pub mod isa_scalar {
         bias: *const f32,
         sums: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let inp = &d.input;
             let a0 = if d.flat {
@@ -1378,6 +1389,7 @@ pub mod isa_scalar {
         const P: usize,
         const WD: usize,
     >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let bands = d.bands();
             let units_g = d.panels_per_group() / P;
@@ -1444,6 +1456,7 @@ pub mod isa_scalar {
         y: *mut f32,
         act: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut p = 0;
             while p < n {
@@ -1491,57 +1504,69 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
         }
@@ -1551,6 +1576,7 @@ pub mod isa_scalar {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 4,
@@ -1562,68 +1588,82 @@ pub mod isa_scalar {
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
         }
@@ -1633,6 +1673,7 @@ pub mod isa_scalar {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 4,
@@ -1644,68 +1685,82 @@ pub mod isa_scalar {
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
         }
@@ -1715,6 +1770,7 @@ pub mod isa_scalar {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 3,
@@ -1726,96 +1782,116 @@ pub mod isa_scalar {
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 24, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
         }
@@ -1825,6 +1901,7 @@ pub mod isa_scalar {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 4,
@@ -1836,82 +1913,99 @@ pub mod isa_scalar {
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
                 8,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 96, 96, 1, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
                 8,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 128, 128, 1, 0>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
         }
@@ -1931,6 +2025,7 @@ pub mod isa_scalar {
         mut prof: Option<&mut [u64]>,
     ) {
         let k = TOK;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             ///pack_input: input
             #[allow(unused_doc_comments)]
@@ -3014,6 +3109,7 @@ pub mod isa_scalar {
     #[allow(unused_variables)]
     pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
         let k = TOK;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match index {
                 1 => {
@@ -3661,6 +3757,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Scalar {
         y: *mut f32,
         act: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { isa_scalar::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
@@ -3687,63 +3784,75 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn splat(x: f32) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_set1_ps(x) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load(p: *const f32) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_loadu_ps(p) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store(p: *mut f32, v: V) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_storeu_ps(p, v) }
     }
     /// a * b + c, fused (one rounding).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn madd(a: V, b: V, c: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_fmadd_ps(a, b, c) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn add(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_add_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn sub(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_sub_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn mul(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_mul_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn div(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_div_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn max(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_max_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn min(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_min_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn floor(a: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_floor_ps(a) }
     }
     /// 2^n for integral n in [-126, 127].
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pow2i(n: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             _mm256_castsi256_ps(
                 _mm256_slli_epi32::<
@@ -3756,12 +3865,14 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn prefetch(p: *const f32) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
     /// Eight bf16 to f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_bf16(p: *const u16) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             _mm256_castsi256_ps(
                 _mm256_slli_epi32::<
@@ -3774,6 +3885,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_f16(p: *const u16) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
     }
     /// e^x for x clamped to [-87, 88]: Cody-Waite range reduction and Cephes' degree-5
@@ -3781,6 +3893,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn exp(x: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let x = min(max(x, splat(-87.0f32)), splat(88.0f32));
             let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
@@ -3802,6 +3915,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn silu(x: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let x = max(x, splat(-88.0f32));
             div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x))))
@@ -3811,6 +3925,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             if n == 16 {
                 for v in 0..NV {
@@ -3829,6 +3944,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut t = [0.0f32; 16];
             core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
@@ -3857,6 +3973,7 @@ pub mod isa_avx2 {
         panel_len: usize,
         out: *mut [[[V; NV]; P]; T],
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
@@ -3905,6 +4022,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match WD {
                 0 => load((b as *const f32).add(i)),
@@ -3939,6 +4057,7 @@ pub mod isa_avx2 {
         bias: *const f32,
         sums: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let inp = &d.input;
             let a0 = if d.flat {
@@ -4013,6 +4132,7 @@ pub mod isa_avx2 {
         const P: usize,
         const WD: usize,
     >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let bands = d.bands();
             let units_g = d.panels_per_group() / P;
@@ -4080,6 +4200,7 @@ pub mod isa_avx2 {
         y: *mut f32,
         act: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut p = 0;
             while p < n {
@@ -4128,60 +4249,72 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
         }
@@ -4192,6 +4325,7 @@ pub mod isa_avx2 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 6,
@@ -4203,72 +4337,86 @@ pub mod isa_avx2 {
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
         }
@@ -4279,6 +4427,7 @@ pub mod isa_avx2 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 6,
@@ -4290,72 +4439,86 @@ pub mod isa_avx2 {
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
         }
@@ -4366,6 +4529,7 @@ pub mod isa_avx2 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 5,
@@ -4377,102 +4541,122 @@ pub mod isa_avx2 {
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 24, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
         }
@@ -4483,6 +4667,7 @@ pub mod isa_avx2 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 4,
@@ -4494,87 +4679,104 @@ pub mod isa_avx2 {
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
                 8,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
                 8,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 128, 128, 1, 0>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
         }
@@ -4594,6 +4796,7 @@ pub mod isa_avx2 {
         mut prof: Option<&mut [u64]>,
     ) {
         let k = TOK;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             ///pack_input: input
             #[allow(unused_doc_comments)]
@@ -5677,6 +5880,7 @@ pub mod isa_avx2 {
     #[allow(unused_variables)]
     pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
         let k = TOK;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match index {
                 1 => {
@@ -6324,6 +6528,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx2 {
         y: *mut f32,
         act: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { isa_avx2::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
@@ -6350,64 +6555,76 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn splat(x: f32) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_set1_ps(x) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load(p: *const f32) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_loadu_ps(p) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn store(p: *mut f32, v: V) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_storeu_ps(p, v) }
     }
     /// a * b + c, fused (one rounding).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn madd(a: V, b: V, c: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_fmadd_ps(a, b, c) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn add(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_add_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn sub(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_sub_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn mul(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_mul_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn div(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_div_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn max(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_max_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn min(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_min_ps(a, b) }
     }
     /// Round toward minus infinity, exceptions suppressed.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn floor(a: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_roundscale_ps::<0x09>(a) }
     }
     /// 2^n for integral n in [-126, 127].
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn pow2i(n: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             _mm512_castsi512_ps(
                 _mm512_slli_epi32::<
@@ -6426,6 +6643,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_bf16(p: *const u16) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             _mm512_castsi512_ps(
                 _mm512_slli_epi32::<
@@ -6438,6 +6656,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_f16(p: *const u16) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
     }
     /// e^x for x clamped to [-87, 88]: Cody-Waite range reduction and Cephes' degree-5
@@ -6445,6 +6664,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn exp(x: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let x = min(max(x, splat(-87.0f32)), splat(88.0f32));
             let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
@@ -6466,6 +6686,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn silu(x: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let x = max(x, splat(-88.0f32));
             div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x))))
@@ -6475,6 +6696,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             if n == 16 {
                 for v in 0..NV {
@@ -6493,6 +6715,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut t = [0.0f32; 16];
             core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
@@ -6521,6 +6744,7 @@ pub mod isa_avx512 {
         panel_len: usize,
         out: *mut [[[V; NV]; P]; T],
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
@@ -6569,6 +6793,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match WD {
                 0 => load((b as *const f32).add(i)),
@@ -6603,6 +6828,7 @@ pub mod isa_avx512 {
         bias: *const f32,
         sums: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let inp = &d.input;
             let a0 = if d.flat {
@@ -6677,6 +6903,7 @@ pub mod isa_avx512 {
         const P: usize,
         const WD: usize,
     >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let bands = d.bands();
             let units_g = d.panels_per_group() / P;
@@ -6744,6 +6971,7 @@ pub mod isa_avx512 {
         y: *mut f32,
         act: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut p = 0;
             while p < n {
@@ -6792,60 +7020,72 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<10, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<10, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<10, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<10, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
         }
@@ -6856,6 +7096,7 @@ pub mod isa_avx512 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 12,
@@ -6867,72 +7108,86 @@ pub mod isa_avx512 {
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<12, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<10, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<10, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<12, 8, 8, 2, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
         }
@@ -6943,6 +7198,7 @@ pub mod isa_avx512 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 10,
@@ -6954,72 +7210,86 @@ pub mod isa_avx512 {
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<12, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<10, 16, 16, 2, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
         }
@@ -7030,6 +7300,7 @@ pub mod isa_avx512 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 9,
@@ -7041,102 +7312,122 @@ pub mod isa_avx512 {
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<10, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<9, 24, 24, 2, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<9, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
         }
@@ -7147,6 +7438,7 @@ pub mod isa_avx512 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 4,
@@ -7158,87 +7450,104 @@ pub mod isa_avx512 {
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<9, 96, 96, 2, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
                 1,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 32, 32, 2, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 128, 128, 2, 0>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
         }
@@ -7258,6 +7567,7 @@ pub mod isa_avx512 {
         mut prof: Option<&mut [u64]>,
     ) {
         let k = TOK;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             ///pack_input: input
             #[allow(unused_doc_comments)]
@@ -8341,6 +8651,7 @@ pub mod isa_avx512 {
     #[allow(unused_variables)]
     pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
         let k = TOK;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match index {
                 1 => {
@@ -8988,6 +9299,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx512 {
         y: *mut f32,
         act: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { isa_avx512::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
@@ -9016,52 +9328,64 @@ pub mod isa_neon {
     const TOK: super::Neon = super::Neon(());
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vdupq_n_f32(x) }
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vld1q_f32(p) }
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: V) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vst1q_f32(p, v) }
     }
     /// a * b + c, fused (one rounding): FMLA computes c + a * b.
     #[inline(always)]
     unsafe fn madd(a: V, b: V, c: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vfmaq_f32(c, a, b) }
     }
     #[inline(always)]
     unsafe fn add(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vaddq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn sub(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vsubq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn mul(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vmulq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn div(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vdivq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn max(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vmaxq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn min(a: V, b: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vminq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn floor(a: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vrndmq_f32(a) }
     }
     /// 2^n for integral n in [-126, 127].
     #[inline(always)]
     unsafe fn pow2i(n: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             vreinterpretq_f32_s32(
                 vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127))),
@@ -9074,11 +9398,13 @@ pub mod isa_neon {
     /// Four bf16 to f32.
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16(p)))) }
     }
     /// Four f16 (finite) to f32, as the scalar `load_f16`.
     #[inline(always)]
     unsafe fn load_f16(p: *const u16) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let w = vmovl_u16(vld1_u16(p));
             let mag = vreinterpretq_f32_u32(
@@ -9093,6 +9419,7 @@ pub mod isa_neon {
     /// polynomial; a few ulp over that range (the SiLU bound below is what is tested).
     #[inline(always)]
     unsafe fn exp(x: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let x = min(max(x, splat(-87.0f32)), splat(88.0f32));
             let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
@@ -9113,6 +9440,7 @@ pub mod isa_neon {
     /// within 6e-37 of it (x is clamped there so e^-x stays finite).
     #[inline(always)]
     pub unsafe fn silu(x: V) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let x = max(x, splat(-88.0f32));
             div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x))))
@@ -9121,6 +9449,7 @@ pub mod isa_neon {
     /// Stores the first `n` lanes of a 16-wide row.
     #[inline(always)]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             if n == 16 {
                 for v in 0..NV {
@@ -9138,6 +9467,7 @@ pub mod isa_neon {
     /// Loads the first `n` of 16 floats (the rest zero).
     #[inline(always)]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut t = [0.0f32; 16];
             core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
@@ -9165,6 +9495,7 @@ pub mod isa_neon {
         panel_len: usize,
         out: *mut [[[V; NV]; P]; T],
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
@@ -9212,6 +9543,7 @@ pub mod isa_neon {
     /// f16 (2).
     #[inline(always)]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match WD {
                 0 => load((b as *const f32).add(i)),
@@ -9245,6 +9577,7 @@ pub mod isa_neon {
         bias: *const f32,
         sums: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let inp = &d.input;
             let a0 = if d.flat {
@@ -9318,6 +9651,7 @@ pub mod isa_neon {
         const P: usize,
         const WD: usize,
     >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let bands = d.bands();
             let units_g = d.panels_per_group() / P;
@@ -9384,6 +9718,7 @@ pub mod isa_neon {
         y: *mut f32,
         act: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut p = 0;
             while p < n {
@@ -9431,57 +9766,69 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
         }
@@ -9491,6 +9838,7 @@ pub mod isa_neon {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 6,
@@ -9502,68 +9850,82 @@ pub mod isa_neon {
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
         }
@@ -9573,6 +9935,7 @@ pub mod isa_neon {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 6,
@@ -9584,68 +9947,82 @@ pub mod isa_neon {
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
         }
@@ -9655,6 +10032,7 @@ pub mod isa_neon {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 5,
@@ -9666,96 +10044,116 @@ pub mod isa_neon {
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<6, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 24, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
                 6,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
                 3,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
         }
@@ -9765,6 +10163,7 @@ pub mod isa_neon {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
                 4,
@@ -9776,82 +10175,99 @@ pub mod isa_neon {
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
                 8,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
                 2,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
                 4,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
                 8,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { conv_item::<4, 128, 128, 1, 0>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
                 12,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
         }
@@ -9871,6 +10287,7 @@ pub mod isa_neon {
         mut prof: Option<&mut [u64]>,
     ) {
         let k = TOK;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             ///pack_input: input
             #[allow(unused_doc_comments)]
@@ -10954,6 +11371,7 @@ pub mod isa_neon {
     #[allow(unused_variables)]
     pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
         let k = TOK;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match index {
                 1 => {
@@ -11601,6 +12019,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Neon {
         y: *mut f32,
         act: *mut f32,
     ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { isa_neon::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
@@ -11656,6 +12075,7 @@ pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
     let n = x.len();
     let (r, o) = (x.as_ptr(), out.as_mut_ptr());
     let none = core::ptr::null_mut::<f32>();
+    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
     unsafe {
         match isa {
             #[cfg(all())]
@@ -11710,6 +12130,7 @@ impl Model {
     pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
         assert!(index < KERNELS, "kernel index {index} out of range");
         let ctx = ws.ctx();
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match self.isa {
                 #[cfg(all())]
@@ -11793,6 +12214,7 @@ impl Model {
                             * (FEATURE4_LEN / BATCH)..(b + 1) * (FEATURE4_LEN / BATCH)],
                     ]
                 });
+            // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
             unsafe {
                 match self.isa {
                     #[cfg(all())]
