@@ -459,6 +459,15 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_old_hub_form_without_pretrained_cfg() {
+        let text = r#"{"architecture": "eca_nfnet_l1", "num_classes": 12, "input_size": [3, 288, 256],
+                       "crop_pct": 1.0, "interpolation": "bilinear"}"#;
+        let c = ModelConfig::parse(text, "config.json").unwrap();
+        assert_eq!((c.num_classes, c.pretrained.input_size, c.pretrained.crop_pct), (12, (288, 256), 1.0));
+        assert_eq!(c.pretrained.interpolation, "bilinear");
+    }
+
+    #[test]
     fn model_args_overlay_and_num_classes_priority() {
         let text = r#"{"architecture": "eca_nfnet_l0", "num_classes": 10,
             "model_args": {"depths": [1, 1, 2, 1], "channels": [32, 64, 96, 128], "stem_chs": 16,
