@@ -5,6 +5,7 @@
 //! f32 with f32 accumulation over up to a few hundred products per output and a polynomial
 //! exp (<= 2 ulp); observed errors are around 1e-6.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -46,41 +47,19 @@ macro_rules! check_model {
             let model = $m::Model::with_isa(isa).unwrap();
             for threads in $threads {
                 let mut ws = $m::Workspace::new(threads).unwrap();
-                let mut logits = vec![0.0f32; $m::LOGITS_LEN];
-                let mut pre = vec![0.0f32; $m::PRE_LOGITS_LEN];
-                let mut ff = vec![0.0f32; $m::FORWARD_FEATURES_LEN];
-                let mut f0 = vec![0.0f32; $m::FEATURE0_LEN];
-                let mut f1 = vec![0.0f32; $m::FEATURE1_LEN];
-                let mut f2 = vec![0.0f32; $m::FEATURE2_LEN];
-                let mut f3 = vec![0.0f32; $m::FEATURE3_LEN];
-                let mut f4 = vec![0.0f32; $m::FEATURE4_LEN];
-                model.infer(
-                    &mut ws,
-                    input,
-                    $m::Outputs {
-                        logits: logits.as_mut_slice().try_into().unwrap(),
-                        pre_logits: Some(pre.as_mut_slice().try_into().unwrap()),
-                        forward_features: Some(ff.as_mut_slice().try_into().unwrap()),
-                        features: Some($m::Features {
-                            f0: f0.as_mut_slice().try_into().unwrap(),
-                            f1: f1.as_mut_slice().try_into().unwrap(),
-                            f2: f2.as_mut_slice().try_into().unwrap(),
-                            f3: f3.as_mut_slice().try_into().unwrap(),
-                            f4: f4.as_mut_slice().try_into().unwrap(),
-                        }),
-                    },
-                );
+                let mut o = all_outputs!($m);
+                model.infer(&mut ws, input, borrow_outputs!($m, &mut o));
                 let fs = $m::FEATURE_SHAPES;
                 let ffs = $m::FORWARD_FEATURES_SHAPE;
                 let outs = vec![
-                    ("logits".to_string(), t([b, $m::CLASSES, 1, 1], &logits), true),
-                    ("pre_logits".to_string(), t([b, $m::NUM_FEATURES, 1, 1], &pre), true),
-                    ("forward_features".to_string(), t([b, ffs[0], ffs[1], ffs[2]], &ff), false),
-                    ("feature0".to_string(), t(fs[0], &f0), false),
-                    ("feature1".to_string(), t(fs[1], &f1), false),
-                    ("feature2".to_string(), t(fs[2], &f2), false),
-                    ("feature3".to_string(), t(fs[3], &f3), false),
-                    ("feature4".to_string(), t(fs[4], &f4), false),
+                    ("logits".to_string(), t([b, $m::CLASSES, 1, 1], &o.logits), true),
+                    ("pre_logits".to_string(), t([b, $m::NUM_FEATURES, 1, 1], &o.pre), true),
+                    ("forward_features".to_string(), t([b, ffs[0], ffs[1], ffs[2]], &o.ff), false),
+                    ("feature0".to_string(), t(fs[0], &o.f[0]), false),
+                    ("feature1".to_string(), t(fs[1], &o.f[1]), false),
+                    ("feature2".to_string(), t(fs[2], &o.f[2]), false),
+                    ("feature3".to_string(), t(fs[3], &o.f[3]), false),
+                    ("feature4".to_string(), t(fs[4], &o.f[4]), false),
                 ];
                 for line in compare_to_fixture($fixture, &outs, $tol) {
                     println!("{isa} x{threads}: {line}");

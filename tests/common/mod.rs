@@ -105,3 +105,50 @@ pub fn named_outputs(o: &nfnet_compiler::reference::Outputs) -> Vec<(String, Ten
     }
     v
 }
+
+/// Buffers for every output of a generated model: logits, pre-logits, forward_features and
+/// the five feature maps (see `all_outputs!` and `borrow_outputs!`).
+pub struct AllOutputs {
+    pub logits: Vec<f32>,
+    pub pre: Vec<f32>,
+    pub ff: Vec<f32>,
+    pub f: [Vec<f32>; 5],
+}
+
+impl AllOutputs {
+    pub fn new(logits: usize, pre: usize, ff: usize, f: [usize; 5]) -> AllOutputs {
+        AllOutputs { logits: vec![0.0; logits], pre: vec![0.0; pre], ff: vec![0.0; ff], f: f.map(|n| vec![0.0; n]) }
+    }
+}
+
+/// `AllOutputs` sized for the generated module `$m`.
+macro_rules! all_outputs {
+    ($m:ident) => {
+        common::AllOutputs::new(
+            $m::LOGITS_LEN,
+            $m::PRE_LOGITS_LEN,
+            $m::FORWARD_FEATURES_LEN,
+            [$m::FEATURE0_LEN, $m::FEATURE1_LEN, $m::FEATURE2_LEN, $m::FEATURE3_LEN, $m::FEATURE4_LEN],
+        )
+    };
+}
+
+/// `$m::Outputs` asking for everything, borrowing an `AllOutputs`.
+macro_rules! borrow_outputs {
+    ($m:ident, $o:expr) => {{
+        let o: &mut common::AllOutputs = $o;
+        let [f0, f1, f2, f3, f4] = &mut o.f;
+        $m::Outputs {
+            logits: o.logits.as_mut_slice().try_into().unwrap(),
+            pre_logits: Some(o.pre.as_mut_slice().try_into().unwrap()),
+            forward_features: Some(o.ff.as_mut_slice().try_into().unwrap()),
+            features: Some($m::Features {
+                f0: f0.as_mut_slice().try_into().unwrap(),
+                f1: f1.as_mut_slice().try_into().unwrap(),
+                f2: f2.as_mut_slice().try_into().unwrap(),
+                f3: f3.as_mut_slice().try_into().unwrap(),
+                f4: f4.as_mut_slice().try_into().unwrap(),
+            }),
+        }
+    }};
+}
