@@ -2,7 +2,7 @@
 //! `tools/reference/make_fixtures.py` from timm, and checkpoints recreated from their
 //! `synth.json` with the deterministic synthesizer.
 
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(dead_code, unused_macros, reason = "each test binary uses a different subset")]
 
 use nfnet_compiler::ops::Tensor;
 use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
