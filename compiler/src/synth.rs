@@ -72,6 +72,23 @@ impl SynthSpec {
     }
 }
 
+impl SynthSpec {
+    /// The `nfc synth` arguments recorded in a fixture's `synth.json` (written by
+    /// tools/reference/make_fixtures.py: arch, seed, num_classes, dtype, model_args).
+    pub fn from_fixture_json(text: &str) -> std::result::Result<SynthSpec, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("synth.json: {e}"))?;
+        let field = |k: &str| format!("synth.json: bad or missing '{k}'");
+        Ok(SynthSpec {
+            architecture: v["arch"].as_str().ok_or_else(|| field("arch"))?.to_string(),
+            seed: v["seed"].as_u64().ok_or_else(|| field("seed"))?,
+            num_classes: v["num_classes"].as_u64().map(|n| n as usize),
+            model_args: v["model_args"].as_object().cloned(),
+            input_size: None,
+            dtype: StorageDtype::parse(v["dtype"].as_str().ok_or_else(|| field("dtype"))?)?,
+        })
+    }
+}
+
 /// SplitMix64: tiny, fast, and fully specified, so files never change with a dependency.
 struct Rng(u64);
 

@@ -5,7 +5,7 @@
 #![allow(dead_code, unused_macros, reason = "each test binary uses a different subset")]
 
 use nfnet_compiler::ops::Tensor;
-use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
+use nfnet_compiler::synth::{self, SynthSpec};
 use nfnet_runtime::npy;
 use std::path::{Path, PathBuf};
 
@@ -16,15 +16,7 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 /// The `nfc synth` arguments recorded with a fixture.
 pub fn synth_spec(name: &str) -> SynthSpec {
     let text = std::fs::read_to_string(fixture_dir(name).join("synth.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    SynthSpec {
-        architecture: v["arch"].as_str().unwrap().to_string(),
-        seed: v["seed"].as_u64().unwrap(),
-        num_classes: v["num_classes"].as_u64().map(|n| n as usize),
-        model_args: v["model_args"].as_object().cloned(),
-        input_size: None,
-        dtype: StorageDtype::parse(v["dtype"].as_str().unwrap()).unwrap(),
-    }
+    SynthSpec::from_fixture_json(&text).unwrap()
 }
 
 /// Recreates a fixture's checkpoint in a fresh temporary directory.

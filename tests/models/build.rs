@@ -3,7 +3,7 @@
 
 use nfnet_compiler::builder::Builder;
 use nfnet_compiler::emit::pack::WeightDtype;
-use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
+use nfnet_compiler::synth::{self, SynthSpec};
 use std::path::{Path, PathBuf};
 
 /// Compiles a fixture's model into `out/<name>`, running only the first `stop_after` fusion
@@ -18,15 +18,8 @@ fn compile(
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(fixture);
     println!("cargo:rerun-if-changed={}", fx.join("synth.json").display());
     println!("cargo:rerun-if-changed={}", fx.join("input.npy").display());
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx.join("synth.json")).unwrap()).unwrap();
-    let spec = SynthSpec {
-        architecture: v["arch"].as_str().unwrap().into(),
-        seed: v["seed"].as_u64().unwrap(),
-        num_classes: v["num_classes"].as_u64().map(|n| n as usize),
-        model_args: v["model_args"].as_object().cloned(),
-        input_size: None,
-        dtype: StorageDtype::parse(v["dtype"].as_str().unwrap()).unwrap(),
-    };
+    let spec = SynthSpec::from_fixture_json(&std::fs::read_to_string(fx.join("synth.json")).unwrap())
+        .map_err(nfnet_compiler::Error::new)?;
     let x = nfnet_runtime_npy_shape(&fx.join("input.npy"));
     let model = out.join(name).join("model");
     synth::write(&spec, &model)?;
