@@ -82,7 +82,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Time per fused kernel: share of the total and GFLOP/s, slowest first.
+    /// Time per fused kernel (median over the iterations): share of the total, GFLOP/s and share
+    /// of the measured FMA peak of the threads used, slowest first.
     Profile {
         #[arg(long, default_value_t = 10)]
         iters: usize,
@@ -94,6 +95,10 @@ enum Command {
         /// Also write a bar chart of the kernels' times as SVG.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// Per kernel time over the iterations: `median`, or `min` (the least disturbed run,
+        /// best for A/B comparisons on a busy machine).
+        #[arg(long, default_value = "median", value_parser = ["median", "min"])]
+        stat: String,
     },
     /// The compiled model: architecture, shapes, ISA, arena, weights.
     Info,
@@ -110,7 +115,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Run { input, output, threads } => app::run(&input, &output, threads),
         Command::Bench { iters, threads, json } => bench(iters, threads, json),
-        Command::Profile { iters, threads, top, svg } => profile(iters, threads, top, svg.as_deref()),
+        Command::Profile { iters, threads, top, svg, stat } => profile(iters, threads, top, svg.as_deref(), &stat),
         Command::Classify { images, top, json, threads } => app::classify(&images, top, json, threads),
         Command::Features { image, input, out_dir, threads } => {
             app::features(image.as_deref(), input.as_deref(), &out_dir, threads)
@@ -167,7 +172,8 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
     for _ in 0..2.min(iters) {
         once(&mut logits);
     }
-    let mut ms: Vec<f64> = (0..iters).map(|_| once(&mut logits)).collect();
+    let times: Vec<f64> = (0..iters).map(|_| once(&mut logits)).collect();
+    let mut ms = times.clone();
     ms.sort_by(f64::total_cmp);
     let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
     let (min, median, p90) = (ms[0], pick(0.5), pick(0.9));
@@ -177,7 +183,7 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
         let v = serde_json::json!({
             "min_ms": min, "median_ms": median, "p90_ms": p90, "images_per_s": ips, "iters": iters,
             "threads": threads, "isa": model.isa().name(), "input_size": [m::INPUT_H, m::INPUT_W],
-            "batch": m::BATCH, "architecture": m::ARCHITECTURE,
+            "batch": m::BATCH, "architecture": m::ARCHITECTURE, "times_ms": times,
         });
         println!("{v}");
     } else {
@@ -199,58 +205,77 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>) -> Result<(), String> {
+fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>, stat: &str) -> Result<(), String> {
     let input = timing_input(iters)?;
     let (model, mut ws) = setup(t)?;
     let input: &[f32; m::INPUT_LEN] = input.as_slice().try_into().expect("sized");
     let mut logits = vec![0.0f32; m::LOGITS_LEN];
-    let mut times = [0u64; m::KERNELS];
     let mut run = |times: &mut [u64; m::KERNELS]| {
         let l: &mut [f32; m::LOGITS_LEN] = logits.as_mut_slice().try_into().expect("sized");
         let out = m::Outputs { logits: l, pre_logits: None, forward_features: None, features: None };
         model.infer_profiled(&mut ws, input, out, times);
     };
     run(&mut [0u64; m::KERNELS]);
-    for _ in 0..iters {
-        run(&mut times);
+    // Per kernel the median (or minimum) over the iterations: robust to the bursts of a
+    // shared machine.
+    let mut samples = vec![[0u64; m::KERNELS]; iters];
+    for s in samples.iter_mut() {
+        run(s);
     }
+    let times: Vec<u64> = (0..m::KERNELS)
+        .map(|k| {
+            let mut v: Vec<u64> = samples.iter().map(|s| s[k]).collect();
+            v.sort_unstable();
+            if stat == "min" { v[0] } else { v[v.len() / 2] }
+        })
+        .collect();
+    let threads = ws.threads();
+    let peak = nfnet_runtime::peak::fma_peak_gflops(model.isa(), 5).map(|p| p * threads as f64);
     let total: u64 = times.iter().sum();
     let mut order: Vec<usize> = (0..m::KERNELS).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(times[i]));
-    let per_iter = |ns: u64| ns as f64 / iters as f64 / 1e6;
+    let ms_of = |ns: u64| ns as f64 / 1e6;
+    let total_ms = ms_of(total);
+    let all_flops = (m::KERNEL_FLOPS.iter().sum::<u64>() * m::BATCH as u64) as f64;
     println!(
-        "{} {}x{} batch {} | isa {} | {} threads | {} iters: {:.1} ms per inference in kernels",
+        "{} {}x{} batch {} | isa {} | {} threads | {} iters: {:.1} ms per inference in kernels (sum of {}s), {:.1} GFLOP/s",
         m::ARCHITECTURE,
         m::INPUT_H,
         m::INPUT_W,
         m::BATCH,
         model.isa(),
-        ws.threads(),
+        threads,
         iters,
-        per_iter(total)
+        total_ms,
+        stat,
+        all_flops / (total_ms * 1e6).max(1.0)
     );
-    println!("{:>8} {:>6} {:>8}  kernel", "ms", "share", "GFLOP/s");
+    match peak {
+        Some(p) => println!(
+            "peak: {p:.1} GFLOP/s ({} threads x {:.1}, measured FMA loop); whole model at {:.1}% of it",
+            threads,
+            p / threads as f64,
+            100.0 * all_flops / (total_ms * 1e6).max(1.0) / p
+        ),
+        None => println!("peak: not measured for {}", model.isa()),
+    }
+    println!("{:>8} {:>6} {:>8} {:>6}  kernel", "ms", "share", "GFLOP/s", "%peak");
     let rows = if top == 0 { m::KERNELS } else { top.min(m::KERNELS) };
     for &i in &order[..rows] {
-        let ms = per_iter(times[i]);
+        let ms = ms_of(times[i]);
         let gflops = (m::KERNEL_FLOPS[i] * m::BATCH as u64) as f64 / (ms * 1e6).max(1.0);
+        let of_peak = peak.map_or("-".to_string(), |p| format!("{:.1}", 100.0 * gflops / p));
         println!(
-            "{ms:>8.2} {:>5.1}% {gflops:>8.1}  {}",
+            "{ms:>8.2} {:>5.1}% {gflops:>8.1} {of_peak:>6}  {}",
             100.0 * times[i] as f64 / total.max(1) as f64,
             m::KERNEL_NAMES[i]
         );
     }
     if let Some(path) = svg {
         let bars: Vec<(String, f64)> =
-            order[..rows].iter().map(|&i| (m::KERNEL_NAMES[i].to_string(), per_iter(times[i]))).collect();
-        let title = format!(
-            "{} {}x{}, {} threads, {}: ms per kernel",
-            m::ARCHITECTURE,
-            m::INPUT_H,
-            m::INPUT_W,
-            ws.threads(),
-            model.isa()
-        );
+            order[..rows].iter().map(|&i| (m::KERNEL_NAMES[i].to_string(), ms_of(times[i]))).collect();
+        let title =
+            format!("{} {}x{}, {} threads, {}: ms per kernel", m::ARCHITECTURE, m::INPUT_H, m::INPUT_W, threads, model.isa());
         npy::write_atomic(path, app::svg_bars(&title, &bars).as_bytes())
             .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
     }

@@ -8,6 +8,7 @@ pub mod isa;
 pub mod kernels;
 pub mod neon_emu;
 pub mod npy;
+pub mod peak;
 pub mod pool;
 #[cfg(feature = "images")]
 pub mod preprocess;

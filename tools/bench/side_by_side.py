@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """nfnet beside PyTorch eager (timm), ONNX Runtime and OpenVINO: same checkpoint, same input,
-one run. Prints median / min latency, the ratio to each peer, and each one's relative L2
+one run. The engines are timed in rounds that visit each in turn, so load from other tenants
+of a shared machine falls on all of them alike. Prints median / min latency over all rounds,
+nfnet's ratio to each peer (of the medians and of the minimums), and each one's relative L2
 error on the logits against timm evaluated in float64.
 
     cargo build --release
-    python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--peers torch,ort,ov]
+    python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 3] [--peers torch,ort,ov]
 
 --model must be the checkpoint the nfnet binary was compiled from (default: the built-in
 synthetic eca_nfnet_l2, recreated with `nfc synth --arch eca_nfnet_l2 --seed 0`). The input
@@ -50,7 +52,7 @@ def timed(f, iters, warm=2):
         t = time.perf_counter()
         f()
         ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts), min(ts)
+    return ts
 
 
 def standardized_copy(model):
@@ -75,7 +77,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=10, help="iterations per engine and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds visiting every engine in turn")
     p.add_argument("--peers", default="torch,ort,ov")
     a = p.parse_args()
     peers = [x for x in a.peers.split(",") if x]
@@ -96,14 +99,15 @@ def main():
     with torch.no_grad():
         ref = m64(torch.from_numpy(x).double()).numpy()
     del m64
-    rows = []
+    # Each engine: a name, one call, its logits. Timed in rounds that visit every engine in
+    # turn (a pause between engines lets the previous one's spinning threads settle), so a
+    # burst of load from other tenants of the machine hits all of them alike.
+    engines = []
     m32 = timm_reference.load_model(model_dir, torch.float32)
     xt = torch.from_numpy(x)
     with torch.no_grad():
         if "torch" in peers:
-            y = m32(xt).numpy()
-            med, mn = timed(lambda: m32(xt), a.iters)
-            rows.append(("pytorch eager (timm)", med, mn, rel_l2(y, ref)))
+            engines.append(("pytorch eager (timm)", lambda: m32(xt), lambda: m32(xt).numpy()))
         onnx_path = os.path.join(tmp, "m.onnx")
         if any(p in peers for p in ("ort", "ov")):
             torch.onnx.export(standardized_copy(m32), (xt,), onnx_path, dynamo=False, opset_version=17,
@@ -114,35 +118,43 @@ def main():
         so.intra_op_num_threads = a.threads
         so.inter_op_num_threads = 1
         s = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-        y = s.run(None, {"x": x})[0]
-        med, mn = timed(lambda: s.run(None, {"x": x}), a.iters)
-        rows.append((f"onnxruntime {ort.__version__}", med, mn, rel_l2(y, ref)))
+        engines.append((f"onnxruntime {ort.__version__}", lambda: s.run(None, {"x": x}),
+                        lambda: s.run(None, {"x": x})[0]))
     if "ov" in peers:
         import openvino as ov
         cm = ov.Core().compile_model(onnx_path, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
                                                         "PERFORMANCE_HINT": "LATENCY",
                                                         "INFERENCE_PRECISION_HINT": "f32"})
         req = cm.create_infer_request()
-        y = req.infer({0: x})[cm.output(0)]
-        med, mn = timed(lambda: req.infer({0: x}), a.iters)
-        rows.append((f"openvino {ov.__version__.split('-')[0]}", med, mn, rel_l2(y, ref)))
-    # nfnet last, after a pause: PyTorch's OpenMP threads spin for a while after its runs.
-    time.sleep(2)
-    # nfnet: accuracy through `nfnet run`, speed through `nfnet bench`.
+        engines.append((f"openvino {ov.__version__.split('-')[0]}", lambda: req.infer({0: x}),
+                        lambda: req.infer({0: x})[cm.output(0)]))
+    # nfnet: accuracy through `nfnet run`, speed through `nfnet bench` (its own process).
     lp = os.path.join(tmp, "logits.npy")
-    env = dict(os.environ)
-    subprocess.run([NFNET, "run", "--input", xp, "--output", lp, "--threads", str(a.threads)], check=True, env=env)
-    err = rel_l2(np.load(lp), ref)
-    out = subprocess.run([NFNET, "bench", "--iters", str(a.iters), "--threads", str(a.threads), "--json"],
-                         check=True, capture_output=True, text=True, env=env)
-    b = json.loads(out.stdout)
-    rows.insert(0, (f"nfnet ({b['isa']})", b["median_ms"], b["min_ms"], err))
-    nf = rows[0][1]
-    print(f"{info['architecture']} {h}x{w} batch {batch}, {a.threads} threads, {a.iters} iterations, "
-          f"checkpoint {model_dir}")
-    print(f"{'':28} {'median ms':>10} {'min ms':>8} {'nfnet/peer':>10} {'rel L2 vs f64':>14}")
+    subprocess.run([NFNET, "run", "--input", xp, "--output", lp, "--threads", str(a.threads)], check=True)
+    errors = {"nfnet": rel_l2(np.load(lp), ref)}
+    nf_name = f"nfnet ({info['isa']})"
+    times = {nf_name: []}
+    with torch.no_grad():
+        for name, _, logits in engines:
+            errors[name] = rel_l2(logits(), ref)
+            times[name] = []
+        for r in range(a.rounds):
+            for name, call, _ in engines:
+                time.sleep(1)
+                times[name] += timed(call, a.iters)
+            # After a pause: PyTorch's OpenMP threads spin for a while after its runs.
+            time.sleep(2)
+            out = subprocess.run([NFNET, "bench", "--iters", str(a.iters), "--threads", str(a.threads), "--json"],
+                                 check=True, capture_output=True, text=True)
+            times[nf_name] += json.loads(out.stdout)["times_ms"]
+    rows = [(nf_name, statistics.median(times[nf_name]), min(times[nf_name]), errors["nfnet"])]
+    rows += [(n, statistics.median(times[n]), min(times[n]), errors[n]) for n, _, _ in engines]
+    nf, nf_min = rows[0][1], rows[0][2]
+    print(f"{info['architecture']} {h}x{w} batch {batch}, {a.threads} threads, {a.rounds} rounds x {a.iters} "
+          f"iterations per engine, checkpoint {model_dir}")
+    print(f"{'':28} {'median ms':>10} {'min ms':>8} {'nfnet/peer':>10} {'(of mins)':>10} {'rel L2 vs f64':>14}")
     for name, med, mn, e in rows:
-        print(f"{name:28} {med:10.1f} {mn:8.1f} {nf / med:10.2f} {e:14.2e}")
+        print(f"{name:28} {med:10.1f} {mn:8.1f} {nf / med:10.2f} {nf_min / mn:10.2f} {e:14.2e}")
 
 
 if __name__ == "__main__":
