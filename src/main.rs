@@ -274,8 +274,14 @@ fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>, stat:
     if let Some(path) = svg {
         let bars: Vec<(String, f64)> =
             order[..rows].iter().map(|&i| (m::KERNEL_NAMES[i].to_string(), ms_of(times[i]))).collect();
-        let title =
-            format!("{} {}x{}, {} threads, {}: ms per kernel", m::ARCHITECTURE, m::INPUT_H, m::INPUT_W, threads, model.isa());
+        let title = format!(
+            "{} {}x{}, {} threads, {}: ms per kernel",
+            m::ARCHITECTURE,
+            m::INPUT_H,
+            m::INPUT_W,
+            threads,
+            model.isa()
+        );
         npy::write_atomic(path, app::svg_bars(&title, &bars).as_bytes())
             .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
     }

@@ -45,6 +45,11 @@ impl ConvGeom {
         self.rows.div_ceil(self.band)
     }
 }
+/// The cost of a Winograd conv relative to its products alone (transforms, scratch traffic,
+/// short sums of 64 channels): measured on L2's convs at 20x20 to 80x80 (1.3 to 1.55), and
+/// a loss at 10x10.
+pub const WINOGRAD_OVERHEAD: f64 = 1.7;
+
 /// Output channels per weight panel (the micro-kernel's width, on every ISA).
 pub const NR: usize = 16;
 /// Arena alignment of every buffer, in floats (64 bytes).
@@ -336,6 +341,22 @@ impl<'g> Schedule<'g> {
         ConvGeom::new(lo.h, lo.w, flat)
     }
 
+    /// Whether a conv kernel runs as Winograd F(2x2, 3x3): 3x3, stride 1, padding 1, and
+    /// neither the pre-activation nor channel sums asked of it. Its products then number 16
+    /// per 2x2 output tile instead of 36 (4/9 of the multiply-adds); the input and output
+    /// transforms only add and subtract, and the weights are transformed at build time in
+    /// f64, so the result differs from the direct conv by rounding only. Small images are
+    /// left direct: tiles are computed in micro-tiles of up to 12, and with the transforms
+    /// (measured: [`WINOGRAD_OVERHEAD`] x the products' time) the padded count must still win.
+    pub fn winograd(&self, op: &Op) -> bool {
+        let Op::Conv { node, out, preact: None, sums: None, .. } = op else { return false };
+        let GOp::Conv(c) = &self.graph.nodes[*node].op else { return false };
+        let lo = self.buffers[*out].layout;
+        let tiles = (lo.h.div_ceil(2) * lo.w.div_ceil(2)).next_multiple_of(12);
+        let eligible = c.spec.k == 3 && c.spec.stride == 1 && c.spec.pad() == 1;
+        eligible && (16 * tiles) as f64 * WINOGRAD_OVERHEAD < (9 * lo.h * lo.w) as f64
+    }
+
     /// Bytes of all buffers side by side, without reuse.
     pub fn naive_arena_len(&self) -> usize {
         self.buffers.iter().map(|b| b.layout.len().next_multiple_of(ALIGN)).sum()
@@ -388,6 +409,11 @@ impl<'g> Schedule<'g> {
                     "index": i,
                     "kind": k.op.kind(),
                     "modules": k.modules,
+                    "algorithm": match k.op {
+                        Op::Conv { .. } if self.winograd(&k.op) => Some("winograd_f2x2_3x3"),
+                        Op::Conv { .. } => Some("direct"),
+                        _ => None,
+                    },
                     "inputs": k.op.inputs().iter().map(buf).collect::<Vec<_>>(),
                     "outputs": k.op.outputs().iter().map(buf).collect::<Vec<_>>(),
                     "flops": self.flops(k),
@@ -476,7 +502,7 @@ pub fn json_to_text(v: &Json) -> String {
         s += &format!(
             "{:>4}  {:<14} {mods:<48} {:>9.1} {:>8.2} {:>8.2}  {}\n",
             k["index"].as_u64().unwrap_or(0),
-            k["kind"].as_str().unwrap_or("?"),
+            if k["algorithm"] == "winograd_f2x2_3x3" { "conv winograd" } else { k["kind"].as_str().unwrap_or("?") },
             num(&k["flops"]) / 1e6,
             num(&k["bytes_read"]) / 1e6,
             num(&k["bytes_written"]) / 1e6,

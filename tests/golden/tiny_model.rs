@@ -41,11 +41,11 @@ pub const FEATURE3_LEN: usize = BATCH * 864;
 pub const FEATURE4_LEN: usize = BATCH * 768;
 /// Floats of the activation arena (one image at a time).
 pub const ARENA_LEN: usize = 15392;
-pub const WEIGHTS_BYTES: usize = 401856;
+pub const WEIGHTS_BYTES: usize = 409920;
 /// Storage of the conv weights: f32, bf16 or f16 (NFNET_WEIGHT_DTYPE).
 pub const WEIGHT_DTYPE: &str = "f32";
 /// Where the 16-bit conv weights start in the blob (bytes).
-const WEIGHTS16_OFFSET: usize = 401856;
+const WEIGHTS16_OFFSET: usize = 409920;
 /// SHA-256 of model.safetensors.
 pub const WEIGHTS_SHA256: &str = "d60791b543e87cdfa324adc86c3513f3e62a86587600a85c11d1a6aca78967ec";
 /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
@@ -122,7 +122,7 @@ pub const KERNEL_FLOPS: [u64; KERNELS] = [
 ];
 pub const KERNELS: usize = 53;
 /// The fused kernel schedule (`nfc schedule --json`).
-pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":265792,\"peak_bytes\":61568},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"bytes_read\":3800,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"bytes_read\":8176,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]}]},{\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}]},{\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}]},{\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}]},{\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}]},{\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}]},{\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}]},{\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}]},{\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}]},{\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}]},{\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}]},{\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}]},{\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}]},{\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}]},{\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]}]},{\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}]},{\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}]},{\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"}],\"total_flops_per_image\":2473551}";
+pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":265792,\"peak_bytes\":61568},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":3800,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"direct\",\"bytes_read\":8176,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"}],\"total_flops_per_image\":2473551}";
 #[cfg(target_arch = "x86_64")]
 pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::NeonEmu];
 #[cfg(target_arch = "aarch64")]
@@ -166,7 +166,7 @@ const D_STEM_CONV1: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 19,
     band: 2,
 };
-/**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1.
+/**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1, as Winograd F(2x2, 3x3).
 
 Implements: stem.conv2+stem.act3.*/
 const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
@@ -342,7 +342,7 @@ const D_STAGES_0_0_CONV1: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 24,
     band: 1,
 };
-/**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
+/**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1, as Winograd F(2x2, 3x3).
 
 Implements: stages.0.0.conv2+stages.0.0.act2b.*/
 const D_STAGES_0_0_CONV2: rt::ConvDesc = rt::ConvDesc {
@@ -376,7 +376,7 @@ const D_STAGES_0_0_CONV2: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 10,
     band: 4,
 };
-/**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
+/**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1, as Winograd F(2x2, 3x3).
 
 Implements: stages.0.0.conv2b+stages.0.0.act3.*/
 const D_STAGES_0_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
@@ -1445,6 +1445,211 @@ pub mod isa_scalar {
             }
         }
     }
+    /// The first `n` of `L` floats as a vector (the rest zero).
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, n: usize) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if n == L {
+                return load(p);
+            }
+            let mut t = [0.0f32; 16];
+            core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+            load(t.as_ptr())
+        }
+    }
+    /// Stores the first `n` lanes of `v`.
+    #[inline(always)]
+    unsafe fn store_part(p: *mut f32, v: V, n: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if n == L {
+                return store(p, v);
+            }
+            let mut t = [0.0f32; 16];
+            store(t.as_mut_ptr(), v);
+            core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+        }
+    }
+    /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
+    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    #[inline(always)]
+    unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let mut t = [splat(0.0f32); 16];
+            for j in 0..4 {
+                t[j] = sub(d[j], d[8 + j]);
+                t[4 + j] = add(d[4 + j], d[8 + j]);
+                t[8 + j] = sub(d[8 + j], d[4 + j]);
+                t[12 + j] = sub(d[4 + j], d[12 + j]);
+            }
+            let mut v = [splat(0.0f32); 16];
+            for i in 0..4 {
+                let r = 4 * i;
+                v[r] = sub(t[r], t[r + 2]);
+                v[r + 1] = add(t[r + 1], t[r + 2]);
+                v[r + 2] = sub(t[r + 2], t[r + 1]);
+                v[r + 3] = sub(t[r + 1], t[r + 3]);
+            }
+            v
+        }
+    }
+    /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
+    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    #[inline(always)]
+    unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let mut s = [splat(0.0f32); 8];
+            for j in 0..4 {
+                s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
+                s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+            }
+            let mut y = [splat(0.0f32); 4];
+            for a in 0..2 {
+                let r = 4 * a;
+                y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
+                y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+            }
+            y
+        }
+    }
+    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
+    /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
+    /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+    /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+    /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+    /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
+    /// edge read as zero and are not stored.
+    #[inline(always)]
+    unsafe fn wino_item<
+        const T: usize,
+        const TB: usize,
+        const KC: usize,
+        const P: usize,
+        const WD: usize,
+    >(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        it: usize,
+        v: *mut f32,
+        m: *mut f32,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let out = rt::Buf { offset: io.out, ..d.out };
+            let inp = &d.input;
+            let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+            let chunks = (tw * th).div_ceil(TB);
+            let (g, t0) = (it / chunks, (it % chunks) * TB);
+            let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
+            let n_pad = n.div_ceil(T) * T;
+            let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
+            let shift = inp.pad - d.conv_pad;
+            for r in 0..n_pad {
+                let t = t0 + if r < n { r } else { n - 1 };
+                let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
+                let mut src = [core::ptr::null::<f32>(); 16];
+                for i in 0..4 {
+                    for j in 0..4 {
+                        if y0 + i < hp && x0 + j < wp {
+                            src[4 * i + j] = ctx
+                                .ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
+                        }
+                    }
+                }
+                let mut ch = 0;
+                while ch < KC {
+                    let nl = if KC - ch < L { KC - ch } else { L };
+                    let mut x = [splat(0.0f32); 16];
+                    for q in 0..16 {
+                        if !src[q].is_null() {
+                            x[q] = load_part(src[q].add(ch), nl);
+                        }
+                    }
+                    let y = wino_in(&x);
+                    for q in 0..16 {
+                        store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                    }
+                    ch += L;
+                }
+            }
+            let cout_g = d.cout_g;
+            let panels = d.panels_per_group();
+            let w_g = io.weights + g * 16 * panels * KC * 16;
+            for q in 0..16 {
+                for pj in (0..panels).step_by(P) {
+                    let ncols = if cout_g - pj * 16 < 16 {
+                        cout_g - pj * 16
+                    } else {
+                        16
+                    };
+                    let at = w_g + (q * panels + pj) * KC * 16;
+                    let b = if WD == 0 {
+                        ctx.w(at) as *const u8
+                    } else {
+                        ctx.w16(at) as *const u8
+                    };
+                    let mut r = 0;
+                    while r < n_pad {
+                        let mut acc = core::mem::MaybeUninit::<
+                            [[[V; NV]; P]; T],
+                        >::uninit();
+                        gemm::<
+                            T,
+                            KC,
+                            KC,
+                            P,
+                            WD,
+                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
+                        let acc = acc.assume_init();
+                        for i in 0..T {
+                            for p in 0..P {
+                                store_row(
+                                    m.add((q * TB + r + i) * cout_g + (pj + p) * 16),
+                                    &acc[i][p],
+                                    ncols,
+                                );
+                            }
+                        }
+                        r += T;
+                    }
+                }
+            }
+            let bias = ctx.w(io.bias + g * panels * 16);
+            for r in 0..n {
+                let t = t0 + r;
+                let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                let mut ch = 0;
+                while ch < cout_g {
+                    let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                    let mut x = [splat(0.0f32); 16];
+                    for q in 0..16 {
+                        x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                    }
+                    let y = wino_out(&x);
+                    let b = load(bias.add(ch));
+                    for k in 0..4 {
+                        let (yy, xx) = (ty + k / 2, tx + k % 2);
+                        if yy < out.h && xx < out.w {
+                            let mut val = add(y[k], b);
+                            if d.act {
+                                val = silu(val);
+                            }
+                            store_part(
+                                ctx.ptr(out.at(yy, xx) + g * cout_g + ch),
+                                val,
+                                nl,
+                            );
+                        }
+                    }
+                    ch += L;
+                }
+            }
+        }
+    }
     /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
     #[inline(always)]
     pub unsafe fn scale_add_act(
@@ -1521,8 +1726,25 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 256]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 2048]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe {
+            wino_item::<
+                4,
+                8,
+                2,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STEM_CONV2,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -1531,7 +1753,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                12,
+                15,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -1618,8 +1840,25 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 1024]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 2048]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe {
+            wino_item::<
+                4,
+                8,
+                8,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STAGES_0_0_CONV2,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -1628,15 +1867,32 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                3,
+                4,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 1024]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 2048]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe {
+            wino_item::<
+                4,
+                8,
+                8,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STAGES_0_0_CONV2B,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -1645,7 +1901,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                3,
+                4,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
@@ -2077,7 +2333,7 @@ pub mod isa_scalar {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 736,
+                        bias: 960,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2095,8 +2351,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 752,
-                        bias: 1328,
+                        weights: 976,
+                        bias: 1552,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2135,8 +2391,8 @@ pub mod isa_scalar {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 1344,
-                        bias: 2496,
+                        weights: 1568,
+                        bias: 2720,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2154,8 +2410,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2512,
-                        bias: 3024,
+                        weights: 2736,
+                        bias: 3248,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2173,8 +2429,8 @@ pub mod isa_scalar {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3056,
-                        bias: 3312,
+                        weights: 3280,
+                        bias: 3536,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2192,8 +2448,8 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3328,
-                        bias: 4480,
+                        weights: 3552,
+                        bias: 5600,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2211,8 +2467,8 @@ pub mod isa_scalar {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 4496,
-                        bias: 5648,
+                        weights: 5616,
+                        bias: 7664,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2230,8 +2486,8 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 5664,
-                        bias: 5920,
+                        weights: 7680,
+                        bias: 7936,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2242,7 +2498,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2345,8 +2601,8 @@ pub mod isa_scalar {
                         out: 2688,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5968,
-                        bias: 8016,
+                        weights: 7984,
+                        bias: 10032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2364,8 +2620,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8080,
-                        bias: 8592,
+                        weights: 10096,
+                        bias: 10608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2383,8 +2639,8 @@ pub mod isa_scalar {
                         out: 4608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8608,
-                        bias: 10912,
+                        weights: 10624,
+                        bias: 12928,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2402,8 +2658,8 @@ pub mod isa_scalar {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10944,
-                        bias: 13248,
+                        weights: 12960,
+                        bias: 15264,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2421,8 +2677,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 13280,
-                        bias: 14304,
+                        weights: 15296,
+                        bias: 16320,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2433,7 +2689,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2536,8 +2792,8 @@ pub mod isa_scalar {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 14384,
-                        bias: 20528,
+                        weights: 16400,
+                        bias: 22544,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2555,8 +2811,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 20624,
-                        bias: 22672,
+                        weights: 22640,
+                        bias: 24688,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2574,8 +2830,8 @@ pub mod isa_scalar {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 22704,
-                        bias: 26160,
+                        weights: 24720,
+                        bias: 28176,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2593,8 +2849,8 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 26208,
-                        bias: 29664,
+                        weights: 28224,
+                        bias: 31680,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2612,8 +2868,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 29712,
-                        bias: 32016,
+                        weights: 31728,
+                        bias: 34032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2624,7 +2880,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2681,8 +2937,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 32128,
-                        bias: 35200,
+                        weights: 34144,
+                        bias: 37216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2700,8 +2956,8 @@ pub mod isa_scalar {
                         out: 608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 35232,
-                        bias: 38688,
+                        weights: 37248,
+                        bias: 40704,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2719,8 +2975,8 @@ pub mod isa_scalar {
                         out: 1216,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 38736,
-                        bias: 42192,
+                        weights: 40752,
+                        bias: 44208,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2738,8 +2994,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 864,
-                        weights: 42240,
-                        bias: 44544,
+                        weights: 44256,
+                        bias: 46560,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2750,7 +3006,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2853,8 +3109,8 @@ pub mod isa_scalar {
                         out: 800,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 44656,
-                        bias: 56944,
+                        weights: 46672,
+                        bias: 58960,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2872,8 +3128,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 57072,
-                        bias: 60144,
+                        weights: 59088,
+                        bias: 62160,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2891,8 +3147,8 @@ pub mod isa_scalar {
                         out: 1312,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 60176,
-                        bias: 64784,
+                        weights: 62192,
+                        bias: 66800,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2910,8 +3166,8 @@ pub mod isa_scalar {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 64848,
-                        bias: 69456,
+                        weights: 66864,
+                        bias: 71472,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2929,8 +3185,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 640,
-                        weights: 69520,
-                        bias: 73616,
+                        weights: 71536,
+                        bias: 75632,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2941,7 +3197,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2992,8 +3248,8 @@ pub mod isa_scalar {
                         out: 768,
                         pre: 0,
                         sums: 2048,
-                        weights: 73760,
-                        bias: 98336,
+                        weights: 75776,
+                        bias: 100352,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3076,7 +3332,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3134,7 +3390,7 @@ pub mod isa_scalar {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 736,
+                            bias: 960,
                         },
                     );
                 }
@@ -3146,8 +3402,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 752,
-                            bias: 1328,
+                            weights: 976,
+                            bias: 1552,
                         },
                     );
                 }
@@ -3159,8 +3415,8 @@ pub mod isa_scalar {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 1344,
-                            bias: 2496,
+                            weights: 1568,
+                            bias: 2720,
                         },
                     );
                 }
@@ -3172,8 +3428,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2512,
-                            bias: 3024,
+                            weights: 2736,
+                            bias: 3248,
                         },
                     );
                 }
@@ -3185,8 +3441,8 @@ pub mod isa_scalar {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3056,
-                            bias: 3312,
+                            weights: 3280,
+                            bias: 3536,
                         },
                     );
                 }
@@ -3198,8 +3454,8 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3328,
-                            bias: 4480,
+                            weights: 3552,
+                            bias: 5600,
                         },
                     );
                 }
@@ -3211,8 +3467,8 @@ pub mod isa_scalar {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 4496,
-                            bias: 5648,
+                            weights: 5616,
+                            bias: 7664,
                         },
                     );
                 }
@@ -3224,13 +3480,13 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 5664,
-                            bias: 5920,
+                            weights: 7680,
+                            bias: 7936,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -3294,8 +3550,8 @@ pub mod isa_scalar {
                             out: 2688,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5968,
-                            bias: 8016,
+                            weights: 7984,
+                            bias: 10032,
                         },
                     );
                 }
@@ -3307,8 +3563,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8080,
-                            bias: 8592,
+                            weights: 10096,
+                            bias: 10608,
                         },
                     );
                 }
@@ -3320,8 +3576,8 @@ pub mod isa_scalar {
                             out: 4608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8608,
-                            bias: 10912,
+                            weights: 10624,
+                            bias: 12928,
                         },
                     );
                 }
@@ -3333,8 +3589,8 @@ pub mod isa_scalar {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10944,
-                            bias: 13248,
+                            weights: 12960,
+                            bias: 15264,
                         },
                     );
                 }
@@ -3346,13 +3602,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 13280,
-                            bias: 14304,
+                            weights: 15296,
+                            bias: 16320,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -3416,8 +3672,8 @@ pub mod isa_scalar {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 14384,
-                            bias: 20528,
+                            weights: 16400,
+                            bias: 22544,
                         },
                     );
                 }
@@ -3429,8 +3685,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 20624,
-                            bias: 22672,
+                            weights: 22640,
+                            bias: 24688,
                         },
                     );
                 }
@@ -3442,8 +3698,8 @@ pub mod isa_scalar {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 22704,
-                            bias: 26160,
+                            weights: 24720,
+                            bias: 28176,
                         },
                     );
                 }
@@ -3455,8 +3711,8 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 26208,
-                            bias: 29664,
+                            weights: 28224,
+                            bias: 31680,
                         },
                     );
                 }
@@ -3468,13 +3724,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 29712,
-                            bias: 32016,
+                            weights: 31728,
+                            bias: 34032,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -3519,8 +3775,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 32128,
-                            bias: 35200,
+                            weights: 34144,
+                            bias: 37216,
                         },
                     );
                 }
@@ -3532,8 +3788,8 @@ pub mod isa_scalar {
                             out: 608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 35232,
-                            bias: 38688,
+                            weights: 37248,
+                            bias: 40704,
                         },
                     );
                 }
@@ -3545,8 +3801,8 @@ pub mod isa_scalar {
                             out: 1216,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 38736,
-                            bias: 42192,
+                            weights: 40752,
+                            bias: 44208,
                         },
                     );
                 }
@@ -3558,13 +3814,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 864,
-                            weights: 42240,
-                            bias: 44544,
+                            weights: 44256,
+                            bias: 46560,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -3628,8 +3884,8 @@ pub mod isa_scalar {
                             out: 800,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 44656,
-                            bias: 56944,
+                            weights: 46672,
+                            bias: 58960,
                         },
                     );
                 }
@@ -3641,8 +3897,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 57072,
-                            bias: 60144,
+                            weights: 59088,
+                            bias: 62160,
                         },
                     );
                 }
@@ -3654,8 +3910,8 @@ pub mod isa_scalar {
                             out: 1312,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 60176,
-                            bias: 64784,
+                            weights: 62192,
+                            bias: 66800,
                         },
                     );
                 }
@@ -3667,8 +3923,8 @@ pub mod isa_scalar {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 64848,
-                            bias: 69456,
+                            weights: 66864,
+                            bias: 71472,
                         },
                     );
                 }
@@ -3680,13 +3936,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 640,
-                            weights: 69520,
-                            bias: 73616,
+                            weights: 71536,
+                            bias: 75632,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -3725,8 +3981,8 @@ pub mod isa_scalar {
                             out: 768,
                             pre: 0,
                             sums: 2048,
-                            weights: 73760,
-                            bias: 98336,
+                            weights: 75776,
+                            bias: 100352,
                         },
                     );
                 }
@@ -3734,7 +3990,7 @@ pub mod isa_scalar {
                     rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                    rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
                 }
                 _ => {}
             }
@@ -4188,6 +4444,216 @@ pub mod isa_avx2 {
             }
         }
     }
+    /// The first `n` of `L` floats as a vector (the rest zero).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_part(p: *const f32, n: usize) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if n == L {
+                return load(p);
+            }
+            let mut t = [0.0f32; 16];
+            core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+            load(t.as_ptr())
+        }
+    }
+    /// Stores the first `n` lanes of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store_part(p: *mut f32, v: V, n: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if n == L {
+                return store(p, v);
+            }
+            let mut t = [0.0f32; 16];
+            store(t.as_mut_ptr(), v);
+            core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+        }
+    }
+    /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
+    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let mut t = [splat(0.0f32); 16];
+            for j in 0..4 {
+                t[j] = sub(d[j], d[8 + j]);
+                t[4 + j] = add(d[4 + j], d[8 + j]);
+                t[8 + j] = sub(d[8 + j], d[4 + j]);
+                t[12 + j] = sub(d[4 + j], d[12 + j]);
+            }
+            let mut v = [splat(0.0f32); 16];
+            for i in 0..4 {
+                let r = 4 * i;
+                v[r] = sub(t[r], t[r + 2]);
+                v[r + 1] = add(t[r + 1], t[r + 2]);
+                v[r + 2] = sub(t[r + 2], t[r + 1]);
+                v[r + 3] = sub(t[r + 1], t[r + 3]);
+            }
+            v
+        }
+    }
+    /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
+    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let mut s = [splat(0.0f32); 8];
+            for j in 0..4 {
+                s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
+                s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+            }
+            let mut y = [splat(0.0f32); 4];
+            for a in 0..2 {
+                let r = 4 * a;
+                y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
+                y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+            }
+            y
+        }
+    }
+    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
+    /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
+    /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+    /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+    /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+    /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
+    /// edge read as zero and are not stored.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wino_item<
+        const T: usize,
+        const TB: usize,
+        const KC: usize,
+        const P: usize,
+        const WD: usize,
+    >(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        it: usize,
+        v: *mut f32,
+        m: *mut f32,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let out = rt::Buf { offset: io.out, ..d.out };
+            let inp = &d.input;
+            let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+            let chunks = (tw * th).div_ceil(TB);
+            let (g, t0) = (it / chunks, (it % chunks) * TB);
+            let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
+            let n_pad = n.div_ceil(T) * T;
+            let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
+            let shift = inp.pad - d.conv_pad;
+            for r in 0..n_pad {
+                let t = t0 + if r < n { r } else { n - 1 };
+                let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
+                let mut src = [core::ptr::null::<f32>(); 16];
+                for i in 0..4 {
+                    for j in 0..4 {
+                        if y0 + i < hp && x0 + j < wp {
+                            src[4 * i + j] = ctx
+                                .ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
+                        }
+                    }
+                }
+                let mut ch = 0;
+                while ch < KC {
+                    let nl = if KC - ch < L { KC - ch } else { L };
+                    let mut x = [splat(0.0f32); 16];
+                    for q in 0..16 {
+                        if !src[q].is_null() {
+                            x[q] = load_part(src[q].add(ch), nl);
+                        }
+                    }
+                    let y = wino_in(&x);
+                    for q in 0..16 {
+                        store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                    }
+                    ch += L;
+                }
+            }
+            let cout_g = d.cout_g;
+            let panels = d.panels_per_group();
+            let w_g = io.weights + g * 16 * panels * KC * 16;
+            for q in 0..16 {
+                for pj in (0..panels).step_by(P) {
+                    let ncols = if cout_g - pj * 16 < 16 {
+                        cout_g - pj * 16
+                    } else {
+                        16
+                    };
+                    let at = w_g + (q * panels + pj) * KC * 16;
+                    let b = if WD == 0 {
+                        ctx.w(at) as *const u8
+                    } else {
+                        ctx.w16(at) as *const u8
+                    };
+                    let mut r = 0;
+                    while r < n_pad {
+                        let mut acc = core::mem::MaybeUninit::<
+                            [[[V; NV]; P]; T],
+                        >::uninit();
+                        gemm::<
+                            T,
+                            KC,
+                            KC,
+                            P,
+                            WD,
+                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
+                        let acc = acc.assume_init();
+                        for i in 0..T {
+                            for p in 0..P {
+                                store_row(
+                                    m.add((q * TB + r + i) * cout_g + (pj + p) * 16),
+                                    &acc[i][p],
+                                    ncols,
+                                );
+                            }
+                        }
+                        r += T;
+                    }
+                }
+            }
+            let bias = ctx.w(io.bias + g * panels * 16);
+            for r in 0..n {
+                let t = t0 + r;
+                let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                let mut ch = 0;
+                while ch < cout_g {
+                    let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                    let mut x = [splat(0.0f32); 16];
+                    for q in 0..16 {
+                        x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                    }
+                    let y = wino_out(&x);
+                    let b = load(bias.add(ch));
+                    for k in 0..4 {
+                        let (yy, xx) = (ty + k / 2, tx + k % 2);
+                        if yy < out.h && xx < out.w {
+                            let mut val = add(y[k], b);
+                            if d.act {
+                                val = silu(val);
+                            }
+                            store_part(
+                                ctx.ptr(out.at(yy, xx) + g * cout_g + ch),
+                                val,
+                                nl,
+                            );
+                        }
+                    }
+                    ch += L;
+                }
+            }
+        }
+    }
     /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -4267,8 +4733,25 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe {
+            wino_item::<
+                6,
+                12,
+                2,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STEM_CONV2,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -4277,7 +4760,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                12,
+                10,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -4369,8 +4852,25 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe {
+            wino_item::<
+                6,
+                12,
+                8,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STAGES_0_0_CONV2,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -4387,8 +4887,25 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe {
+            wino_item::<
+                6,
+                12,
+                8,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STAGES_0_0_CONV2B,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -4848,7 +5365,7 @@ pub mod isa_avx2 {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 736,
+                        bias: 960,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -4866,8 +5383,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 752,
-                        bias: 1328,
+                        weights: 976,
+                        bias: 1552,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -4906,8 +5423,8 @@ pub mod isa_avx2 {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 1344,
-                        bias: 2496,
+                        weights: 1568,
+                        bias: 2720,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -4925,8 +5442,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2512,
-                        bias: 3024,
+                        weights: 2736,
+                        bias: 3248,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -4944,8 +5461,8 @@ pub mod isa_avx2 {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3056,
-                        bias: 3312,
+                        weights: 3280,
+                        bias: 3536,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -4963,8 +5480,8 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3328,
-                        bias: 4480,
+                        weights: 3552,
+                        bias: 5600,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -4982,8 +5499,8 @@ pub mod isa_avx2 {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 4496,
-                        bias: 5648,
+                        weights: 5616,
+                        bias: 7664,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5001,8 +5518,8 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 5664,
-                        bias: 5920,
+                        weights: 7680,
+                        bias: 7936,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5013,7 +5530,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5116,8 +5633,8 @@ pub mod isa_avx2 {
                         out: 2688,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5968,
-                        bias: 8016,
+                        weights: 7984,
+                        bias: 10032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5135,8 +5652,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8080,
-                        bias: 8592,
+                        weights: 10096,
+                        bias: 10608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5154,8 +5671,8 @@ pub mod isa_avx2 {
                         out: 4608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8608,
-                        bias: 10912,
+                        weights: 10624,
+                        bias: 12928,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5173,8 +5690,8 @@ pub mod isa_avx2 {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10944,
-                        bias: 13248,
+                        weights: 12960,
+                        bias: 15264,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5192,8 +5709,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 13280,
-                        bias: 14304,
+                        weights: 15296,
+                        bias: 16320,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5204,7 +5721,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5307,8 +5824,8 @@ pub mod isa_avx2 {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 14384,
-                        bias: 20528,
+                        weights: 16400,
+                        bias: 22544,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5326,8 +5843,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 20624,
-                        bias: 22672,
+                        weights: 22640,
+                        bias: 24688,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5345,8 +5862,8 @@ pub mod isa_avx2 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 22704,
-                        bias: 26160,
+                        weights: 24720,
+                        bias: 28176,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5364,8 +5881,8 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 26208,
-                        bias: 29664,
+                        weights: 28224,
+                        bias: 31680,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5383,8 +5900,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 29712,
-                        bias: 32016,
+                        weights: 31728,
+                        bias: 34032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5395,7 +5912,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5452,8 +5969,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 32128,
-                        bias: 35200,
+                        weights: 34144,
+                        bias: 37216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5471,8 +5988,8 @@ pub mod isa_avx2 {
                         out: 608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 35232,
-                        bias: 38688,
+                        weights: 37248,
+                        bias: 40704,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5490,8 +6007,8 @@ pub mod isa_avx2 {
                         out: 1216,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 38736,
-                        bias: 42192,
+                        weights: 40752,
+                        bias: 44208,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5509,8 +6026,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 864,
-                        weights: 42240,
-                        bias: 44544,
+                        weights: 44256,
+                        bias: 46560,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5521,7 +6038,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5624,8 +6141,8 @@ pub mod isa_avx2 {
                         out: 800,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 44656,
-                        bias: 56944,
+                        weights: 46672,
+                        bias: 58960,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5643,8 +6160,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 57072,
-                        bias: 60144,
+                        weights: 59088,
+                        bias: 62160,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5662,8 +6179,8 @@ pub mod isa_avx2 {
                         out: 1312,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 60176,
-                        bias: 64784,
+                        weights: 62192,
+                        bias: 66800,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5681,8 +6198,8 @@ pub mod isa_avx2 {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 64848,
-                        bias: 69456,
+                        weights: 66864,
+                        bias: 71472,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5700,8 +6217,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 640,
-                        weights: 69520,
-                        bias: 73616,
+                        weights: 71536,
+                        bias: 75632,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5712,7 +6229,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5763,8 +6280,8 @@ pub mod isa_avx2 {
                         out: 768,
                         pre: 0,
                         sums: 2048,
-                        weights: 73760,
-                        bias: 98336,
+                        weights: 75776,
+                        bias: 100352,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5847,7 +6364,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5905,7 +6422,7 @@ pub mod isa_avx2 {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 736,
+                            bias: 960,
                         },
                     );
                 }
@@ -5917,8 +6434,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 752,
-                            bias: 1328,
+                            weights: 976,
+                            bias: 1552,
                         },
                     );
                 }
@@ -5930,8 +6447,8 @@ pub mod isa_avx2 {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 1344,
-                            bias: 2496,
+                            weights: 1568,
+                            bias: 2720,
                         },
                     );
                 }
@@ -5943,8 +6460,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2512,
-                            bias: 3024,
+                            weights: 2736,
+                            bias: 3248,
                         },
                     );
                 }
@@ -5956,8 +6473,8 @@ pub mod isa_avx2 {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3056,
-                            bias: 3312,
+                            weights: 3280,
+                            bias: 3536,
                         },
                     );
                 }
@@ -5969,8 +6486,8 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3328,
-                            bias: 4480,
+                            weights: 3552,
+                            bias: 5600,
                         },
                     );
                 }
@@ -5982,8 +6499,8 @@ pub mod isa_avx2 {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 4496,
-                            bias: 5648,
+                            weights: 5616,
+                            bias: 7664,
                         },
                     );
                 }
@@ -5995,13 +6512,13 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 5664,
-                            bias: 5920,
+                            weights: 7680,
+                            bias: 7936,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -6065,8 +6582,8 @@ pub mod isa_avx2 {
                             out: 2688,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5968,
-                            bias: 8016,
+                            weights: 7984,
+                            bias: 10032,
                         },
                     );
                 }
@@ -6078,8 +6595,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8080,
-                            bias: 8592,
+                            weights: 10096,
+                            bias: 10608,
                         },
                     );
                 }
@@ -6091,8 +6608,8 @@ pub mod isa_avx2 {
                             out: 4608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8608,
-                            bias: 10912,
+                            weights: 10624,
+                            bias: 12928,
                         },
                     );
                 }
@@ -6104,8 +6621,8 @@ pub mod isa_avx2 {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10944,
-                            bias: 13248,
+                            weights: 12960,
+                            bias: 15264,
                         },
                     );
                 }
@@ -6117,13 +6634,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 13280,
-                            bias: 14304,
+                            weights: 15296,
+                            bias: 16320,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -6187,8 +6704,8 @@ pub mod isa_avx2 {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 14384,
-                            bias: 20528,
+                            weights: 16400,
+                            bias: 22544,
                         },
                     );
                 }
@@ -6200,8 +6717,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 20624,
-                            bias: 22672,
+                            weights: 22640,
+                            bias: 24688,
                         },
                     );
                 }
@@ -6213,8 +6730,8 @@ pub mod isa_avx2 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 22704,
-                            bias: 26160,
+                            weights: 24720,
+                            bias: 28176,
                         },
                     );
                 }
@@ -6226,8 +6743,8 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 26208,
-                            bias: 29664,
+                            weights: 28224,
+                            bias: 31680,
                         },
                     );
                 }
@@ -6239,13 +6756,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 29712,
-                            bias: 32016,
+                            weights: 31728,
+                            bias: 34032,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -6290,8 +6807,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 32128,
-                            bias: 35200,
+                            weights: 34144,
+                            bias: 37216,
                         },
                     );
                 }
@@ -6303,8 +6820,8 @@ pub mod isa_avx2 {
                             out: 608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 35232,
-                            bias: 38688,
+                            weights: 37248,
+                            bias: 40704,
                         },
                     );
                 }
@@ -6316,8 +6833,8 @@ pub mod isa_avx2 {
                             out: 1216,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 38736,
-                            bias: 42192,
+                            weights: 40752,
+                            bias: 44208,
                         },
                     );
                 }
@@ -6329,13 +6846,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 864,
-                            weights: 42240,
-                            bias: 44544,
+                            weights: 44256,
+                            bias: 46560,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -6399,8 +6916,8 @@ pub mod isa_avx2 {
                             out: 800,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 44656,
-                            bias: 56944,
+                            weights: 46672,
+                            bias: 58960,
                         },
                     );
                 }
@@ -6412,8 +6929,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 57072,
-                            bias: 60144,
+                            weights: 59088,
+                            bias: 62160,
                         },
                     );
                 }
@@ -6425,8 +6942,8 @@ pub mod isa_avx2 {
                             out: 1312,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 60176,
-                            bias: 64784,
+                            weights: 62192,
+                            bias: 66800,
                         },
                     );
                 }
@@ -6438,8 +6955,8 @@ pub mod isa_avx2 {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 64848,
-                            bias: 69456,
+                            weights: 66864,
+                            bias: 71472,
                         },
                     );
                 }
@@ -6451,13 +6968,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 640,
-                            weights: 69520,
-                            bias: 73616,
+                            weights: 71536,
+                            bias: 75632,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -6496,8 +7013,8 @@ pub mod isa_avx2 {
                             out: 768,
                             pre: 0,
                             sums: 2048,
-                            weights: 73760,
-                            bias: 98336,
+                            weights: 75776,
+                            bias: 100352,
                         },
                     );
                 }
@@ -6505,7 +7022,7 @@ pub mod isa_avx2 {
                     rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                    rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
                 }
                 _ => {}
             }
@@ -6958,6 +7475,216 @@ pub mod isa_avx512 {
             }
         }
     }
+    /// The first `n` of `L` floats as a vector (the rest zero).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn load_part(p: *const f32, n: usize) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if n == L {
+                return load(p);
+            }
+            let mut t = [0.0f32; 16];
+            core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+            load(t.as_ptr())
+        }
+    }
+    /// Stores the first `n` lanes of `v`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn store_part(p: *mut f32, v: V, n: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if n == L {
+                return store(p, v);
+            }
+            let mut t = [0.0f32; 16];
+            store(t.as_mut_ptr(), v);
+            core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+        }
+    }
+    /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
+    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let mut t = [splat(0.0f32); 16];
+            for j in 0..4 {
+                t[j] = sub(d[j], d[8 + j]);
+                t[4 + j] = add(d[4 + j], d[8 + j]);
+                t[8 + j] = sub(d[8 + j], d[4 + j]);
+                t[12 + j] = sub(d[4 + j], d[12 + j]);
+            }
+            let mut v = [splat(0.0f32); 16];
+            for i in 0..4 {
+                let r = 4 * i;
+                v[r] = sub(t[r], t[r + 2]);
+                v[r + 1] = add(t[r + 1], t[r + 2]);
+                v[r + 2] = sub(t[r + 2], t[r + 1]);
+                v[r + 3] = sub(t[r + 1], t[r + 3]);
+            }
+            v
+        }
+    }
+    /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
+    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let mut s = [splat(0.0f32); 8];
+            for j in 0..4 {
+                s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
+                s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+            }
+            let mut y = [splat(0.0f32); 4];
+            for a in 0..2 {
+                let r = 4 * a;
+                y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
+                y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+            }
+            y
+        }
+    }
+    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
+    /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
+    /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+    /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+    /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+    /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
+    /// edge read as zero and are not stored.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn wino_item<
+        const T: usize,
+        const TB: usize,
+        const KC: usize,
+        const P: usize,
+        const WD: usize,
+    >(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        it: usize,
+        v: *mut f32,
+        m: *mut f32,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let out = rt::Buf { offset: io.out, ..d.out };
+            let inp = &d.input;
+            let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+            let chunks = (tw * th).div_ceil(TB);
+            let (g, t0) = (it / chunks, (it % chunks) * TB);
+            let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
+            let n_pad = n.div_ceil(T) * T;
+            let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
+            let shift = inp.pad - d.conv_pad;
+            for r in 0..n_pad {
+                let t = t0 + if r < n { r } else { n - 1 };
+                let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
+                let mut src = [core::ptr::null::<f32>(); 16];
+                for i in 0..4 {
+                    for j in 0..4 {
+                        if y0 + i < hp && x0 + j < wp {
+                            src[4 * i + j] = ctx
+                                .ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
+                        }
+                    }
+                }
+                let mut ch = 0;
+                while ch < KC {
+                    let nl = if KC - ch < L { KC - ch } else { L };
+                    let mut x = [splat(0.0f32); 16];
+                    for q in 0..16 {
+                        if !src[q].is_null() {
+                            x[q] = load_part(src[q].add(ch), nl);
+                        }
+                    }
+                    let y = wino_in(&x);
+                    for q in 0..16 {
+                        store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                    }
+                    ch += L;
+                }
+            }
+            let cout_g = d.cout_g;
+            let panels = d.panels_per_group();
+            let w_g = io.weights + g * 16 * panels * KC * 16;
+            for q in 0..16 {
+                for pj in (0..panels).step_by(P) {
+                    let ncols = if cout_g - pj * 16 < 16 {
+                        cout_g - pj * 16
+                    } else {
+                        16
+                    };
+                    let at = w_g + (q * panels + pj) * KC * 16;
+                    let b = if WD == 0 {
+                        ctx.w(at) as *const u8
+                    } else {
+                        ctx.w16(at) as *const u8
+                    };
+                    let mut r = 0;
+                    while r < n_pad {
+                        let mut acc = core::mem::MaybeUninit::<
+                            [[[V; NV]; P]; T],
+                        >::uninit();
+                        gemm::<
+                            T,
+                            KC,
+                            KC,
+                            P,
+                            WD,
+                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
+                        let acc = acc.assume_init();
+                        for i in 0..T {
+                            for p in 0..P {
+                                store_row(
+                                    m.add((q * TB + r + i) * cout_g + (pj + p) * 16),
+                                    &acc[i][p],
+                                    ncols,
+                                );
+                            }
+                        }
+                        r += T;
+                    }
+                }
+            }
+            let bias = ctx.w(io.bias + g * panels * 16);
+            for r in 0..n {
+                let t = t0 + r;
+                let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                let mut ch = 0;
+                while ch < cout_g {
+                    let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                    let mut x = [splat(0.0f32); 16];
+                    for q in 0..16 {
+                        x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                    }
+                    let y = wino_out(&x);
+                    let b = load(bias.add(ch));
+                    for k in 0..4 {
+                        let (yy, xx) = (ty + k / 2, tx + k % 2);
+                        if yy < out.h && xx < out.w {
+                            let mut val = add(y[k], b);
+                            if d.act {
+                                val = silu(val);
+                            }
+                            store_part(
+                                ctx.ptr(out.at(yy, xx) + g * cout_g + ch),
+                                val,
+                                nl,
+                            );
+                        }
+                    }
+                    ch += L;
+                }
+            }
+        }
+    }
     /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -7037,8 +7764,25 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<10, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe {
+            wino_item::<
+                12,
+                24,
+                2,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STEM_CONV2,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -7047,7 +7791,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                12,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -7139,8 +7883,25 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<10, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe {
+            wino_item::<
+                12,
+                24,
+                8,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STAGES_0_0_CONV2,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -7149,7 +7910,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                3,
+                2,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
@@ -7157,8 +7918,25 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<10, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe {
+            wino_item::<
+                12,
+                24,
+                8,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STAGES_0_0_CONV2B,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -7167,7 +7945,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                3,
+                2,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
@@ -7618,7 +8396,7 @@ pub mod isa_avx512 {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 736,
+                        bias: 960,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7636,8 +8414,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 752,
-                        bias: 1328,
+                        weights: 976,
+                        bias: 1552,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7676,8 +8454,8 @@ pub mod isa_avx512 {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 1344,
-                        bias: 2496,
+                        weights: 1568,
+                        bias: 2720,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7695,8 +8473,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2512,
-                        bias: 3024,
+                        weights: 2736,
+                        bias: 3248,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7714,8 +8492,8 @@ pub mod isa_avx512 {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3056,
-                        bias: 3312,
+                        weights: 3280,
+                        bias: 3536,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7733,8 +8511,8 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3328,
-                        bias: 4480,
+                        weights: 3552,
+                        bias: 5600,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7752,8 +8530,8 @@ pub mod isa_avx512 {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 4496,
-                        bias: 5648,
+                        weights: 5616,
+                        bias: 7664,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7771,8 +8549,8 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 5664,
-                        bias: 5920,
+                        weights: 7680,
+                        bias: 7936,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7783,7 +8561,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -7886,8 +8664,8 @@ pub mod isa_avx512 {
                         out: 2688,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5968,
-                        bias: 8016,
+                        weights: 7984,
+                        bias: 10032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7905,8 +8683,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8080,
-                        bias: 8592,
+                        weights: 10096,
+                        bias: 10608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7924,8 +8702,8 @@ pub mod isa_avx512 {
                         out: 4608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8608,
-                        bias: 10912,
+                        weights: 10624,
+                        bias: 12928,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7943,8 +8721,8 @@ pub mod isa_avx512 {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10944,
-                        bias: 13248,
+                        weights: 12960,
+                        bias: 15264,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7962,8 +8740,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 13280,
-                        bias: 14304,
+                        weights: 15296,
+                        bias: 16320,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -7974,7 +8752,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8077,8 +8855,8 @@ pub mod isa_avx512 {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 14384,
-                        bias: 20528,
+                        weights: 16400,
+                        bias: 22544,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8096,8 +8874,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 20624,
-                        bias: 22672,
+                        weights: 22640,
+                        bias: 24688,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8115,8 +8893,8 @@ pub mod isa_avx512 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 22704,
-                        bias: 26160,
+                        weights: 24720,
+                        bias: 28176,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8134,8 +8912,8 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 26208,
-                        bias: 29664,
+                        weights: 28224,
+                        bias: 31680,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8153,8 +8931,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 29712,
-                        bias: 32016,
+                        weights: 31728,
+                        bias: 34032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8165,7 +8943,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8222,8 +9000,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 32128,
-                        bias: 35200,
+                        weights: 34144,
+                        bias: 37216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8241,8 +9019,8 @@ pub mod isa_avx512 {
                         out: 608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 35232,
-                        bias: 38688,
+                        weights: 37248,
+                        bias: 40704,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8260,8 +9038,8 @@ pub mod isa_avx512 {
                         out: 1216,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 38736,
-                        bias: 42192,
+                        weights: 40752,
+                        bias: 44208,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8279,8 +9057,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 864,
-                        weights: 42240,
-                        bias: 44544,
+                        weights: 44256,
+                        bias: 46560,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8291,7 +9069,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8394,8 +9172,8 @@ pub mod isa_avx512 {
                         out: 800,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 44656,
-                        bias: 56944,
+                        weights: 46672,
+                        bias: 58960,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8413,8 +9191,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 57072,
-                        bias: 60144,
+                        weights: 59088,
+                        bias: 62160,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8432,8 +9210,8 @@ pub mod isa_avx512 {
                         out: 1312,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 60176,
-                        bias: 64784,
+                        weights: 62192,
+                        bias: 66800,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8451,8 +9229,8 @@ pub mod isa_avx512 {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 64848,
-                        bias: 69456,
+                        weights: 66864,
+                        bias: 71472,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8470,8 +9248,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 640,
-                        weights: 69520,
-                        bias: 73616,
+                        weights: 71536,
+                        bias: 75632,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8482,7 +9260,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8533,8 +9311,8 @@ pub mod isa_avx512 {
                         out: 768,
                         pre: 0,
                         sums: 2048,
-                        weights: 73760,
-                        bias: 98336,
+                        weights: 75776,
+                        bias: 100352,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8617,7 +9395,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8675,7 +9453,7 @@ pub mod isa_avx512 {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 736,
+                            bias: 960,
                         },
                     );
                 }
@@ -8687,8 +9465,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 752,
-                            bias: 1328,
+                            weights: 976,
+                            bias: 1552,
                         },
                     );
                 }
@@ -8700,8 +9478,8 @@ pub mod isa_avx512 {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 1344,
-                            bias: 2496,
+                            weights: 1568,
+                            bias: 2720,
                         },
                     );
                 }
@@ -8713,8 +9491,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2512,
-                            bias: 3024,
+                            weights: 2736,
+                            bias: 3248,
                         },
                     );
                 }
@@ -8726,8 +9504,8 @@ pub mod isa_avx512 {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3056,
-                            bias: 3312,
+                            weights: 3280,
+                            bias: 3536,
                         },
                     );
                 }
@@ -8739,8 +9517,8 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3328,
-                            bias: 4480,
+                            weights: 3552,
+                            bias: 5600,
                         },
                     );
                 }
@@ -8752,8 +9530,8 @@ pub mod isa_avx512 {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 4496,
-                            bias: 5648,
+                            weights: 5616,
+                            bias: 7664,
                         },
                     );
                 }
@@ -8765,13 +9543,13 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 5664,
-                            bias: 5920,
+                            weights: 7680,
+                            bias: 7936,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -8835,8 +9613,8 @@ pub mod isa_avx512 {
                             out: 2688,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5968,
-                            bias: 8016,
+                            weights: 7984,
+                            bias: 10032,
                         },
                     );
                 }
@@ -8848,8 +9626,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8080,
-                            bias: 8592,
+                            weights: 10096,
+                            bias: 10608,
                         },
                     );
                 }
@@ -8861,8 +9639,8 @@ pub mod isa_avx512 {
                             out: 4608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8608,
-                            bias: 10912,
+                            weights: 10624,
+                            bias: 12928,
                         },
                     );
                 }
@@ -8874,8 +9652,8 @@ pub mod isa_avx512 {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10944,
-                            bias: 13248,
+                            weights: 12960,
+                            bias: 15264,
                         },
                     );
                 }
@@ -8887,13 +9665,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 13280,
-                            bias: 14304,
+                            weights: 15296,
+                            bias: 16320,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -8957,8 +9735,8 @@ pub mod isa_avx512 {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 14384,
-                            bias: 20528,
+                            weights: 16400,
+                            bias: 22544,
                         },
                     );
                 }
@@ -8970,8 +9748,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 20624,
-                            bias: 22672,
+                            weights: 22640,
+                            bias: 24688,
                         },
                     );
                 }
@@ -8983,8 +9761,8 @@ pub mod isa_avx512 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 22704,
-                            bias: 26160,
+                            weights: 24720,
+                            bias: 28176,
                         },
                     );
                 }
@@ -8996,8 +9774,8 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 26208,
-                            bias: 29664,
+                            weights: 28224,
+                            bias: 31680,
                         },
                     );
                 }
@@ -9009,13 +9787,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 29712,
-                            bias: 32016,
+                            weights: 31728,
+                            bias: 34032,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -9060,8 +9838,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 32128,
-                            bias: 35200,
+                            weights: 34144,
+                            bias: 37216,
                         },
                     );
                 }
@@ -9073,8 +9851,8 @@ pub mod isa_avx512 {
                             out: 608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 35232,
-                            bias: 38688,
+                            weights: 37248,
+                            bias: 40704,
                         },
                     );
                 }
@@ -9086,8 +9864,8 @@ pub mod isa_avx512 {
                             out: 1216,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 38736,
-                            bias: 42192,
+                            weights: 40752,
+                            bias: 44208,
                         },
                     );
                 }
@@ -9099,13 +9877,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 864,
-                            weights: 42240,
-                            bias: 44544,
+                            weights: 44256,
+                            bias: 46560,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -9169,8 +9947,8 @@ pub mod isa_avx512 {
                             out: 800,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 44656,
-                            bias: 56944,
+                            weights: 46672,
+                            bias: 58960,
                         },
                     );
                 }
@@ -9182,8 +9960,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 57072,
-                            bias: 60144,
+                            weights: 59088,
+                            bias: 62160,
                         },
                     );
                 }
@@ -9195,8 +9973,8 @@ pub mod isa_avx512 {
                             out: 1312,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 60176,
-                            bias: 64784,
+                            weights: 62192,
+                            bias: 66800,
                         },
                     );
                 }
@@ -9208,8 +9986,8 @@ pub mod isa_avx512 {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 64848,
-                            bias: 69456,
+                            weights: 66864,
+                            bias: 71472,
                         },
                     );
                 }
@@ -9221,13 +9999,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 640,
-                            weights: 69520,
-                            bias: 73616,
+                            weights: 71536,
+                            bias: 75632,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -9266,8 +10044,8 @@ pub mod isa_avx512 {
                             out: 768,
                             pre: 0,
                             sums: 2048,
-                            weights: 73760,
-                            bias: 98336,
+                            weights: 75776,
+                            bias: 100352,
                         },
                     );
                 }
@@ -9275,7 +10053,7 @@ pub mod isa_avx512 {
                     rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                    rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
                 }
                 _ => {}
             }
@@ -9706,6 +10484,211 @@ pub mod isa_neon {
             }
         }
     }
+    /// The first `n` of `L` floats as a vector (the rest zero).
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, n: usize) -> V {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if n == L {
+                return load(p);
+            }
+            let mut t = [0.0f32; 16];
+            core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+            load(t.as_ptr())
+        }
+    }
+    /// Stores the first `n` lanes of `v`.
+    #[inline(always)]
+    unsafe fn store_part(p: *mut f32, v: V, n: usize) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if n == L {
+                return store(p, v);
+            }
+            let mut t = [0.0f32; 16];
+            store(t.as_mut_ptr(), v);
+            core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+        }
+    }
+    /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
+    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    #[inline(always)]
+    unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let mut t = [splat(0.0f32); 16];
+            for j in 0..4 {
+                t[j] = sub(d[j], d[8 + j]);
+                t[4 + j] = add(d[4 + j], d[8 + j]);
+                t[8 + j] = sub(d[8 + j], d[4 + j]);
+                t[12 + j] = sub(d[4 + j], d[12 + j]);
+            }
+            let mut v = [splat(0.0f32); 16];
+            for i in 0..4 {
+                let r = 4 * i;
+                v[r] = sub(t[r], t[r + 2]);
+                v[r + 1] = add(t[r + 1], t[r + 2]);
+                v[r + 2] = sub(t[r + 2], t[r + 1]);
+                v[r + 3] = sub(t[r + 1], t[r + 3]);
+            }
+            v
+        }
+    }
+    /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
+    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    #[inline(always)]
+    unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let mut s = [splat(0.0f32); 8];
+            for j in 0..4 {
+                s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
+                s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+            }
+            let mut y = [splat(0.0f32); 4];
+            for a in 0..2 {
+                let r = 4 * a;
+                y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
+                y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+            }
+            y
+        }
+    }
+    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
+    /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
+    /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+    /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+    /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+    /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
+    /// edge read as zero and are not stored.
+    #[inline(always)]
+    unsafe fn wino_item<
+        const T: usize,
+        const TB: usize,
+        const KC: usize,
+        const P: usize,
+        const WD: usize,
+    >(
+        ctx: &rt::Ctx,
+        d: &rt::ConvDesc,
+        io: &rt::ConvIo,
+        it: usize,
+        v: *mut f32,
+        m: *mut f32,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let out = rt::Buf { offset: io.out, ..d.out };
+            let inp = &d.input;
+            let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+            let chunks = (tw * th).div_ceil(TB);
+            let (g, t0) = (it / chunks, (it % chunks) * TB);
+            let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
+            let n_pad = n.div_ceil(T) * T;
+            let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
+            let shift = inp.pad - d.conv_pad;
+            for r in 0..n_pad {
+                let t = t0 + if r < n { r } else { n - 1 };
+                let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
+                let mut src = [core::ptr::null::<f32>(); 16];
+                for i in 0..4 {
+                    for j in 0..4 {
+                        if y0 + i < hp && x0 + j < wp {
+                            src[4 * i + j] = ctx
+                                .ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
+                        }
+                    }
+                }
+                let mut ch = 0;
+                while ch < KC {
+                    let nl = if KC - ch < L { KC - ch } else { L };
+                    let mut x = [splat(0.0f32); 16];
+                    for q in 0..16 {
+                        if !src[q].is_null() {
+                            x[q] = load_part(src[q].add(ch), nl);
+                        }
+                    }
+                    let y = wino_in(&x);
+                    for q in 0..16 {
+                        store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                    }
+                    ch += L;
+                }
+            }
+            let cout_g = d.cout_g;
+            let panels = d.panels_per_group();
+            let w_g = io.weights + g * 16 * panels * KC * 16;
+            for q in 0..16 {
+                for pj in (0..panels).step_by(P) {
+                    let ncols = if cout_g - pj * 16 < 16 {
+                        cout_g - pj * 16
+                    } else {
+                        16
+                    };
+                    let at = w_g + (q * panels + pj) * KC * 16;
+                    let b = if WD == 0 {
+                        ctx.w(at) as *const u8
+                    } else {
+                        ctx.w16(at) as *const u8
+                    };
+                    let mut r = 0;
+                    while r < n_pad {
+                        let mut acc = core::mem::MaybeUninit::<
+                            [[[V; NV]; P]; T],
+                        >::uninit();
+                        gemm::<
+                            T,
+                            KC,
+                            KC,
+                            P,
+                            WD,
+                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
+                        let acc = acc.assume_init();
+                        for i in 0..T {
+                            for p in 0..P {
+                                store_row(
+                                    m.add((q * TB + r + i) * cout_g + (pj + p) * 16),
+                                    &acc[i][p],
+                                    ncols,
+                                );
+                            }
+                        }
+                        r += T;
+                    }
+                }
+            }
+            let bias = ctx.w(io.bias + g * panels * 16);
+            for r in 0..n {
+                let t = t0 + r;
+                let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                let mut ch = 0;
+                while ch < cout_g {
+                    let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                    let mut x = [splat(0.0f32); 16];
+                    for q in 0..16 {
+                        x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                    }
+                    let y = wino_out(&x);
+                    let b = load(bias.add(ch));
+                    for k in 0..4 {
+                        let (yy, xx) = (ty + k / 2, tx + k % 2);
+                        if yy < out.h && xx < out.w {
+                            let mut val = add(y[k], b);
+                            if d.act {
+                                val = silu(val);
+                            }
+                            store_part(
+                                ctx.ptr(out.at(yy, xx) + g * cout_g + ch),
+                                val,
+                                nl,
+                            );
+                        }
+                    }
+                    ch += L;
+                }
+            }
+        }
+    }
     /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
     #[inline(always)]
     pub unsafe fn scale_add_act(
@@ -9782,8 +10765,25 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 768]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 2, 2, 1, 0>(ctx, &super::D_STEM_CONV2, io, it) }
+        unsafe {
+            wino_item::<
+                6,
+                12,
+                2,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STEM_CONV2,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -9792,7 +10792,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                12,
+                10,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -9879,8 +10879,25 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 768]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2, io, it) }
+        unsafe {
+            wino_item::<
+                6,
+                12,
+                8,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STAGES_0_0_CONV2,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -9896,8 +10913,25 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 768]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV2B, io, it) }
+        unsafe {
+            wino_item::<
+                6,
+                12,
+                8,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STAGES_0_0_CONV2B,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -10338,7 +11372,7 @@ pub mod isa_neon {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 736,
+                        bias: 960,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10356,8 +11390,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 752,
-                        bias: 1328,
+                        weights: 976,
+                        bias: 1552,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10396,8 +11430,8 @@ pub mod isa_neon {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 1344,
-                        bias: 2496,
+                        weights: 1568,
+                        bias: 2720,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10415,8 +11449,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2512,
-                        bias: 3024,
+                        weights: 2736,
+                        bias: 3248,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10434,8 +11468,8 @@ pub mod isa_neon {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3056,
-                        bias: 3312,
+                        weights: 3280,
+                        bias: 3536,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10453,8 +11487,8 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3328,
-                        bias: 4480,
+                        weights: 3552,
+                        bias: 5600,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10472,8 +11506,8 @@ pub mod isa_neon {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 4496,
-                        bias: 5648,
+                        weights: 5616,
+                        bias: 7664,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10491,8 +11525,8 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 5664,
-                        bias: 5920,
+                        weights: 7680,
+                        bias: 7936,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10503,7 +11537,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -10606,8 +11640,8 @@ pub mod isa_neon {
                         out: 2688,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5968,
-                        bias: 8016,
+                        weights: 7984,
+                        bias: 10032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10625,8 +11659,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8080,
-                        bias: 8592,
+                        weights: 10096,
+                        bias: 10608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10644,8 +11678,8 @@ pub mod isa_neon {
                         out: 4608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8608,
-                        bias: 10912,
+                        weights: 10624,
+                        bias: 12928,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10663,8 +11697,8 @@ pub mod isa_neon {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10944,
-                        bias: 13248,
+                        weights: 12960,
+                        bias: 15264,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10682,8 +11716,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 13280,
-                        bias: 14304,
+                        weights: 15296,
+                        bias: 16320,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10694,7 +11728,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -10797,8 +11831,8 @@ pub mod isa_neon {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 14384,
-                        bias: 20528,
+                        weights: 16400,
+                        bias: 22544,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10816,8 +11850,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 20624,
-                        bias: 22672,
+                        weights: 22640,
+                        bias: 24688,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10835,8 +11869,8 @@ pub mod isa_neon {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 22704,
-                        bias: 26160,
+                        weights: 24720,
+                        bias: 28176,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10854,8 +11888,8 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 26208,
-                        bias: 29664,
+                        weights: 28224,
+                        bias: 31680,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10873,8 +11907,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 29712,
-                        bias: 32016,
+                        weights: 31728,
+                        bias: 34032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10885,7 +11919,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -10942,8 +11976,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 32128,
-                        bias: 35200,
+                        weights: 34144,
+                        bias: 37216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10961,8 +11995,8 @@ pub mod isa_neon {
                         out: 608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 35232,
-                        bias: 38688,
+                        weights: 37248,
+                        bias: 40704,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10980,8 +12014,8 @@ pub mod isa_neon {
                         out: 1216,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 38736,
-                        bias: 42192,
+                        weights: 40752,
+                        bias: 44208,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -10999,8 +12033,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 864,
-                        weights: 42240,
-                        bias: 44544,
+                        weights: 44256,
+                        bias: 46560,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11011,7 +12045,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11114,8 +12148,8 @@ pub mod isa_neon {
                         out: 800,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 44656,
-                        bias: 56944,
+                        weights: 46672,
+                        bias: 58960,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11133,8 +12167,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 57072,
-                        bias: 60144,
+                        weights: 59088,
+                        bias: 62160,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11152,8 +12186,8 @@ pub mod isa_neon {
                         out: 1312,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 60176,
-                        bias: 64784,
+                        weights: 62192,
+                        bias: 66800,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11171,8 +12205,8 @@ pub mod isa_neon {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 64848,
-                        bias: 69456,
+                        weights: 66864,
+                        bias: 71472,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11190,8 +12224,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 640,
-                        weights: 69520,
-                        bias: 73616,
+                        weights: 71536,
+                        bias: 75632,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11202,7 +12236,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11253,8 +12287,8 @@ pub mod isa_neon {
                         out: 768,
                         pre: 0,
                         sums: 2048,
-                        weights: 73760,
-                        bias: 98336,
+                        weights: 75776,
+                        bias: 100352,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11337,7 +12371,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11395,7 +12429,7 @@ pub mod isa_neon {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 736,
+                            bias: 960,
                         },
                     );
                 }
@@ -11407,8 +12441,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 752,
-                            bias: 1328,
+                            weights: 976,
+                            bias: 1552,
                         },
                     );
                 }
@@ -11420,8 +12454,8 @@ pub mod isa_neon {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 1344,
-                            bias: 2496,
+                            weights: 1568,
+                            bias: 2720,
                         },
                     );
                 }
@@ -11433,8 +12467,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2512,
-                            bias: 3024,
+                            weights: 2736,
+                            bias: 3248,
                         },
                     );
                 }
@@ -11446,8 +12480,8 @@ pub mod isa_neon {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3056,
-                            bias: 3312,
+                            weights: 3280,
+                            bias: 3536,
                         },
                     );
                 }
@@ -11459,8 +12493,8 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3328,
-                            bias: 4480,
+                            weights: 3552,
+                            bias: 5600,
                         },
                     );
                 }
@@ -11472,8 +12506,8 @@ pub mod isa_neon {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 4496,
-                            bias: 5648,
+                            weights: 5616,
+                            bias: 7664,
                         },
                     );
                 }
@@ -11485,13 +12519,13 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 5664,
-                            bias: 5920,
+                            weights: 7680,
+                            bias: 7936,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 5952, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -11555,8 +12589,8 @@ pub mod isa_neon {
                             out: 2688,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5968,
-                            bias: 8016,
+                            weights: 7984,
+                            bias: 10032,
                         },
                     );
                 }
@@ -11568,8 +12602,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8080,
-                            bias: 8592,
+                            weights: 10096,
+                            bias: 10608,
                         },
                     );
                 }
@@ -11581,8 +12615,8 @@ pub mod isa_neon {
                             out: 4608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8608,
-                            bias: 10912,
+                            weights: 10624,
+                            bias: 12928,
                         },
                     );
                 }
@@ -11594,8 +12628,8 @@ pub mod isa_neon {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10944,
-                            bias: 13248,
+                            weights: 12960,
+                            bias: 15264,
                         },
                     );
                 }
@@ -11607,13 +12641,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 13280,
-                            bias: 14304,
+                            weights: 15296,
+                            bias: 16320,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 14368, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -11677,8 +12711,8 @@ pub mod isa_neon {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 14384,
-                            bias: 20528,
+                            weights: 16400,
+                            bias: 22544,
                         },
                     );
                 }
@@ -11690,8 +12724,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 20624,
-                            bias: 22672,
+                            weights: 22640,
+                            bias: 24688,
                         },
                     );
                 }
@@ -11703,8 +12737,8 @@ pub mod isa_neon {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 22704,
-                            bias: 26160,
+                            weights: 24720,
+                            bias: 28176,
                         },
                     );
                 }
@@ -11716,8 +12750,8 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 26208,
-                            bias: 29664,
+                            weights: 28224,
+                            bias: 31680,
                         },
                     );
                 }
@@ -11729,13 +12763,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 29712,
-                            bias: 32016,
+                            weights: 31728,
+                            bias: 34032,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 32112, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -11780,8 +12814,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 32128,
-                            bias: 35200,
+                            weights: 34144,
+                            bias: 37216,
                         },
                     );
                 }
@@ -11793,8 +12827,8 @@ pub mod isa_neon {
                             out: 608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 35232,
-                            bias: 38688,
+                            weights: 37248,
+                            bias: 40704,
                         },
                     );
                 }
@@ -11806,8 +12840,8 @@ pub mod isa_neon {
                             out: 1216,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 38736,
-                            bias: 42192,
+                            weights: 40752,
+                            bias: 44208,
                         },
                     );
                 }
@@ -11819,13 +12853,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 864,
-                            weights: 42240,
-                            bias: 44544,
+                            weights: 44256,
+                            bias: 46560,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 44640, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -11889,8 +12923,8 @@ pub mod isa_neon {
                             out: 800,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 44656,
-                            bias: 56944,
+                            weights: 46672,
+                            bias: 58960,
                         },
                     );
                 }
@@ -11902,8 +12936,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 57072,
-                            bias: 60144,
+                            weights: 59088,
+                            bias: 62160,
                         },
                     );
                 }
@@ -11915,8 +12949,8 @@ pub mod isa_neon {
                             out: 1312,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 60176,
-                            bias: 64784,
+                            weights: 62192,
+                            bias: 66800,
                         },
                     );
                 }
@@ -11928,8 +12962,8 @@ pub mod isa_neon {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 64848,
-                            bias: 69456,
+                            weights: 66864,
+                            bias: 71472,
                         },
                     );
                 }
@@ -11941,13 +12975,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 640,
-                            weights: 69520,
-                            bias: 73616,
+                            weights: 71536,
+                            bias: 75632,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 73744, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -11986,8 +13020,8 @@ pub mod isa_neon {
                             out: 768,
                             pre: 0,
                             sums: 2048,
-                            weights: 73760,
-                            bias: 98336,
+                            weights: 75776,
+                            bias: 100352,
                         },
                     );
                 }
@@ -11995,7 +13029,7 @@ pub mod isa_neon {
                     rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 98528, 100448, 10, 192);
+                    rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
                 }
                 _ => {}
             }

@@ -481,6 +481,180 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             }
         }
 
+        /// The first `n` of `L` floats as a vector (the rest zero).
+        #attrs
+        unsafe fn load_part(p: *const f32, n: usize) -> V {
+            unsafe {
+                if n == L {
+                    return load(p);
+                }
+                let mut t = [0.0f32; 16];
+                core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
+                load(t.as_ptr())
+            }
+        }
+
+        /// Stores the first `n` lanes of `v`.
+        #attrs
+        unsafe fn store_part(p: *mut f32, v: V, n: usize) {
+            unsafe {
+                if n == L {
+                    return store(p, v);
+                }
+                let mut t = [0.0f32; 16];
+                store(t.as_mut_ptr(), v);
+                core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
+            }
+        }
+
+        /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
+        /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+        #attrs
+        unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+            unsafe {
+                let mut t = [splat(0.0f32); 16];
+                for j in 0..4 {
+                    t[j] = sub(d[j], d[8 + j]);
+                    t[4 + j] = add(d[4 + j], d[8 + j]);
+                    t[8 + j] = sub(d[8 + j], d[4 + j]);
+                    t[12 + j] = sub(d[4 + j], d[12 + j]);
+                }
+                let mut v = [splat(0.0f32); 16];
+                for i in 0..4 {
+                    let r = 4 * i;
+                    v[r] = sub(t[r], t[r + 2]);
+                    v[r + 1] = add(t[r + 1], t[r + 2]);
+                    v[r + 2] = sub(t[r + 2], t[r + 1]);
+                    v[r + 3] = sub(t[r + 1], t[r + 3]);
+                }
+                v
+            }
+        }
+
+        /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
+        /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+        #attrs
+        unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+            unsafe {
+                let mut s = [splat(0.0f32); 8];
+                for j in 0..4 {
+                    s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
+                    s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+                }
+                let mut y = [splat(0.0f32); 4];
+                for a in 0..2 {
+                    let r = 4 * a;
+                    y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
+                    y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+                }
+                y
+            }
+        }
+
+        /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
+        /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
+        /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+        /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+        /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+        /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
+        /// edge read as zero and are not stored.
+        #attrs
+        unsafe fn wino_item<const T: usize, const TB: usize, const KC: usize, const P: usize, const WD: usize>(
+            ctx: &rt::Ctx,
+            d: &rt::ConvDesc,
+            io: &rt::ConvIo,
+            it: usize,
+            v: *mut f32,
+            m: *mut f32,
+        ) {
+            unsafe {
+                let out = rt::Buf { offset: io.out, ..d.out };
+                let inp = &d.input;
+                let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+                let chunks = (tw * th).div_ceil(TB);
+                let (g, t0) = (it / chunks, (it % chunks) * TB);
+                let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
+                let n_pad = n.div_ceil(T) * T;
+                let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
+                let shift = inp.pad - d.conv_pad;
+                for r in 0..n_pad {
+                    let t = t0 + if r < n { r } else { n - 1 };
+                    let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
+                    let mut src = [core::ptr::null::<f32>(); 16];
+                    for i in 0..4 {
+                        for j in 0..4 {
+                            if y0 + i < hp && x0 + j < wp {
+                                src[4 * i + j] = ctx.ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
+                            }
+                        }
+                    }
+                    let mut ch = 0;
+                    while ch < KC {
+                        let nl = if KC - ch < L { KC - ch } else { L };
+                        let mut x = [splat(0.0f32); 16];
+                        for q in 0..16 {
+                            if !src[q].is_null() {
+                                x[q] = load_part(src[q].add(ch), nl);
+                            }
+                        }
+                        let y = wino_in(&x);
+                        for q in 0..16 {
+                            store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                        }
+                        ch += L;
+                    }
+                }
+                let cout_g = d.cout_g;
+                let panels = d.panels_per_group();
+                let w_g = io.weights + g * 16 * panels * KC * 16;
+                for q in 0..16 {
+                    for pj in (0..panels).step_by(P) {
+                        let ncols = if cout_g - pj * 16 < 16 { cout_g - pj * 16 } else { 16 };
+                        let at = w_g + (q * panels + pj) * KC * 16;
+                        let b = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
+                        let mut r = 0;
+                        while r < n_pad {
+                            let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+                            gemm::<T, KC, KC, P, WD>(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
+                            let acc = acc.assume_init();
+                            for i in 0..T {
+                                for p in 0..P {
+                                    store_row(m.add((q * TB + r + i) * cout_g + (pj + p) * 16), &acc[i][p], ncols);
+                                }
+                            }
+                            r += T;
+                        }
+                    }
+                }
+                let bias = ctx.w(io.bias + g * panels * 16);
+                for r in 0..n {
+                    let t = t0 + r;
+                    let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                    let mut ch = 0;
+                    while ch < cout_g {
+                        let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                        let mut x = [splat(0.0f32); 16];
+                        for q in 0..16 {
+                            x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                        }
+                        let y = wino_out(&x);
+                        let b = load(bias.add(ch));
+                        for k in 0..4 {
+                            let (yy, xx) = (ty + k / 2, tx + k % 2);
+                            if yy < out.h && xx < out.w {
+                                let mut val = add(y[k], b);
+                                if d.act {
+                                    val = silu(val);
+                                }
+                                store_part(ctx.ptr(out.at(yy, xx) + g * cout_g + ch), val, nl);
+                            }
+                        }
+                        ch += L;
+                    }
+                }
+            }
+        }
+
         /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
         #attrs
         pub unsafe fn scale_add_act(n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut f32) {

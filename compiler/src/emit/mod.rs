@@ -83,6 +83,9 @@ struct ConvShape {
     cout_g: usize,
     groups: usize,
     bands: usize,
+    /// Runs as Winograd F(2x2, 3x3) (see `Schedule::winograd`); `tiles` 2x2 output tiles.
+    winograd: bool,
+    tiles: usize,
 }
 
 /// Unique conv shapes in first-use order, and the shape index of every conv kernel.
@@ -108,8 +111,9 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
     let step = if geom.flat { li.c } else { sp.stride * li.c };
     // Keep the weights in cache when they outweigh the activations.
     let panel_outer = taps.len() * kc * sp.cout > li.h * li.w * li.c;
+    let winograd = s.winograd(op);
     let key = format!(
-        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}|{geom:?}",
+        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}|{geom:?}|{winograd}",
         sp.k,
         sp.stride,
         sp.pad(),
@@ -132,7 +136,7 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
         }
     };
     let doc = format!(
-        "{}x{} conv{}, {} -> {} channels{}, {}x{} -> {}x{}, stride {}{}{}",
+        "{}x{} conv{}, {} -> {} channels{}, {}x{} -> {}x{}, stride {}{}{}{}",
         sp.k,
         sp.k,
         if sp.groups > 1 { format!(" in {} groups", sp.groups) } else { String::new() },
@@ -146,10 +150,12 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
         sp.stride,
         if preact.is_some() { ", also stores the pre-activation" } else { "" },
         if has_sums { ", accumulates channel sums" } else { "" },
+        if winograd { ", as Winograd F(2x2, 3x3)" } else { "" },
     );
     let max_tile = geom.row_len.max(geom.last_row_len).min(lo.h * lo.w);
     let (groups, bands) = (sp.groups, geom.bands());
-    (key, ConvShape { name: String::new(), desc, doc, kc, step, max_tile, cout_g, groups, bands })
+    let tiles = lo.h.div_ceil(2) * lo.w.div_ceil(2);
+    (key, ConvShape { name: String::new(), desc, doc, kc, step, max_tile, cout_g, groups, bands, winograd, tiles })
 }
 
 fn collect_convs(s: &Schedule) -> Convs {
@@ -204,6 +210,31 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
         // Several panels per item only when every panel of a group is full and they pair up.
         let panels_g = c.cout_g.div_ceil(NR);
         let p = if c.cout_g % NR == 0 && panels_g % isa.panels == 0 { isa.panels } else { 1 };
+        if c.winograd {
+            // Two micro-tiles of 2x2 output tiles per item and panel; scratch on the stack
+            // in vectors (aligned): the transformed input and the products.
+            let tb = 2 * isa.mr;
+            let items = u(c.groups * c.tiles.div_ceil(tb));
+            let (v_len, m_len) =
+                (u(16 * tb * c.kc / isa.lanes), u(16 * tb * c.cout_g.next_multiple_of(NR) / isa.lanes));
+            let (t, tb, p) = (u(isa.mr), u(tb), u(p));
+            return quote! {
+                #feature
+                unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+                    let mut v = core::mem::MaybeUninit::<[V; #v_len]>::uninit();
+                    let mut m = core::mem::MaybeUninit::<[V; #m_len]>::uninit();
+                    unsafe {
+                        wino_item::<#t, #tb, #kc, #p, #wd>(
+                            ctx, &super::#d, io, it, v.as_mut_ptr() as *mut f32, m.as_mut_ptr() as *mut f32,
+                        )
+                    }
+                }
+
+                unsafe fn #run(ctx: &rt::Ctx, io: &rt::ConvIo) {
+                    unsafe { rt::conv_run(ctx, &super::#d, io, #items, &|it| unsafe { #item(ctx, io, it) }) }
+                }
+            };
+        }
         let items = u(c.bands * c.groups * panels_g / p);
         let p = u(p);
         quote! {

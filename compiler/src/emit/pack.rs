@@ -64,19 +64,40 @@ impl Packed {
 /// Conv weights as panels: `[group][panel][tap][ci][16]`, columns beyond the group's output
 /// channels zero (in `data`, or rounded to nearest-even 16 bits in `data16`); then the bias
 /// as `[group][panel][16]` in `data`.
-pub fn pack_conv(c: &FoldedConv, wd: WeightDtype, data: &mut Vec<f32>, data16: &mut Vec<u16>) -> Slot {
+///
+/// For a conv run as Winograd F(2x2, 3x3) (`winograd`), the weights are first transformed in
+/// f64 to `U = G g G^T` (4x4 per input/output channel pair) and stored as
+/// `[group][xi][panel][ci][16]`, one 1x1 conv's panels per element `xi` of the 4x4 tile.
+pub fn pack_conv(c: &FoldedConv, winograd: bool, wd: WeightDtype, data: &mut Vec<f32>, data16: &mut Vec<u16>) -> Slot {
     let s = &c.spec;
     let (cin_g, cout_g, kk) = (s.cin / s.groups, s.cout / s.groups, s.k * s.k);
     let panels = cout_g.div_ceil(NR);
     let mut panel_values = Vec::with_capacity(s.groups * panels * kk * cin_g * NR);
-    for g in 0..s.groups {
-        for p in 0..panels {
-            for t in 0..kk {
-                for ci in 0..cin_g {
-                    for j in 0..NR {
-                        let n = p * NR + j;
-                        let v = if n < cout_g { c.weight[((g * cout_g + n) * cin_g + ci) * kk + t] } else { 0.0 };
-                        panel_values.push(v);
+    let w = |g: usize, n: usize, ci: usize, t: usize| c.weight[((g * cout_g + n) * cin_g + ci) * kk + t];
+    if winograd {
+        assert_eq!(s.k, 3, "Winograd F(2x2, 3x3) takes 3x3 convs");
+        for g in 0..s.groups {
+            for xi in 0..16 {
+                for p in 0..panels {
+                    for ci in 0..cin_g {
+                        for j in 0..NR {
+                            let n = p * NR + j;
+                            let v = if n < cout_g { winograd_weight(|t| w(g, n, ci, t), xi) } else { 0.0 };
+                            panel_values.push(v);
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        for g in 0..s.groups {
+            for p in 0..panels {
+                for t in 0..kk {
+                    for ci in 0..cin_g {
+                        for j in 0..NR {
+                            let n = p * NR + j;
+                            panel_values.push(if n < cout_g { w(g, n, ci, t) } else { 0.0 });
+                        }
                     }
                 }
             }
@@ -112,6 +133,20 @@ pub fn pack_conv(c: &FoldedConv, wd: WeightDtype, data: &mut Vec<f32>, data16: &
     Slot { weights, bias }
 }
 
+/// Element `xi` (row-major in the 4x4 tile) of `G g G^T` for the 3x3 kernel `g(tap)`, with
+/// Lavin and Gray's `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
+pub fn winograd_weight(g: impl Fn(usize) -> f64, xi: usize) -> f64 {
+    const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+    let (i, j) = (xi / 4, xi % 4);
+    let mut u = 0.0;
+    for a in 0..3 {
+        for b in 0..3 {
+            u += G[i][a] * g(a * 3 + b) * G[j][b];
+        }
+    }
+    u
+}
+
 fn align(data: &mut Vec<f32>) {
     data.resize(data.len().next_multiple_of(16), 0.0);
 }
@@ -123,7 +158,7 @@ pub fn pack(s: &Schedule, wd: WeightDtype) -> Packed {
     for k in &s.kernels {
         let slot = match &k.op {
             Op::Conv { node, .. } => match &s.graph.nodes[*node].op {
-                GOp::Conv(c) => pack_conv(c, wd, &mut data, &mut data16),
+                GOp::Conv(c) => pack_conv(c, s.winograd(&k.op), wd, &mut data, &mut data16),
                 _ => unreachable!("conv kernels come from conv nodes"),
             },
             Op::EcaGate { node, .. } => match &s.graph.nodes[*node].op {
@@ -168,7 +203,7 @@ mod tests {
         let weight: Vec<f64> = (0..40 * 3).map(|i| i as f64).collect();
         let bias: Vec<f64> = (0..40).map(|i| 1000.0 + i as f64).collect();
         let mut data = Vec::new();
-        let slot = pack_conv(&FoldedConv { spec, weight, bias }, WeightDtype::F32, &mut data, &mut Vec::new());
+        let slot = pack_conv(&FoldedConv { spec, weight, bias }, false, WeightDtype::F32, &mut data, &mut Vec::new());
         // group 1, panel 1, ci 2, column 3 is output channel 20 + 16 + 3 = 39.
         let at = slot.weights + ((2 + 1) * 3 + 2) * 16 + 3;
         assert_eq!(data[at], (39 * 3 + 2) as f32);
@@ -178,5 +213,53 @@ mod tests {
         assert_eq!(data[slot.bias + 3 * 16 + 4], 0.0);
         assert_eq!(slot.weights % 16, 0);
         assert_eq!(slot.bias % 16, 0);
+    }
+
+    /// `A^T [(G g G^T) . (B^T d B)] A` is the 3x3 correlation of a 4x4 input tile: checks the
+    /// packed weight transform together with the transforms the kernels apply (written out
+    /// here in f64 exactly as emitted).
+    #[test]
+    fn winograd_weights_with_the_kernels_transforms_compute_the_correlation() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        for _ in 0..20 {
+            let g: Vec<f64> = (0..9).map(|_| rnd()).collect();
+            let d: Vec<f64> = (0..16).map(|_| rnd()).collect();
+            let u: Vec<f64> = (0..16).map(|xi| winograd_weight(|t| g[t], xi)).collect();
+            // B^T d B, as `wino_in`.
+            let mut t = [0.0; 16];
+            for j in 0..4 {
+                t[j] = d[j] - d[8 + j];
+                t[4 + j] = d[4 + j] + d[8 + j];
+                t[8 + j] = d[8 + j] - d[4 + j];
+                t[12 + j] = d[4 + j] - d[12 + j];
+            }
+            let mut v = [0.0; 16];
+            for i in 0..4 {
+                let r = 4 * i;
+                v[r] = t[r] - t[r + 2];
+                v[r + 1] = t[r + 1] + t[r + 2];
+                v[r + 2] = t[r + 2] - t[r + 1];
+                v[r + 3] = t[r + 1] - t[r + 3];
+            }
+            let m: Vec<f64> = (0..16).map(|xi| u[xi] * v[xi]).collect();
+            // A^T m A, as `wino_out`.
+            let mut s = [0.0; 8];
+            for j in 0..4 {
+                s[j] = m[j] + m[4 + j] + m[8 + j];
+                s[4 + j] = m[4 + j] - m[8 + j] - m[12 + j];
+            }
+            for a in 0..2 {
+                let r = 4 * a;
+                let y = [s[r] + s[r + 1] + s[r + 2], s[r + 1] - s[r + 2] - s[r + 3]];
+                for (b, yb) in y.iter().enumerate() {
+                    let direct: f64 = (0..9).map(|k| g[k] * d[(a + k / 3) * 4 + b + k % 3]).sum();
+                    assert!((yb - direct).abs() < 1e-12, "output ({a}, {b}): {yb} vs {direct}");
+                }
+            }
+        }
     }
 }
