@@ -1,9 +1,11 @@
 //! A persistent thread pool that runs one data-parallel job at a time, without allocating.
 //!
 //! `run(n, f)` calls `f(i)` for every `i < n`, splitting `0..n` into one contiguous range per
-//! thread (the caller's thread takes the first). Which thread runs an item never changes what
-//! it computes: kernels write disjoint outputs per item, so results are bit-identical for any
-//! thread count. A panic inside `f` is caught on the worker, the job still completes, and
+//! thread (the caller's thread takes the first); each thread runs its range from the front,
+//! and a thread that runs out takes items from the back of another's range, so a core slowed
+//! down by other work on a shared machine does not hold the whole job up. Which thread runs
+//! an item never changes what it computes: kernels write disjoint outputs per item, so
+//! results are bit-identical for any thread count and any stealing. A panic inside `f` is caught on the worker, the job still completes, and
 //! `run` re-raises it on the caller; the pool stays usable.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -18,7 +20,6 @@ type Job = dyn Fn(usize) + Sync;
 #[derive(Clone, Copy)]
 struct JobRef {
     f: *const Job,
-    n: usize,
 }
 
 // SAFETY: the pointee is `Sync`, and `run` does not return (nor unwind) before every worker
@@ -33,8 +34,31 @@ struct State {
     shutdown: bool,
 }
 
+/// The items a thread has left, `lo..hi`, packed as `lo << 32 | hi` (one cache line each).
+#[repr(align(64))]
+struct Range(AtomicU64);
+
+impl Range {
+    /// Takes the first item (the owner) or the last (a thief).
+    fn take(&self, front: bool) -> Option<usize> {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (lo, hi) = (cur >> 32, cur & 0xffff_ffff);
+            if lo >= hi {
+                return None;
+            }
+            let (next, item) = if front { ((lo + 1) << 32 | hi, lo) } else { (lo << 32 | (hi - 1), hi - 1) };
+            match self.0.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(item as usize),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
+    ranges: Vec<Range>,
     start: Condvar,
     done: Condvar,
     /// Mirrors of `generation` and `pending` that threads spin on briefly before sleeping:
@@ -65,6 +89,19 @@ impl Shared {
         // Jobs run outside the lock, so a poisoned lock holds consistent state.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Thread `t`'s part of a job: its own range front to back, then the backs of the others'.
+    fn work(&self, t: usize, f: &(dyn Fn(usize) + Sync)) {
+        while let Some(i) = self.ranges[t].take(true) {
+            f(i);
+        }
+        let k = self.ranges.len();
+        for u in (1..k).map(|d| (t + d) % k) {
+            while let Some(i) = self.ranges[u].take(false) {
+                f(i);
+            }
+        }
+    }
 }
 
 pub struct Pool {
@@ -86,13 +123,13 @@ impl Pool {
             done: Condvar::new(),
             generation: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
+            ranges: (0..threads).map(|_| Range(AtomicU64::new(0))).collect(),
         });
         let mut workers = Vec::with_capacity(threads - 1);
         for t in 1..threads {
             let shared = Arc::clone(&shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("nfnet-worker-{t}"))
-                .spawn(move || worker(&shared, t, threads))?;
+            let handle =
+                std::thread::Builder::new().name(format!("nfnet-worker-{t}")).spawn(move || worker(&shared, t))?;
             workers.push(handle);
         }
         Ok(Pool { shared, workers })
@@ -112,9 +149,14 @@ impl Pool {
         // SAFETY (lifetime erasure): the job is cleared and every worker has finished with it
         // before this function returns or unwinds (the guard below waits in its drop).
         let f_static: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
+        assert!(n < 1 << 32, "{n} items in one job");
+        for (t, r) in self.shared.ranges.iter().enumerate() {
+            let range = range(n, threads, t);
+            r.0.store((range.start as u64) << 32 | range.end as u64, Ordering::Release);
+        }
         {
             let mut s = self.shared.lock();
-            s.job = Some(JobRef { f: f_static, n });
+            s.job = Some(JobRef { f: f_static });
             s.generation = s.generation.wrapping_add(1);
             s.pending = threads - 1;
             s.panicked = false;
@@ -134,7 +176,7 @@ impl Pool {
             }
         }
         let wait = Wait(&self.shared);
-        range(n, threads, 0).for_each(f);
+        self.shared.work(0, f);
         drop(wait);
         if self.shared.lock().panicked {
             panic!("a worker thread panicked while running an nfnet kernel");
@@ -142,7 +184,7 @@ impl Pool {
     }
 }
 
-fn worker(shared: &Shared, t: usize, threads: usize) {
+fn worker(shared: &Shared, t: usize) {
     let mut seen = 0u64;
     loop {
         spin_until(|| shared.generation.load(Ordering::Acquire) != seen);
@@ -159,7 +201,7 @@ fn worker(shared: &Shared, t: usize, threads: usize) {
         };
         // SAFETY: `run` keeps the job alive until `pending` reaches zero (see JobRef).
         let f = unsafe { &*job.f };
-        let ok = catch_unwind(AssertUnwindSafe(|| range(job.n, threads, t).for_each(f))).is_ok();
+        let ok = catch_unwind(AssertUnwindSafe(|| shared.work(t, f))).is_ok();
         let mut s = shared.lock();
         s.panicked |= !ok;
         s.pending -= 1;
@@ -198,6 +240,23 @@ mod tests {
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{threads} threads, {n} items");
             }
         }
+    }
+
+    #[test]
+    fn a_slow_thread_has_its_items_taken_by_the_others() {
+        let pool = Pool::new(2).unwrap();
+        let caller = std::thread::current().id();
+        let ran_on: Vec<Mutex<Option<std::thread::ThreadId>>> = (0..10).map(|_| Mutex::new(None)).collect();
+        pool.run(10, &|i| {
+            *ran_on[i].lock().unwrap() = Some(std::thread::current().id());
+            if i == 0 {
+                // The caller's first item stalls; its other items (1..5) go to the worker.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let on = |i: usize| ran_on[i].lock().unwrap().expect("ran");
+        assert_eq!(on(0), caller);
+        assert!((1..10).all(|i| on(i) != caller), "the worker took the stalled thread's items");
     }
 
     #[test]
