@@ -341,15 +341,15 @@ impl<'g> Schedule<'g> {
         ConvGeom::new(lo.h, lo.w, flat)
     }
 
-    /// Whether a conv kernel runs as Winograd F(2x2, 3x3): 3x3, stride 1, padding 1, and
-    /// neither the pre-activation nor channel sums asked of it. Its products then number 16
+    /// Whether a conv kernel runs as Winograd F(2x2, 3x3): 3x3, stride 1, padding 1, and no
+    /// channel sums asked of it. Its products then number 16
     /// per 2x2 output tile instead of 36 (4/9 of the multiply-adds); the input and output
     /// transforms only add and subtract, and the weights are transformed at build time in
     /// f64, so the result differs from the direct conv by rounding only. Small images are
     /// left direct: tiles are computed in micro-tiles of up to 12, and with the transforms
     /// (measured: [`WINOGRAD_OVERHEAD`] x the products' time) the padded count must still win.
     pub fn winograd(&self, op: &Op) -> bool {
-        let Op::Conv { node, out, preact: None, sums: None, .. } = op else { return false };
+        let Op::Conv { node, out, sums: None, .. } = op else { return false };
         let GOp::Conv(c) = &self.graph.nodes[*node].op else { return false };
         let lo = self.buffers[*out].layout;
         let tiles = (lo.h.div_ceil(2) * lo.w.div_ceil(2)).next_multiple_of(12);

@@ -555,7 +555,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
         /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
         /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-        /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+        /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+        /// and SiLU. Tile rows beyond
         /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
         /// edge read as zero and are not stored.
         #attrs
@@ -627,6 +628,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     }
                 }
                 let bias = ctx.w(io.bias + g * panels * 16);
+                let pre = rt::Buf { offset: io.pre, ..d.pre };
                 for r in 0..n {
                     let t = t0 + r;
                     let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
@@ -643,6 +645,9 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                             let (yy, xx) = (ty + k / 2, tx + k % 2);
                             if yy < out.h && xx < out.w {
                                 let mut val = add(y[k], b);
+                                if io.pre != rt::NONE {
+                                    store_part(ctx.ptr(pre.at(yy, xx) + g * cout_g + ch), val, nl);
+                                }
                                 if d.act {
                                     val = silu(val);
                                 }
