@@ -41,11 +41,11 @@ pub const FEATURE3_LEN: usize = BATCH * 864;
 pub const FEATURE4_LEN: usize = BATCH * 768;
 /// Floats of the activation arena (one image at a time).
 pub const ARENA_LEN: usize = 15392;
-pub const WEIGHTS_BYTES: usize = 409920;
+pub const WEIGHTS_BYTES: usize = 411712;
 /// Storage of the conv weights: f32, bf16 or f16 (NFNET_WEIGHT_DTYPE).
 pub const WEIGHT_DTYPE: &str = "f32";
 /// Where the 16-bit conv weights start in the blob (bytes).
-const WEIGHTS16_OFFSET: usize = 409920;
+const WEIGHTS16_OFFSET: usize = 411712;
 /// SHA-256 of model.safetensors.
 pub const WEIGHTS_SHA256: &str = "d60791b543e87cdfa324adc86c3513f3e62a86587600a85c11d1a6aca78967ec";
 /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
@@ -122,7 +122,7 @@ pub const KERNEL_FLOPS: [u64; KERNELS] = [
 ];
 pub const KERNELS: usize = 53;
 /// The fused kernel schedule (`nfc schedule --json`).
-pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":265792,\"peak_bytes\":61568},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":3800,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"direct\",\"bytes_read\":8176,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"}],\"total_flops_per_image\":2473551}";
+pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":265792,\"peak_bytes\":61568},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":3800,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":8176,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"}],\"total_flops_per_image\":2473551}";
 #[cfg(target_arch = "x86_64")]
 pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::NeonEmu];
 #[cfg(target_arch = "aarch64")]
@@ -200,7 +200,7 @@ const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 19,
     band: 2,
 };
-/**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation.
+/**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation, as Winograd F(2x2, 3x3).
 
 Implements: stem.conv3+stem.act4.*/
 const D_STEM_CONV3: rt::ConvDesc = rt::ConvDesc {
@@ -1062,7 +1062,7 @@ const D_FINAL_CONV: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 4,
     band: 1,
 };
-///The Scalar micro-kernels (1 lanes, tiles of 4 pixels x 16 channels).
+///The Scalar micro-kernels (1 lanes, tiles of up to pixels x channels: 4 x 16).
 #[cfg(all())]
 #[allow(
     unused_unsafe,
@@ -1519,7 +1519,8 @@ pub mod isa_scalar {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+    /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+    /// and SiLU. Tile rows beyond
     /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
     /// edge read as zero and are not stored.
     #[inline(always)]
@@ -1619,6 +1620,7 @@ pub mod isa_scalar {
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
+            let pre = rt::Buf { offset: io.pre, ..d.pre };
             for r in 0..n {
                 let t = t0 + r;
                 let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
@@ -1635,6 +1637,13 @@ pub mod isa_scalar {
                         let (yy, xx) = (ty + k / 2, tx + k % 2);
                         if yy < out.h && xx < out.w {
                             let mut val = add(y[k], b);
+                            if io.pre != rt::NONE {
+                                store_part(
+                                    ctx.ptr(pre.at(yy, xx) + g * cout_g + ch),
+                                    val,
+                                    nl,
+                                );
+                            }
                             if d.act {
                                 val = silu(val);
                             }
@@ -1726,13 +1735,13 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 256]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 2048]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 128]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 4,
-                8,
+                4,
                 2,
                 1,
                 0,
@@ -1753,15 +1762,32 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                15,
+                30,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 256]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe {
+            wino_item::<
+                4,
+                4,
+                4,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STEM_CONV3,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -1770,7 +1796,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                12,
+                30,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -1840,13 +1866,13 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 1024]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 2048]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 512]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 4,
-                8,
+                4,
                 8,
                 1,
                 0,
@@ -1867,20 +1893,20 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                4,
+                8,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 1024]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 2048]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 512]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 4,
-                8,
+                4,
                 8,
                 1,
                 0,
@@ -1901,7 +1927,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                4,
+                8,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
@@ -2352,7 +2378,7 @@ pub mod isa_scalar {
                         pre: 4208,
                         sums: rt::NONE,
                         weights: 976,
-                        bias: 1552,
+                        bias: 2000,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2391,8 +2417,8 @@ pub mod isa_scalar {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 1568,
-                        bias: 2720,
+                        weights: 2016,
+                        bias: 3168,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2410,8 +2436,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2736,
-                        bias: 3248,
+                        weights: 3184,
+                        bias: 3696,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2429,8 +2455,8 @@ pub mod isa_scalar {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3280,
-                        bias: 3536,
+                        weights: 3728,
+                        bias: 3984,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2448,8 +2474,8 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3552,
-                        bias: 5600,
+                        weights: 4000,
+                        bias: 6048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2467,8 +2493,8 @@ pub mod isa_scalar {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5616,
-                        bias: 7664,
+                        weights: 6064,
+                        bias: 8112,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2486,8 +2512,8 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 7680,
-                        bias: 7936,
+                        weights: 8128,
+                        bias: 8384,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2498,7 +2524,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2601,8 +2627,8 @@ pub mod isa_scalar {
                         out: 2688,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 7984,
-                        bias: 10032,
+                        weights: 8432,
+                        bias: 10480,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2620,8 +2646,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10096,
-                        bias: 10608,
+                        weights: 10544,
+                        bias: 11056,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2639,8 +2665,8 @@ pub mod isa_scalar {
                         out: 4608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10624,
-                        bias: 12928,
+                        weights: 11072,
+                        bias: 13376,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2658,8 +2684,8 @@ pub mod isa_scalar {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12960,
-                        bias: 15264,
+                        weights: 13408,
+                        bias: 15712,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2677,8 +2703,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 15296,
-                        bias: 16320,
+                        weights: 15744,
+                        bias: 16768,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2689,7 +2715,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2792,8 +2818,8 @@ pub mod isa_scalar {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 16400,
-                        bias: 22544,
+                        weights: 16848,
+                        bias: 22992,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2811,8 +2837,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 22640,
-                        bias: 24688,
+                        weights: 23088,
+                        bias: 25136,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2830,8 +2856,8 @@ pub mod isa_scalar {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 24720,
-                        bias: 28176,
+                        weights: 25168,
+                        bias: 28624,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2849,8 +2875,8 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 28224,
-                        bias: 31680,
+                        weights: 28672,
+                        bias: 32128,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2868,8 +2894,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 31728,
-                        bias: 34032,
+                        weights: 32176,
+                        bias: 34480,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2880,7 +2906,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2937,8 +2963,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 34144,
-                        bias: 37216,
+                        weights: 34592,
+                        bias: 37664,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2956,8 +2982,8 @@ pub mod isa_scalar {
                         out: 608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 37248,
-                        bias: 40704,
+                        weights: 37696,
+                        bias: 41152,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2975,8 +3001,8 @@ pub mod isa_scalar {
                         out: 1216,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 40752,
-                        bias: 44208,
+                        weights: 41200,
+                        bias: 44656,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2994,8 +3020,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 864,
-                        weights: 44256,
-                        bias: 46560,
+                        weights: 44704,
+                        bias: 47008,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3006,7 +3032,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3109,8 +3135,8 @@ pub mod isa_scalar {
                         out: 800,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 46672,
-                        bias: 58960,
+                        weights: 47120,
+                        bias: 59408,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3128,8 +3154,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 59088,
-                        bias: 62160,
+                        weights: 59536,
+                        bias: 62608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3147,8 +3173,8 @@ pub mod isa_scalar {
                         out: 1312,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 62192,
-                        bias: 66800,
+                        weights: 62640,
+                        bias: 67248,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3166,8 +3192,8 @@ pub mod isa_scalar {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 66864,
-                        bias: 71472,
+                        weights: 67312,
+                        bias: 71920,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3185,8 +3211,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 640,
-                        weights: 71536,
-                        bias: 75632,
+                        weights: 71984,
+                        bias: 76080,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3197,7 +3223,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3248,8 +3274,8 @@ pub mod isa_scalar {
                         out: 768,
                         pre: 0,
                         sums: 2048,
-                        weights: 75776,
-                        bias: 100352,
+                        weights: 76224,
+                        bias: 100800,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3332,7 +3358,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
+                rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3403,7 +3429,7 @@ pub mod isa_scalar {
                             pre: 4208,
                             sums: rt::NONE,
                             weights: 976,
-                            bias: 1552,
+                            bias: 2000,
                         },
                     );
                 }
@@ -3415,8 +3441,8 @@ pub mod isa_scalar {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 1568,
-                            bias: 2720,
+                            weights: 2016,
+                            bias: 3168,
                         },
                     );
                 }
@@ -3428,8 +3454,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2736,
-                            bias: 3248,
+                            weights: 3184,
+                            bias: 3696,
                         },
                     );
                 }
@@ -3441,8 +3467,8 @@ pub mod isa_scalar {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3280,
-                            bias: 3536,
+                            weights: 3728,
+                            bias: 3984,
                         },
                     );
                 }
@@ -3454,8 +3480,8 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3552,
-                            bias: 5600,
+                            weights: 4000,
+                            bias: 6048,
                         },
                     );
                 }
@@ -3467,8 +3493,8 @@ pub mod isa_scalar {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5616,
-                            bias: 7664,
+                            weights: 6064,
+                            bias: 8112,
                         },
                     );
                 }
@@ -3480,13 +3506,13 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 7680,
-                            bias: 7936,
+                            weights: 8128,
+                            bias: 8384,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -3550,8 +3576,8 @@ pub mod isa_scalar {
                             out: 2688,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 7984,
-                            bias: 10032,
+                            weights: 8432,
+                            bias: 10480,
                         },
                     );
                 }
@@ -3563,8 +3589,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10096,
-                            bias: 10608,
+                            weights: 10544,
+                            bias: 11056,
                         },
                     );
                 }
@@ -3576,8 +3602,8 @@ pub mod isa_scalar {
                             out: 4608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10624,
-                            bias: 12928,
+                            weights: 11072,
+                            bias: 13376,
                         },
                     );
                 }
@@ -3589,8 +3615,8 @@ pub mod isa_scalar {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12960,
-                            bias: 15264,
+                            weights: 13408,
+                            bias: 15712,
                         },
                     );
                 }
@@ -3602,13 +3628,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 15296,
-                            bias: 16320,
+                            weights: 15744,
+                            bias: 16768,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -3672,8 +3698,8 @@ pub mod isa_scalar {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 16400,
-                            bias: 22544,
+                            weights: 16848,
+                            bias: 22992,
                         },
                     );
                 }
@@ -3685,8 +3711,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 22640,
-                            bias: 24688,
+                            weights: 23088,
+                            bias: 25136,
                         },
                     );
                 }
@@ -3698,8 +3724,8 @@ pub mod isa_scalar {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 24720,
-                            bias: 28176,
+                            weights: 25168,
+                            bias: 28624,
                         },
                     );
                 }
@@ -3711,8 +3737,8 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 28224,
-                            bias: 31680,
+                            weights: 28672,
+                            bias: 32128,
                         },
                     );
                 }
@@ -3724,13 +3750,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 31728,
-                            bias: 34032,
+                            weights: 32176,
+                            bias: 34480,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -3775,8 +3801,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 34144,
-                            bias: 37216,
+                            weights: 34592,
+                            bias: 37664,
                         },
                     );
                 }
@@ -3788,8 +3814,8 @@ pub mod isa_scalar {
                             out: 608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 37248,
-                            bias: 40704,
+                            weights: 37696,
+                            bias: 41152,
                         },
                     );
                 }
@@ -3801,8 +3827,8 @@ pub mod isa_scalar {
                             out: 1216,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 40752,
-                            bias: 44208,
+                            weights: 41200,
+                            bias: 44656,
                         },
                     );
                 }
@@ -3814,13 +3840,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 864,
-                            weights: 44256,
-                            bias: 46560,
+                            weights: 44704,
+                            bias: 47008,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -3884,8 +3910,8 @@ pub mod isa_scalar {
                             out: 800,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 46672,
-                            bias: 58960,
+                            weights: 47120,
+                            bias: 59408,
                         },
                     );
                 }
@@ -3897,8 +3923,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 59088,
-                            bias: 62160,
+                            weights: 59536,
+                            bias: 62608,
                         },
                     );
                 }
@@ -3910,8 +3936,8 @@ pub mod isa_scalar {
                             out: 1312,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 62192,
-                            bias: 66800,
+                            weights: 62640,
+                            bias: 67248,
                         },
                     );
                 }
@@ -3923,8 +3949,8 @@ pub mod isa_scalar {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 66864,
-                            bias: 71472,
+                            weights: 67312,
+                            bias: 71920,
                         },
                     );
                 }
@@ -3936,13 +3962,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 640,
-                            weights: 71536,
-                            bias: 75632,
+                            weights: 71984,
+                            bias: 76080,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -3981,8 +4007,8 @@ pub mod isa_scalar {
                             out: 768,
                             pre: 0,
                             sums: 2048,
-                            weights: 75776,
-                            bias: 100352,
+                            weights: 76224,
+                            bias: 100800,
                         },
                     );
                 }
@@ -3990,7 +4016,7 @@ pub mod isa_scalar {
                     rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
+                    rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 }
                 _ => {}
             }
@@ -4017,7 +4043,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Scalar {
         unsafe { isa_scalar::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
-///The Avx2 micro-kernels (8 lanes, tiles of 6 pixels x 16 channels).
+///The Avx2 micro-kernels (8 lanes, tiles of up to pixels x channels: 6 x 16).
 #[cfg(target_arch = "x86_64")]
 #[allow(
     unused_unsafe,
@@ -4522,7 +4548,8 @@ pub mod isa_avx2 {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+    /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+    /// and SiLU. Tile rows beyond
     /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
     /// edge read as zero and are not stored.
     #[inline]
@@ -4623,6 +4650,7 @@ pub mod isa_avx2 {
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
+            let pre = rt::Buf { offset: io.pre, ..d.pre };
             for r in 0..n {
                 let t = t0 + r;
                 let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
@@ -4639,6 +4667,13 @@ pub mod isa_avx2 {
                         let (yy, xx) = (ty + k / 2, tx + k % 2);
                         if yy < out.h && xx < out.w {
                             let mut val = add(y[k], b);
+                            if io.pre != rt::NONE {
+                                store_part(
+                                    ctx.ptr(pre.at(yy, xx) + g * cout_g + ch),
+                                    val,
+                                    nl,
+                                );
+                            }
                             if d.act {
                                 val = silu(val);
                             }
@@ -4733,13 +4768,13 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 6,
-                12,
+                6,
                 2,
                 1,
                 0,
@@ -4760,7 +4795,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                10,
+                20,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -4768,8 +4803,25 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe {
+            wino_item::<
+                6,
+                6,
+                4,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STEM_CONV3,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -4778,7 +4830,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                12,
+                20,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -4852,13 +4904,13 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 6,
-                12,
+                6,
                 8,
                 1,
                 0,
@@ -4879,7 +4931,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                3,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
@@ -4887,13 +4939,13 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 6,
-                12,
+                6,
                 8,
                 1,
                 0,
@@ -4914,7 +4966,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                3,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
@@ -5384,7 +5436,7 @@ pub mod isa_avx2 {
                         pre: 4208,
                         sums: rt::NONE,
                         weights: 976,
-                        bias: 1552,
+                        bias: 2000,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5423,8 +5475,8 @@ pub mod isa_avx2 {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 1568,
-                        bias: 2720,
+                        weights: 2016,
+                        bias: 3168,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5442,8 +5494,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2736,
-                        bias: 3248,
+                        weights: 3184,
+                        bias: 3696,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5461,8 +5513,8 @@ pub mod isa_avx2 {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3280,
-                        bias: 3536,
+                        weights: 3728,
+                        bias: 3984,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5480,8 +5532,8 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3552,
-                        bias: 5600,
+                        weights: 4000,
+                        bias: 6048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5499,8 +5551,8 @@ pub mod isa_avx2 {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5616,
-                        bias: 7664,
+                        weights: 6064,
+                        bias: 8112,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5518,8 +5570,8 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 7680,
-                        bias: 7936,
+                        weights: 8128,
+                        bias: 8384,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5530,7 +5582,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5633,8 +5685,8 @@ pub mod isa_avx2 {
                         out: 2688,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 7984,
-                        bias: 10032,
+                        weights: 8432,
+                        bias: 10480,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5652,8 +5704,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10096,
-                        bias: 10608,
+                        weights: 10544,
+                        bias: 11056,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5671,8 +5723,8 @@ pub mod isa_avx2 {
                         out: 4608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10624,
-                        bias: 12928,
+                        weights: 11072,
+                        bias: 13376,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5690,8 +5742,8 @@ pub mod isa_avx2 {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12960,
-                        bias: 15264,
+                        weights: 13408,
+                        bias: 15712,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5709,8 +5761,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 15296,
-                        bias: 16320,
+                        weights: 15744,
+                        bias: 16768,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5721,7 +5773,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5824,8 +5876,8 @@ pub mod isa_avx2 {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 16400,
-                        bias: 22544,
+                        weights: 16848,
+                        bias: 22992,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5843,8 +5895,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 22640,
-                        bias: 24688,
+                        weights: 23088,
+                        bias: 25136,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5862,8 +5914,8 @@ pub mod isa_avx2 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 24720,
-                        bias: 28176,
+                        weights: 25168,
+                        bias: 28624,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5881,8 +5933,8 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 28224,
-                        bias: 31680,
+                        weights: 28672,
+                        bias: 32128,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5900,8 +5952,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 31728,
-                        bias: 34032,
+                        weights: 32176,
+                        bias: 34480,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5912,7 +5964,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5969,8 +6021,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 34144,
-                        bias: 37216,
+                        weights: 34592,
+                        bias: 37664,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5988,8 +6040,8 @@ pub mod isa_avx2 {
                         out: 608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 37248,
-                        bias: 40704,
+                        weights: 37696,
+                        bias: 41152,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6007,8 +6059,8 @@ pub mod isa_avx2 {
                         out: 1216,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 40752,
-                        bias: 44208,
+                        weights: 41200,
+                        bias: 44656,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6026,8 +6078,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 864,
-                        weights: 44256,
-                        bias: 46560,
+                        weights: 44704,
+                        bias: 47008,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6038,7 +6090,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6141,8 +6193,8 @@ pub mod isa_avx2 {
                         out: 800,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 46672,
-                        bias: 58960,
+                        weights: 47120,
+                        bias: 59408,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6160,8 +6212,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 59088,
-                        bias: 62160,
+                        weights: 59536,
+                        bias: 62608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6179,8 +6231,8 @@ pub mod isa_avx2 {
                         out: 1312,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 62192,
-                        bias: 66800,
+                        weights: 62640,
+                        bias: 67248,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6198,8 +6250,8 @@ pub mod isa_avx2 {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 66864,
-                        bias: 71472,
+                        weights: 67312,
+                        bias: 71920,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6217,8 +6269,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 640,
-                        weights: 71536,
-                        bias: 75632,
+                        weights: 71984,
+                        bias: 76080,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6229,7 +6281,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6280,8 +6332,8 @@ pub mod isa_avx2 {
                         out: 768,
                         pre: 0,
                         sums: 2048,
-                        weights: 75776,
-                        bias: 100352,
+                        weights: 76224,
+                        bias: 100800,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6364,7 +6416,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
+                rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6435,7 +6487,7 @@ pub mod isa_avx2 {
                             pre: 4208,
                             sums: rt::NONE,
                             weights: 976,
-                            bias: 1552,
+                            bias: 2000,
                         },
                     );
                 }
@@ -6447,8 +6499,8 @@ pub mod isa_avx2 {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 1568,
-                            bias: 2720,
+                            weights: 2016,
+                            bias: 3168,
                         },
                     );
                 }
@@ -6460,8 +6512,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2736,
-                            bias: 3248,
+                            weights: 3184,
+                            bias: 3696,
                         },
                     );
                 }
@@ -6473,8 +6525,8 @@ pub mod isa_avx2 {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3280,
-                            bias: 3536,
+                            weights: 3728,
+                            bias: 3984,
                         },
                     );
                 }
@@ -6486,8 +6538,8 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3552,
-                            bias: 5600,
+                            weights: 4000,
+                            bias: 6048,
                         },
                     );
                 }
@@ -6499,8 +6551,8 @@ pub mod isa_avx2 {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5616,
-                            bias: 7664,
+                            weights: 6064,
+                            bias: 8112,
                         },
                     );
                 }
@@ -6512,13 +6564,13 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 7680,
-                            bias: 7936,
+                            weights: 8128,
+                            bias: 8384,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -6582,8 +6634,8 @@ pub mod isa_avx2 {
                             out: 2688,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 7984,
-                            bias: 10032,
+                            weights: 8432,
+                            bias: 10480,
                         },
                     );
                 }
@@ -6595,8 +6647,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10096,
-                            bias: 10608,
+                            weights: 10544,
+                            bias: 11056,
                         },
                     );
                 }
@@ -6608,8 +6660,8 @@ pub mod isa_avx2 {
                             out: 4608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10624,
-                            bias: 12928,
+                            weights: 11072,
+                            bias: 13376,
                         },
                     );
                 }
@@ -6621,8 +6673,8 @@ pub mod isa_avx2 {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12960,
-                            bias: 15264,
+                            weights: 13408,
+                            bias: 15712,
                         },
                     );
                 }
@@ -6634,13 +6686,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 15296,
-                            bias: 16320,
+                            weights: 15744,
+                            bias: 16768,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -6704,8 +6756,8 @@ pub mod isa_avx2 {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 16400,
-                            bias: 22544,
+                            weights: 16848,
+                            bias: 22992,
                         },
                     );
                 }
@@ -6717,8 +6769,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 22640,
-                            bias: 24688,
+                            weights: 23088,
+                            bias: 25136,
                         },
                     );
                 }
@@ -6730,8 +6782,8 @@ pub mod isa_avx2 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 24720,
-                            bias: 28176,
+                            weights: 25168,
+                            bias: 28624,
                         },
                     );
                 }
@@ -6743,8 +6795,8 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 28224,
-                            bias: 31680,
+                            weights: 28672,
+                            bias: 32128,
                         },
                     );
                 }
@@ -6756,13 +6808,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 31728,
-                            bias: 34032,
+                            weights: 32176,
+                            bias: 34480,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -6807,8 +6859,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 34144,
-                            bias: 37216,
+                            weights: 34592,
+                            bias: 37664,
                         },
                     );
                 }
@@ -6820,8 +6872,8 @@ pub mod isa_avx2 {
                             out: 608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 37248,
-                            bias: 40704,
+                            weights: 37696,
+                            bias: 41152,
                         },
                     );
                 }
@@ -6833,8 +6885,8 @@ pub mod isa_avx2 {
                             out: 1216,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 40752,
-                            bias: 44208,
+                            weights: 41200,
+                            bias: 44656,
                         },
                     );
                 }
@@ -6846,13 +6898,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 864,
-                            weights: 44256,
-                            bias: 46560,
+                            weights: 44704,
+                            bias: 47008,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -6916,8 +6968,8 @@ pub mod isa_avx2 {
                             out: 800,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 46672,
-                            bias: 58960,
+                            weights: 47120,
+                            bias: 59408,
                         },
                     );
                 }
@@ -6929,8 +6981,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 59088,
-                            bias: 62160,
+                            weights: 59536,
+                            bias: 62608,
                         },
                     );
                 }
@@ -6942,8 +6994,8 @@ pub mod isa_avx2 {
                             out: 1312,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 62192,
-                            bias: 66800,
+                            weights: 62640,
+                            bias: 67248,
                         },
                     );
                 }
@@ -6955,8 +7007,8 @@ pub mod isa_avx2 {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 66864,
-                            bias: 71472,
+                            weights: 67312,
+                            bias: 71920,
                         },
                     );
                 }
@@ -6968,13 +7020,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 640,
-                            weights: 71536,
-                            bias: 75632,
+                            weights: 71984,
+                            bias: 76080,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -7013,8 +7065,8 @@ pub mod isa_avx2 {
                             out: 768,
                             pre: 0,
                             sums: 2048,
-                            weights: 75776,
-                            bias: 100352,
+                            weights: 76224,
+                            bias: 100800,
                         },
                     );
                 }
@@ -7022,7 +7074,7 @@ pub mod isa_avx2 {
                     rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
+                    rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 }
                 _ => {}
             }
@@ -7049,7 +7101,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx2 {
         unsafe { isa_avx2::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
-///The Avx512 micro-kernels (16 lanes, tiles of 12 pixels x 16 channels).
+///The Avx512 micro-kernels (16 lanes, tiles of up to pixels x channels: 6 x 64, 12 x 32, 12 x 16).
 #[cfg(target_arch = "x86_64")]
 #[allow(
     unused_unsafe,
@@ -7553,7 +7605,8 @@ pub mod isa_avx512 {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+    /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+    /// and SiLU. Tile rows beyond
     /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
     /// edge read as zero and are not stored.
     #[inline]
@@ -7654,6 +7707,7 @@ pub mod isa_avx512 {
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
+            let pre = rt::Buf { offset: io.pre, ..d.pre };
             for r in 0..n {
                 let t = t0 + r;
                 let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
@@ -7670,6 +7724,13 @@ pub mod isa_avx512 {
                         let (yy, xx) = (ty + k / 2, tx + k % 2);
                         if yy < out.h && xx < out.w {
                             let mut val = add(y[k], b);
+                            if io.pre != rt::NONE {
+                                store_part(
+                                    ctx.ptr(pre.at(yy, xx) + g * cout_g + ch),
+                                    val,
+                                    nl,
+                                );
+                            }
                             if d.act {
                                 val = silu(val);
                             }
@@ -7764,13 +7825,13 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 12,
-                24,
+                12,
                 2,
                 1,
                 0,
@@ -7791,7 +7852,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                5,
+                10,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -7799,8 +7860,25 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<10, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe {
+            wino_item::<
+                12,
+                12,
+                4,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STEM_CONV3,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -7809,7 +7887,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                12,
+                10,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -7883,13 +7961,13 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 12,
-                24,
+                12,
                 8,
                 1,
                 0,
@@ -7910,7 +7988,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                2,
+                3,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
@@ -7918,13 +7996,13 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 12,
-                24,
+                12,
                 8,
                 1,
                 0,
@@ -7945,7 +8023,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                2,
+                3,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
@@ -7978,10 +8056,10 @@ pub mod isa_avx512 {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                10,
+                6,
                 32,
                 32,
-                2,
+                4,
                 0,
             >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
@@ -7993,7 +8071,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
-                2,
+                1,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
@@ -8056,7 +8134,7 @@ pub mod isa_avx512 {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<10, 16, 16, 2, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe { conv_item::<6, 16, 16, 4, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -8065,7 +8143,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
-                2,
+                1,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
@@ -8221,7 +8299,7 @@ pub mod isa_avx512 {
                 4,
                 96,
                 96,
-                2,
+                4,
                 0,
             >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
@@ -8233,7 +8311,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
-                4,
+                2,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
@@ -8296,7 +8374,7 @@ pub mod isa_avx512 {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 32, 32, 2, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe { conv_item::<4, 32, 32, 4, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -8305,7 +8383,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
-                4,
+                2,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
@@ -8314,7 +8392,7 @@ pub mod isa_avx512 {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 128, 128, 2, 0>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe { conv_item::<4, 128, 128, 4, 0>(ctx, &super::D_FINAL_CONV, io, it) }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -8323,7 +8401,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
-                6,
+                3,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
@@ -8415,7 +8493,7 @@ pub mod isa_avx512 {
                         pre: 4208,
                         sums: rt::NONE,
                         weights: 976,
-                        bias: 1552,
+                        bias: 2000,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8454,8 +8532,8 @@ pub mod isa_avx512 {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 1568,
-                        bias: 2720,
+                        weights: 2016,
+                        bias: 3168,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8473,8 +8551,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2736,
-                        bias: 3248,
+                        weights: 3184,
+                        bias: 3696,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8492,8 +8570,8 @@ pub mod isa_avx512 {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3280,
-                        bias: 3536,
+                        weights: 3728,
+                        bias: 3984,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8511,8 +8589,8 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3552,
-                        bias: 5600,
+                        weights: 4000,
+                        bias: 6048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8530,8 +8608,8 @@ pub mod isa_avx512 {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5616,
-                        bias: 7664,
+                        weights: 6064,
+                        bias: 8112,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8549,8 +8627,8 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 7680,
-                        bias: 7936,
+                        weights: 8128,
+                        bias: 8384,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8561,7 +8639,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8664,8 +8742,8 @@ pub mod isa_avx512 {
                         out: 2688,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 7984,
-                        bias: 10032,
+                        weights: 8432,
+                        bias: 10480,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8683,8 +8761,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10096,
-                        bias: 10608,
+                        weights: 10544,
+                        bias: 11056,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8702,8 +8780,8 @@ pub mod isa_avx512 {
                         out: 4608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10624,
-                        bias: 12928,
+                        weights: 11072,
+                        bias: 13376,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8721,8 +8799,8 @@ pub mod isa_avx512 {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12960,
-                        bias: 15264,
+                        weights: 13408,
+                        bias: 15712,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8740,8 +8818,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 15296,
-                        bias: 16320,
+                        weights: 15744,
+                        bias: 16768,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8752,7 +8830,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8855,8 +8933,8 @@ pub mod isa_avx512 {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 16400,
-                        bias: 22544,
+                        weights: 16848,
+                        bias: 22992,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8874,8 +8952,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 22640,
-                        bias: 24688,
+                        weights: 23088,
+                        bias: 25136,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8893,8 +8971,8 @@ pub mod isa_avx512 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 24720,
-                        bias: 28176,
+                        weights: 25168,
+                        bias: 28624,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8912,8 +8990,8 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 28224,
-                        bias: 31680,
+                        weights: 28672,
+                        bias: 32128,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8931,8 +9009,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 31728,
-                        bias: 34032,
+                        weights: 32176,
+                        bias: 34480,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8943,7 +9021,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9000,8 +9078,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 34144,
-                        bias: 37216,
+                        weights: 34592,
+                        bias: 37664,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9019,8 +9097,8 @@ pub mod isa_avx512 {
                         out: 608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 37248,
-                        bias: 40704,
+                        weights: 37696,
+                        bias: 41152,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9038,8 +9116,8 @@ pub mod isa_avx512 {
                         out: 1216,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 40752,
-                        bias: 44208,
+                        weights: 41200,
+                        bias: 44656,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9057,8 +9135,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 864,
-                        weights: 44256,
-                        bias: 46560,
+                        weights: 44704,
+                        bias: 47008,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9069,7 +9147,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9172,8 +9250,8 @@ pub mod isa_avx512 {
                         out: 800,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 46672,
-                        bias: 58960,
+                        weights: 47120,
+                        bias: 59408,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9191,8 +9269,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 59088,
-                        bias: 62160,
+                        weights: 59536,
+                        bias: 62608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9210,8 +9288,8 @@ pub mod isa_avx512 {
                         out: 1312,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 62192,
-                        bias: 66800,
+                        weights: 62640,
+                        bias: 67248,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9229,8 +9307,8 @@ pub mod isa_avx512 {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 66864,
-                        bias: 71472,
+                        weights: 67312,
+                        bias: 71920,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9248,8 +9326,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 640,
-                        weights: 71536,
-                        bias: 75632,
+                        weights: 71984,
+                        bias: 76080,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9260,7 +9338,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9311,8 +9389,8 @@ pub mod isa_avx512 {
                         out: 768,
                         pre: 0,
                         sums: 2048,
-                        weights: 75776,
-                        bias: 100352,
+                        weights: 76224,
+                        bias: 100800,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9395,7 +9473,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
+                rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9466,7 +9544,7 @@ pub mod isa_avx512 {
                             pre: 4208,
                             sums: rt::NONE,
                             weights: 976,
-                            bias: 1552,
+                            bias: 2000,
                         },
                     );
                 }
@@ -9478,8 +9556,8 @@ pub mod isa_avx512 {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 1568,
-                            bias: 2720,
+                            weights: 2016,
+                            bias: 3168,
                         },
                     );
                 }
@@ -9491,8 +9569,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2736,
-                            bias: 3248,
+                            weights: 3184,
+                            bias: 3696,
                         },
                     );
                 }
@@ -9504,8 +9582,8 @@ pub mod isa_avx512 {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3280,
-                            bias: 3536,
+                            weights: 3728,
+                            bias: 3984,
                         },
                     );
                 }
@@ -9517,8 +9595,8 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3552,
-                            bias: 5600,
+                            weights: 4000,
+                            bias: 6048,
                         },
                     );
                 }
@@ -9530,8 +9608,8 @@ pub mod isa_avx512 {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5616,
-                            bias: 7664,
+                            weights: 6064,
+                            bias: 8112,
                         },
                     );
                 }
@@ -9543,13 +9621,13 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 7680,
-                            bias: 7936,
+                            weights: 8128,
+                            bias: 8384,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -9613,8 +9691,8 @@ pub mod isa_avx512 {
                             out: 2688,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 7984,
-                            bias: 10032,
+                            weights: 8432,
+                            bias: 10480,
                         },
                     );
                 }
@@ -9626,8 +9704,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10096,
-                            bias: 10608,
+                            weights: 10544,
+                            bias: 11056,
                         },
                     );
                 }
@@ -9639,8 +9717,8 @@ pub mod isa_avx512 {
                             out: 4608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10624,
-                            bias: 12928,
+                            weights: 11072,
+                            bias: 13376,
                         },
                     );
                 }
@@ -9652,8 +9730,8 @@ pub mod isa_avx512 {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12960,
-                            bias: 15264,
+                            weights: 13408,
+                            bias: 15712,
                         },
                     );
                 }
@@ -9665,13 +9743,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 15296,
-                            bias: 16320,
+                            weights: 15744,
+                            bias: 16768,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -9735,8 +9813,8 @@ pub mod isa_avx512 {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 16400,
-                            bias: 22544,
+                            weights: 16848,
+                            bias: 22992,
                         },
                     );
                 }
@@ -9748,8 +9826,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 22640,
-                            bias: 24688,
+                            weights: 23088,
+                            bias: 25136,
                         },
                     );
                 }
@@ -9761,8 +9839,8 @@ pub mod isa_avx512 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 24720,
-                            bias: 28176,
+                            weights: 25168,
+                            bias: 28624,
                         },
                     );
                 }
@@ -9774,8 +9852,8 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 28224,
-                            bias: 31680,
+                            weights: 28672,
+                            bias: 32128,
                         },
                     );
                 }
@@ -9787,13 +9865,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 31728,
-                            bias: 34032,
+                            weights: 32176,
+                            bias: 34480,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -9838,8 +9916,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 34144,
-                            bias: 37216,
+                            weights: 34592,
+                            bias: 37664,
                         },
                     );
                 }
@@ -9851,8 +9929,8 @@ pub mod isa_avx512 {
                             out: 608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 37248,
-                            bias: 40704,
+                            weights: 37696,
+                            bias: 41152,
                         },
                     );
                 }
@@ -9864,8 +9942,8 @@ pub mod isa_avx512 {
                             out: 1216,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 40752,
-                            bias: 44208,
+                            weights: 41200,
+                            bias: 44656,
                         },
                     );
                 }
@@ -9877,13 +9955,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 864,
-                            weights: 44256,
-                            bias: 46560,
+                            weights: 44704,
+                            bias: 47008,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -9947,8 +10025,8 @@ pub mod isa_avx512 {
                             out: 800,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 46672,
-                            bias: 58960,
+                            weights: 47120,
+                            bias: 59408,
                         },
                     );
                 }
@@ -9960,8 +10038,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 59088,
-                            bias: 62160,
+                            weights: 59536,
+                            bias: 62608,
                         },
                     );
                 }
@@ -9973,8 +10051,8 @@ pub mod isa_avx512 {
                             out: 1312,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 62192,
-                            bias: 66800,
+                            weights: 62640,
+                            bias: 67248,
                         },
                     );
                 }
@@ -9986,8 +10064,8 @@ pub mod isa_avx512 {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 66864,
-                            bias: 71472,
+                            weights: 67312,
+                            bias: 71920,
                         },
                     );
                 }
@@ -9999,13 +10077,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 640,
-                            weights: 71536,
-                            bias: 75632,
+                            weights: 71984,
+                            bias: 76080,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -10044,8 +10122,8 @@ pub mod isa_avx512 {
                             out: 768,
                             pre: 0,
                             sums: 2048,
-                            weights: 75776,
-                            bias: 100352,
+                            weights: 76224,
+                            bias: 100800,
                         },
                     );
                 }
@@ -10053,7 +10131,7 @@ pub mod isa_avx512 {
                     rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
+                    rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 }
                 _ => {}
             }
@@ -10080,7 +10158,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx512 {
         unsafe { isa_avx512::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
-///The Neon micro-kernels (4 lanes, tiles of 6 pixels x 16 channels).
+///The Neon micro-kernels (4 lanes, tiles of up to pixels x channels: 6 x 16).
 #[cfg(all())]
 #[allow(
     unused_unsafe,
@@ -10558,7 +10636,8 @@ pub mod isa_neon {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][TB][cout_g]`), then transformed back with bias and SiLU. Tile rows beyond
+    /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+    /// and SiLU. Tile rows beyond
     /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
     /// edge read as zero and are not stored.
     #[inline(always)]
@@ -10658,6 +10737,7 @@ pub mod isa_neon {
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
+            let pre = rt::Buf { offset: io.pre, ..d.pre };
             for r in 0..n {
                 let t = t0 + r;
                 let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
@@ -10674,6 +10754,13 @@ pub mod isa_neon {
                         let (yy, xx) = (ty + k / 2, tx + k % 2);
                         if yy < out.h && xx < out.w {
                             let mut val = add(y[k], b);
+                            if io.pre != rt::NONE {
+                                store_part(
+                                    ctx.ptr(pre.at(yy, xx) + g * cout_g + ch),
+                                    val,
+                                    nl,
+                                );
+                            }
                             if d.act {
                                 val = silu(val);
                             }
@@ -10765,13 +10852,13 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 768]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 6,
-                12,
+                6,
                 2,
                 1,
                 0,
@@ -10792,15 +10879,32 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                10,
+                20,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 4, 4, 1, 0>(ctx, &super::D_STEM_CONV3, io, it) }
+        unsafe {
+            wino_item::<
+                6,
+                6,
+                4,
+                1,
+                0,
+            >(
+                ctx,
+                &super::D_STEM_CONV3,
+                io,
+                it,
+                v.as_mut_ptr() as *mut f32,
+                m.as_mut_ptr() as *mut f32,
+            )
+        }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -10809,7 +10913,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                12,
+                20,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -10879,13 +10983,13 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 384]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 768]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 6,
-                12,
+                6,
                 8,
                 1,
                 0,
@@ -10906,20 +11010,20 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                3,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 384]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 768]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
                 6,
-                12,
+                6,
                 8,
                 1,
                 0,
@@ -10940,7 +11044,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                3,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
@@ -11391,7 +11495,7 @@ pub mod isa_neon {
                         pre: 4208,
                         sums: rt::NONE,
                         weights: 976,
-                        bias: 1552,
+                        bias: 2000,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11430,8 +11534,8 @@ pub mod isa_neon {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 1568,
-                        bias: 2720,
+                        weights: 2016,
+                        bias: 3168,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11449,8 +11553,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2736,
-                        bias: 3248,
+                        weights: 3184,
+                        bias: 3696,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11468,8 +11572,8 @@ pub mod isa_neon {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3280,
-                        bias: 3536,
+                        weights: 3728,
+                        bias: 3984,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11487,8 +11591,8 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3552,
-                        bias: 5600,
+                        weights: 4000,
+                        bias: 6048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11506,8 +11610,8 @@ pub mod isa_neon {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5616,
-                        bias: 7664,
+                        weights: 6064,
+                        bias: 8112,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11525,8 +11629,8 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 7680,
-                        bias: 7936,
+                        weights: 8128,
+                        bias: 8384,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11537,7 +11641,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11640,8 +11744,8 @@ pub mod isa_neon {
                         out: 2688,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 7984,
-                        bias: 10032,
+                        weights: 8432,
+                        bias: 10480,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11659,8 +11763,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10096,
-                        bias: 10608,
+                        weights: 10544,
+                        bias: 11056,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11678,8 +11782,8 @@ pub mod isa_neon {
                         out: 4608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10624,
-                        bias: 12928,
+                        weights: 11072,
+                        bias: 13376,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11697,8 +11801,8 @@ pub mod isa_neon {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12960,
-                        bias: 15264,
+                        weights: 13408,
+                        bias: 15712,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11716,8 +11820,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 15296,
-                        bias: 16320,
+                        weights: 15744,
+                        bias: 16768,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11728,7 +11832,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11831,8 +11935,8 @@ pub mod isa_neon {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 16400,
-                        bias: 22544,
+                        weights: 16848,
+                        bias: 22992,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11850,8 +11954,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 22640,
-                        bias: 24688,
+                        weights: 23088,
+                        bias: 25136,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11869,8 +11973,8 @@ pub mod isa_neon {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 24720,
-                        bias: 28176,
+                        weights: 25168,
+                        bias: 28624,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11888,8 +11992,8 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 28224,
-                        bias: 31680,
+                        weights: 28672,
+                        bias: 32128,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11907,8 +12011,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 31728,
-                        bias: 34032,
+                        weights: 32176,
+                        bias: 34480,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11919,7 +12023,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11976,8 +12080,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 34144,
-                        bias: 37216,
+                        weights: 34592,
+                        bias: 37664,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11995,8 +12099,8 @@ pub mod isa_neon {
                         out: 608,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 37248,
-                        bias: 40704,
+                        weights: 37696,
+                        bias: 41152,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12014,8 +12118,8 @@ pub mod isa_neon {
                         out: 1216,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 40752,
-                        bias: 44208,
+                        weights: 41200,
+                        bias: 44656,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12033,8 +12137,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 864,
-                        weights: 44256,
-                        bias: 46560,
+                        weights: 44704,
+                        bias: 47008,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12045,7 +12149,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12148,8 +12252,8 @@ pub mod isa_neon {
                         out: 800,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 46672,
-                        bias: 58960,
+                        weights: 47120,
+                        bias: 59408,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12167,8 +12271,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 59088,
-                        bias: 62160,
+                        weights: 59536,
+                        bias: 62608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12186,8 +12290,8 @@ pub mod isa_neon {
                         out: 1312,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 62192,
-                        bias: 66800,
+                        weights: 62640,
+                        bias: 67248,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12205,8 +12309,8 @@ pub mod isa_neon {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 66864,
-                        bias: 71472,
+                        weights: 67312,
+                        bias: 71920,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12224,8 +12328,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 640,
-                        weights: 71536,
-                        bias: 75632,
+                        weights: 71984,
+                        bias: 76080,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12236,7 +12340,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12287,8 +12391,8 @@ pub mod isa_neon {
                         out: 768,
                         pre: 0,
                         sums: 2048,
-                        weights: 75776,
-                        bias: 100352,
+                        weights: 76224,
+                        bias: 100800,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12371,7 +12475,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
+                rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12442,7 +12546,7 @@ pub mod isa_neon {
                             pre: 4208,
                             sums: rt::NONE,
                             weights: 976,
-                            bias: 1552,
+                            bias: 2000,
                         },
                     );
                 }
@@ -12454,8 +12558,8 @@ pub mod isa_neon {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 1568,
-                            bias: 2720,
+                            weights: 2016,
+                            bias: 3168,
                         },
                     );
                 }
@@ -12467,8 +12571,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2736,
-                            bias: 3248,
+                            weights: 3184,
+                            bias: 3696,
                         },
                     );
                 }
@@ -12480,8 +12584,8 @@ pub mod isa_neon {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3280,
-                            bias: 3536,
+                            weights: 3728,
+                            bias: 3984,
                         },
                     );
                 }
@@ -12493,8 +12597,8 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3552,
-                            bias: 5600,
+                            weights: 4000,
+                            bias: 6048,
                         },
                     );
                 }
@@ -12506,8 +12610,8 @@ pub mod isa_neon {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5616,
-                            bias: 7664,
+                            weights: 6064,
+                            bias: 8112,
                         },
                     );
                 }
@@ -12519,13 +12623,13 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 7680,
-                            bias: 7936,
+                            weights: 8128,
+                            bias: 8384,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 7968, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -12589,8 +12693,8 @@ pub mod isa_neon {
                             out: 2688,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 7984,
-                            bias: 10032,
+                            weights: 8432,
+                            bias: 10480,
                         },
                     );
                 }
@@ -12602,8 +12706,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10096,
-                            bias: 10608,
+                            weights: 10544,
+                            bias: 11056,
                         },
                     );
                 }
@@ -12615,8 +12719,8 @@ pub mod isa_neon {
                             out: 4608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10624,
-                            bias: 12928,
+                            weights: 11072,
+                            bias: 13376,
                         },
                     );
                 }
@@ -12628,8 +12732,8 @@ pub mod isa_neon {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12960,
-                            bias: 15264,
+                            weights: 13408,
+                            bias: 15712,
                         },
                     );
                 }
@@ -12641,13 +12745,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 15296,
-                            bias: 16320,
+                            weights: 15744,
+                            bias: 16768,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16384, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -12711,8 +12815,8 @@ pub mod isa_neon {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 16400,
-                            bias: 22544,
+                            weights: 16848,
+                            bias: 22992,
                         },
                     );
                 }
@@ -12724,8 +12828,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 22640,
-                            bias: 24688,
+                            weights: 23088,
+                            bias: 25136,
                         },
                     );
                 }
@@ -12737,8 +12841,8 @@ pub mod isa_neon {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 24720,
-                            bias: 28176,
+                            weights: 25168,
+                            bias: 28624,
                         },
                     );
                 }
@@ -12750,8 +12854,8 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 28224,
-                            bias: 31680,
+                            weights: 28672,
+                            bias: 32128,
                         },
                     );
                 }
@@ -12763,13 +12867,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 31728,
-                            bias: 34032,
+                            weights: 32176,
+                            bias: 34480,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34128, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -12814,8 +12918,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 34144,
-                            bias: 37216,
+                            weights: 34592,
+                            bias: 37664,
                         },
                     );
                 }
@@ -12827,8 +12931,8 @@ pub mod isa_neon {
                             out: 608,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 37248,
-                            bias: 40704,
+                            weights: 37696,
+                            bias: 41152,
                         },
                     );
                 }
@@ -12840,8 +12944,8 @@ pub mod isa_neon {
                             out: 1216,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 40752,
-                            bias: 44208,
+                            weights: 41200,
+                            bias: 44656,
                         },
                     );
                 }
@@ -12853,13 +12957,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 864,
-                            weights: 44256,
-                            bias: 46560,
+                            weights: 44704,
+                            bias: 47008,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 46656, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -12923,8 +13027,8 @@ pub mod isa_neon {
                             out: 800,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 46672,
-                            bias: 58960,
+                            weights: 47120,
+                            bias: 59408,
                         },
                     );
                 }
@@ -12936,8 +13040,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 59088,
-                            bias: 62160,
+                            weights: 59536,
+                            bias: 62608,
                         },
                     );
                 }
@@ -12949,8 +13053,8 @@ pub mod isa_neon {
                             out: 1312,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 62192,
-                            bias: 66800,
+                            weights: 62640,
+                            bias: 67248,
                         },
                     );
                 }
@@ -12962,8 +13066,8 @@ pub mod isa_neon {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 66864,
-                            bias: 71472,
+                            weights: 67312,
+                            bias: 71920,
                         },
                     );
                 }
@@ -12975,13 +13079,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 640,
-                            weights: 71536,
-                            bias: 75632,
+                            weights: 71984,
+                            bias: 76080,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 75760, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -13020,8 +13124,8 @@ pub mod isa_neon {
                             out: 768,
                             pre: 0,
                             sums: 2048,
-                            weights: 75776,
-                            bias: 100352,
+                            weights: 76224,
+                            bias: 100800,
                         },
                     );
                 }
@@ -13029,7 +13133,7 @@ pub mod isa_neon {
                     rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 100544, 102464, 10, 192);
+                    rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 }
                 _ => {}
             }

@@ -202,23 +202,28 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
         let d = format_ident!("D_{}", c.name.to_uppercase());
         let item = format_ident!("item_{}", c.name);
         let run = format_ident!("conv_{}", c.name);
+        // The widest micro-kernel whose panel count divides the group's (all panels full).
+        let panels_g = c.cout_g.div_ceil(NR);
+        let (p, mr) = isa
+            .shapes
+            .iter()
+            .copied()
+            .find(|&(p, _)| p == 1 || (c.cout_g % NR == 0 && panels_g % p == 0))
+            .unwrap_or((1, 1));
         // Tiles of equal height that cover a row exactly where possible (a row of 20 pixels
         // is two tiles of 10, not 12 + an overlapping 12).
         let row = c.max_tile;
-        let t = u(row.div_ceil(row.div_ceil(isa.mr)).min(isa.mr));
+        let t = u(row.div_ceil(row.div_ceil(mr)).min(mr));
         let (kc, step) = (u(c.kc), u(c.step));
-        // Several panels per item only when every panel of a group is full and they pair up.
-        let panels_g = c.cout_g.div_ceil(NR);
-        let p = if c.cout_g % NR == 0 && panels_g % isa.panels == 0 { isa.panels } else { 1 };
         if c.winograd {
             // One micro-tile of 2x2 output tiles per item (measured 1-3% faster than two or
-            // four: the scratch stays in L1); scratch on the stack
-            // in vectors (aligned): the transformed input and the products.
-            let tb = isa.mr;
+            // four: the scratch stays in L1); scratch on the stack in vectors (aligned): the
+            // transformed input and the products.
+            let tb = mr;
             let items = u(c.groups * c.tiles.div_ceil(tb));
             let (v_len, m_len) =
                 (u(16 * tb * c.kc / isa.lanes), u(16 * tb * c.cout_g.next_multiple_of(NR) / isa.lanes));
-            let (t, tb, p) = (u(isa.mr), u(tb), u(p));
+            let (t, tb, p) = (u(mr), u(tb), u(p));
             return quote! {
                 #feature
                 unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
