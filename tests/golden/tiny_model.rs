@@ -1519,7 +1519,7 @@ pub mod isa_scalar {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
     /// and SiLU. Tile rows beyond
     /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
     /// edge read as zero and are not stored.
@@ -1579,15 +1579,11 @@ pub mod isa_scalar {
             }
             let cout_g = d.cout_g;
             let panels = d.panels_per_group();
+            let units = panels / P;
             let w_g = io.weights + g * 16 * panels * KC * 16;
             for q in 0..16 {
-                for pj in (0..panels).step_by(P) {
-                    let ncols = if cout_g - pj * 16 < 16 {
-                        cout_g - pj * 16
-                    } else {
-                        16
-                    };
-                    let at = w_g + (q * panels + pj) * KC * 16;
+                for u in 0..units {
+                    let at = w_g + (q * panels + u * P) * KC * 16;
                     let b = if WD == 0 {
                         ctx.w(at) as *const u8
                     } else {
@@ -1595,26 +1591,15 @@ pub mod isa_scalar {
                     };
                     let mut r = 0;
                     while r < n_pad {
-                        let mut acc = core::mem::MaybeUninit::<
-                            [[[V; NV]; P]; T],
-                        >::uninit();
+                        let acc = m.add(((q * units + u) * TB + r) * P * 16)
+                            as *mut [[[V; NV]; P]; T];
                         gemm::<
                             T,
                             KC,
                             KC,
                             P,
                             WD,
-                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
-                        let acc = acc.assume_init();
-                        for i in 0..T {
-                            for p in 0..P {
-                                store_row(
-                                    m.add((q * TB + r + i) * cout_g + (pj + p) * 16),
-                                    &acc[i][p],
-                                    ncols,
-                                );
-                            }
-                        }
+                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
                         r += T;
                     }
                 }
@@ -1627,9 +1612,10 @@ pub mod isa_scalar {
                 let mut ch = 0;
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                    let (u, c) = (ch / (16 * P), ch % (16 * P));
                     let mut x = [splat(0.0f32); 16];
                     for q in 0..16 {
-                        x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                        x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
@@ -4548,7 +4534,7 @@ pub mod isa_avx2 {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
     /// and SiLU. Tile rows beyond
     /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
     /// edge read as zero and are not stored.
@@ -4609,15 +4595,11 @@ pub mod isa_avx2 {
             }
             let cout_g = d.cout_g;
             let panels = d.panels_per_group();
+            let units = panels / P;
             let w_g = io.weights + g * 16 * panels * KC * 16;
             for q in 0..16 {
-                for pj in (0..panels).step_by(P) {
-                    let ncols = if cout_g - pj * 16 < 16 {
-                        cout_g - pj * 16
-                    } else {
-                        16
-                    };
-                    let at = w_g + (q * panels + pj) * KC * 16;
+                for u in 0..units {
+                    let at = w_g + (q * panels + u * P) * KC * 16;
                     let b = if WD == 0 {
                         ctx.w(at) as *const u8
                     } else {
@@ -4625,26 +4607,15 @@ pub mod isa_avx2 {
                     };
                     let mut r = 0;
                     while r < n_pad {
-                        let mut acc = core::mem::MaybeUninit::<
-                            [[[V; NV]; P]; T],
-                        >::uninit();
+                        let acc = m.add(((q * units + u) * TB + r) * P * 16)
+                            as *mut [[[V; NV]; P]; T];
                         gemm::<
                             T,
                             KC,
                             KC,
                             P,
                             WD,
-                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
-                        let acc = acc.assume_init();
-                        for i in 0..T {
-                            for p in 0..P {
-                                store_row(
-                                    m.add((q * TB + r + i) * cout_g + (pj + p) * 16),
-                                    &acc[i][p],
-                                    ncols,
-                                );
-                            }
-                        }
+                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
                         r += T;
                     }
                 }
@@ -4657,9 +4628,10 @@ pub mod isa_avx2 {
                 let mut ch = 0;
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                    let (u, c) = (ch / (16 * P), ch % (16 * P));
                     let mut x = [splat(0.0f32); 16];
                     for q in 0..16 {
-                        x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                        x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
@@ -7605,7 +7577,7 @@ pub mod isa_avx512 {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
     /// and SiLU. Tile rows beyond
     /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
     /// edge read as zero and are not stored.
@@ -7666,15 +7638,11 @@ pub mod isa_avx512 {
             }
             let cout_g = d.cout_g;
             let panels = d.panels_per_group();
+            let units = panels / P;
             let w_g = io.weights + g * 16 * panels * KC * 16;
             for q in 0..16 {
-                for pj in (0..panels).step_by(P) {
-                    let ncols = if cout_g - pj * 16 < 16 {
-                        cout_g - pj * 16
-                    } else {
-                        16
-                    };
-                    let at = w_g + (q * panels + pj) * KC * 16;
+                for u in 0..units {
+                    let at = w_g + (q * panels + u * P) * KC * 16;
                     let b = if WD == 0 {
                         ctx.w(at) as *const u8
                     } else {
@@ -7682,26 +7650,15 @@ pub mod isa_avx512 {
                     };
                     let mut r = 0;
                     while r < n_pad {
-                        let mut acc = core::mem::MaybeUninit::<
-                            [[[V; NV]; P]; T],
-                        >::uninit();
+                        let acc = m.add(((q * units + u) * TB + r) * P * 16)
+                            as *mut [[[V; NV]; P]; T];
                         gemm::<
                             T,
                             KC,
                             KC,
                             P,
                             WD,
-                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
-                        let acc = acc.assume_init();
-                        for i in 0..T {
-                            for p in 0..P {
-                                store_row(
-                                    m.add((q * TB + r + i) * cout_g + (pj + p) * 16),
-                                    &acc[i][p],
-                                    ncols,
-                                );
-                            }
-                        }
+                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
                         r += T;
                     }
                 }
@@ -7714,9 +7671,10 @@ pub mod isa_avx512 {
                 let mut ch = 0;
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                    let (u, c) = (ch / (16 * P), ch % (16 * P));
                     let mut x = [splat(0.0f32); 16];
                     for q in 0..16 {
-                        x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                        x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
@@ -10636,7 +10594,7 @@ pub mod isa_neon {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
     /// and SiLU. Tile rows beyond
     /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
     /// edge read as zero and are not stored.
@@ -10696,15 +10654,11 @@ pub mod isa_neon {
             }
             let cout_g = d.cout_g;
             let panels = d.panels_per_group();
+            let units = panels / P;
             let w_g = io.weights + g * 16 * panels * KC * 16;
             for q in 0..16 {
-                for pj in (0..panels).step_by(P) {
-                    let ncols = if cout_g - pj * 16 < 16 {
-                        cout_g - pj * 16
-                    } else {
-                        16
-                    };
-                    let at = w_g + (q * panels + pj) * KC * 16;
+                for u in 0..units {
+                    let at = w_g + (q * panels + u * P) * KC * 16;
                     let b = if WD == 0 {
                         ctx.w(at) as *const u8
                     } else {
@@ -10712,26 +10666,15 @@ pub mod isa_neon {
                     };
                     let mut r = 0;
                     while r < n_pad {
-                        let mut acc = core::mem::MaybeUninit::<
-                            [[[V; NV]; P]; T],
-                        >::uninit();
+                        let acc = m.add(((q * units + u) * TB + r) * P * 16)
+                            as *mut [[[V; NV]; P]; T];
                         gemm::<
                             T,
                             KC,
                             KC,
                             P,
                             WD,
-                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
-                        let acc = acc.assume_init();
-                        for i in 0..T {
-                            for p in 0..P {
-                                store_row(
-                                    m.add((q * TB + r + i) * cout_g + (pj + p) * 16),
-                                    &acc[i][p],
-                                    ncols,
-                                );
-                            }
-                        }
+                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
                         r += T;
                     }
                 }
@@ -10744,9 +10687,10 @@ pub mod isa_neon {
                 let mut ch = 0;
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                    let (u, c) = (ch / (16 * P), ch % (16 * P));
                     let mut x = [splat(0.0f32); 16];
                     for q in 0..16 {
-                        x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                        x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));

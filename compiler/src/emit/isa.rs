@@ -552,7 +552,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
         /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
         /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-        /// (`[xi][TB][cout_g]`), then transformed back with bias (stored to `pre` when asked)
+        /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
         /// and SiLU. Tile rows beyond
         /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
         /// edge read as zero and are not stored.
@@ -604,22 +604,18 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 }
                 let cout_g = d.cout_g;
                 let panels = d.panels_per_group();
+                let units = panels / P;
                 let w_g = io.weights + g * 16 * panels * KC * 16;
+                // The products land in `m` as the micro-kernel holds them: per `xi` and unit
+                // of `P` panels, `T` rows of `16 P` floats.
                 for q in 0..16 {
-                    for pj in (0..panels).step_by(P) {
-                        let ncols = if cout_g - pj * 16 < 16 { cout_g - pj * 16 } else { 16 };
-                        let at = w_g + (q * panels + pj) * KC * 16;
+                    for u in 0..units {
+                        let at = w_g + (q * panels + u * P) * KC * 16;
                         let b = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
                         let mut r = 0;
                         while r < n_pad {
-                            let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
-                            gemm::<T, KC, KC, P, WD>(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc.as_mut_ptr());
-                            let acc = acc.assume_init();
-                            for i in 0..T {
-                                for p in 0..P {
-                                    store_row(m.add((q * TB + r + i) * cout_g + (pj + p) * 16), &acc[i][p], ncols);
-                                }
-                            }
+                            let acc = m.add(((q * units + u) * TB + r) * P * 16) as *mut [[[V; NV]; P]; T];
+                            gemm::<T, KC, KC, P, WD>(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
                             r += T;
                         }
                     }
@@ -632,9 +628,10 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     let mut ch = 0;
                     while ch < cout_g {
                         let nl = if cout_g - ch < L { cout_g - ch } else { L };
+                        let (u, c) = (ch / (16 * P), ch % (16 * P));
                         let mut x = [splat(0.0f32); 16];
                         for q in 0..16 {
-                            x[q] = load_part(m.add((q * TB + r) * cout_g + ch), nl);
+                            x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
                         }
                         let y = wino_out(&x);
                         let b = load(bias.add(ch));
