@@ -200,7 +200,8 @@ pub struct Schedule<'g> {
 }
 
 /// The fusion passes in order.
-pub const PASSES: [&str; 4] = ["conv_act", "conv_channel_sums", "scale_add_act_chain", "downsample_pool"];
+pub const PASSES: [&str; 5] =
+    ["conv_act", "conv_channel_sums", "scale_add_act_chain", "downsample_pool", "scale_add_act_in_place"];
 
 impl<'g> Schedule<'g> {
     /// Lowers `graph`, runs the first `stop_after` fusion passes (all with `None`), and plans memory.
@@ -212,7 +213,8 @@ impl<'g> Schedule<'g> {
                 "conv_act" => pass_conv_act(&mut s),
                 "conv_channel_sums" => pass_conv_channel_sums(&mut s),
                 "scale_add_act_chain" => pass_scale_add_act_chain(&mut s),
-                _ => pass_downsample_pool(&s),
+                "downsample_pool" => pass_downsample_pool(&s),
+                _ => pass_scale_add_act_in_place(&mut s),
             };
             s.passes.push(report);
         }
@@ -243,10 +245,15 @@ impl<'g> Schedule<'g> {
             }
         }
         self.buffers = kept;
-        let m = |b: &mut BufId| *b = map[*b];
+        self.remap(|b| map[b]);
+    }
+
+    /// Replaces every buffer reference `b` of every kernel by `f(b)`.
+    fn remap(&mut self, f: impl Fn(BufId) -> BufId) {
+        let m = |b: &mut BufId| *b = f(*b);
         let mo = |b: &mut Option<BufId>| {
             if let Some(x) = b {
-                *x = map[*x];
+                *x = f(*x);
             }
         };
         for k in &mut self.kernels {
@@ -471,7 +478,7 @@ pub fn json_to_text(v: &Json) -> String {
     for p in v["passes"].as_array().into_iter().flatten() {
         let applied = p["applied"].as_array().map_or(0, Vec::len);
         let declined = p["declined"].as_array().cloned().unwrap_or_default();
-        s += &format!("pass {:<20} applied {applied:>3}", p["name"].as_str().unwrap_or("?"));
+        s += &format!("pass {:<24} applied {applied:>3}", p["name"].as_str().unwrap_or("?"));
         if let Some(d) = declined.first() {
             s += &format!(
                 ", declined {} (e.g. {}: {})",
@@ -727,6 +734,54 @@ fn pass_scale_add_act_chain(s: &mut Schedule) -> PassReport {
 /// Downsample pooling stays its own kernel: it reads the block's activation once more (a
 /// quarter of it is written), under 1% of the bytes of the block; folding it into the GEMM's
 /// packing would give the 1x1 conv a second input path for little gain.
+/// Lets an elementwise `v = r * gate + shortcut` write `v` over `r` and `silu(v)` over the
+/// shortcut when this kernel is their last reader and the layouts agree: each element is read
+/// before it is written at the same place, so the kernel is unchanged, and its stores hit
+/// lines it has just read (no read-for-ownership of fresh lines): 4 streams of memory traffic
+/// instead of 6, and two fewer buffers in the arena.
+fn pass_scale_add_act_in_place(s: &mut Schedule) -> PassReport {
+    let mut rep = PassReport { name: "scale_add_act_in_place", applied: vec![], declined: vec![] };
+    for k in 0..s.kernels.len() {
+        let Op::ScaleAddAct { r, shortcut, y, act, .. } = s.kernels[k].op else { continue };
+        let last_reader = |s: &Schedule, b: BufId| s.readers(b).iter().all(|&j| j <= k);
+        let same = |s: &Schedule, a: BufId, b: BufId| s.buffers[a].layout == s.buffers[b].layout;
+        let mut pairs = Vec::new();
+        // (output, input it may overwrite)
+        match (y, act, shortcut) {
+            (Some(y), Some(a), Some(sc)) => pairs.extend([(y, r), (a, sc)]),
+            (Some(y), None, _) => pairs.push((y, r)),
+            (None, Some(a), _) => pairs.push((a, r)),
+            (Some(y), Some(_), None) => pairs.push((y, r)),
+            (None, None, _) => {}
+        }
+        let mut done = Vec::new();
+        for (out, inp) in pairs {
+            let why = if !last_reader(s, inp) {
+                Some("a later kernel reads the input")
+            } else if !same(s, out, inp) {
+                Some("the layouts differ")
+            } else {
+                None
+            };
+            match why {
+                Some(w) => {
+                    rep.declined.push((format!("{} over {}", s.buffers[out].name, s.buffers[inp].name), w.into()))
+                }
+                None => {
+                    let name = format!("{} (over {})", s.buffers[out].name, s.buffers[inp].name);
+                    s.buffers[inp].name = name.clone();
+                    s.remap(|b| if b == out { inp } else { b });
+                    done.push(name);
+                }
+            }
+        }
+        if !done.is_empty() {
+            rep.applied.push(format!("{}: {}", s.kernels[k].modules.join("+"), done.join(", ")));
+        }
+    }
+    rep
+}
+
 fn pass_downsample_pool(s: &Schedule) -> PassReport {
     let mut r = PassReport { name: "downsample_pool", applied: vec![], declined: vec![] };
     for k in &s.kernels {
@@ -782,6 +837,17 @@ mod tests {
         }
         let unfused = Schedule::new(&g, Some(0));
         assert!(unfused.passes.is_empty() && unfused.kernels.len() > s.kernels.len());
+        // Every block's gated residual add (5) writes its sum over its conv3 output (and its
+        // SiLU over the shortcut where the shortcut dies there).
+        let in_place = &by_name("scale_add_act_in_place").applied;
+        assert_eq!(in_place.len(), 5, "{in_place:?}");
+        let before = Schedule::new(&g, Some(PASSES.len() - 1));
+        assert!(s.arena_len < before.arena_len, "{} vs {}", s.arena_len, before.arena_len);
+        for k in &s.kernels {
+            if let Op::ScaleAddAct { r, y: Some(y), .. } = k.op {
+                assert_eq!(r, y, "{:?}", k.modules);
+            }
+        }
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub unsafe trait Kernels: Copy + Send + Sync {
     /// stores `v` to `y` and/or `silu(v)` to `act` (each optional, null when absent).
     ///
     /// # Safety
-    /// Non-null pointers must be valid for `n` floats (`gate` for `c`), `n` a multiple of `c`.
+    /// Non-null pointers must be valid for `n` floats (`gate` for `c`), `n` a multiple of `c`;
+    /// the outputs are disjoint from the inputs except that `y` may be `r` and `act` may be
+    /// `sc` (each element is read before it is written at the same place).
     unsafe fn scale_add_act(
         self,
         n: usize,
@@ -184,7 +186,8 @@ pub unsafe fn conv_run(ctx: &Ctx, d: &ConvDesc, io: &ConvIo, items: usize, item:
 /// `v = r * gate + shortcut`, stored to `y` and/or `silu(v)` to `act`, row by row.
 ///
 /// # Safety
-/// Buffers from the schedule: same h, w, c; in the arena; outputs disjoint from inputs.
+/// Buffers from the schedule: same h, w, c; in the arena; outputs disjoint from inputs, or
+/// `y` the same buffer as `r` and `act` as `sc` (see the `Kernels` contract).
 pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, sc: &Buf, y: &Buf, act: &Buf) {
     // SAFETY: buffers are in the arena (caller contract).
     unsafe {

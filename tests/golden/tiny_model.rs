@@ -40,7 +40,7 @@ pub const FEATURE2_LEN: usize = BATCH * 1920;
 pub const FEATURE3_LEN: usize = BATCH * 864;
 pub const FEATURE4_LEN: usize = BATCH * 768;
 /// Floats of the activation arena (one image at a time).
-pub const ARENA_LEN: usize = 15392;
+pub const ARENA_LEN: usize = 9824;
 pub const WEIGHTS_BYTES: usize = 411712;
 /// Storage of the conv weights: f32, bf16 or f16 (NFNET_WEIGHT_DTYPE).
 pub const WEIGHT_DTYPE: &str = "f32";
@@ -122,7 +122,7 @@ pub const KERNEL_FLOPS: [u64; KERNELS] = [
 ];
 pub const KERNELS: usize = 53;
 /// The fused kernel schedule (`nfc schedule --json`).
-pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":265792,\"peak_bytes\":61568},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":3800,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":8176,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0.conv3\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":61440,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.0.0.downsample.conv\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0\",\"bytes\":15360,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1\",\"bytes\":15360,\"offset_bytes\":46080,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":0,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":18432,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0.conv3\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.1.0.downsample.conv\",\"bytes\":7680,\"offset_bytes\":10752,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0\",\"bytes\":7680,\"offset_bytes\":18432,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.2.0.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0.downsample.conv\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":2432,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":4864,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1.conv3\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.0\",\"bytes\":3456,\"offset_bytes\":8832,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1\",\"bytes\":3456,\"offset_bytes\":12288,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":0,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":5248,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":2560,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0.conv3\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":3200,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0\",\"bytes\":2048,\"offset_bytes\":6144,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":8192,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"}],\"total_flops_per_image\":2473551}";
+pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":203840,\"peak_bytes\":39296},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":3800,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":8176,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1: stages.0.0 (over stages.0.0.conv3), stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1: stages.1.0 (over stages.1.0.conv3), stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1: stages.2.0 (over stages.2.0.conv3), stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1: stages.2.1 (over stages.2.1.conv3), stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"stages.3.0.attn_last+stages.3.0: stages.3.0 (over stages.3.0.conv3)\"],\"declined\":[],\"name\":\"scale_add_act_in_place\"}],\"total_flops_per_image\":2473551}";
 #[cfg(target_arch = "x86_64")]
 pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::NeonEmu];
 #[cfg(target_arch = "aarch64")]
@@ -2510,7 +2510,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2529,7 +2529,7 @@ pub mod isa_scalar {
                         c: 32,
                         pad: 0,
                     },
-                    15360,
+                    7680,
                     &rt::Buf {
                         offset: 0,
                         h: 12,
@@ -2538,14 +2538,14 @@ pub mod isa_scalar {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 7680,
+                        offset: 3840,
                         h: 12,
                         w: 10,
                         c: 32,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 11520,
+                        offset: 0,
                         h: 12,
                         w: 10,
                         c: 32,
@@ -2564,7 +2564,7 @@ pub mod isa_scalar {
                     rt::copy_out(
                         ctx,
                         &rt::Buf {
-                            offset: 7680,
+                            offset: 3840,
                             h: 12,
                             w: 10,
                             c: 32,
@@ -2584,14 +2584,14 @@ pub mod isa_scalar {
                 rt::avg_pool(
                     ctx,
                     &rt::Buf {
-                        offset: 11520,
+                        offset: 0,
                         h: 12,
                         w: 10,
                         c: 32,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 0,
+                        offset: 3840,
                         h: 6,
                         w: 5,
                         c: 32,
@@ -2609,8 +2609,8 @@ pub mod isa_scalar {
                 conv_stages_1_0_downsample_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 2688,
+                        input: 3840,
+                        out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 8432,
@@ -2628,8 +2628,8 @@ pub mod isa_scalar {
                 conv_stages_1_0_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 11520,
-                        out: 0,
+                        input: 0,
+                        out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 10544,
@@ -2647,8 +2647,8 @@ pub mod isa_scalar {
                 conv_stages_1_0_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 4608,
+                        input: 3840,
+                        out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 11072,
@@ -2666,7 +2666,7 @@ pub mod isa_scalar {
                 conv_stages_1_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 4608,
+                        input: 0,
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
@@ -2722,14 +2722,14 @@ pub mod isa_scalar {
                     },
                     1920,
                     &rt::Buf {
-                        offset: 2688,
+                        offset: 6528,
                         h: 6,
                         w: 5,
                         c: 64,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 4608,
+                        offset: 0,
                         h: 6,
                         w: 5,
                         c: 64,
@@ -2755,7 +2755,7 @@ pub mod isa_scalar {
                     rt::copy_out(
                         ctx,
                         &rt::Buf {
-                            offset: 4608,
+                            offset: 0,
                             h: 6,
                             w: 5,
                             c: 64,
@@ -2920,14 +2920,14 @@ pub mod isa_scalar {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 2208,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 1344,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -2945,8 +2945,8 @@ pub mod isa_scalar {
                 conv_stages_2_1_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 3072,
-                        out: 0,
+                        input: 1344,
+                        out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 34592,
@@ -2964,8 +2964,8 @@ pub mod isa_scalar {
                 conv_stages_2_1_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 608,
+                        input: 2208,
+                        out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 37696,
@@ -2983,8 +2983,8 @@ pub mod isa_scalar {
                 conv_stages_2_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 608,
-                        out: 1216,
+                        input: 864,
+                        out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 41200,
@@ -3002,10 +3002,10 @@ pub mod isa_scalar {
                 conv_stages_2_0_conv3(
                     ctx,
                     &rt::ConvIo {
-                        input: 1216,
-                        out: 0,
+                        input: 1728,
+                        out: 864,
                         pre: rt::NONE,
-                        sums: 864,
+                        sums: 1952,
                         weights: 44704,
                         bias: 47008,
                     },
@@ -3018,7 +3018,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3031,7 +3031,7 @@ pub mod isa_scalar {
                     k,
                     ctx,
                     &rt::Buf {
-                        offset: 0,
+                        offset: 864,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -3039,7 +3039,7 @@ pub mod isa_scalar {
                     },
                     1728,
                     &rt::Buf {
-                        offset: 2208,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -3053,7 +3053,7 @@ pub mod isa_scalar {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -3092,14 +3092,14 @@ pub mod isa_scalar {
                 rt::avg_pool(
                     ctx,
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 0,
+                        offset: 864,
                         h: 2,
                         w: 2,
                         c: 96,
@@ -3117,8 +3117,8 @@ pub mod isa_scalar {
                 conv_stages_3_0_downsample_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 800,
+                        input: 864,
+                        out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 47120,
@@ -3136,8 +3136,8 @@ pub mod isa_scalar {
                 conv_stages_3_0_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 3072,
-                        out: 0,
+                        input: 0,
+                        out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 59536,
@@ -3155,8 +3155,8 @@ pub mod isa_scalar {
                 conv_stages_3_0_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 1312,
+                        input: 864,
+                        out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 62640,
@@ -3174,7 +3174,7 @@ pub mod isa_scalar {
                 conv_stages_3_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 1312,
+                        input: 0,
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
@@ -3194,9 +3194,9 @@ pub mod isa_scalar {
                     ctx,
                     &rt::ConvIo {
                         input: 512,
-                        out: 0,
+                        out: 2176,
                         pre: rt::NONE,
-                        sums: 640,
+                        sums: 0,
                         weights: 71984,
                         bias: 76080,
                     },
@@ -3209,7 +3209,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3222,22 +3222,22 @@ pub mod isa_scalar {
                     k,
                     ctx,
                     &rt::Buf {
-                        offset: 0,
+                        offset: 2176,
                         h: 2,
                         w: 2,
                         c: 128,
                         pad: 0,
                     },
-                    512,
+                    128,
                     &rt::Buf {
-                        offset: 800,
+                        offset: 1664,
                         h: 2,
                         w: 2,
                         c: 128,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 1536,
+                        offset: 2176,
                         h: 2,
                         w: 2,
                         c: 128,
@@ -3256,10 +3256,10 @@ pub mod isa_scalar {
                 conv_final_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 1536,
+                        input: 2176,
                         out: 768,
                         pre: 0,
-                        sums: 2048,
+                        sums: 1536,
                         weights: 76224,
                         bias: 100800,
                     },
@@ -3314,7 +3314,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[49] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3498,7 +3498,7 @@ pub mod isa_scalar {
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -3511,7 +3511,7 @@ pub mod isa_scalar {
                             c: 32,
                             pad: 0,
                         },
-                        15360,
+                        7680,
                         &rt::Buf {
                             offset: 0,
                             h: 12,
@@ -3520,14 +3520,14 @@ pub mod isa_scalar {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 7680,
+                            offset: 3840,
                             h: 12,
                             w: 10,
                             c: 32,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 11520,
+                            offset: 0,
                             h: 12,
                             w: 10,
                             c: 32,
@@ -3539,14 +3539,14 @@ pub mod isa_scalar {
                     rt::avg_pool(
                         ctx,
                         &rt::Buf {
-                            offset: 11520,
+                            offset: 0,
                             h: 12,
                             w: 10,
                             c: 32,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 0,
+                            offset: 3840,
                             h: 6,
                             w: 5,
                             c: 32,
@@ -3558,8 +3558,8 @@ pub mod isa_scalar {
                     conv_stages_1_0_downsample_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 2688,
+                            input: 3840,
+                            out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 8432,
@@ -3571,8 +3571,8 @@ pub mod isa_scalar {
                     conv_stages_1_0_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 11520,
-                            out: 0,
+                            input: 0,
+                            out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 10544,
@@ -3584,8 +3584,8 @@ pub mod isa_scalar {
                     conv_stages_1_0_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 4608,
+                            input: 3840,
+                            out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 11072,
@@ -3597,7 +3597,7 @@ pub mod isa_scalar {
                     conv_stages_1_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 4608,
+                            input: 0,
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
@@ -3635,14 +3635,14 @@ pub mod isa_scalar {
                         },
                         1920,
                         &rt::Buf {
-                            offset: 2688,
+                            offset: 6528,
                             h: 6,
                             w: 5,
                             c: 64,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 4608,
+                            offset: 0,
                             h: 6,
                             w: 5,
                             c: 64,
@@ -3764,14 +3764,14 @@ pub mod isa_scalar {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 2208,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 1344,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -3783,8 +3783,8 @@ pub mod isa_scalar {
                     conv_stages_2_1_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 3072,
-                            out: 0,
+                            input: 1344,
+                            out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 34592,
@@ -3796,8 +3796,8 @@ pub mod isa_scalar {
                     conv_stages_2_1_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 608,
+                            input: 2208,
+                            out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 37696,
@@ -3809,8 +3809,8 @@ pub mod isa_scalar {
                     conv_stages_2_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 608,
-                            out: 1216,
+                            input: 864,
+                            out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 41200,
@@ -3822,24 +3822,24 @@ pub mod isa_scalar {
                     conv_stages_2_0_conv3(
                         ctx,
                         &rt::ConvIo {
-                            input: 1216,
-                            out: 0,
+                            input: 1728,
+                            out: 864,
                             pre: rt::NONE,
-                            sums: 864,
+                            sums: 1952,
                             weights: 44704,
                             bias: 47008,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
                         k,
                         ctx,
                         &rt::Buf {
-                            offset: 0,
+                            offset: 864,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -3847,7 +3847,7 @@ pub mod isa_scalar {
                         },
                         1728,
                         &rt::Buf {
-                            offset: 2208,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -3861,7 +3861,7 @@ pub mod isa_scalar {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -3873,14 +3873,14 @@ pub mod isa_scalar {
                     rt::avg_pool(
                         ctx,
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 0,
+                            offset: 864,
                             h: 2,
                             w: 2,
                             c: 96,
@@ -3892,8 +3892,8 @@ pub mod isa_scalar {
                     conv_stages_3_0_downsample_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 800,
+                            input: 864,
+                            out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 47120,
@@ -3905,8 +3905,8 @@ pub mod isa_scalar {
                     conv_stages_3_0_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 3072,
-                            out: 0,
+                            input: 0,
+                            out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 59536,
@@ -3918,8 +3918,8 @@ pub mod isa_scalar {
                     conv_stages_3_0_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 1312,
+                            input: 864,
+                            out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 62640,
@@ -3931,7 +3931,7 @@ pub mod isa_scalar {
                     conv_stages_3_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 1312,
+                            input: 0,
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
@@ -3945,38 +3945,38 @@ pub mod isa_scalar {
                         ctx,
                         &rt::ConvIo {
                             input: 512,
-                            out: 0,
+                            out: 2176,
                             pre: rt::NONE,
-                            sums: 640,
+                            sums: 0,
                             weights: 71984,
                             bias: 76080,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
                         k,
                         ctx,
                         &rt::Buf {
-                            offset: 0,
+                            offset: 2176,
                             h: 2,
                             w: 2,
                             c: 128,
                             pad: 0,
                         },
-                        512,
+                        128,
                         &rt::Buf {
-                            offset: 800,
+                            offset: 1664,
                             h: 2,
                             w: 2,
                             c: 128,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 1536,
+                            offset: 2176,
                             h: 2,
                             w: 2,
                             c: 128,
@@ -3989,17 +3989,17 @@ pub mod isa_scalar {
                     conv_final_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 1536,
+                            input: 2176,
                             out: 768,
                             pre: 0,
-                            sums: 2048,
+                            sums: 1536,
                             weights: 76224,
                             bias: 100800,
                         },
                     );
                 }
                 49 => {
-                    rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                    rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
                     rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
@@ -5554,7 +5554,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5573,7 +5573,7 @@ pub mod isa_avx2 {
                         c: 32,
                         pad: 0,
                     },
-                    15360,
+                    7680,
                     &rt::Buf {
                         offset: 0,
                         h: 12,
@@ -5582,14 +5582,14 @@ pub mod isa_avx2 {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 7680,
+                        offset: 3840,
                         h: 12,
                         w: 10,
                         c: 32,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 11520,
+                        offset: 0,
                         h: 12,
                         w: 10,
                         c: 32,
@@ -5608,7 +5608,7 @@ pub mod isa_avx2 {
                     rt::copy_out(
                         ctx,
                         &rt::Buf {
-                            offset: 7680,
+                            offset: 3840,
                             h: 12,
                             w: 10,
                             c: 32,
@@ -5628,14 +5628,14 @@ pub mod isa_avx2 {
                 rt::avg_pool(
                     ctx,
                     &rt::Buf {
-                        offset: 11520,
+                        offset: 0,
                         h: 12,
                         w: 10,
                         c: 32,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 0,
+                        offset: 3840,
                         h: 6,
                         w: 5,
                         c: 32,
@@ -5653,8 +5653,8 @@ pub mod isa_avx2 {
                 conv_stages_1_0_downsample_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 2688,
+                        input: 3840,
+                        out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 8432,
@@ -5672,8 +5672,8 @@ pub mod isa_avx2 {
                 conv_stages_1_0_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 11520,
-                        out: 0,
+                        input: 0,
+                        out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 10544,
@@ -5691,8 +5691,8 @@ pub mod isa_avx2 {
                 conv_stages_1_0_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 4608,
+                        input: 3840,
+                        out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 11072,
@@ -5710,7 +5710,7 @@ pub mod isa_avx2 {
                 conv_stages_1_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 4608,
+                        input: 0,
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
@@ -5766,14 +5766,14 @@ pub mod isa_avx2 {
                     },
                     1920,
                     &rt::Buf {
-                        offset: 2688,
+                        offset: 6528,
                         h: 6,
                         w: 5,
                         c: 64,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 4608,
+                        offset: 0,
                         h: 6,
                         w: 5,
                         c: 64,
@@ -5799,7 +5799,7 @@ pub mod isa_avx2 {
                     rt::copy_out(
                         ctx,
                         &rt::Buf {
-                            offset: 4608,
+                            offset: 0,
                             h: 6,
                             w: 5,
                             c: 64,
@@ -5964,14 +5964,14 @@ pub mod isa_avx2 {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 2208,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 1344,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -5989,8 +5989,8 @@ pub mod isa_avx2 {
                 conv_stages_2_1_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 3072,
-                        out: 0,
+                        input: 1344,
+                        out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 34592,
@@ -6008,8 +6008,8 @@ pub mod isa_avx2 {
                 conv_stages_2_1_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 608,
+                        input: 2208,
+                        out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 37696,
@@ -6027,8 +6027,8 @@ pub mod isa_avx2 {
                 conv_stages_2_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 608,
-                        out: 1216,
+                        input: 864,
+                        out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 41200,
@@ -6046,10 +6046,10 @@ pub mod isa_avx2 {
                 conv_stages_2_0_conv3(
                     ctx,
                     &rt::ConvIo {
-                        input: 1216,
-                        out: 0,
+                        input: 1728,
+                        out: 864,
                         pre: rt::NONE,
-                        sums: 864,
+                        sums: 1952,
                         weights: 44704,
                         bias: 47008,
                     },
@@ -6062,7 +6062,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6075,7 +6075,7 @@ pub mod isa_avx2 {
                     k,
                     ctx,
                     &rt::Buf {
-                        offset: 0,
+                        offset: 864,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -6083,7 +6083,7 @@ pub mod isa_avx2 {
                     },
                     1728,
                     &rt::Buf {
-                        offset: 2208,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -6097,7 +6097,7 @@ pub mod isa_avx2 {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -6136,14 +6136,14 @@ pub mod isa_avx2 {
                 rt::avg_pool(
                     ctx,
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 0,
+                        offset: 864,
                         h: 2,
                         w: 2,
                         c: 96,
@@ -6161,8 +6161,8 @@ pub mod isa_avx2 {
                 conv_stages_3_0_downsample_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 800,
+                        input: 864,
+                        out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 47120,
@@ -6180,8 +6180,8 @@ pub mod isa_avx2 {
                 conv_stages_3_0_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 3072,
-                        out: 0,
+                        input: 0,
+                        out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 59536,
@@ -6199,8 +6199,8 @@ pub mod isa_avx2 {
                 conv_stages_3_0_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 1312,
+                        input: 864,
+                        out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 62640,
@@ -6218,7 +6218,7 @@ pub mod isa_avx2 {
                 conv_stages_3_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 1312,
+                        input: 0,
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
@@ -6238,9 +6238,9 @@ pub mod isa_avx2 {
                     ctx,
                     &rt::ConvIo {
                         input: 512,
-                        out: 0,
+                        out: 2176,
                         pre: rt::NONE,
-                        sums: 640,
+                        sums: 0,
                         weights: 71984,
                         bias: 76080,
                     },
@@ -6253,7 +6253,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6266,22 +6266,22 @@ pub mod isa_avx2 {
                     k,
                     ctx,
                     &rt::Buf {
-                        offset: 0,
+                        offset: 2176,
                         h: 2,
                         w: 2,
                         c: 128,
                         pad: 0,
                     },
-                    512,
+                    128,
                     &rt::Buf {
-                        offset: 800,
+                        offset: 1664,
                         h: 2,
                         w: 2,
                         c: 128,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 1536,
+                        offset: 2176,
                         h: 2,
                         w: 2,
                         c: 128,
@@ -6300,10 +6300,10 @@ pub mod isa_avx2 {
                 conv_final_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 1536,
+                        input: 2176,
                         out: 768,
                         pre: 0,
-                        sums: 2048,
+                        sums: 1536,
                         weights: 76224,
                         bias: 100800,
                     },
@@ -6358,7 +6358,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[49] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6542,7 +6542,7 @@ pub mod isa_avx2 {
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -6555,7 +6555,7 @@ pub mod isa_avx2 {
                             c: 32,
                             pad: 0,
                         },
-                        15360,
+                        7680,
                         &rt::Buf {
                             offset: 0,
                             h: 12,
@@ -6564,14 +6564,14 @@ pub mod isa_avx2 {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 7680,
+                            offset: 3840,
                             h: 12,
                             w: 10,
                             c: 32,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 11520,
+                            offset: 0,
                             h: 12,
                             w: 10,
                             c: 32,
@@ -6583,14 +6583,14 @@ pub mod isa_avx2 {
                     rt::avg_pool(
                         ctx,
                         &rt::Buf {
-                            offset: 11520,
+                            offset: 0,
                             h: 12,
                             w: 10,
                             c: 32,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 0,
+                            offset: 3840,
                             h: 6,
                             w: 5,
                             c: 32,
@@ -6602,8 +6602,8 @@ pub mod isa_avx2 {
                     conv_stages_1_0_downsample_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 2688,
+                            input: 3840,
+                            out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 8432,
@@ -6615,8 +6615,8 @@ pub mod isa_avx2 {
                     conv_stages_1_0_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 11520,
-                            out: 0,
+                            input: 0,
+                            out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 10544,
@@ -6628,8 +6628,8 @@ pub mod isa_avx2 {
                     conv_stages_1_0_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 4608,
+                            input: 3840,
+                            out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 11072,
@@ -6641,7 +6641,7 @@ pub mod isa_avx2 {
                     conv_stages_1_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 4608,
+                            input: 0,
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
@@ -6679,14 +6679,14 @@ pub mod isa_avx2 {
                         },
                         1920,
                         &rt::Buf {
-                            offset: 2688,
+                            offset: 6528,
                             h: 6,
                             w: 5,
                             c: 64,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 4608,
+                            offset: 0,
                             h: 6,
                             w: 5,
                             c: 64,
@@ -6808,14 +6808,14 @@ pub mod isa_avx2 {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 2208,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 1344,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -6827,8 +6827,8 @@ pub mod isa_avx2 {
                     conv_stages_2_1_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 3072,
-                            out: 0,
+                            input: 1344,
+                            out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 34592,
@@ -6840,8 +6840,8 @@ pub mod isa_avx2 {
                     conv_stages_2_1_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 608,
+                            input: 2208,
+                            out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 37696,
@@ -6853,8 +6853,8 @@ pub mod isa_avx2 {
                     conv_stages_2_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 608,
-                            out: 1216,
+                            input: 864,
+                            out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 41200,
@@ -6866,24 +6866,24 @@ pub mod isa_avx2 {
                     conv_stages_2_0_conv3(
                         ctx,
                         &rt::ConvIo {
-                            input: 1216,
-                            out: 0,
+                            input: 1728,
+                            out: 864,
                             pre: rt::NONE,
-                            sums: 864,
+                            sums: 1952,
                             weights: 44704,
                             bias: 47008,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
                         k,
                         ctx,
                         &rt::Buf {
-                            offset: 0,
+                            offset: 864,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -6891,7 +6891,7 @@ pub mod isa_avx2 {
                         },
                         1728,
                         &rt::Buf {
-                            offset: 2208,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -6905,7 +6905,7 @@ pub mod isa_avx2 {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -6917,14 +6917,14 @@ pub mod isa_avx2 {
                     rt::avg_pool(
                         ctx,
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 0,
+                            offset: 864,
                             h: 2,
                             w: 2,
                             c: 96,
@@ -6936,8 +6936,8 @@ pub mod isa_avx2 {
                     conv_stages_3_0_downsample_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 800,
+                            input: 864,
+                            out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 47120,
@@ -6949,8 +6949,8 @@ pub mod isa_avx2 {
                     conv_stages_3_0_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 3072,
-                            out: 0,
+                            input: 0,
+                            out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 59536,
@@ -6962,8 +6962,8 @@ pub mod isa_avx2 {
                     conv_stages_3_0_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 1312,
+                            input: 864,
+                            out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 62640,
@@ -6975,7 +6975,7 @@ pub mod isa_avx2 {
                     conv_stages_3_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 1312,
+                            input: 0,
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
@@ -6989,38 +6989,38 @@ pub mod isa_avx2 {
                         ctx,
                         &rt::ConvIo {
                             input: 512,
-                            out: 0,
+                            out: 2176,
                             pre: rt::NONE,
-                            sums: 640,
+                            sums: 0,
                             weights: 71984,
                             bias: 76080,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
                         k,
                         ctx,
                         &rt::Buf {
-                            offset: 0,
+                            offset: 2176,
                             h: 2,
                             w: 2,
                             c: 128,
                             pad: 0,
                         },
-                        512,
+                        128,
                         &rt::Buf {
-                            offset: 800,
+                            offset: 1664,
                             h: 2,
                             w: 2,
                             c: 128,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 1536,
+                            offset: 2176,
                             h: 2,
                             w: 2,
                             c: 128,
@@ -7033,17 +7033,17 @@ pub mod isa_avx2 {
                     conv_final_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 1536,
+                            input: 2176,
                             out: 768,
                             pre: 0,
-                            sums: 2048,
+                            sums: 1536,
                             weights: 76224,
                             bias: 100800,
                         },
                     );
                 }
                 49 => {
-                    rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                    rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
                     rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
@@ -8600,7 +8600,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8619,7 +8619,7 @@ pub mod isa_avx512 {
                         c: 32,
                         pad: 0,
                     },
-                    15360,
+                    7680,
                     &rt::Buf {
                         offset: 0,
                         h: 12,
@@ -8628,14 +8628,14 @@ pub mod isa_avx512 {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 7680,
+                        offset: 3840,
                         h: 12,
                         w: 10,
                         c: 32,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 11520,
+                        offset: 0,
                         h: 12,
                         w: 10,
                         c: 32,
@@ -8654,7 +8654,7 @@ pub mod isa_avx512 {
                     rt::copy_out(
                         ctx,
                         &rt::Buf {
-                            offset: 7680,
+                            offset: 3840,
                             h: 12,
                             w: 10,
                             c: 32,
@@ -8674,14 +8674,14 @@ pub mod isa_avx512 {
                 rt::avg_pool(
                     ctx,
                     &rt::Buf {
-                        offset: 11520,
+                        offset: 0,
                         h: 12,
                         w: 10,
                         c: 32,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 0,
+                        offset: 3840,
                         h: 6,
                         w: 5,
                         c: 32,
@@ -8699,8 +8699,8 @@ pub mod isa_avx512 {
                 conv_stages_1_0_downsample_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 2688,
+                        input: 3840,
+                        out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 8432,
@@ -8718,8 +8718,8 @@ pub mod isa_avx512 {
                 conv_stages_1_0_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 11520,
-                        out: 0,
+                        input: 0,
+                        out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 10544,
@@ -8737,8 +8737,8 @@ pub mod isa_avx512 {
                 conv_stages_1_0_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 4608,
+                        input: 3840,
+                        out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 11072,
@@ -8756,7 +8756,7 @@ pub mod isa_avx512 {
                 conv_stages_1_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 4608,
+                        input: 0,
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
@@ -8812,14 +8812,14 @@ pub mod isa_avx512 {
                     },
                     1920,
                     &rt::Buf {
-                        offset: 2688,
+                        offset: 6528,
                         h: 6,
                         w: 5,
                         c: 64,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 4608,
+                        offset: 0,
                         h: 6,
                         w: 5,
                         c: 64,
@@ -8845,7 +8845,7 @@ pub mod isa_avx512 {
                     rt::copy_out(
                         ctx,
                         &rt::Buf {
-                            offset: 4608,
+                            offset: 0,
                             h: 6,
                             w: 5,
                             c: 64,
@@ -9010,14 +9010,14 @@ pub mod isa_avx512 {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 2208,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 1344,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -9035,8 +9035,8 @@ pub mod isa_avx512 {
                 conv_stages_2_1_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 3072,
-                        out: 0,
+                        input: 1344,
+                        out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 34592,
@@ -9054,8 +9054,8 @@ pub mod isa_avx512 {
                 conv_stages_2_1_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 608,
+                        input: 2208,
+                        out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 37696,
@@ -9073,8 +9073,8 @@ pub mod isa_avx512 {
                 conv_stages_2_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 608,
-                        out: 1216,
+                        input: 864,
+                        out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 41200,
@@ -9092,10 +9092,10 @@ pub mod isa_avx512 {
                 conv_stages_2_0_conv3(
                     ctx,
                     &rt::ConvIo {
-                        input: 1216,
-                        out: 0,
+                        input: 1728,
+                        out: 864,
                         pre: rt::NONE,
-                        sums: 864,
+                        sums: 1952,
                         weights: 44704,
                         bias: 47008,
                     },
@@ -9108,7 +9108,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9121,7 +9121,7 @@ pub mod isa_avx512 {
                     k,
                     ctx,
                     &rt::Buf {
-                        offset: 0,
+                        offset: 864,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -9129,7 +9129,7 @@ pub mod isa_avx512 {
                     },
                     1728,
                     &rt::Buf {
-                        offset: 2208,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -9143,7 +9143,7 @@ pub mod isa_avx512 {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -9182,14 +9182,14 @@ pub mod isa_avx512 {
                 rt::avg_pool(
                     ctx,
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 0,
+                        offset: 864,
                         h: 2,
                         w: 2,
                         c: 96,
@@ -9207,8 +9207,8 @@ pub mod isa_avx512 {
                 conv_stages_3_0_downsample_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 800,
+                        input: 864,
+                        out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 47120,
@@ -9226,8 +9226,8 @@ pub mod isa_avx512 {
                 conv_stages_3_0_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 3072,
-                        out: 0,
+                        input: 0,
+                        out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 59536,
@@ -9245,8 +9245,8 @@ pub mod isa_avx512 {
                 conv_stages_3_0_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 1312,
+                        input: 864,
+                        out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 62640,
@@ -9264,7 +9264,7 @@ pub mod isa_avx512 {
                 conv_stages_3_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 1312,
+                        input: 0,
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
@@ -9284,9 +9284,9 @@ pub mod isa_avx512 {
                     ctx,
                     &rt::ConvIo {
                         input: 512,
-                        out: 0,
+                        out: 2176,
                         pre: rt::NONE,
-                        sums: 640,
+                        sums: 0,
                         weights: 71984,
                         bias: 76080,
                     },
@@ -9299,7 +9299,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9312,22 +9312,22 @@ pub mod isa_avx512 {
                     k,
                     ctx,
                     &rt::Buf {
-                        offset: 0,
+                        offset: 2176,
                         h: 2,
                         w: 2,
                         c: 128,
                         pad: 0,
                     },
-                    512,
+                    128,
                     &rt::Buf {
-                        offset: 800,
+                        offset: 1664,
                         h: 2,
                         w: 2,
                         c: 128,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 1536,
+                        offset: 2176,
                         h: 2,
                         w: 2,
                         c: 128,
@@ -9346,10 +9346,10 @@ pub mod isa_avx512 {
                 conv_final_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 1536,
+                        input: 2176,
                         out: 768,
                         pre: 0,
-                        sums: 2048,
+                        sums: 1536,
                         weights: 76224,
                         bias: 100800,
                     },
@@ -9404,7 +9404,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[49] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9588,7 +9588,7 @@ pub mod isa_avx512 {
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -9601,7 +9601,7 @@ pub mod isa_avx512 {
                             c: 32,
                             pad: 0,
                         },
-                        15360,
+                        7680,
                         &rt::Buf {
                             offset: 0,
                             h: 12,
@@ -9610,14 +9610,14 @@ pub mod isa_avx512 {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 7680,
+                            offset: 3840,
                             h: 12,
                             w: 10,
                             c: 32,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 11520,
+                            offset: 0,
                             h: 12,
                             w: 10,
                             c: 32,
@@ -9629,14 +9629,14 @@ pub mod isa_avx512 {
                     rt::avg_pool(
                         ctx,
                         &rt::Buf {
-                            offset: 11520,
+                            offset: 0,
                             h: 12,
                             w: 10,
                             c: 32,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 0,
+                            offset: 3840,
                             h: 6,
                             w: 5,
                             c: 32,
@@ -9648,8 +9648,8 @@ pub mod isa_avx512 {
                     conv_stages_1_0_downsample_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 2688,
+                            input: 3840,
+                            out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 8432,
@@ -9661,8 +9661,8 @@ pub mod isa_avx512 {
                     conv_stages_1_0_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 11520,
-                            out: 0,
+                            input: 0,
+                            out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 10544,
@@ -9674,8 +9674,8 @@ pub mod isa_avx512 {
                     conv_stages_1_0_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 4608,
+                            input: 3840,
+                            out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 11072,
@@ -9687,7 +9687,7 @@ pub mod isa_avx512 {
                     conv_stages_1_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 4608,
+                            input: 0,
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
@@ -9725,14 +9725,14 @@ pub mod isa_avx512 {
                         },
                         1920,
                         &rt::Buf {
-                            offset: 2688,
+                            offset: 6528,
                             h: 6,
                             w: 5,
                             c: 64,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 4608,
+                            offset: 0,
                             h: 6,
                             w: 5,
                             c: 64,
@@ -9854,14 +9854,14 @@ pub mod isa_avx512 {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 2208,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 1344,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -9873,8 +9873,8 @@ pub mod isa_avx512 {
                     conv_stages_2_1_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 3072,
-                            out: 0,
+                            input: 1344,
+                            out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 34592,
@@ -9886,8 +9886,8 @@ pub mod isa_avx512 {
                     conv_stages_2_1_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 608,
+                            input: 2208,
+                            out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 37696,
@@ -9899,8 +9899,8 @@ pub mod isa_avx512 {
                     conv_stages_2_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 608,
-                            out: 1216,
+                            input: 864,
+                            out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 41200,
@@ -9912,24 +9912,24 @@ pub mod isa_avx512 {
                     conv_stages_2_0_conv3(
                         ctx,
                         &rt::ConvIo {
-                            input: 1216,
-                            out: 0,
+                            input: 1728,
+                            out: 864,
                             pre: rt::NONE,
-                            sums: 864,
+                            sums: 1952,
                             weights: 44704,
                             bias: 47008,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
                         k,
                         ctx,
                         &rt::Buf {
-                            offset: 0,
+                            offset: 864,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -9937,7 +9937,7 @@ pub mod isa_avx512 {
                         },
                         1728,
                         &rt::Buf {
-                            offset: 2208,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -9951,7 +9951,7 @@ pub mod isa_avx512 {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -9963,14 +9963,14 @@ pub mod isa_avx512 {
                     rt::avg_pool(
                         ctx,
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 0,
+                            offset: 864,
                             h: 2,
                             w: 2,
                             c: 96,
@@ -9982,8 +9982,8 @@ pub mod isa_avx512 {
                     conv_stages_3_0_downsample_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 800,
+                            input: 864,
+                            out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 47120,
@@ -9995,8 +9995,8 @@ pub mod isa_avx512 {
                     conv_stages_3_0_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 3072,
-                            out: 0,
+                            input: 0,
+                            out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 59536,
@@ -10008,8 +10008,8 @@ pub mod isa_avx512 {
                     conv_stages_3_0_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 1312,
+                            input: 864,
+                            out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 62640,
@@ -10021,7 +10021,7 @@ pub mod isa_avx512 {
                     conv_stages_3_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 1312,
+                            input: 0,
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
@@ -10035,38 +10035,38 @@ pub mod isa_avx512 {
                         ctx,
                         &rt::ConvIo {
                             input: 512,
-                            out: 0,
+                            out: 2176,
                             pre: rt::NONE,
-                            sums: 640,
+                            sums: 0,
                             weights: 71984,
                             bias: 76080,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
                         k,
                         ctx,
                         &rt::Buf {
-                            offset: 0,
+                            offset: 2176,
                             h: 2,
                             w: 2,
                             c: 128,
                             pad: 0,
                         },
-                        512,
+                        128,
                         &rt::Buf {
-                            offset: 800,
+                            offset: 1664,
                             h: 2,
                             w: 2,
                             c: 128,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 1536,
+                            offset: 2176,
                             h: 2,
                             w: 2,
                             c: 128,
@@ -10079,17 +10079,17 @@ pub mod isa_avx512 {
                     conv_final_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 1536,
+                            input: 2176,
                             out: 768,
                             pre: 0,
-                            sums: 2048,
+                            sums: 1536,
                             weights: 76224,
                             bias: 100800,
                         },
                     );
                 }
                 49 => {
-                    rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                    rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
                     rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
@@ -11588,7 +11588,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11607,7 +11607,7 @@ pub mod isa_neon {
                         c: 32,
                         pad: 0,
                     },
-                    15360,
+                    7680,
                     &rt::Buf {
                         offset: 0,
                         h: 12,
@@ -11616,14 +11616,14 @@ pub mod isa_neon {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 7680,
+                        offset: 3840,
                         h: 12,
                         w: 10,
                         c: 32,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 11520,
+                        offset: 0,
                         h: 12,
                         w: 10,
                         c: 32,
@@ -11642,7 +11642,7 @@ pub mod isa_neon {
                     rt::copy_out(
                         ctx,
                         &rt::Buf {
-                            offset: 7680,
+                            offset: 3840,
                             h: 12,
                             w: 10,
                             c: 32,
@@ -11662,14 +11662,14 @@ pub mod isa_neon {
                 rt::avg_pool(
                     ctx,
                     &rt::Buf {
-                        offset: 11520,
+                        offset: 0,
                         h: 12,
                         w: 10,
                         c: 32,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 0,
+                        offset: 3840,
                         h: 6,
                         w: 5,
                         c: 32,
@@ -11687,8 +11687,8 @@ pub mod isa_neon {
                 conv_stages_1_0_downsample_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 2688,
+                        input: 3840,
+                        out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 8432,
@@ -11706,8 +11706,8 @@ pub mod isa_neon {
                 conv_stages_1_0_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 11520,
-                        out: 0,
+                        input: 0,
+                        out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 10544,
@@ -11725,8 +11725,8 @@ pub mod isa_neon {
                 conv_stages_1_0_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 4608,
+                        input: 3840,
+                        out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 11072,
@@ -11744,7 +11744,7 @@ pub mod isa_neon {
                 conv_stages_1_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 4608,
+                        input: 0,
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
@@ -11800,14 +11800,14 @@ pub mod isa_neon {
                     },
                     1920,
                     &rt::Buf {
-                        offset: 2688,
+                        offset: 6528,
                         h: 6,
                         w: 5,
                         c: 64,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 4608,
+                        offset: 0,
                         h: 6,
                         w: 5,
                         c: 64,
@@ -11833,7 +11833,7 @@ pub mod isa_neon {
                     rt::copy_out(
                         ctx,
                         &rt::Buf {
-                            offset: 4608,
+                            offset: 0,
                             h: 6,
                             w: 5,
                             c: 64,
@@ -11998,14 +11998,14 @@ pub mod isa_neon {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 2208,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 1344,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -12023,8 +12023,8 @@ pub mod isa_neon {
                 conv_stages_2_1_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 3072,
-                        out: 0,
+                        input: 1344,
+                        out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 34592,
@@ -12042,8 +12042,8 @@ pub mod isa_neon {
                 conv_stages_2_1_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 608,
+                        input: 2208,
+                        out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 37696,
@@ -12061,8 +12061,8 @@ pub mod isa_neon {
                 conv_stages_2_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 608,
-                        out: 1216,
+                        input: 864,
+                        out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 41200,
@@ -12080,10 +12080,10 @@ pub mod isa_neon {
                 conv_stages_2_0_conv3(
                     ctx,
                     &rt::ConvIo {
-                        input: 1216,
-                        out: 0,
+                        input: 1728,
+                        out: 864,
                         pre: rt::NONE,
-                        sums: 864,
+                        sums: 1952,
                         weights: 44704,
                         bias: 47008,
                     },
@@ -12096,7 +12096,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12109,7 +12109,7 @@ pub mod isa_neon {
                     k,
                     ctx,
                     &rt::Buf {
-                        offset: 0,
+                        offset: 864,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -12117,7 +12117,7 @@ pub mod isa_neon {
                     },
                     1728,
                     &rt::Buf {
-                        offset: 2208,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -12131,7 +12131,7 @@ pub mod isa_neon {
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
@@ -12170,14 +12170,14 @@ pub mod isa_neon {
                 rt::avg_pool(
                     ctx,
                     &rt::Buf {
-                        offset: 3072,
+                        offset: 0,
                         h: 3,
                         w: 3,
                         c: 96,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 0,
+                        offset: 864,
                         h: 2,
                         w: 2,
                         c: 96,
@@ -12195,8 +12195,8 @@ pub mod isa_neon {
                 conv_stages_3_0_downsample_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 800,
+                        input: 864,
+                        out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 47120,
@@ -12214,8 +12214,8 @@ pub mod isa_neon {
                 conv_stages_3_0_conv1(
                     ctx,
                     &rt::ConvIo {
-                        input: 3072,
-                        out: 0,
+                        input: 0,
+                        out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 59536,
@@ -12233,8 +12233,8 @@ pub mod isa_neon {
                 conv_stages_3_0_conv2(
                     ctx,
                     &rt::ConvIo {
-                        input: 0,
-                        out: 1312,
+                        input: 864,
+                        out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 62640,
@@ -12252,7 +12252,7 @@ pub mod isa_neon {
                 conv_stages_3_0_conv2b(
                     ctx,
                     &rt::ConvIo {
-                        input: 1312,
+                        input: 0,
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
@@ -12272,9 +12272,9 @@ pub mod isa_neon {
                     ctx,
                     &rt::ConvIo {
                         input: 512,
-                        out: 0,
+                        out: 2176,
                         pre: rt::NONE,
-                        sums: 640,
+                        sums: 0,
                         weights: 71984,
                         bias: 76080,
                     },
@@ -12287,7 +12287,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12300,22 +12300,22 @@ pub mod isa_neon {
                     k,
                     ctx,
                     &rt::Buf {
-                        offset: 0,
+                        offset: 2176,
                         h: 2,
                         w: 2,
                         c: 128,
                         pad: 0,
                     },
-                    512,
+                    128,
                     &rt::Buf {
-                        offset: 800,
+                        offset: 1664,
                         h: 2,
                         w: 2,
                         c: 128,
                         pad: 0,
                     },
                     &rt::Buf {
-                        offset: 1536,
+                        offset: 2176,
                         h: 2,
                         w: 2,
                         c: 128,
@@ -12334,10 +12334,10 @@ pub mod isa_neon {
                 conv_final_conv(
                     ctx,
                     &rt::ConvIo {
-                        input: 1536,
+                        input: 2176,
                         out: 768,
                         pre: 0,
-                        sums: 2048,
+                        sums: 1536,
                         weights: 76224,
                         bias: 100800,
                     },
@@ -12392,7 +12392,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[49] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12576,7 +12576,7 @@ pub mod isa_neon {
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 15360);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -12589,7 +12589,7 @@ pub mod isa_neon {
                             c: 32,
                             pad: 0,
                         },
-                        15360,
+                        7680,
                         &rt::Buf {
                             offset: 0,
                             h: 12,
@@ -12598,14 +12598,14 @@ pub mod isa_neon {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 7680,
+                            offset: 3840,
                             h: 12,
                             w: 10,
                             c: 32,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 11520,
+                            offset: 0,
                             h: 12,
                             w: 10,
                             c: 32,
@@ -12617,14 +12617,14 @@ pub mod isa_neon {
                     rt::avg_pool(
                         ctx,
                         &rt::Buf {
-                            offset: 11520,
+                            offset: 0,
                             h: 12,
                             w: 10,
                             c: 32,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 0,
+                            offset: 3840,
                             h: 6,
                             w: 5,
                             c: 32,
@@ -12636,8 +12636,8 @@ pub mod isa_neon {
                     conv_stages_1_0_downsample_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 2688,
+                            input: 3840,
+                            out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 8432,
@@ -12649,8 +12649,8 @@ pub mod isa_neon {
                     conv_stages_1_0_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 11520,
-                            out: 0,
+                            input: 0,
+                            out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 10544,
@@ -12662,8 +12662,8 @@ pub mod isa_neon {
                     conv_stages_1_0_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 4608,
+                            input: 3840,
+                            out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 11072,
@@ -12675,7 +12675,7 @@ pub mod isa_neon {
                     conv_stages_1_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 4608,
+                            input: 0,
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
@@ -12713,14 +12713,14 @@ pub mod isa_neon {
                         },
                         1920,
                         &rt::Buf {
-                            offset: 2688,
+                            offset: 6528,
                             h: 6,
                             w: 5,
                             c: 64,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 4608,
+                            offset: 0,
                             h: 6,
                             w: 5,
                             c: 64,
@@ -12842,14 +12842,14 @@ pub mod isa_neon {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 2208,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 1344,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -12861,8 +12861,8 @@ pub mod isa_neon {
                     conv_stages_2_1_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 3072,
-                            out: 0,
+                            input: 1344,
+                            out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 34592,
@@ -12874,8 +12874,8 @@ pub mod isa_neon {
                     conv_stages_2_1_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 608,
+                            input: 2208,
+                            out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 37696,
@@ -12887,8 +12887,8 @@ pub mod isa_neon {
                     conv_stages_2_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 608,
-                            out: 1216,
+                            input: 864,
+                            out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 41200,
@@ -12900,24 +12900,24 @@ pub mod isa_neon {
                     conv_stages_2_0_conv3(
                         ctx,
                         &rt::ConvIo {
-                            input: 1216,
-                            out: 0,
+                            input: 1728,
+                            out: 864,
                             pre: rt::NONE,
-                            sums: 864,
+                            sums: 1952,
                             weights: 44704,
                             bias: 47008,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 864, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
                         k,
                         ctx,
                         &rt::Buf {
-                            offset: 0,
+                            offset: 864,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -12925,7 +12925,7 @@ pub mod isa_neon {
                         },
                         1728,
                         &rt::Buf {
-                            offset: 2208,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -12939,7 +12939,7 @@ pub mod isa_neon {
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
@@ -12951,14 +12951,14 @@ pub mod isa_neon {
                     rt::avg_pool(
                         ctx,
                         &rt::Buf {
-                            offset: 3072,
+                            offset: 0,
                             h: 3,
                             w: 3,
                             c: 96,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 0,
+                            offset: 864,
                             h: 2,
                             w: 2,
                             c: 96,
@@ -12970,8 +12970,8 @@ pub mod isa_neon {
                     conv_stages_3_0_downsample_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 800,
+                            input: 864,
+                            out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 47120,
@@ -12983,8 +12983,8 @@ pub mod isa_neon {
                     conv_stages_3_0_conv1(
                         ctx,
                         &rt::ConvIo {
-                            input: 3072,
-                            out: 0,
+                            input: 0,
+                            out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 59536,
@@ -12996,8 +12996,8 @@ pub mod isa_neon {
                     conv_stages_3_0_conv2(
                         ctx,
                         &rt::ConvIo {
-                            input: 0,
-                            out: 1312,
+                            input: 864,
+                            out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 62640,
@@ -13009,7 +13009,7 @@ pub mod isa_neon {
                     conv_stages_3_0_conv2b(
                         ctx,
                         &rt::ConvIo {
-                            input: 1312,
+                            input: 0,
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
@@ -13023,38 +13023,38 @@ pub mod isa_neon {
                         ctx,
                         &rt::ConvIo {
                             input: 512,
-                            out: 0,
+                            out: 2176,
                             pre: rt::NONE,
-                            sums: 640,
+                            sums: 0,
                             weights: 71984,
                             bias: 76080,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 640, 1, 4, 128, 76208, 5, 0.4f32, 512);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
                         k,
                         ctx,
                         &rt::Buf {
-                            offset: 0,
+                            offset: 2176,
                             h: 2,
                             w: 2,
                             c: 128,
                             pad: 0,
                         },
-                        512,
+                        128,
                         &rt::Buf {
-                            offset: 800,
+                            offset: 1664,
                             h: 2,
                             w: 2,
                             c: 128,
                             pad: 0,
                         },
                         &rt::Buf {
-                            offset: 1536,
+                            offset: 2176,
                             h: 2,
                             w: 2,
                             c: 128,
@@ -13067,17 +13067,17 @@ pub mod isa_neon {
                     conv_final_conv(
                         ctx,
                         &rt::ConvIo {
-                            input: 1536,
+                            input: 2176,
                             out: 768,
                             pre: 0,
-                            sums: 2048,
+                            sums: 1536,
                             weights: 76224,
                             bias: 100800,
                         },
                     );
                 }
                 49 => {
-                    rt::mean_pool(ctx, 2048, 1, 4, 192, 0);
+                    rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
                     rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
