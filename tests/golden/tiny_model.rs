@@ -13132,7 +13132,7 @@ impl Workspace {
     /// A workspace whose kernels run on `threads` threads (the caller's included).
     pub fn new(threads: usize) -> std::io::Result<Workspace> {
         Ok(Workspace {
-            arena: vec![0.0f32; ARENA_LEN].into_boxed_slice(),
+            arena: nfnet_runtime::arena(ARENA_LEN),
             pool: Pool::new(threads)?,
         })
     }

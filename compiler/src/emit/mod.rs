@@ -564,7 +564,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         impl Workspace {
             /// A workspace whose kernels run on `threads` threads (the caller's included).
             pub fn new(threads: usize) -> std::io::Result<Workspace> {
-                Ok(Workspace { arena: vec![0.0f32; ARENA_LEN].into_boxed_slice(), pool: Pool::new(threads)? })
+                Ok(Workspace { arena: nfnet_runtime::arena(ARENA_LEN), pool: Pool::new(threads)? })
             }
 
             pub fn threads(&self) -> usize {
