@@ -1561,7 +1561,21 @@ pub mod isa_scalar {
                         }
                     }
                 }
+                let inside = y0 + 3 < hp && x0 + 3 < wp;
                 let mut ch = 0;
+                if inside {
+                    while ch + L <= KC {
+                        let mut x = [splat(0.0f32); 16];
+                        for q in 0..16 {
+                            x[q] = load(src[q].add(ch));
+                        }
+                        let y = wino_in(&x);
+                        for q in 0..16 {
+                            store(v.add((q * TB + r) * KC + ch), y[q]);
+                        }
+                        ch += L;
+                    }
+                }
                 while ch < KC {
                     let nl = if KC - ch < L { KC - ch } else { L };
                     let mut x = [splat(0.0f32); 16];
@@ -1609,6 +1623,17 @@ pub mod isa_scalar {
             for r in 0..n {
                 let t = t0 + r;
                 let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                let mut dst = [core::ptr::null_mut::<f32>(); 4];
+                let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
+                for k in 0..4 {
+                    let (yy, xx) = (ty + k / 2, tx + k % 2);
+                    if yy < out.h && xx < out.w {
+                        dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
+                        if io.pre != rt::NONE {
+                            dst_pre[k] = ctx.ptr(pre.at(yy, xx) + g * cout_g);
+                        }
+                    }
+                }
                 let mut ch = 0;
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
@@ -1620,24 +1645,15 @@ pub mod isa_scalar {
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
                     for k in 0..4 {
-                        let (yy, xx) = (ty + k / 2, tx + k % 2);
-                        if yy < out.h && xx < out.w {
+                        if !dst[k].is_null() {
                             let mut val = add(y[k], b);
-                            if io.pre != rt::NONE {
-                                store_part(
-                                    ctx.ptr(pre.at(yy, xx) + g * cout_g + ch),
-                                    val,
-                                    nl,
-                                );
+                            if !dst_pre[k].is_null() {
+                                store_part(dst_pre[k].add(ch), val, nl);
                             }
                             if d.act {
                                 val = silu(val);
                             }
-                            store_part(
-                                ctx.ptr(out.at(yy, xx) + g * cout_g + ch),
-                                val,
-                                nl,
-                            );
+                            store_part(dst[k].add(ch), val, nl);
                         }
                     }
                     ch += L;
@@ -4577,7 +4593,21 @@ pub mod isa_avx2 {
                         }
                     }
                 }
+                let inside = y0 + 3 < hp && x0 + 3 < wp;
                 let mut ch = 0;
+                if inside {
+                    while ch + L <= KC {
+                        let mut x = [splat(0.0f32); 16];
+                        for q in 0..16 {
+                            x[q] = load(src[q].add(ch));
+                        }
+                        let y = wino_in(&x);
+                        for q in 0..16 {
+                            store(v.add((q * TB + r) * KC + ch), y[q]);
+                        }
+                        ch += L;
+                    }
+                }
                 while ch < KC {
                     let nl = if KC - ch < L { KC - ch } else { L };
                     let mut x = [splat(0.0f32); 16];
@@ -4625,6 +4655,17 @@ pub mod isa_avx2 {
             for r in 0..n {
                 let t = t0 + r;
                 let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                let mut dst = [core::ptr::null_mut::<f32>(); 4];
+                let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
+                for k in 0..4 {
+                    let (yy, xx) = (ty + k / 2, tx + k % 2);
+                    if yy < out.h && xx < out.w {
+                        dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
+                        if io.pre != rt::NONE {
+                            dst_pre[k] = ctx.ptr(pre.at(yy, xx) + g * cout_g);
+                        }
+                    }
+                }
                 let mut ch = 0;
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
@@ -4636,24 +4677,15 @@ pub mod isa_avx2 {
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
                     for k in 0..4 {
-                        let (yy, xx) = (ty + k / 2, tx + k % 2);
-                        if yy < out.h && xx < out.w {
+                        if !dst[k].is_null() {
                             let mut val = add(y[k], b);
-                            if io.pre != rt::NONE {
-                                store_part(
-                                    ctx.ptr(pre.at(yy, xx) + g * cout_g + ch),
-                                    val,
-                                    nl,
-                                );
+                            if !dst_pre[k].is_null() {
+                                store_part(dst_pre[k].add(ch), val, nl);
                             }
                             if d.act {
                                 val = silu(val);
                             }
-                            store_part(
-                                ctx.ptr(out.at(yy, xx) + g * cout_g + ch),
-                                val,
-                                nl,
-                            );
+                            store_part(dst[k].add(ch), val, nl);
                         }
                     }
                     ch += L;
@@ -7623,7 +7655,21 @@ pub mod isa_avx512 {
                         }
                     }
                 }
+                let inside = y0 + 3 < hp && x0 + 3 < wp;
                 let mut ch = 0;
+                if inside {
+                    while ch + L <= KC {
+                        let mut x = [splat(0.0f32); 16];
+                        for q in 0..16 {
+                            x[q] = load(src[q].add(ch));
+                        }
+                        let y = wino_in(&x);
+                        for q in 0..16 {
+                            store(v.add((q * TB + r) * KC + ch), y[q]);
+                        }
+                        ch += L;
+                    }
+                }
                 while ch < KC {
                     let nl = if KC - ch < L { KC - ch } else { L };
                     let mut x = [splat(0.0f32); 16];
@@ -7671,6 +7717,17 @@ pub mod isa_avx512 {
             for r in 0..n {
                 let t = t0 + r;
                 let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                let mut dst = [core::ptr::null_mut::<f32>(); 4];
+                let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
+                for k in 0..4 {
+                    let (yy, xx) = (ty + k / 2, tx + k % 2);
+                    if yy < out.h && xx < out.w {
+                        dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
+                        if io.pre != rt::NONE {
+                            dst_pre[k] = ctx.ptr(pre.at(yy, xx) + g * cout_g);
+                        }
+                    }
+                }
                 let mut ch = 0;
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
@@ -7682,24 +7739,15 @@ pub mod isa_avx512 {
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
                     for k in 0..4 {
-                        let (yy, xx) = (ty + k / 2, tx + k % 2);
-                        if yy < out.h && xx < out.w {
+                        if !dst[k].is_null() {
                             let mut val = add(y[k], b);
-                            if io.pre != rt::NONE {
-                                store_part(
-                                    ctx.ptr(pre.at(yy, xx) + g * cout_g + ch),
-                                    val,
-                                    nl,
-                                );
+                            if !dst_pre[k].is_null() {
+                                store_part(dst_pre[k].add(ch), val, nl);
                             }
                             if d.act {
                                 val = silu(val);
                             }
-                            store_part(
-                                ctx.ptr(out.at(yy, xx) + g * cout_g + ch),
-                                val,
-                                nl,
-                            );
+                            store_part(dst[k].add(ch), val, nl);
                         }
                     }
                     ch += L;
@@ -10639,7 +10687,21 @@ pub mod isa_neon {
                         }
                     }
                 }
+                let inside = y0 + 3 < hp && x0 + 3 < wp;
                 let mut ch = 0;
+                if inside {
+                    while ch + L <= KC {
+                        let mut x = [splat(0.0f32); 16];
+                        for q in 0..16 {
+                            x[q] = load(src[q].add(ch));
+                        }
+                        let y = wino_in(&x);
+                        for q in 0..16 {
+                            store(v.add((q * TB + r) * KC + ch), y[q]);
+                        }
+                        ch += L;
+                    }
+                }
                 while ch < KC {
                     let nl = if KC - ch < L { KC - ch } else { L };
                     let mut x = [splat(0.0f32); 16];
@@ -10687,6 +10749,17 @@ pub mod isa_neon {
             for r in 0..n {
                 let t = t0 + r;
                 let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
+                let mut dst = [core::ptr::null_mut::<f32>(); 4];
+                let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
+                for k in 0..4 {
+                    let (yy, xx) = (ty + k / 2, tx + k % 2);
+                    if yy < out.h && xx < out.w {
+                        dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
+                        if io.pre != rt::NONE {
+                            dst_pre[k] = ctx.ptr(pre.at(yy, xx) + g * cout_g);
+                        }
+                    }
+                }
                 let mut ch = 0;
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
@@ -10698,24 +10771,15 @@ pub mod isa_neon {
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
                     for k in 0..4 {
-                        let (yy, xx) = (ty + k / 2, tx + k % 2);
-                        if yy < out.h && xx < out.w {
+                        if !dst[k].is_null() {
                             let mut val = add(y[k], b);
-                            if io.pre != rt::NONE {
-                                store_part(
-                                    ctx.ptr(pre.at(yy, xx) + g * cout_g + ch),
-                                    val,
-                                    nl,
-                                );
+                            if !dst_pre[k].is_null() {
+                                store_part(dst_pre[k].add(ch), val, nl);
                             }
                             if d.act {
                                 val = silu(val);
                             }
-                            store_part(
-                                ctx.ptr(out.at(yy, xx) + g * cout_g + ch),
-                                val,
-                                nl,
-                            );
+                            store_part(dst[k].add(ch), val, nl);
                         }
                     }
                     ch += L;
