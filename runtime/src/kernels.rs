@@ -271,8 +271,15 @@ unsafe fn reduce_blocks(ctx: &Ctx, sums: usize, parts: usize, c: usize, ch: usiz
     t
 }
 
-/// ECA gate: `gate[c] = scale * sigmoid(sum_j w[j] * mean[c + j - (k - 1) / 2])`, zero padded.
-/// The channel means are first written to `gate` (f32, the block sums reduced in f64).
+/// Channels per work item of the ECA gate.
+const ECA_CHUNK: usize = 64;
+/// Widest ECA kernel supported (timm's adaptive size stays far below).
+const ECA_MAX_K: usize = 64;
+
+/// ECA gate: `gate[c] = scale * sigmoid(sum_j w[j] * mean[c + j - (k - 1) / 2])`, zero padded,
+/// with the channel means rounded to f32 from the block sums reduced in f64. Split across the
+/// pool in chunks of channels; each chunk reduces the means it needs itself (its own channels
+/// and the kernel's reach beyond them), so the result does not depend on the split.
 ///
 /// # Safety
 /// Offsets from the schedule: `parts * c` sums, `c` gate floats, `k` weights; the gate
@@ -288,32 +295,33 @@ pub unsafe fn eca_gate(
     scale: f32,
     gate: usize,
 ) {
+    assert!(k <= ECA_MAX_K, "ECA kernel wider than {ECA_MAX_K}");
     let half = (k - 1) / 2;
-    // SAFETY: weights in the blob; sums and gate in the arena, disjoint (caller contract).
-    unsafe {
-        let means = std::slice::from_raw_parts_mut(ctx.ptr(gate), c);
-        for (ch, m) in means.iter_mut().enumerate() {
-            *m = (reduce_blocks(ctx, sums, parts, c, ch) / pixels as f64) as f32;
+    let chunk = |it: usize| {
+        let (lo, hi) = (it * ECA_CHUNK, ((it + 1) * ECA_CHUNK).min(c));
+        // means[i] is the mean of channel lo - half + i (zero outside 0..c).
+        let mut means = [0.0f32; ECA_CHUNK + ECA_MAX_K];
+        for (i, m) in means.iter_mut().enumerate().take(hi - lo + k - 1) {
+            if let Some(ch) = (lo + i).checked_sub(half).filter(|&ch| ch < c) {
+                // SAFETY: the sums buffer holds parts * c floats (caller contract).
+                *m = (unsafe { reduce_blocks(ctx, sums, parts, c, ch) } / pixels as f64) as f32;
+            }
         }
-        // In place, left to right: keep the k - 1 - half means a later channel still needs.
-        let mut window = [0.0f64; 64];
-        assert!(k <= window.len(), "ECA kernel wider than 64");
-        for ch in 0..c {
+        for ch in lo..hi {
             let mut acc = 0.0f64;
             for j in 0..k {
                 let src = ch + j;
                 if src < half || src - half >= c {
                     continue;
                 }
-                let s = src - half;
-                // Means at channels below ch were overwritten: read them from the window.
-                let mean = if s < ch { window[s % 64] } else { means[s] as f64 };
-                acc += *ctx.w(w + j) as f64 * mean;
+                // SAFETY: k weights at w in the blob (caller contract).
+                acc += unsafe { *ctx.w(w + j) } as f64 * means[ch - lo + j] as f64;
             }
-            window[ch % 64] = means[ch] as f64;
-            means[ch] = (scale as f64 / (1.0 + (-acc).exp())) as f32;
+            // SAFETY: ch < c floats of the gate buffer; each item writes its own channels.
+            unsafe { *ctx.ptr(gate + ch) = (scale as f64 / (1.0 + (-acc).exp())) as f32 };
         }
-    }
+    };
+    ctx.pool.run(c.div_ceil(ECA_CHUNK), &chunk);
 }
 
 /// Global average pool from block sums.
