@@ -50,6 +50,10 @@ impl ConvGeom {
 /// a loss at 10x10.
 pub const WINOGRAD_OVERHEAD: f64 = 1.7;
 
+/// Largest stack scratch of a Winograd work item, per array (input and products): groups of
+/// up to 341 channels; wider convs stay direct.
+pub const WINOGRAD_SCRATCH_BYTES: usize = 256 * 1024;
+
 /// Output channels per weight panel (the micro-kernel's width, on every ISA).
 pub const NR: usize = 16;
 /// Arena alignment of every buffer, in floats (64 bytes).
@@ -349,19 +353,23 @@ impl<'g> Schedule<'g> {
     }
 
     /// Whether a conv kernel runs as Winograd F(2x2, 3x3): 3x3, stride 1, padding 1, and no
-    /// channel sums asked of it. Its products then number 16
-    /// per 2x2 output tile instead of 36 (4/9 of the multiply-adds); the input and output
-    /// transforms only add and subtract, and the weights are transformed at build time in
-    /// f64, so the result differs from the direct conv by rounding only. Small images are
-    /// left direct: tiles are computed in micro-tiles of up to 12, and with the transforms
-    /// (measured: [`WINOGRAD_OVERHEAD`] x the products' time) the padded count must still win.
+    /// channel sums asked of it. Its products then number 16 per 2x2 output tile instead of
+    /// 36 (4/9 of the multiply-adds); the input and output transforms only add and subtract,
+    /// and the weights are transformed at build time in f64, so the result differs from the
+    /// direct conv by rounding only. Left direct: groups too wide for a work item's stack
+    /// scratch ([`WINOGRAD_SCRATCH_BYTES`]), and small images, where tiles computed in
+    /// micro-tiles of up to 12 plus the transforms (measured: [`WINOGRAD_OVERHEAD`] x the
+    /// products' time) would not beat the direct conv.
     pub fn winograd(&self, op: &Op) -> bool {
         let Op::Conv { node, out, sums: None, .. } = op else { return false };
         let GOp::Conv(c) = &self.graph.nodes[*node].op else { return false };
         let lo = self.buffers[*out].layout;
         let tiles = (lo.h.div_ceil(2) * lo.w.div_ceil(2)).next_multiple_of(12);
         let eligible = c.spec.k == 3 && c.spec.stride == 1 && c.spec.pad() == 1;
-        eligible && (16 * tiles) as f64 * WINOGRAD_OVERHEAD < (9 * lo.h * lo.w) as f64
+        // Each work item keeps its transformed tiles on the stack: 16 x 12 tiles x channels.
+        let widest = (c.spec.cin / c.spec.groups).max((c.spec.cout / c.spec.groups).next_multiple_of(NR));
+        let fits = 16 * 12 * widest * 4 <= WINOGRAD_SCRATCH_BYTES;
+        eligible && fits && (16 * tiles) as f64 * WINOGRAD_OVERHEAD < (9 * lo.h * lo.w) as f64
     }
 
     /// Bytes of all buffers side by side, without reuse.

@@ -1519,10 +1519,11 @@ pub mod isa_scalar {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
-    /// and SiLU. Tile rows beyond
-    /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
-    /// edge read as zero and are not stored.
+    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+    /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
+    /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
+    /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+    /// aligned for `V`.
     #[inline(always)]
     unsafe fn wino_item<
         const T: usize,
@@ -4550,10 +4551,11 @@ pub mod isa_avx2 {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
-    /// and SiLU. Tile rows beyond
-    /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
-    /// edge read as zero and are not stored.
+    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+    /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
+    /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
+    /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+    /// aligned for `V`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn wino_item<
@@ -7612,10 +7614,11 @@ pub mod isa_avx512 {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
-    /// and SiLU. Tile rows beyond
-    /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
-    /// edge read as zero and are not stored.
+    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+    /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
+    /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
+    /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+    /// aligned for `V`.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn wino_item<
@@ -10645,10 +10648,11 @@ pub mod isa_neon {
     /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
     /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
-    /// and SiLU. Tile rows beyond
-    /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
-    /// edge read as zero and are not stored.
+    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+    /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
+    /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
+    /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+    /// aligned for `V`.
     #[inline(always)]
     unsafe fn wino_item<
         const T: usize,

@@ -552,10 +552,11 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
         /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
         /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-        /// (`[xi][unit of P panels][TB][16 P]`), then transformed back with bias (stored to `pre` when asked)
-        /// and SiLU. Tile rows beyond
-        /// the item's tiles repeat its last tile (computed, never stored); pixels beyond an odd
-        /// edge read as zero and are not stored.
+        /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+        /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
+        /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
+        /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+        /// aligned for `V`.
         #attrs
         unsafe fn wino_item<const T: usize, const TB: usize, const KC: usize, const P: usize, const WD: usize>(
             ctx: &rt::Ctx,

@@ -234,7 +234,7 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
             // from L2 per tile of 6 pixels: two panels over 12 pixels halve that (5% faster on
             // L2's 20x20 convs over 1536 channels; on 10x10 the taller tile's waste in the
             // short last row costs more).
-            .filter(|&(p, _)| p <= 2 || c.kc * c.taps < 1024 || c.pixels < 4 * M_BLOCK)
+            .filter(|&(p, _)| p <= 2 || c.kc * if c.winograd { 1 } else { c.taps } < 1024 || c.pixels < 4 * M_BLOCK)
             .find(|&(p, _)| p == 1 || (c.cout_g % NR == 0 && panels_g % p == 0))
             .unwrap_or((1, 1));
         // Tiles of equal height that cover a row exactly where possible (a row of 20 pixels
