@@ -810,9 +810,15 @@ mod tests {
     use crate::synth::{self, StorageDtype, SynthSpec};
 
     fn tiny_graph() -> crate::graph::Graph {
+        graph_with(
+            r#"{"depths": [1, 2, 1, 1], "channels": [32, 64, 96, 128], "stem_chs": 16, "group_size": 8,
+                "num_features": 192}"#,
+            (41, 35),
+        )
+    }
+
+    fn graph_with(args: &str, size: (usize, usize)) -> crate::graph::Graph {
         let dir = tempfile::tempdir().unwrap();
-        let args = r#"{"depths": [1, 2, 1, 1], "channels": [32, 64, 96, 128], "stem_chs": 16, "group_size": 8,
-                       "num_features": 192}"#;
         let spec = SynthSpec {
             architecture: "eca_nfnet_l0".into(),
             seed: 9,
@@ -822,7 +828,37 @@ mod tests {
             dtype: StorageDtype::F32,
         };
         synth::write(&spec, dir.path()).unwrap();
-        Model::load(dir.path()).unwrap().graph((41, 35), 1).unwrap()
+        Model::load(dir.path()).unwrap().graph(size, 1).unwrap()
+    }
+
+    #[test]
+    fn winograd_takes_the_stride_1_3x3_convs_that_win_and_fit() {
+        let g = tiny_graph();
+        let s = Schedule::new(&g, None);
+        let wino: Vec<String> = s.kernels.iter().filter(|k| s.winograd(&k.op)).map(|k| k.modules[0].clone()).collect();
+        // 41x35: the stem's stride-1 convs at 21x18 win; stage 0's at 11x9 (30 tiles, 36 in
+        // micro-tiles of 12) and later ones are too small.
+        assert_eq!(wino, ["stem.conv2", "stem.conv3"]);
+        for k in &s.kernels {
+            if s.winograd(&k.op) {
+                let Op::Conv { node, .. } = k.op else { unreachable!("only convs") };
+                let GOp::Conv(c) = &g.nodes[node].op else { unreachable!("conv node") };
+                assert!(c.spec.k == 3 && c.spec.stride == 1, "{:?}", k.modules);
+            }
+        }
+        // At 160x160 stage 0's grouped convs are 40x40: groups of 256 channels (mid = 1024 / 4)
+        // run as Winograd; groups of 512 would need 384 KiB of stack scratch per array and stay
+        // direct.
+        for (chs, group, want) in [(1024, 256, true), (2048, 512, false)] {
+            let args = format!(
+                r#"{{"depths": [1, 1, 1, 1], "channels": [{chs}, {chs}, {chs}, {chs}], "stem_chs": 16,
+                    "group_size": {group}, "num_features": 64}}"#
+            );
+            let g = graph_with(&args, (160, 160));
+            let s = Schedule::new(&g, None);
+            let k = s.kernels.iter().find(|k| k.modules[0] == "stages.0.0.conv2").unwrap();
+            assert_eq!(s.winograd(&k.op), want, "groups of {group}");
+        }
     }
 
     #[test]
