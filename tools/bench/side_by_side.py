@@ -14,6 +14,7 @@ size is the compiled one (`nfnet info`). Optional dependencies: torch timm safet
 (required), onnx onnxruntime (ort), openvino (ov).
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -22,8 +23,13 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
+try:
+    import numpy as np
+    import torch
+    import timm  # noqa: F401
+    import safetensors  # noqa: F401
+except ImportError as e:
+    sys.exit(f"{e.name} is required: pip install torch timm safetensors numpy")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -82,6 +88,22 @@ def main():
     p.add_argument("--peers", default="torch,ort,ov")
     a = p.parse_args()
     peers = [x for x in a.peers.split(",") if x]
+    unknown = [x for x in peers if x not in ("torch", "ort", "ov")]
+    if unknown:
+        sys.exit(f"--peers: unknown engine {', '.join(unknown)} (choose from torch, ort, ov)")
+    if a.threads < 1 or a.iters < 1 or a.rounds < 1:
+        sys.exit("--threads, --iters and --rounds must be at least 1")
+    # The optional peers: one line each for what is missing, then the rest run.
+    for peer, modules in (("ort", ["onnx", "onnxruntime"]), ("ov", ["onnx", "openvino"])):
+        if peer in peers:
+            missing = [m for m in modules if importlib.util.find_spec(m) is None]
+            if missing:
+                print(f"skipping {peer}: {', '.join(missing)} not installed (pip install {' '.join(missing)})",
+                      file=sys.stderr)
+                peers.remove(peer)
+    for path in (NFNET, NFC):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"{path} not found: run `cargo build --release` first")
     info = compiled_info()
     h, w = info["input_size"]
     batch = info["batch"]
