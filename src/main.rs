@@ -158,6 +158,18 @@ fn timing_input(iters: usize) -> Result<Vec<f32>, String> {
     Ok((0..m::INPUT_LEN).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect())
 }
 
+/// What a timing line measured: model, size, batch, ISA, threads, iterations.
+fn run_header(model: &m::Model, threads: usize, iters: usize) -> String {
+    format!(
+        "{} {}x{} batch {} | isa {} | {threads} threads | {iters} iters",
+        m::ARCHITECTURE,
+        m::INPUT_H,
+        m::INPUT_W,
+        m::BATCH,
+        model.isa()
+    )
+}
+
 fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
     let input = timing_input(iters)?;
     let (model, mut ws) = setup(t)?;
@@ -188,14 +200,8 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
         println!("{v}");
     } else {
         println!(
-            "{} {}x{} batch {} | isa {} | {} threads | {} iters: min {:.1} ms, median {:.1} ms, p90 {:.1} ms, {:.2} images/s",
-            m::ARCHITECTURE,
-            m::INPUT_H,
-            m::INPUT_W,
-            m::BATCH,
-            model.isa(),
-            threads,
-            iters,
+            "{}: min {:.1} ms, median {:.1} ms, p90 {:.1} ms, {:.2} images/s",
+            run_header(&model, threads, iters),
             min,
             median,
             p90,
@@ -247,14 +253,8 @@ fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>, stat:
     let total_ms = ms_of(total);
     let all_flops = (m::KERNEL_FLOPS.iter().sum::<u64>() * m::BATCH as u64) as f64;
     println!(
-        "{} {}x{} batch {} | isa {} | {} threads | {} iters: {:.1} ms per inference in kernels (sum of {}s), {:.1} GFLOP/s",
-        m::ARCHITECTURE,
-        m::INPUT_H,
-        m::INPUT_W,
-        m::BATCH,
-        model.isa(),
-        threads,
-        iters,
+        "{}: {:.1} ms per inference in kernels (sum of {}s), {:.1} GFLOP/s",
+        run_header(&model, threads, iters),
         total_ms,
         stat,
         all_flops / (total_ms * 1e6).max(1.0)
