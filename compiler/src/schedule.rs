@@ -739,9 +739,6 @@ fn pass_scale_add_act_chain(s: &mut Schedule) -> PassReport {
     r
 }
 
-/// Downsample pooling stays its own kernel: it reads the block's activation once more (a
-/// quarter of it is written), under 1% of the bytes of the block; folding it into the GEMM's
-/// packing would give the 1x1 conv a second input path for little gain.
 /// Lets an elementwise `v = r * gate + shortcut` write `v` over `r` and `silu(v)` over the
 /// shortcut when this kernel is their last reader and the layouts agree: each element is read
 /// before it is written at the same place, so the kernel is unchanged, and its stores hit
@@ -753,17 +750,15 @@ fn pass_scale_add_act_in_place(s: &mut Schedule) -> PassReport {
         let Op::ScaleAddAct { r, shortcut, y, act, .. } = s.kernels[k].op else { continue };
         let last_reader = |s: &Schedule, b: BufId| s.readers(b).iter().all(|&j| j <= k);
         let same = |s: &Schedule, a: BufId, b: BufId| s.buffers[a].layout == s.buffers[b].layout;
-        let mut pairs = Vec::new();
         // (output, input it may overwrite)
-        match (y, act, shortcut) {
-            (Some(y), Some(a), Some(sc)) => pairs.extend([(y, r), (a, sc)]),
-            (Some(y), None, _) => pairs.push((y, r)),
-            (None, Some(a), _) => pairs.push((a, r)),
-            (Some(y), Some(_), None) => pairs.push((y, r)),
-            (None, None, _) => {}
-        }
+        let pairs = match (y, act) {
+            (Some(y), Some(a)) => [Some((y, r)), shortcut.map(|sc| (a, sc))],
+            (Some(y), None) => [Some((y, r)), None],
+            (None, Some(a)) => [Some((a, r)), None],
+            (None, None) => [None, None],
+        };
         let mut done = Vec::new();
-        for (out, inp) in pairs {
+        for (out, inp) in pairs.into_iter().flatten() {
             let why = if !last_reader(s, inp) {
                 Some("a later kernel reads the input")
             } else if !same(s, out, inp) {
@@ -790,6 +785,9 @@ fn pass_scale_add_act_in_place(s: &mut Schedule) -> PassReport {
     rep
 }
 
+/// Downsample pooling stays its own kernel: it reads the block's activation once more (a
+/// quarter of it is written), under 1% of the bytes of the block; folding it into the GEMM's
+/// packing would give the 1x1 conv a second input path for little gain.
 fn pass_downsample_pool(s: &Schedule) -> PassReport {
     let mut r = PassReport { name: "downsample_pool", applied: vec![], declined: vec![] };
     for k in &s.kernels {
