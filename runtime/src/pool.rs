@@ -5,8 +5,9 @@
 //! and a thread that runs out takes items from the back of another's range, so a core slowed
 //! down by other work on a shared machine does not hold the whole job up. Which thread runs
 //! an item never changes what it computes: kernels write disjoint outputs per item, so
-//! results are bit-identical for any thread count and any stealing. A panic inside `f` is caught on the worker, the job still completes, and
-//! `run` re-raises it on the caller; the pool stays usable.
+//! results are bit-identical for any thread count and any stealing. A panic inside `f` is
+//! caught on the worker, the job still completes, and `run` re-raises it on the caller; the
+//! pool stays usable.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
