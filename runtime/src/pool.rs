@@ -248,13 +248,21 @@ mod tests {
         let pool = Pool::new(2).unwrap();
         let caller = std::thread::current().id();
         let ran_on: Vec<Mutex<Option<std::thread::ThreadId>>> = (0..10).map(|_| Mutex::new(None)).collect();
+        let done = AtomicUsize::new(0);
         pool.run(10, &|i| {
             *ran_on[i].lock().unwrap() = Some(std::thread::current().id());
             if i == 0 {
-                // The caller's first item stalls; its other items (1..5) go to the worker.
-                std::thread::sleep(Duration::from_millis(300));
+                // The caller's first item stalls until every other item is done, which only
+                // the worker can do (its own range 5..10, then the caller's 1..5 from the back).
+                let start = Instant::now();
+                while done.load(Ordering::Acquire) < 9 && start.elapsed() < Duration::from_secs(20) {
+                    std::thread::yield_now();
+                }
+            } else {
+                done.fetch_add(1, Ordering::Release);
             }
         });
+        assert_eq!(done.load(Ordering::Acquire), 9);
         let on = |i: usize| ran_on[i].lock().unwrap().expect("ran");
         assert_eq!(on(0), caller);
         assert!((1..10).all(|i| on(i) != caller), "the worker took the stalled thread's items");
