@@ -1078,8 +1078,6 @@ pub mod isa_scalar {
     pub const NV: usize = 16;
     /// How far ahead (floats) the conv kernel prefetches its weight panel.
     const B_AHEAD: usize = 16 * 16;
-    /// Largest tile height.
-    pub const MR: usize = 4;
     const TOK: super::Scalar = super::Scalar(());
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
@@ -1515,19 +1513,18 @@ pub mod isa_scalar {
             y
         }
     }
-    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
-    /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
-    /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
+    /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
+    /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+    /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
     /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
     /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-    /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+    /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
     /// aligned for `V`.
     #[inline(always)]
     unsafe fn wino_item<
         const T: usize,
-        const TB: usize,
         const KC: usize,
         const P: usize,
         const WD: usize,
@@ -1544,13 +1541,12 @@ pub mod isa_scalar {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
             let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
-            let chunks = (tw * th).div_ceil(TB);
-            let (g, t0) = (it / chunks, (it % chunks) * TB);
-            let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
-            let n_pad = n.div_ceil(T) * T;
+            let chunks = (tw * th).div_ceil(T);
+            let (g, t0) = (it / chunks, (it % chunks) * T);
+            let n = if tw * th - t0 < T { tw * th - t0 } else { T };
             let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
             let shift = inp.pad - d.conv_pad;
-            for r in 0..n_pad {
+            for r in 0..T {
                 let t = t0 + if r < n { r } else { n - 1 };
                 let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
                 let mut src = [core::ptr::null::<f32>(); 16];
@@ -1572,7 +1568,7 @@ pub mod isa_scalar {
                         }
                         let y = wino_in(&x);
                         for q in 0..16 {
-                            store(v.add((q * TB + r) * KC + ch), y[q]);
+                            store(v.add((q * T + r) * KC + ch), y[q]);
                         }
                         ch += L;
                     }
@@ -1587,7 +1583,7 @@ pub mod isa_scalar {
                     }
                     let y = wino_in(&x);
                     for q in 0..16 {
-                        store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                        store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                     }
                     ch += L;
                 }
@@ -1604,19 +1600,9 @@ pub mod isa_scalar {
                     } else {
                         ctx.w16(at) as *const u8
                     };
-                    let mut r = 0;
-                    while r < n_pad {
-                        let acc = m.add(((q * units + u) * TB + r) * P * 16)
-                            as *mut [[[V; NV]; P]; T];
-                        gemm::<
-                            T,
-                            KC,
-                            KC,
-                            P,
-                            WD,
-                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
-                        r += T;
-                    }
+                    let acc = m.add((q * units + u) * T * P * 16)
+                        as *mut [[[V; NV]; P]; T];
+                    gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -1641,7 +1627,7 @@ pub mod isa_scalar {
                     let (u, c) = (ch / (16 * P), ch % (16 * P));
                     let mut x = [splat(0.0f32); 16];
                     for q in 0..16 {
-                        x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
+                        x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
@@ -1744,7 +1730,6 @@ pub mod isa_scalar {
         unsafe {
             wino_item::<
                 4,
-                4,
                 2,
                 1,
                 0,
@@ -1777,7 +1762,6 @@ pub mod isa_scalar {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                4,
                 4,
                 4,
                 1,
@@ -1875,7 +1859,6 @@ pub mod isa_scalar {
         unsafe {
             wino_item::<
                 4,
-                4,
                 8,
                 1,
                 0,
@@ -1908,7 +1891,6 @@ pub mod isa_scalar {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                4,
                 4,
                 8,
                 1,
@@ -4063,8 +4045,6 @@ pub mod isa_avx2 {
     pub const NV: usize = 2;
     /// How far ahead (floats) the conv kernel prefetches its weight panel.
     const B_AHEAD: usize = 16 * 16;
-    /// Largest tile height.
-    pub const MR: usize = 6;
     const TOK: super::Avx2 = super::Avx2(());
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -4547,20 +4527,19 @@ pub mod isa_avx2 {
             y
         }
     }
-    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
-    /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
-    /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
+    /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
+    /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+    /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
     /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
     /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-    /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+    /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
     /// aligned for `V`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn wino_item<
         const T: usize,
-        const TB: usize,
         const KC: usize,
         const P: usize,
         const WD: usize,
@@ -4577,13 +4556,12 @@ pub mod isa_avx2 {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
             let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
-            let chunks = (tw * th).div_ceil(TB);
-            let (g, t0) = (it / chunks, (it % chunks) * TB);
-            let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
-            let n_pad = n.div_ceil(T) * T;
+            let chunks = (tw * th).div_ceil(T);
+            let (g, t0) = (it / chunks, (it % chunks) * T);
+            let n = if tw * th - t0 < T { tw * th - t0 } else { T };
             let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
             let shift = inp.pad - d.conv_pad;
-            for r in 0..n_pad {
+            for r in 0..T {
                 let t = t0 + if r < n { r } else { n - 1 };
                 let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
                 let mut src = [core::ptr::null::<f32>(); 16];
@@ -4605,7 +4583,7 @@ pub mod isa_avx2 {
                         }
                         let y = wino_in(&x);
                         for q in 0..16 {
-                            store(v.add((q * TB + r) * KC + ch), y[q]);
+                            store(v.add((q * T + r) * KC + ch), y[q]);
                         }
                         ch += L;
                     }
@@ -4620,7 +4598,7 @@ pub mod isa_avx2 {
                     }
                     let y = wino_in(&x);
                     for q in 0..16 {
-                        store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                        store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                     }
                     ch += L;
                 }
@@ -4637,19 +4615,9 @@ pub mod isa_avx2 {
                     } else {
                         ctx.w16(at) as *const u8
                     };
-                    let mut r = 0;
-                    while r < n_pad {
-                        let acc = m.add(((q * units + u) * TB + r) * P * 16)
-                            as *mut [[[V; NV]; P]; T];
-                        gemm::<
-                            T,
-                            KC,
-                            KC,
-                            P,
-                            WD,
-                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
-                        r += T;
-                    }
+                    let acc = m.add((q * units + u) * T * P * 16)
+                        as *mut [[[V; NV]; P]; T];
+                    gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -4674,7 +4642,7 @@ pub mod isa_avx2 {
                     let (u, c) = (ch / (16 * P), ch % (16 * P));
                     let mut x = [splat(0.0f32); 16];
                     for q in 0..16 {
-                        x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
+                        x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
@@ -4780,7 +4748,6 @@ pub mod isa_avx2 {
         unsafe {
             wino_item::<
                 6,
-                6,
                 2,
                 1,
                 0,
@@ -4814,7 +4781,6 @@ pub mod isa_avx2 {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
                 6,
                 4,
                 1,
@@ -4916,7 +4882,6 @@ pub mod isa_avx2 {
         unsafe {
             wino_item::<
                 6,
-                6,
                 8,
                 1,
                 0,
@@ -4950,7 +4915,6 @@ pub mod isa_avx2 {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
                 6,
                 8,
                 1,
@@ -7124,8 +7088,6 @@ pub mod isa_avx512 {
     pub const NV: usize = 1;
     /// How far ahead (floats) the conv kernel prefetches its weight panel.
     const B_AHEAD: usize = 16 * 16;
-    /// Largest tile height.
-    pub const MR: usize = 12;
     const TOK: super::Avx512 = super::Avx512(());
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -7610,20 +7572,19 @@ pub mod isa_avx512 {
             y
         }
     }
-    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
-    /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
-    /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
+    /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
+    /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+    /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
     /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
     /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-    /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+    /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
     /// aligned for `V`.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn wino_item<
         const T: usize,
-        const TB: usize,
         const KC: usize,
         const P: usize,
         const WD: usize,
@@ -7640,13 +7601,12 @@ pub mod isa_avx512 {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
             let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
-            let chunks = (tw * th).div_ceil(TB);
-            let (g, t0) = (it / chunks, (it % chunks) * TB);
-            let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
-            let n_pad = n.div_ceil(T) * T;
+            let chunks = (tw * th).div_ceil(T);
+            let (g, t0) = (it / chunks, (it % chunks) * T);
+            let n = if tw * th - t0 < T { tw * th - t0 } else { T };
             let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
             let shift = inp.pad - d.conv_pad;
-            for r in 0..n_pad {
+            for r in 0..T {
                 let t = t0 + if r < n { r } else { n - 1 };
                 let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
                 let mut src = [core::ptr::null::<f32>(); 16];
@@ -7668,7 +7628,7 @@ pub mod isa_avx512 {
                         }
                         let y = wino_in(&x);
                         for q in 0..16 {
-                            store(v.add((q * TB + r) * KC + ch), y[q]);
+                            store(v.add((q * T + r) * KC + ch), y[q]);
                         }
                         ch += L;
                     }
@@ -7683,7 +7643,7 @@ pub mod isa_avx512 {
                     }
                     let y = wino_in(&x);
                     for q in 0..16 {
-                        store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                        store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                     }
                     ch += L;
                 }
@@ -7700,19 +7660,9 @@ pub mod isa_avx512 {
                     } else {
                         ctx.w16(at) as *const u8
                     };
-                    let mut r = 0;
-                    while r < n_pad {
-                        let acc = m.add(((q * units + u) * TB + r) * P * 16)
-                            as *mut [[[V; NV]; P]; T];
-                        gemm::<
-                            T,
-                            KC,
-                            KC,
-                            P,
-                            WD,
-                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
-                        r += T;
-                    }
+                    let acc = m.add((q * units + u) * T * P * 16)
+                        as *mut [[[V; NV]; P]; T];
+                    gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -7737,7 +7687,7 @@ pub mod isa_avx512 {
                     let (u, c) = (ch / (16 * P), ch % (16 * P));
                     let mut x = [splat(0.0f32); 16];
                     for q in 0..16 {
-                        x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
+                        x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
@@ -7843,7 +7793,6 @@ pub mod isa_avx512 {
         unsafe {
             wino_item::<
                 12,
-                12,
                 2,
                 1,
                 0,
@@ -7877,7 +7826,6 @@ pub mod isa_avx512 {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                12,
                 12,
                 4,
                 1,
@@ -7979,7 +7927,6 @@ pub mod isa_avx512 {
         unsafe {
             wino_item::<
                 12,
-                12,
                 8,
                 1,
                 0,
@@ -8013,7 +7960,6 @@ pub mod isa_avx512 {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                12,
                 12,
                 8,
                 1,
@@ -10190,8 +10136,6 @@ pub mod isa_neon {
     pub const NV: usize = 4;
     /// How far ahead (floats) the conv kernel prefetches its weight panel.
     const B_AHEAD: usize = 16 * 16;
-    /// Largest tile height.
-    pub const MR: usize = 6;
     const TOK: super::Neon = super::Neon(());
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
@@ -10644,19 +10588,18 @@ pub mod isa_neon {
             y
         }
     }
-    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
-    /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
-    /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
+    /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
+    /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
     /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-    /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+    /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
     /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
     /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-    /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+    /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
     /// aligned for `V`.
     #[inline(always)]
     unsafe fn wino_item<
         const T: usize,
-        const TB: usize,
         const KC: usize,
         const P: usize,
         const WD: usize,
@@ -10673,13 +10616,12 @@ pub mod isa_neon {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
             let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
-            let chunks = (tw * th).div_ceil(TB);
-            let (g, t0) = (it / chunks, (it % chunks) * TB);
-            let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
-            let n_pad = n.div_ceil(T) * T;
+            let chunks = (tw * th).div_ceil(T);
+            let (g, t0) = (it / chunks, (it % chunks) * T);
+            let n = if tw * th - t0 < T { tw * th - t0 } else { T };
             let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
             let shift = inp.pad - d.conv_pad;
-            for r in 0..n_pad {
+            for r in 0..T {
                 let t = t0 + if r < n { r } else { n - 1 };
                 let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
                 let mut src = [core::ptr::null::<f32>(); 16];
@@ -10701,7 +10643,7 @@ pub mod isa_neon {
                         }
                         let y = wino_in(&x);
                         for q in 0..16 {
-                            store(v.add((q * TB + r) * KC + ch), y[q]);
+                            store(v.add((q * T + r) * KC + ch), y[q]);
                         }
                         ch += L;
                     }
@@ -10716,7 +10658,7 @@ pub mod isa_neon {
                     }
                     let y = wino_in(&x);
                     for q in 0..16 {
-                        store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                        store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                     }
                     ch += L;
                 }
@@ -10733,19 +10675,9 @@ pub mod isa_neon {
                     } else {
                         ctx.w16(at) as *const u8
                     };
-                    let mut r = 0;
-                    while r < n_pad {
-                        let acc = m.add(((q * units + u) * TB + r) * P * 16)
-                            as *mut [[[V; NV]; P]; T];
-                        gemm::<
-                            T,
-                            KC,
-                            KC,
-                            P,
-                            WD,
-                        >(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
-                        r += T;
-                    }
+                    let acc = m.add((q * units + u) * T * P * 16)
+                        as *mut [[[V; NV]; P]; T];
+                    gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -10770,7 +10702,7 @@ pub mod isa_neon {
                     let (u, c) = (ch / (16 * P), ch % (16 * P));
                     let mut x = [splat(0.0f32); 16];
                     for q in 0..16 {
-                        x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
+                        x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
@@ -10873,7 +10805,6 @@ pub mod isa_neon {
         unsafe {
             wino_item::<
                 6,
-                6,
                 2,
                 1,
                 0,
@@ -10906,7 +10837,6 @@ pub mod isa_neon {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
                 6,
                 4,
                 1,
@@ -11004,7 +10934,6 @@ pub mod isa_neon {
         unsafe {
             wino_item::<
                 6,
-                6,
                 8,
                 1,
                 0,
@@ -11037,7 +10966,6 @@ pub mod isa_neon {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
                 6,
                 8,
                 1,

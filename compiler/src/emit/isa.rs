@@ -548,17 +548,17 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             }
         }
 
-        /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): up to `TB` of the
-        /// 2x2 output tiles (row-major over the image) of one group. The input tiles are
-        /// transformed into `v` (`[xi][TB][KC]`), multiplied per `xi` by the transformed
+        /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
+        /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
+        /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
         /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
-        /// (`[xi][unit of P panels][TB][16 P]`), then transformed back, the bias added (and
+        /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
         /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
         /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-        /// zero and are not stored. `v` and `m` hold `16 TB KC` and `16 TB 16 panels` floats,
+        /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
         /// aligned for `V`.
         #attrs
-        unsafe fn wino_item<const T: usize, const TB: usize, const KC: usize, const P: usize, const WD: usize>(
+        unsafe fn wino_item<const T: usize, const KC: usize, const P: usize, const WD: usize>(
             ctx: &rt::Ctx,
             d: &rt::ConvDesc,
             io: &rt::ConvIo,
@@ -570,13 +570,12 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let out = rt::Buf { offset: io.out, ..d.out };
                 let inp = &d.input;
                 let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
-                let chunks = (tw * th).div_ceil(TB);
-                let (g, t0) = (it / chunks, (it % chunks) * TB);
-                let n = if tw * th - t0 < TB { tw * th - t0 } else { TB };
-                let n_pad = n.div_ceil(T) * T;
+                let chunks = (tw * th).div_ceil(T);
+                let (g, t0) = (it / chunks, (it % chunks) * T);
+                let n = if tw * th - t0 < T { tw * th - t0 } else { T };
                 let (wp, hp) = (inp.w + 2 * inp.pad, inp.h + 2 * inp.pad);
                 let shift = inp.pad - d.conv_pad;
-                for r in 0..n_pad {
+                for r in 0..T {
                     let t = t0 + if r < n { r } else { n - 1 };
                     let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
                     let mut src = [core::ptr::null::<f32>(); 16];
@@ -598,7 +597,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                             }
                             let y = wino_in(&x);
                             for q in 0..16 {
-                                store(v.add((q * TB + r) * KC + ch), y[q]);
+                                store(v.add((q * T + r) * KC + ch), y[q]);
                             }
                             ch += L;
                         }
@@ -613,7 +612,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         }
                         let y = wino_in(&x);
                         for q in 0..16 {
-                            store_part(v.add((q * TB + r) * KC + ch), y[q], nl);
+                            store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                         }
                         ch += L;
                     }
@@ -628,12 +627,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     for u in 0..units {
                         let at = w_g + (q * panels + u * P) * KC * 16;
                         let b = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
-                        let mut r = 0;
-                        while r < n_pad {
-                            let acc = m.add(((q * units + u) * TB + r) * P * 16) as *mut [[[V; NV]; P]; T];
-                            gemm::<T, KC, KC, P, WD>(v.add((q * TB + r) * KC), &[0], b, KC * 16, acc);
-                            r += T;
-                        }
+                        let acc = m.add((q * units + u) * T * P * 16) as *mut [[[V; NV]; P]; T];
+                        gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
                     }
                 }
                 let bias = ctx.w(io.bias + g * panels * 16);
@@ -659,7 +654,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         let (u, c) = (ch / (16 * P), ch % (16 * P));
                         let mut x = [splat(0.0f32); 16];
                         for q in 0..16 {
-                            x[q] = load(m.add(((q * units + u) * TB + r) * P * 16 + c));
+                            x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                         }
                         let y = wino_out(&x);
                         let b = load(bias.add(ch));
@@ -736,8 +731,7 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
     let token = format_ident!("{}", isa.token);
     let IsaSpec { cfg, attrs, prelude, vocab, lanes, shapes, .. } = isa;
     let lit = proc_macro2::Literal::usize_unsuffixed;
-    let mr = shapes.iter().map(|s| s.1).max().unwrap_or(1);
-    let (lanes_l, mr_l, nv) = (lit(*lanes), lit(mr), lit(16 / lanes));
+    let (lanes_l, nv) = (lit(*lanes), lit(16 / lanes));
     let body = kernels(attrs, &isa.feature);
     let tiles: Vec<String> = shapes.iter().map(|(p, t)| format!("{t} x {}", 16 * p)).collect();
     let doc = format!(
@@ -757,8 +751,6 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
             pub const NV: usize = #nv;
             /// How far ahead (floats) the conv kernel prefetches its weight panel.
             const B_AHEAD: usize = 16 * 16;
-            /// Largest tile height.
-            pub const MR: usize = #mr_l;
             const TOK: super::#token = super::#token(());
             #vocab
             #body

@@ -246,18 +246,17 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
             // One micro-tile of 2x2 output tiles per item (measured 1-3% faster than two or
             // four: the scratch stays in L1); scratch on the stack in vectors (aligned): the
             // transformed input and the products.
-            let tb = mr;
-            let items = u(c.groups * c.tiles.div_ceil(tb));
+            let items = u(c.groups * c.tiles.div_ceil(mr));
             let (v_len, m_len) =
-                (u(16 * tb * c.kc / isa.lanes), u(16 * tb * c.cout_g.next_multiple_of(NR) / isa.lanes));
-            let (t, tb, p) = (u(mr), u(tb), u(p));
+                (u(16 * mr * c.kc / isa.lanes), u(16 * mr * c.cout_g.next_multiple_of(NR) / isa.lanes));
+            let (t, p) = (u(mr), u(p));
             return quote! {
                 #feature
                 unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
                     let mut v = core::mem::MaybeUninit::<[V; #v_len]>::uninit();
                     let mut m = core::mem::MaybeUninit::<[V; #m_len]>::uninit();
                     unsafe {
-                        wino_item::<#t, #tb, #kc, #p, #wd>(
+                        wino_item::<#t, #kc, #p, #wd>(
                             ctx, &super::#d, io, it, v.as_mut_ptr() as *mut f32, m.as_mut_ptr() as *mut f32,
                         )
                     }
