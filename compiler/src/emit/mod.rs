@@ -237,7 +237,9 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
             // short last row costs more). 16-bit weights always take two panels: each weight
             // vector is widened on the FMA ports, and 12 x 32 widens half as many per FMA
             // (bf16 L2 5.6-5.7% faster on 1 and 2 threads, every conv class).
-            .filter(|&(p, _)| p <= 2 || (!narrow && (c.kc * if c.winograd { 1 } else { c.taps } < 1024 || c.pixels < 4 * M_BLOCK)))
+            .filter(|&(p, _)| {
+                p <= 2 || (!narrow && (c.kc * if c.winograd { 1 } else { c.taps } < 1024 || c.pixels < 4 * M_BLOCK))
+            })
             .find(|&(p, _)| p == 1 || (c.cout_g % NR == 0 && panels_g % p == 0))
             .unwrap_or((1, 1));
         // Tiles of equal height that cover a row exactly where possible (a row of 20 pixels
