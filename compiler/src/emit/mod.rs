@@ -431,7 +431,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         let (cfg, variants, module) = (&i.cfg, &i.variants, format_ident!("{}", i.module));
         quote! {
             #[cfg(#cfg)]
-            #variants => #module::forward_image(&ctx, image, lg, pl, ff, fs, prof.as_mut().map(|p| &mut p[..])),
+            #variants => #module::forward_image(ctx, image, lg, pl, ff, fs, prof.as_mut().map(|p| &mut p[..])),
         }
     });
     let batch = u(g.batch);
@@ -558,32 +558,56 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             pub features: Option<Features<'a>>,
         }
 
-        /// Per-thread state: the activation arena (ARENA_LEN floats) and a thread pool.
-        /// Allocated once; inference allocates nothing.
+        /// Per-thread state: activation arenas (ARENA_LEN floats each) and a thread pool.
+        /// Allocated once; inference allocates nothing. A batch of several images runs them
+        /// one per thread, each on its own arena with its kernels single-threaded, while a
+        /// whole round of images per thread remains (no barrier between kernels, no item
+        /// imbalance: faster than splitting every kernel); the rest run one at a time on all
+        /// threads. So a workspace holds min(threads, BATCH) arenas.
         pub struct Workspace {
-            arena: Box<[f32]>,
+            /// Owns the arenas `arena_ptrs` point into (the kernels reach them only through
+            /// those pointers, taken once: the boxes' contents never move).
+            _arenas: Box<[Box<[f32]>]>,
+            arena_ptrs: Box<[SyncPtr<f32>]>,
             pool: Pool,
+            /// Runs every item on the calling thread: the pool of an image that has a thread
+            /// to itself.
+            solo: Pool,
         }
 
         impl Workspace {
             /// A workspace whose kernels run on `threads` threads (the caller's included).
             pub fn new(threads: usize) -> std::io::Result<Workspace> {
-                Ok(Workspace { arena: nfnet_runtime::arena(ARENA_LEN), pool: Pool::new(threads)? })
+                let pool = Pool::new(threads)?;
+                let lanes = if BATCH > 1 { pool.threads().min(BATCH) } else { 1 };
+                let mut arenas: Box<[Box<[f32]>]> = (0..lanes).map(|_| nfnet_runtime::arena(ARENA_LEN)).collect();
+                let arena_ptrs = arenas.iter_mut().map(|a| SyncPtr(a.as_mut_ptr())).collect();
+                Ok(Workspace { _arenas: arenas, arena_ptrs, pool, solo: Pool::new(1)? })
             }
 
             pub fn threads(&self) -> usize {
                 self.pool.threads()
             }
 
-            /// The arena, the weight blob and the pool, as the kernels see them.
-            fn ctx(&mut self) -> rt::Ctx<'_> {
+            /// Arena `lane`, the weight blob and a pool, as the kernels see them.
+            fn ctx<'p>(&self, lane: usize, pool: &'p Pool) -> rt::Ctx<'p> {
                 rt::Ctx {
-                    arena: SyncPtr(self.arena.as_mut_ptr()),
+                    arena: self.arena_ptrs[lane],
                     weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
                     weights16: SyncPtr(WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16),
-                    pool: &self.pool,
+                    pool,
                 }
             }
+        }
+
+        /// The caller's output buffers as raw pointers, so that images of one batch can be
+        /// written from different threads (each image's parts are disjoint).
+        #[derive(Clone, Copy)]
+        struct RawOutputs {
+            logits: SyncPtr<f32>,
+            pre_logits: Option<SyncPtr<f32>>,
+            forward_features: Option<SyncPtr<f32>>,
+            features: Option<[SyncPtr<f32>; 5]>,
         }
 
         /// SiLU of `x` into `out` with `isa`'s vectorized kernel (the one every fused epilogue
@@ -618,7 +642,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             /// and later inferences are unaffected. Packing and copy-out kernels do nothing.
             pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
                 assert!(index < KERNELS, "kernel index {index} out of range");
-                let ctx = ws.ctx();
+                let ctx = ws.ctx(0, &ws.pool);
                 // SAFETY: as in `run`: the ISA was checked, the arena is ours for this call.
                 unsafe {
                     match self.isa {
@@ -661,25 +685,53 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             }
 
             fn run(&self, ws: &mut Workspace, input: &[f32; INPUT_LEN], out: Outputs<'_>, mut prof: Option<&mut [u64; KERNELS]>) {
-                let ctx = ws.ctx();
-                let Outputs { logits, mut pre_logits, mut forward_features, mut features } = out;
-                for b in 0..BATCH {
-                    let image = &input[b * IMAGE_LEN..(b + 1) * IMAGE_LEN];
-                    let lg = &mut logits[b * CLASSES..(b + 1) * CLASSES];
-                    let pl = pre_logits.as_mut().map(|p| &mut p[b * NUM_FEATURES..(b + 1) * NUM_FEATURES]);
-                    let per = FORWARD_FEATURES_LEN / BATCH;
-                    let ff = forward_features.as_mut().map(|p| &mut p[b * per..(b + 1) * per]);
-                    let fs = features.as_mut().map(|f| {
-                        [#(&mut f.#f_names[b * (#f_consts / BATCH)..(b + 1) * (#f_consts / BATCH)]),*]
+                let ws: &Workspace = ws;
+                let raw = RawOutputs {
+                    logits: SyncPtr(out.logits.as_mut_ptr()),
+                    pre_logits: out.pre_logits.map(|p| SyncPtr(p.as_mut_ptr())),
+                    forward_features: out.forward_features.map(|p| SyncPtr(p.as_mut_ptr())),
+                    features: out.features.map(|f| [#(SyncPtr(f.#f_names.as_mut_ptr())),*]),
+                };
+                // Whole rounds of one image per thread (not when timing kernels: the times
+                // would mix), then the rest on all threads.
+                let lanes = ws.arena_ptrs.len();
+                let solo_images = if prof.is_none() && lanes > 1 { BATCH / lanes * lanes } else { 0 };
+                for round in (0..solo_images).step_by(lanes.max(1)) {
+                    ws.pool.run(lanes, &|lane| {
+                        // SAFETY: image `round + lane` runs once, alone on arena `lane`.
+                        unsafe { self.image(&ws.ctx(lane, &ws.solo), input, raw, round + lane, None) }
                     });
-                    // SAFETY: `self.isa` was checked against this CPU when the Model was made;
-                    // the arena has ARENA_LEN floats and is borrowed mutably for this call.
-                    unsafe {
-                        match self.isa {
-                            #(#dispatch)*
-                            #[allow(unreachable_patterns)]
-                            other => unreachable!("ISA {other} was checked at construction"),
-                        }
+                }
+                for b in solo_images..BATCH {
+                    // SAFETY: one image at a time on arena 0.
+                    unsafe { self.image(&ws.ctx(0, &ws.pool), input, raw, b, prof.as_mut().map(|p| &mut p[..])) }
+                }
+            }
+
+            /// Runs image `b` of the batch.
+            ///
+            /// # Safety
+            /// `raw` points at the caller's buffers of an `Outputs`; no other call may be running
+            /// on the same arena or image at the same time.
+            unsafe fn image(&self, ctx: &rt::Ctx, input: &[f32; INPUT_LEN], raw: RawOutputs, b: usize, mut prof: Option<&mut [u64]>) {
+                // SAFETY: the parts of image b of each buffer: disjoint from other images' parts,
+                // inside the caller's buffers (their lengths are BATCH times these).
+                unsafe {
+                    let part = |p: SyncPtr<f32>, len: usize| core::slice::from_raw_parts_mut(p.0.add(b * len), len);
+                    let image = &input[b * IMAGE_LEN..(b + 1) * IMAGE_LEN];
+                    let lg = part(raw.logits, CLASSES);
+                    let pl = raw.pre_logits.map(|p| part(p, NUM_FEATURES));
+                    let ff = raw.forward_features.map(|p| part(p, FORWARD_FEATURES_LEN / BATCH));
+                    let fs = raw.features.map(|f| {
+                        let [#(#f_names),*] = f;
+                        [#(part(#f_names, #f_consts / BATCH)),*]
+                    });
+                    // The ISA was checked against this CPU when the Model was made; the arena
+                    // has ARENA_LEN floats and is this call's alone.
+                    match self.isa {
+                        #(#dispatch)*
+                        #[allow(unreachable_patterns)]
+                        other => unreachable!("ISA {other} was checked at construction"),
                     }
                 }
             }
