@@ -304,7 +304,15 @@ fn info() -> Result<(), String> {
     println!("classes        {}", m::NUM_CLASSES);
     println!("features       {}", m::NUM_FEATURES);
     println!("isa            {isa} (compiled: {})", m::ISAS.iter().map(|i| i.name()).collect::<Vec<_>>().join(", "));
-    println!("arena          {:.1} MiB per workspace", (m::ARENA_LEN * 4) as f64 / (1 << 20) as f64);
+    let arena = (m::ARENA_LEN * 4) as f64 / (1 << 20) as f64;
+    if m::BATCH > 1 {
+        println!(
+            "arena          {arena:.1} MiB per image run at once (a workspace of T threads: min(T, {}))",
+            m::BATCH
+        );
+    } else {
+        println!("arena          {arena:.1} MiB per workspace");
+    }
     println!("weights        {:.1} MiB, sha256 {}", m::WEIGHTS_BYTES as f64 / (1 << 20) as f64, m::WEIGHTS_SHA256);
     match m::SYNTHETIC {
         Some(tag) => println!("weights origin synthetic ({tag}): not the pretrained model"),
