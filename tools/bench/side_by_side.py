@@ -8,7 +8,7 @@ error on the logits against timm evaluated in float64.
     cargo build --release
     python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 3] [--peers torch,ort,ov]
 
---model must be the checkpoint the nfnet binary was compiled from (default: the built-in
+--model must be the checkpoint the nfnet binary was compiled from, checked by its sha256 (default: the built-in
 synthetic eca_nfnet_l2, recreated with `nfc synth --arch eca_nfnet_l2 --seed 0`). The input
 size is the compiled one (`nfnet info`). Optional dependencies: torch timm safetensors numpy
 (required), onnx onnxruntime (ort), openvino (ov).
@@ -43,6 +43,23 @@ NFC = os.path.join(ROOT, "target", "release", "nfc")
 def compiled_info():
     out = subprocess.run([NFNET, "bench", "--iters", "1", "--json"], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
+
+
+def compiled_sha256():
+    out = subprocess.run([NFNET, "info"], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("weights") and "sha256 " in line:
+            return line.split("sha256 ")[1].split()[0]
+    sys.exit(f"{NFNET} info: no weights sha256 in its output")
+
+
+def file_sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def rel_l2(a, b):
@@ -113,6 +130,14 @@ def main():
         model_dir = os.path.join(tmp, "builtin")
         subprocess.run([NFC, "synth", "--arch", "eca_nfnet_l2", "--seed", "0", "--out", model_dir], check=True,
                        capture_output=True)
+    weights = os.path.join(model_dir, "model.safetensors")
+    if not os.path.isfile(weights):
+        sys.exit(f"{weights}: not found (--model wants a directory with config.json and model.safetensors)")
+    compiled, given = compiled_sha256(), file_sha256(weights)
+    if compiled != given:
+        which = f"--model {a.model}" if a.model else "the built-in synthetic eca_nfnet_l2 (no --model)"
+        sys.exit(f"{which}: model.safetensors (sha256 {given[:12]}...) is not the checkpoint nfnet was compiled "
+                 f"from (sha256 {compiled[:12]}...); pass --model with the NFNET_MODEL directory of the build")
     x = np.random.default_rng(0).standard_normal((batch, 3, h, w)).astype(np.float32)
     xp = os.path.join(tmp, "x.npy")
     np.save(xp, x)
