@@ -299,13 +299,23 @@ pub unsafe fn eca_gate(
     let half = (k - 1) / 2;
     let chunk = |it: usize| {
         let (lo, hi) = (it * ECA_CHUNK, ((it + 1) * ECA_CHUNK).min(c));
-        // means[i] is the mean of channel lo - half + i (zero outside 0..c).
-        let mut means = [0.0f32; ECA_CHUNK + ECA_MAX_K];
-        for (i, m) in means.iter_mut().enumerate().take(hi - lo + k - 1) {
-            if let Some(ch) = (lo + i).checked_sub(half).filter(|&ch| ch < c) {
-                // SAFETY: the sums buffer holds parts * c floats (caller contract).
-                *m = (unsafe { reduce_blocks(ctx, sums, parts, c, ch) } / pixels as f64) as f32;
+        // means[i] is the mean of channel lo - half + i (zero outside 0..c): the channels
+        // lo - half .. hi - half + k - 1 clipped to 0..c, whose sums are contiguous in each
+        // block; summed block after block as `reduce_blocks` does, so the same values.
+        let (first, last) = (lo.saturating_sub(half), (hi + k - 1 - half).min(c));
+        let skip = first + half - lo;
+        let mut totals = [0.0f64; ECA_CHUNK + ECA_MAX_K];
+        for b in 0..parts {
+            // SAFETY: block b's sums of channels first..last lie in the sums buffer, which
+            // holds parts * c floats (caller contract).
+            let block = unsafe { std::slice::from_raw_parts(ctx.ptr(sums + b * c + first), last - first) };
+            for (t, &v) in totals[skip..].iter_mut().zip(block) {
+                *t += v as f64;
             }
+        }
+        let mut means = [0.0f32; ECA_CHUNK + ECA_MAX_K];
+        for (m, t) in means[skip..skip + last - first].iter_mut().zip(&totals[skip..]) {
+            *m = (t / pixels as f64) as f32;
         }
         for ch in lo..hi {
             let mut acc = 0.0f64;
