@@ -194,15 +194,23 @@ pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, s
         ctx.zero_border(y);
         ctx.zero_border(act);
     }
-    let row = |yy: usize| {
-        let p = |b: &Buf| if b.is_some() { ctx.ptr(b.at(yy, 0)) } else { std::ptr::null_mut() };
+    // Items of whole pixels, about SCALE_ADD_ACT_ITEM floats each: a thread that finishes
+    // first waits for at most one such piece (a row of L2's stage 2 is 30720 floats).
+    let pieces = (r.w * r.c).div_ceil(SCALE_ADD_ACT_ITEM).clamp(1, r.w);
+    let piece = |it: usize| {
+        let (yy, part) = (it / pieces, it % pieces);
+        let (x0, x1) = (part * r.w / pieces, (part + 1) * r.w / pieces);
+        let p = |b: &Buf| if b.is_some() { ctx.ptr(b.at(yy, x0)) } else { std::ptr::null_mut() };
         let g = if gate == NONE { std::ptr::null() } else { ctx.ptr(gate) as *const f32 };
-        // SAFETY: each row of each buffer is w * c contiguous floats inside the arena; rows
-        // are written by one item each.
-        unsafe { k.scale_add_act(r.w * r.c, r.c, p(r), g, p(sc), p(y), p(act)) };
+        // SAFETY: pixels x0..x1 of row yy of each buffer are (x1 - x0) * c contiguous floats
+        // inside the arena; each item writes its own pixels.
+        unsafe { k.scale_add_act((x1 - x0) * r.c, r.c, p(r), g, p(sc), p(y), p(act)) };
     };
-    ctx.pool.run(r.h, &row);
+    ctx.pool.run(r.h * pieces, &piece);
 }
+
+/// Floats per work item of `scale_add_act`, about.
+const SCALE_ADD_ACT_ITEM: usize = 8192;
 
 /// AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) from `x` into `out`.
 ///
