@@ -175,12 +175,28 @@ pub struct ConvIo {
 /// The descriptor and offsets must come from the compiler's schedule for this arena, and
 /// `item` must be the kernel emitted for this descriptor.
 pub unsafe fn conv_run(ctx: &Ctx, d: &ConvDesc, io: &ConvIo, items: usize, item: &(dyn Fn(usize) + Sync)) {
-    // SAFETY: buffers are in the arena (caller contract).
-    unsafe {
-        ctx.zero_border(&Buf { offset: io.out, ..d.out });
-        ctx.zero_border(&Buf { offset: io.pre, ..d.pre });
-    }
-    ctx.pool.run(items, item);
+    let borders = [Buf { offset: io.out, ..d.out }, Buf { offset: io.pre, ..d.pre }];
+    // SAFETY: buffers are in the arena (caller contract); items write interiors only.
+    unsafe { run_zeroing_borders(ctx, &borders, items, item) }
+}
+
+/// Runs `items` work items on the pool plus one more that zeroes the borders of `bufs` (the
+/// items write interiors only, so it is disjoint from them): no thread waits while one
+/// thread clears them.
+///
+/// # Safety
+/// `bufs` lie in the arena and no item touches their borders.
+unsafe fn run_zeroing_borders(ctx: &Ctx, bufs: &[Buf], items: usize, item: &(dyn Fn(usize) + Sync)) {
+    ctx.pool.run(items + 1, &|it| {
+        if it < items {
+            item(it)
+        } else {
+            for b in bufs {
+                // SAFETY: in the arena, and no item writes there (caller contract).
+                unsafe { ctx.zero_border(b) }
+            }
+        }
+    });
 }
 
 /// `v = r * gate + shortcut`, stored to `y` and/or `silu(v)` to `act`, row by row.
@@ -189,11 +205,6 @@ pub unsafe fn conv_run(ctx: &Ctx, d: &ConvDesc, io: &ConvIo, items: usize, item:
 /// Buffers from the schedule: same h, w, c; in the arena; outputs disjoint from inputs, or
 /// `y` the same buffer as `r` and `act` as `sc` (see the `Kernels` contract).
 pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, sc: &Buf, y: &Buf, act: &Buf) {
-    // SAFETY: buffers are in the arena (caller contract).
-    unsafe {
-        ctx.zero_border(y);
-        ctx.zero_border(act);
-    }
     // Items of whole pixels, about SCALE_ADD_ACT_ITEM floats each: a thread that finishes
     // first waits for at most one such piece (a row of L2's stage 2 is 30720 floats).
     let pieces = (r.w * r.c).div_ceil(SCALE_ADD_ACT_ITEM).clamp(1, r.w);
@@ -206,7 +217,8 @@ pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, s
         // inside the arena; each item writes its own pixels.
         unsafe { k.scale_add_act((x1 - x0) * r.c, r.c, p(r), g, p(sc), p(y), p(act)) };
     };
-    ctx.pool.run(r.h * pieces, &piece);
+    // SAFETY: buffers are in the arena (caller contract); the pieces write interior pixels.
+    unsafe { run_zeroing_borders(ctx, &[*y, *act], r.h * pieces, &piece) }
 }
 
 /// Floats per work item of `scale_add_act`, about.
