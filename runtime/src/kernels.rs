@@ -229,8 +229,6 @@ const SCALE_ADD_ACT_ITEM: usize = 8192;
 /// # Safety
 /// Buffers from the schedule, disjoint, in the arena.
 pub unsafe fn avg_pool(ctx: &Ctx, x: &Buf, out: &Buf) {
-    // SAFETY: in the arena (caller contract).
-    unsafe { ctx.zero_border(out) };
     let c = x.c;
     let row = |oy: usize| {
         for ox in 0..out.w {
@@ -255,7 +253,8 @@ pub unsafe fn avg_pool(ctx: &Ctx, x: &Buf, out: &Buf) {
             }
         }
     };
-    ctx.pool.run(out.h, &row);
+    // SAFETY: out is in the arena (caller contract); the rows write interior pixels.
+    unsafe { run_zeroing_borders(ctx, &[*out], out.h, &row) }
 }
 
 /// Per-channel sums of all pixels of `x` in pixel order, into `sums[0..c]` (one block).
@@ -403,18 +402,18 @@ pub unsafe fn fc(ctx: &Ctx, x: usize, n_in: usize, w: usize, bias: usize, n_out:
 /// `out` from the schedule; `image` holds `out.c * out.h * out.w` floats.
 pub unsafe fn pack_input(ctx: &Ctx, image: &[f32], out: &Buf) {
     assert_eq!(image.len(), out.c * out.h * out.w, "image size");
-    // SAFETY: out is in the arena (caller contract).
-    unsafe { ctx.zero_border(out) };
     let plane = out.h * out.w;
-    for y in 0..out.h {
+    let row = |y: usize| {
         for x in 0..out.w {
             let dst = ctx.ptr(out.at(y, x));
             for c in 0..out.c {
-                // SAFETY: interior pixel of out.
+                // SAFETY: interior pixel of out, in row y (this item's only).
                 unsafe { *dst.add(c) = image[c * plane + y * out.w + x] };
             }
         }
-    }
+    };
+    // SAFETY: out is in the arena (caller contract); the rows write interior pixels.
+    unsafe { run_zeroing_borders(ctx, &[*out], out.h, &row) }
 }
 
 /// An NHWC buffer out to the caller's NCHW slice (`c * h * w` floats).
