@@ -14,6 +14,7 @@ size is the compiled one (`nfnet info`). Optional dependencies: torch timm safet
 (required), onnx onnxruntime (ort), openvino (ov).
 """
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -54,7 +55,6 @@ def compiled_sha256():
 
 
 def file_sha256(path):
-    import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
