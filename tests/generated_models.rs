@@ -13,7 +13,8 @@ use nfnet_compiler::ops::Tensor;
 use nfnet_model as l2;
 use nfnet_runtime::Isa;
 use nfnet_test_models::{
-    tiny, tiny_passes_0, tiny_passes_1, tiny_passes_2, tiny_weights_bf16, tiny_weights_f16, variant,
+    tiny, tiny_passes_0, tiny_passes_1, tiny_passes_2, tiny_weights_bf16, tiny_weights_f16, tiny_winograd_f4,
+    tiny_winograd_off, variant, variant_winograd_f4,
 };
 
 const TOL: f64 = 1e-4;
@@ -97,6 +98,19 @@ fn weights_stored_in_16_bits_stay_close_to_timm_on_every_isa() {
     check_model!(tiny_weights_bf16, "tiny", [2], 5e-2);
     check_model!(tiny_weights_f16, "tiny", [2], 5e-3);
     const { assert!(tiny_weights_bf16::WEIGHTS_BYTES < tiny::WEIGHTS_BYTES * 3 / 4) };
+}
+
+/// The Winograd policies: every eligible conv as F(4x4, 3x3) (tiles over odd edges, stems of
+/// 2 and 4 channels, one group of 24) and direct convs only both match timm.
+#[test]
+fn winograd_policies_match_timm_on_every_isa() {
+    check_model!(tiny_winograd_f4, "tiny");
+    check_model!(variant_winograd_f4, "tiny_variant_bf16");
+    check_model!(tiny_winograd_off, "tiny", [2]);
+    const {
+        assert!(tiny_winograd_f4::WEIGHTS_BYTES > tiny::WEIGHTS_BYTES);
+        assert!(tiny_winograd_off::WEIGHTS_BYTES < tiny::WEIGHTS_BYTES);
+    }
 }
 
 #[test]

@@ -23,14 +23,16 @@
 //!
 //! Environment read by [`Builder::from_env`]: `NFNET_MODEL` (a directory with `config.json`
 //! and `model.safetensors`; unset: the built-in synthetic eca_nfnet_l2), `NFNET_INPUT_SIZE`
-//! (`S` or `HxW`, height first; default the config's input size), `NFNET_BATCH` (default 1).
+//! (`S` or `HxW`, height first; default the config's input size), `NFNET_BATCH` (default 1),
+//! `NFNET_WEIGHT_DTYPE` (`f32`, `bf16`, `f16`; default f32) and `NFNET_WINOGRAD` (`auto`, `f2`,
+//! `off`, `f4`; default auto: see [`WinogradPolicy`]).
 
 use crate::Model;
 use crate::arch::parse_input_size;
 use crate::emit::pack::WeightDtype;
 use crate::emit::{self, EmitInfo};
 use crate::error::{Error, Result};
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, WinogradPolicy};
 use crate::synth::{self, SynthSpec};
 use std::path::{Path, PathBuf};
 
@@ -45,6 +47,7 @@ pub struct Builder {
     out_dir: Option<PathBuf>,
     stop_after: Option<usize>,
     weight_dtype: WeightDtype,
+    winograd: WinogradPolicy,
     /// Print cargo directives (set by `from_env`).
     cargo: bool,
 }
@@ -66,8 +69,9 @@ impl Builder {
         Builder { batch: 1, ..Builder::default() }
     }
 
-    /// Reads `NFNET_MODEL`, `NFNET_INPUT_SIZE`, `NFNET_BATCH` and `OUT_DIR`, and tells cargo
-    /// to rerun when any of them (or the model files) change.
+    /// Reads `NFNET_MODEL`, `NFNET_INPUT_SIZE`, `NFNET_BATCH`, `NFNET_STOP_AFTER_PASS`,
+    /// `NFNET_WEIGHT_DTYPE`, `NFNET_WINOGRAD` and `OUT_DIR`, and tells cargo to rerun when any
+    /// of them (or the model files) change.
     pub fn from_env() -> Result<Builder> {
         let mut b = Builder::new();
         b.cargo = true;
@@ -91,6 +95,10 @@ impl Builder {
         if let Some(s) = env("NFNET_WEIGHT_DTYPE", true)? {
             b.weight_dtype = WeightDtype::parse(&s)
                 .ok_or_else(|| Error::new(format!("NFNET_WEIGHT_DTYPE='{s}' is not one of f32, bf16, f16")))?;
+        }
+        if let Some(s) = env("NFNET_WINOGRAD", true)? {
+            b.winograd = WinogradPolicy::parse(&s)
+                .ok_or_else(|| Error::new(format!("NFNET_WINOGRAD='{s}' is not one of auto, f2, off, f4")))?;
         }
         b.out_dir = env("OUT_DIR", false)?.map(PathBuf::from);
         Ok(b)
@@ -120,6 +128,13 @@ impl Builder {
     /// Stores the conv weights as f32 (default), bf16 or f16: half the binary for 16 bits.
     pub fn weight_dtype(mut self, wd: WeightDtype) -> Self {
         self.weight_dtype = wd;
+        self
+    }
+
+    /// Which Winograd algorithms the 3x3 convs may take: `Auto` (default) is the fastest,
+    /// `F2` and `Off` trade speed for exactness (see [`WinogradPolicy`]).
+    pub fn winograd(mut self, policy: WinogradPolicy) -> Self {
+        self.winograd = policy;
         self
     }
 
@@ -154,7 +169,8 @@ impl Builder {
         let model = Model::load(&dir)?;
         let hw = self.input_size.unwrap_or(model.arch.config.pretrained.input_size);
         let graph = model.graph(hw, self.batch)?;
-        let schedule = Schedule::new(&graph, self.stop_after);
+        let mut schedule = Schedule::new(&graph, self.stop_after);
+        schedule.winograd_policy = self.winograd;
         if self.weight_dtype == WeightDtype::F16 {
             check_f16_range(&graph)?;
         }

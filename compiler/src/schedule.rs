@@ -45,18 +45,28 @@ impl ConvGeom {
         self.rows.div_ceil(self.band)
     }
 }
-/// The cost of a Winograd conv relative to its products alone (transforms, scratch traffic,
-/// short sums of 64 channels): measured on L2's convs at 20x20 to 80x80 (1.3 to 1.55).
-pub const WINOGRAD_OVERHEAD: f64 = 1.7;
+/// Cost of one product of a direct 3x3 conv, relative to an ideal one, and of the Winograd
+/// algorithms by output tile `m` (transforms, scratch traffic, short sums of 64 channels), with
+/// [`WEIGHT_COST`] fitted to L2's grouped convs (2 threads, AVX-512, per-kernel minimums; ratios
+/// F(2x2) : F(4x4) : direct measured 1.36 : 1 at 80x80, 1.06 : 1 at 20x20, and 1 : 1.54 : 1.23
+/// at 10x10 (F(2x2) in items of 5 tiles); the model gives 1.36, 1.08 and 1 : 1.60 : 1.22).
+pub const DIRECT_OVERHEAD: f64 = 1.25;
+pub const WINOGRAD_OVERHEAD: [(usize, f64); 2] = [(2, 1.7), (4, 2.2)];
 
-/// 2x2 output tiles per Winograd work item in the cost model: the micro-tile height of the
-/// 64-channel groups on AVX-512 (6 x 64), AVX2 and NEON (6 x 16); a last partial item still
-/// computes all of them. At 10x10 (25 tiles: 30 computed) Winograd is 7-13% faster than the
-/// direct conv on AVX-512 and 25-28% on AVX2 (L2's stage 3).
+/// The cost of streaming one weight (from DRAM: the model's weights outgrow the caches) in
+/// products: a conv with `e` weights per input/output channel pair (9 direct, `(m + 2)^2`
+/// Winograd) over `n` pixels or tiles costs `e (n x overhead + WEIGHT_COST)`. This is what
+/// keeps F(4x4), whose weights are 4x the direct conv's (F(2x2): 1.8x), off small images.
+pub const WEIGHT_COST: f64 = 28.0;
+
+/// Output tiles per Winograd work item at most (the micro-tile height of the 64-channel
+/// groups on AVX-512 (6 x 64), AVX2 and NEON (6 x 16)); the tiles are split evenly over the
+/// items (25 tiles: 5 items of 5), a last partial item still computes all of its tiles.
 pub const WINOGRAD_ITEM_TILES: usize = 6;
 
 /// Largest stack scratch of a Winograd work item, per array (input and products): groups of
-/// up to 341 channels; wider convs stay direct.
+/// up to 341 channels for F(2x2), 151 for F(4x4); wider convs take the smaller tile or stay
+/// direct.
 pub const WINOGRAD_SCRATCH_BYTES: usize = 256 * 1024;
 
 /// Output channels per weight panel (the micro-kernel's width, on every ISA).
@@ -201,11 +211,42 @@ pub struct PassReport {
 
 pub struct Schedule<'g> {
     pub graph: &'g Graph,
+    /// Which Winograd algorithms the 3x3 stride-1 convs may take (default: the cost model's).
+    pub winograd_policy: WinogradPolicy,
     pub buffers: Vec<Buffer>,
     pub kernels: Vec<Kernel>,
     pub passes: Vec<PassReport>,
     /// Arena floats needed (the peak of the memory plan).
     pub arena_len: usize,
+}
+
+/// Which Winograd algorithms the 3x3 stride-1 convs may take (`NFNET_WINOGRAD`): a trade of
+/// speed for exactness. Logits of L2 at 320 against timm in f64: 5.1e-6 relative L2 with
+/// `Auto`, 2.9e-6 with `F2`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WinogradPolicy {
+    /// The cheapest of direct, F(2x2, 3x3) and F(4x4, 3x3) by the cost model.
+    #[default]
+    Auto,
+    /// Direct or F(2x2, 3x3), by the cost model.
+    F2,
+    /// Direct convs only.
+    Off,
+    /// F(4x4, 3x3) wherever its scratch fits, whatever the cost model says (exercises every
+    /// F(4x4) path on small test models).
+    F4,
+}
+
+impl WinogradPolicy {
+    pub fn parse(s: &str) -> Option<WinogradPolicy> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(WinogradPolicy::Auto),
+            "f2" => Some(WinogradPolicy::F2),
+            "off" => Some(WinogradPolicy::Off),
+            "f4" => Some(WinogradPolicy::F4),
+            _ => None,
+        }
+    }
 }
 
 /// The fusion passes in order.
@@ -357,24 +398,60 @@ impl<'g> Schedule<'g> {
         ConvGeom::new(lo.h, lo.w, flat)
     }
 
-    /// Whether a conv kernel runs as Winograd F(2x2, 3x3): 3x3, stride 1, padding 1, and no
-    /// channel sums asked of it. Its products then number 16 per 2x2 output tile instead of
-    /// 36 (4/9 of the multiply-adds); the input and output transforms only add and subtract,
-    /// and the weights are transformed at build time in f64, so the result differs from the
-    /// direct conv by rounding only. Left direct: groups too wide for a work item's stack
-    /// scratch ([`WINOGRAD_SCRATCH_BYTES`]), and small images, where tiles computed in
-    /// micro-tiles of up to 12 plus the transforms (measured: [`WINOGRAD_OVERHEAD`] x the
-    /// products' time) would not beat the direct conv.
-    pub fn winograd(&self, op: &Op) -> bool {
-        let Op::Conv { node, out, sums: None, .. } = op else { return false };
-        let GOp::Conv(c) = &self.graph.nodes[*node].op else { return false };
+    /// The output tile `m` of the Winograd F(m x m, 3x3) a conv kernel runs as, or `None` for
+    /// the direct conv. Eligible: 3x3, stride 1, padding 1, and no channel sums asked of it.
+    /// Products number `(m + 2)^2` per `m x m` output tile instead of `9 m^2` (F(2x2): 4/9 of
+    /// the multiply-adds, F(4x4): 1/4); the input and output transforms add and scale only, and
+    /// the weights are transformed at build time in f64, so the result differs from the
+    /// direct conv by rounding only (measured per conv, 64 input channels: direct 1.6e-7,
+    /// F(2x2) 2.7e-7, F(4x4) 8.3e-7 relative L2). Of the algorithms whose work item's stack
+    /// scratch fits ([`WINOGRAD_SCRATCH_BYTES`]) the cheapest by the cost model wins: products
+    /// of the tiles computed in items of up to [`WINOGRAD_ITEM_TILES`] times the measured
+    /// overhead ([`WINOGRAD_OVERHEAD`]) plus the weights' traffic ([`WEIGHT_COST`]), against
+    /// the direct conv's 9 products per pixel ([`DIRECT_OVERHEAD`]).
+    pub fn winograd_tile(&self, op: &Op) -> Option<usize> {
+        let Op::Conv { node, out, sums: None, .. } = op else { return None };
+        let GOp::Conv(c) = &self.graph.nodes[*node].op else { return None };
+        if !(c.spec.k == 3 && c.spec.stride == 1 && c.spec.pad() == 1) {
+            return None;
+        }
         let lo = self.buffers[*out].layout;
-        let tiles = (lo.h.div_ceil(2) * lo.w.div_ceil(2)).next_multiple_of(WINOGRAD_ITEM_TILES);
-        let eligible = c.spec.k == 3 && c.spec.stride == 1 && c.spec.pad() == 1;
-        // Each work item keeps its transformed tiles on the stack: 16 x 12 tiles x channels.
+        // Each work item keeps its transformed tiles on the stack: (m + 2)^2 x 12 tiles x channels.
         let widest = (c.spec.cin / c.spec.groups).max((c.spec.cout / c.spec.groups).next_multiple_of(NR));
-        let fits = 16 * 12 * widest * 4 <= WINOGRAD_SCRATCH_BYTES;
-        eligible && fits && (16 * tiles) as f64 * WINOGRAD_OVERHEAD < (9 * lo.h * lo.w) as f64
+        let fits = |m: usize| (m + 2) * (m + 2) * 12 * widest * 4 <= WINOGRAD_SCRATCH_BYTES;
+        let allowed: &[usize] = match self.winograd_policy {
+            WinogradPolicy::Off => return None,
+            WinogradPolicy::F4 if fits(4) => return Some(4),
+            WinogradPolicy::Auto => &[2, 4],
+            _ => &[2],
+        };
+        let mut best = (None, 9.0 * ((lo.h * lo.w) as f64 * DIRECT_OVERHEAD + WEIGHT_COST));
+        for (m, overhead) in WINOGRAD_OVERHEAD {
+            let a2 = (m + 2) * (m + 2);
+            let tiles = lo.h.div_ceil(m) * lo.w.div_ceil(m);
+            let items = tiles.div_ceil(WINOGRAD_ITEM_TILES);
+            let computed = items * tiles.div_ceil(items);
+            let cost = a2 as f64 * (computed as f64 * overhead + WEIGHT_COST);
+            if allowed.contains(&m) && fits(m) && cost < best.1 {
+                best = (Some(m), cost);
+            }
+        }
+        best.0
+    }
+
+    /// Whether a conv kernel runs as Winograd (see [`Schedule::winograd_tile`]).
+    pub fn winograd(&self, op: &Op) -> bool {
+        self.winograd_tile(op).is_some()
+    }
+
+    /// The conv algorithm's name in the schedule (`None` for other kernels).
+    pub fn algorithm(&self, op: &Op) -> Option<&'static str> {
+        match (op, self.winograd_tile(op)) {
+            (Op::Conv { .. }, Some(2)) => Some("winograd_f2x2_3x3"),
+            (Op::Conv { .. }, Some(_)) => Some("winograd_f4x4_3x3"),
+            (Op::Conv { .. }, None) => Some("direct"),
+            _ => None,
+        }
     }
 
     /// Bytes of all buffers side by side, without reuse.
@@ -403,7 +480,13 @@ impl<'g> Schedule<'g> {
         let len = |b: &BufId| 4 * self.buffers[*b].layout.interior() as u64;
         let weights = match &k.op {
             Op::Conv { node, .. } | Op::Fc { node, .. } | Op::EcaGate { node, .. } => {
-                4 * node_weight_len(&self.graph.nodes[*node].op) as u64
+                let op = &self.graph.nodes[*node].op;
+                let len = match (op, self.winograd_tile(&k.op)) {
+                    // Winograd weights are stored transformed: (m + 2)^2 per 3x3 kernel.
+                    (GOp::Conv(c), Some(m)) => c.weight.len() / 9 * (m + 2) * (m + 2) + c.bias.len(),
+                    _ => node_weight_len(op),
+                };
+                4 * len as u64
             }
             _ => 0,
         };
@@ -429,11 +512,7 @@ impl<'g> Schedule<'g> {
                     "index": i,
                     "kind": k.op.kind(),
                     "modules": k.modules,
-                    "algorithm": match k.op {
-                        Op::Conv { .. } if self.winograd(&k.op) => Some("winograd_f2x2_3x3"),
-                        Op::Conv { .. } => Some("direct"),
-                        _ => None,
-                    },
+                    "algorithm": self.algorithm(&k.op),
                     "inputs": k.op.inputs().iter().map(buf).collect::<Vec<_>>(),
                     "outputs": k.op.outputs().iter().map(buf).collect::<Vec<_>>(),
                     "flops": self.flops(k),
@@ -522,7 +601,11 @@ pub fn json_to_text(v: &Json) -> String {
         s += &format!(
             "{:>4}  {:<14} {mods:<48} {:>9.1} {:>8.2} {:>8.2}  {}\n",
             k["index"].as_u64().unwrap_or(0),
-            if k["algorithm"] == "winograd_f2x2_3x3" { "conv winograd" } else { k["kind"].as_str().unwrap_or("?") },
+            if k["algorithm"].as_str().is_some_and(|a| a.starts_with("winograd")) {
+                "conv winograd"
+            } else {
+                k["kind"].as_str().unwrap_or("?")
+            },
             num(&k["flops"]) / 1e6,
             num(&k["bytes_read"]) / 1e6,
             num(&k["bytes_written"]) / 1e6,
@@ -614,7 +697,7 @@ fn lower(g: &Graph) -> Schedule<'_> {
             }
         }
     }
-    Schedule { graph: g, buffers, kernels, passes: Vec::new(), arena_len: 0 }
+    Schedule { graph: g, winograd_policy: WinogradPolicy::Auto, buffers, kernels, passes: Vec::new(), arena_len: 0 }
 }
 
 /// Conv followed by a SiLU of its output: SiLU in the conv's epilogue. The raw output is still
@@ -812,12 +895,11 @@ mod tests {
     use crate::Model;
     use crate::synth::{self, StorageDtype, SynthSpec};
 
+    const TINY_ARGS: &str = r#"{"depths": [1, 2, 1, 1], "channels": [32, 64, 96, 128], "stem_chs": 16,
+        "group_size": 8, "num_features": 192}"#;
+
     fn tiny_graph() -> crate::graph::Graph {
-        graph_with(
-            r#"{"depths": [1, 2, 1, 1], "channels": [32, 64, 96, 128], "stem_chs": 16, "group_size": 8,
-                "num_features": 192}"#,
-            (41, 35),
-        )
+        graph_with(TINY_ARGS, (41, 35))
     }
 
     fn graph_with(args: &str, size: (usize, usize)) -> crate::graph::Graph {
@@ -840,9 +922,29 @@ mod tests {
         let s = Schedule::new(&g, None);
         let wino: Vec<String> = s.kernels.iter().filter(|k| s.winograd(&k.op)).map(|k| k.modules[0].clone()).collect();
         // 41x35: the stem's stride-1 convs at 21x18 and stage 0's at 11x9 (30 tiles, five
-        // items of 6) win; stage 1's at 6x5 (9 tiles, computed as 12) and later ones are too
-        // small.
+        // items of 6) win as F(2x2) (F(4x4) would compute 30 and 10 tiles of 36 products);
+        // stage 1's at 6x5 (9 tiles, computed as 10) and later ones are too small.
         assert_eq!(wino, ["stem.conv2", "stem.conv3", "stages.0.0.conv2", "stages.0.0.conv2b"]);
+        assert!(s.kernels.iter().all(|k| s.winograd_tile(&k.op) != Some(4)));
+        // Twice the size: the stem's at 41x35 take F(4x4) (110 tiles of 36 products against
+        // 441 of 16), stage 0's at 21x18 stay F(2x2).
+        let g2 = graph_with(TINY_ARGS, (81, 69));
+        let s2 = Schedule::new(&g2, None);
+        let tile = |s: &Schedule, m: &str| s.winograd_tile(&s.kernels.iter().find(|k| k.modules[0] == m).unwrap().op);
+        assert_eq!(tile(&s2, "stem.conv3"), Some(4));
+        assert_eq!(tile(&s2, "stages.0.0.conv2"), Some(2));
+        // The policies: direct only; F(2x2) at most; F(4x4) wherever eligible.
+        for (policy, stem, stage1) in [
+            (WinogradPolicy::Off, None, None),
+            (WinogradPolicy::F2, Some(2), Some(2)),
+            (WinogradPolicy::F4, Some(4), Some(4)),
+        ] {
+            let mut s = Schedule::new(&g2, None);
+            s.winograd_policy = policy;
+            assert_eq!((tile(&s, "stem.conv3"), tile(&s, "stages.1.1.conv2")), (stem, stage1), "{policy:?}");
+            // Stride 2 is never Winograd.
+            assert_eq!(tile(&s, "stages.1.0.conv2"), None);
+        }
         for k in &s.kernels {
             if s.winograd(&k.op) {
                 let Op::Conv { node, .. } = k.op else { unreachable!("only convs") };

@@ -41,11 +41,11 @@ pub const FEATURE3_LEN: usize = BATCH * 864;
 pub const FEATURE4_LEN: usize = BATCH * 768;
 /// Floats of the activation arena (one image at a time).
 pub const ARENA_LEN: usize = 9824;
-pub const WEIGHTS_BYTES: usize = 411712;
+pub const WEIGHTS_BYTES: usize = 419392;
 /// Storage of the conv weights: f32, bf16 or f16 (NFNET_WEIGHT_DTYPE).
 pub const WEIGHT_DTYPE: &str = "f32";
 /// Where the 16-bit conv weights start in the blob (bytes).
-const WEIGHTS16_OFFSET: usize = 411712;
+const WEIGHTS16_OFFSET: usize = 419392;
 /// SHA-256 of model.safetensors.
 pub const WEIGHTS_SHA256: &str = "d60791b543e87cdfa324adc86c3513f3e62a86587600a85c11d1a6aca78967ec";
 /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
@@ -122,7 +122,7 @@ pub const KERNEL_FLOPS: [u64; KERNELS] = [
 ];
 pub const KERNELS: usize = 53;
 /// The fused kernel schedule (`nfc schedule --json`).
-pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":203840,\"peak_bytes\":39296},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":3800,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":8176,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":6176,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1: stages.0.0 (over stages.0.0.conv3), stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1: stages.1.0 (over stages.1.0.conv3), stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1: stages.2.0 (over stages.2.0.conv3), stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1: stages.2.1 (over stages.2.1.conv3), stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"stages.3.0.attn_last+stages.3.0: stages.3.0 (over stages.3.0.conv3)\"],\"declined\":[],\"name\":\"scale_add_act_in_place\"}],\"total_flops_per_image\":2473551}";
+pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":203840,\"peak_bytes\":39296},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f4x4_3x3\",\"bytes_read\":4664,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"winograd_f4x4_3x3\",\"bytes_read\":11632,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":7968,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":7968,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1: stages.0.0 (over stages.0.0.conv3), stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1: stages.1.0 (over stages.1.0.conv3), stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1: stages.2.0 (over stages.2.0.conv3), stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1: stages.2.1 (over stages.2.1.conv3), stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"stages.3.0.attn_last+stages.3.0: stages.3.0 (over stages.3.0.conv3)\"],\"declined\":[],\"name\":\"scale_add_act_in_place\"}],\"total_flops_per_image\":2473551}";
 #[cfg(target_arch = "x86_64")]
 pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::NeonEmu];
 #[cfg(target_arch = "aarch64")]
@@ -166,7 +166,7 @@ const D_STEM_CONV1: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 19,
     band: 2,
 };
-/**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1, as Winograd F(2x2, 3x3).
+/**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1, as Winograd F(4x4, 3x3).
 
 Implements: stem.conv2+stem.act3.*/
 const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
@@ -200,7 +200,7 @@ const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 19,
     band: 2,
 };
-/**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation, as Winograd F(2x2, 3x3).
+/**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation, as Winograd F(4x4, 3x3).
 
 Implements: stem.conv3+stem.act4.*/
 const D_STEM_CONV3: rt::ConvDesc = rt::ConvDesc {
@@ -1480,58 +1480,149 @@ pub mod isa_scalar {
             core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
         }
     }
-    /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
-    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    /// One column or row (`a` = 4 values for F(2x2, 3x3), 6 for F(4x4, 3x3)) times the
+    /// input transform `B^T`: for F(2x2) Lavin and Gray's
+    /// `[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`; for F(4x4) over the
+    /// points 0, +-3/2, +-2/3 (see the compiler's `pack::G4`)
+    /// `[[1, 0, -97/36, 0, 1, 0], [0, -3/2, -1, 27/8, 9/4, 0], [0, 3/2, -1, -27/8, 9/4, 0],
+    /// [0, 9/4, 27/8, -1, -3/2, 0], [0, -9/4, 27/8, 1, -3/2, 0], [0, 1, 0, -97/36, 0, 1]]`
+    /// in 14 operations (shared even and odd parts).
     #[inline(always)]
-    unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+    unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            let mut t = [splat(0.0f32); 16];
-            for j in 0..4 {
-                t[j] = sub(d[j], d[8 + j]);
-                t[4 + j] = add(d[4 + j], d[8 + j]);
-                t[8 + j] = sub(d[8 + j], d[4 + j]);
-                t[12 + j] = sub(d[4 + j], d[12 + j]);
+            if a == 4 {
+                return [
+                    sub(x[0], x[2]),
+                    add(x[1], x[2]),
+                    sub(x[2], x[1]),
+                    sub(x[1], x[3]),
+                    x[4],
+                    x[5],
+                ];
             }
-            let mut v = [splat(0.0f32); 16];
-            for i in 0..4 {
-                let r = 4 * i;
-                v[r] = sub(t[r], t[r + 2]);
-                v[r + 1] = add(t[r + 1], t[r + 2]);
-                v[r + 2] = sub(t[r + 2], t[r + 1]);
-                v[r + 3] = sub(t[r + 1], t[r + 3]);
+            let (e, o) = (
+                sub(mul(x[4], splat(2.25)), x[2]),
+                madd(x[1], splat(1.5), mul(x[3], splat(-3.375))),
+            );
+            let (e2, o2) = (
+                madd(x[2], splat(3.375), mul(x[4], splat(-1.5))),
+                sub(mul(x[1], splat(2.25)), x[3]),
+            );
+            let c = splat(-97.0 / 36.0);
+            [
+                madd(x[2], c, add(x[0], x[4])),
+                sub(e, o),
+                add(e, o),
+                add(e2, o2),
+                sub(e2, o2),
+                madd(x[3], c, add(x[1], x[5])),
+            ]
+        }
+    }
+    /// One column or row of `a` products times the output transform `A^T`: for F(2x2)
+    /// `[[1, 1, 1, 0], [0, 1, -1, -1]]`, for F(4x4) `[[1, 1, 1, 1, 1, 0],
+    /// [0, 3/2, -3/2, 2/3, -2/3, 0], [0, 9/4, 9/4, 4/9, 4/9, 0], [0, 27/8, -27/8, 8/27, -8/27, 1]]`.
+    #[inline(always)]
+    unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if a == 4 {
+                return [
+                    add(add(x[0], x[1]), x[2]),
+                    sub(sub(x[1], x[2]), x[3]),
+                    x[4],
+                    x[5],
+                ];
+            }
+            let (s, d, t, u) = (
+                add(x[1], x[2]),
+                sub(x[1], x[2]),
+                add(x[3], x[4]),
+                sub(x[3], x[4]),
+            );
+            [
+                add(add(x[0], s), t),
+                madd(d, splat(1.5), mul(u, splat(2.0 / 3.0))),
+                madd(s, splat(2.25), mul(t, splat(4.0 / 9.0))),
+                add(madd(d, splat(3.375), mul(u, splat(8.0 / 27.0))), x[5]),
+            ]
+        }
+    }
+    /// The Winograd input transform `B^T d B` of an `a x a` tile (row-major, `A2` = a^2):
+    /// columns, then rows.
+    #[inline(always)]
+    unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let a = if A2 == 16 { 4 } else { 6 };
+            let mut t = [splat(0.0f32); A2];
+            for j in 0..a {
+                let mut c = [splat(0.0f32); 6];
+                for i in 0..a {
+                    c[i] = d[i * a + j];
+                }
+                let y = wino_bt(&c, a);
+                for i in 0..a {
+                    t[i * a + j] = y[i];
+                }
+            }
+            let mut v = [splat(0.0f32); A2];
+            for i in 0..a {
+                let mut r = [splat(0.0f32); 6];
+                for j in 0..a {
+                    r[j] = t[i * a + j];
+                }
+                let y = wino_bt(&r, a);
+                for j in 0..a {
+                    v[i * a + j] = y[j];
+                }
             }
             v
         }
     }
-    /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
-    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    /// The Winograd output transform `A^T m A` of an `a x a` tile of products: the
+    /// `(a - 2)^2` outputs, row-major, in the first lanes.
     #[inline(always)]
-    unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+    unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            let mut s = [splat(0.0f32); 8];
-            for j in 0..4 {
-                s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
-                s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+            let a = if A2 == 16 { 4 } else { 6 };
+            let mo = a - 2;
+            let mut s = [splat(0.0f32); 24];
+            for j in 0..a {
+                let mut c = [splat(0.0f32); 6];
+                for i in 0..a {
+                    c[i] = m[i * a + j];
+                }
+                let y = wino_at(&c, a);
+                for i in 0..mo {
+                    s[i * a + j] = y[i];
+                }
             }
-            let mut y = [splat(0.0f32); 4];
-            for a in 0..2 {
-                let r = 4 * a;
-                y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
-                y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+            let mut out = [splat(0.0f32); 16];
+            for i in 0..mo {
+                let mut r = [splat(0.0f32); 6];
+                for j in 0..a {
+                    r[j] = s[i * a + j];
+                }
+                let y = wino_at(&r, a);
+                for j in 0..mo {
+                    out[i * mo + j] = y[j];
+                }
             }
-            y
+            out
         }
     }
-    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
-    /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
-    /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
-    /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+    /// One work item of a 3x3 stride-1 conv as Winograd F(M x M, 3x3) (`M` 2 or 4, input
+    /// tiles of `a x a` = `A2`, `a = M + 2`): one micro-tile, up to `T` of the `M x M`
+    /// output tiles (row-major over the image) of one group. The input tiles are
+    /// transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed weights
+    /// with the conv micro-kernel (`T` tiles x `P` panels) into `m`
     /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
     /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
     /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-    /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
+    /// zero and are not stored. `v` and `m` hold `A2 T KC` and `A2 T 16 panels` floats,
     /// aligned for `V`.
     #[inline(always)]
     unsafe fn wino_item<
@@ -1539,6 +1630,8 @@ pub mod isa_scalar {
         const KC: usize,
         const P: usize,
         const WD: usize,
+        const M: usize,
+        const A2: usize,
     >(
         ctx: &rt::Ctx,
         d: &rt::ConvDesc,
@@ -1551,7 +1644,8 @@ pub mod isa_scalar {
         unsafe {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
-            let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+            let a = M + 2;
+            let (tw, th) = (out.w.div_ceil(M), out.h.div_ceil(M));
             let chunks = (tw * th).div_ceil(T);
             let (g, t0) = (it / chunks, (it % chunks) * T);
             let n = if tw * th - t0 < T { tw * th - t0 } else { T };
@@ -1559,26 +1653,26 @@ pub mod isa_scalar {
             let shift = inp.pad - d.conv_pad;
             for r in 0..T {
                 let t = t0 + if r < n { r } else { n - 1 };
-                let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
-                let mut src = [core::ptr::null::<f32>(); 16];
-                for i in 0..4 {
-                    for j in 0..4 {
+                let (y0, x0) = ((t / tw) * M + shift, (t % tw) * M + shift);
+                let mut src = [core::ptr::null::<f32>(); A2];
+                for i in 0..a {
+                    for j in 0..a {
                         if y0 + i < hp && x0 + j < wp {
-                            src[4 * i + j] = ctx
+                            src[a * i + j] = ctx
                                 .ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
                         }
                     }
                 }
-                let inside = y0 + 3 < hp && x0 + 3 < wp;
+                let inside = y0 + a - 1 < hp && x0 + a - 1 < wp;
                 let mut ch = 0;
                 if inside {
                     while ch + L <= KC {
-                        let mut x = [splat(0.0f32); 16];
-                        for q in 0..16 {
+                        let mut x = [splat(0.0f32); A2];
+                        for q in 0..A2 {
                             x[q] = load(src[q].add(ch));
                         }
                         let y = wino_in(&x);
-                        for q in 0..16 {
+                        for q in 0..A2 {
                             store(v.add((q * T + r) * KC + ch), y[q]);
                         }
                         ch += L;
@@ -1586,14 +1680,14 @@ pub mod isa_scalar {
                 }
                 while ch < KC {
                     let nl = if KC - ch < L { KC - ch } else { L };
-                    let mut x = [splat(0.0f32); 16];
-                    for q in 0..16 {
+                    let mut x = [splat(0.0f32); A2];
+                    for q in 0..A2 {
                         if !src[q].is_null() {
                             x[q] = load_part(src[q].add(ch), nl);
                         }
                     }
                     let y = wino_in(&x);
-                    for q in 0..16 {
+                    for q in 0..A2 {
                         store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                     }
                     ch += L;
@@ -1602,8 +1696,8 @@ pub mod isa_scalar {
             let cout_g = d.cout_g;
             let panels = d.panels_per_group();
             let units = panels / P;
-            let w_g = io.weights + g * 16 * panels * KC * 16;
-            for q in 0..16 {
+            let w_g = io.weights + g * A2 * panels * KC * 16;
+            for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
                     let b = if WD == 0 {
@@ -1620,11 +1714,11 @@ pub mod isa_scalar {
             let pre = rt::Buf { offset: io.pre, ..d.pre };
             for r in 0..n {
                 let t = t0 + r;
-                let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
-                let mut dst = [core::ptr::null_mut::<f32>(); 4];
-                let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
-                for k in 0..4 {
-                    let (yy, xx) = (ty + k / 2, tx + k % 2);
+                let (ty, tx) = ((t / tw) * M, (t % tw) * M);
+                let mut dst = [core::ptr::null_mut::<f32>(); 16];
+                let mut dst_pre = [core::ptr::null_mut::<f32>(); 16];
+                for k in 0..M * M {
+                    let (yy, xx) = (ty + k / M, tx + k % M);
                     if yy < out.h && xx < out.w {
                         dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
                         if io.pre != rt::NONE {
@@ -1636,13 +1730,13 @@ pub mod isa_scalar {
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
                     let (u, c) = (ch / (16 * P), ch % (16 * P));
-                    let mut x = [splat(0.0f32); 16];
-                    for q in 0..16 {
+                    let mut x = [splat(0.0f32); A2];
+                    for q in 0..A2 {
                         x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
-                    for k in 0..4 {
+                    for k in 0..M * M {
                         if !dst[k].is_null() {
                             let mut val = add(y[k], b);
                             if !dst_pre[k].is_null() {
@@ -1735,8 +1829,8 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 128]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 288]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 2304]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -1744,6 +1838,8 @@ pub mod isa_scalar {
                 2,
                 1,
                 0,
+                4,
+                36,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -1761,15 +1857,15 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                30,
+                8,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 256]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 576]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 2304]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -1777,6 +1873,8 @@ pub mod isa_scalar {
                 4,
                 1,
                 0,
+                4,
+                36,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -1794,7 +1892,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                30,
+                8,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -1873,6 +1971,8 @@ pub mod isa_scalar {
                 8,
                 1,
                 0,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
@@ -1906,6 +2006,8 @@ pub mod isa_scalar {
                 8,
                 1,
                 0,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
@@ -2355,7 +2457,7 @@ pub mod isa_scalar {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 960,
+                        bias: 1600,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2373,8 +2475,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 976,
-                        bias: 2000,
+                        weights: 1616,
+                        bias: 3920,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2413,8 +2515,8 @@ pub mod isa_scalar {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2016,
-                        bias: 3168,
+                        weights: 3936,
+                        bias: 5088,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2432,8 +2534,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3184,
-                        bias: 3696,
+                        weights: 5104,
+                        bias: 5616,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2451,8 +2553,8 @@ pub mod isa_scalar {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3728,
-                        bias: 3984,
+                        weights: 5648,
+                        bias: 5904,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2470,8 +2572,8 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 4000,
-                        bias: 6048,
+                        weights: 5920,
+                        bias: 7968,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2489,8 +2591,8 @@ pub mod isa_scalar {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 6064,
-                        bias: 8112,
+                        weights: 7984,
+                        bias: 10032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2508,8 +2610,8 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 8128,
-                        bias: 8384,
+                        weights: 10048,
+                        bias: 10304,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2520,7 +2622,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2623,8 +2725,8 @@ pub mod isa_scalar {
                         out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8432,
-                        bias: 10480,
+                        weights: 10352,
+                        bias: 12400,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2642,8 +2744,8 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10544,
-                        bias: 11056,
+                        weights: 12464,
+                        bias: 12976,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2661,8 +2763,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 11072,
-                        bias: 13376,
+                        weights: 12992,
+                        bias: 15296,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2680,8 +2782,8 @@ pub mod isa_scalar {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 13408,
-                        bias: 15712,
+                        weights: 15328,
+                        bias: 17632,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2699,8 +2801,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 15744,
-                        bias: 16768,
+                        weights: 17664,
+                        bias: 18688,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2711,7 +2813,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2814,8 +2916,8 @@ pub mod isa_scalar {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 16848,
-                        bias: 22992,
+                        weights: 18768,
+                        bias: 24912,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2833,8 +2935,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 23088,
-                        bias: 25136,
+                        weights: 25008,
+                        bias: 27056,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2852,8 +2954,8 @@ pub mod isa_scalar {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 25168,
-                        bias: 28624,
+                        weights: 27088,
+                        bias: 30544,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2871,8 +2973,8 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 28672,
-                        bias: 32128,
+                        weights: 30592,
+                        bias: 34048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2890,8 +2992,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 32176,
-                        bias: 34480,
+                        weights: 34096,
+                        bias: 36400,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2902,7 +3004,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -2959,8 +3061,8 @@ pub mod isa_scalar {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 34592,
-                        bias: 37664,
+                        weights: 36512,
+                        bias: 39584,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2978,8 +3080,8 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 37696,
-                        bias: 41152,
+                        weights: 39616,
+                        bias: 43072,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2997,8 +3099,8 @@ pub mod isa_scalar {
                         out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 41200,
-                        bias: 44656,
+                        weights: 43120,
+                        bias: 46576,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3016,8 +3118,8 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: 1952,
-                        weights: 44704,
-                        bias: 47008,
+                        weights: 46624,
+                        bias: 48928,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3028,7 +3130,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3131,8 +3233,8 @@ pub mod isa_scalar {
                         out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 47120,
-                        bias: 59408,
+                        weights: 49040,
+                        bias: 61328,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3150,8 +3252,8 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 59536,
-                        bias: 62608,
+                        weights: 61456,
+                        bias: 64528,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3169,8 +3271,8 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 62640,
-                        bias: 67248,
+                        weights: 64560,
+                        bias: 69168,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3188,8 +3290,8 @@ pub mod isa_scalar {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 67312,
-                        bias: 71920,
+                        weights: 69232,
+                        bias: 73840,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3207,8 +3309,8 @@ pub mod isa_scalar {
                         out: 2176,
                         pre: rt::NONE,
                         sums: 0,
-                        weights: 71984,
-                        bias: 76080,
+                        weights: 73904,
+                        bias: 78000,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3219,7 +3321,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3270,8 +3372,8 @@ pub mod isa_scalar {
                         out: 768,
                         pre: 0,
                         sums: 1536,
-                        weights: 76224,
-                        bias: 100800,
+                        weights: 78144,
+                        bias: 102720,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3354,7 +3456,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
+                rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3412,7 +3514,7 @@ pub mod isa_scalar {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 960,
+                            bias: 1600,
                         },
                     );
                 }
@@ -3424,8 +3526,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 976,
-                            bias: 2000,
+                            weights: 1616,
+                            bias: 3920,
                         },
                     );
                 }
@@ -3437,8 +3539,8 @@ pub mod isa_scalar {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2016,
-                            bias: 3168,
+                            weights: 3936,
+                            bias: 5088,
                         },
                     );
                 }
@@ -3450,8 +3552,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3184,
-                            bias: 3696,
+                            weights: 5104,
+                            bias: 5616,
                         },
                     );
                 }
@@ -3463,8 +3565,8 @@ pub mod isa_scalar {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3728,
-                            bias: 3984,
+                            weights: 5648,
+                            bias: 5904,
                         },
                     );
                 }
@@ -3476,8 +3578,8 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 4000,
-                            bias: 6048,
+                            weights: 5920,
+                            bias: 7968,
                         },
                     );
                 }
@@ -3489,8 +3591,8 @@ pub mod isa_scalar {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 6064,
-                            bias: 8112,
+                            weights: 7984,
+                            bias: 10032,
                         },
                     );
                 }
@@ -3502,13 +3604,13 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 8128,
-                            bias: 8384,
+                            weights: 10048,
+                            bias: 10304,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -3572,8 +3674,8 @@ pub mod isa_scalar {
                             out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8432,
-                            bias: 10480,
+                            weights: 10352,
+                            bias: 12400,
                         },
                     );
                 }
@@ -3585,8 +3687,8 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10544,
-                            bias: 11056,
+                            weights: 12464,
+                            bias: 12976,
                         },
                     );
                 }
@@ -3598,8 +3700,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 11072,
-                            bias: 13376,
+                            weights: 12992,
+                            bias: 15296,
                         },
                     );
                 }
@@ -3611,8 +3713,8 @@ pub mod isa_scalar {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 13408,
-                            bias: 15712,
+                            weights: 15328,
+                            bias: 17632,
                         },
                     );
                 }
@@ -3624,13 +3726,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 15744,
-                            bias: 16768,
+                            weights: 17664,
+                            bias: 18688,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -3694,8 +3796,8 @@ pub mod isa_scalar {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 16848,
-                            bias: 22992,
+                            weights: 18768,
+                            bias: 24912,
                         },
                     );
                 }
@@ -3707,8 +3809,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 23088,
-                            bias: 25136,
+                            weights: 25008,
+                            bias: 27056,
                         },
                     );
                 }
@@ -3720,8 +3822,8 @@ pub mod isa_scalar {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 25168,
-                            bias: 28624,
+                            weights: 27088,
+                            bias: 30544,
                         },
                     );
                 }
@@ -3733,8 +3835,8 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 28672,
-                            bias: 32128,
+                            weights: 30592,
+                            bias: 34048,
                         },
                     );
                 }
@@ -3746,13 +3848,13 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 32176,
-                            bias: 34480,
+                            weights: 34096,
+                            bias: 36400,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -3797,8 +3899,8 @@ pub mod isa_scalar {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 34592,
-                            bias: 37664,
+                            weights: 36512,
+                            bias: 39584,
                         },
                     );
                 }
@@ -3810,8 +3912,8 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 37696,
-                            bias: 41152,
+                            weights: 39616,
+                            bias: 43072,
                         },
                     );
                 }
@@ -3823,8 +3925,8 @@ pub mod isa_scalar {
                             out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 41200,
-                            bias: 44656,
+                            weights: 43120,
+                            bias: 46576,
                         },
                     );
                 }
@@ -3836,13 +3938,13 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: 1952,
-                            weights: 44704,
-                            bias: 47008,
+                            weights: 46624,
+                            bias: 48928,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -3906,8 +4008,8 @@ pub mod isa_scalar {
                             out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 47120,
-                            bias: 59408,
+                            weights: 49040,
+                            bias: 61328,
                         },
                     );
                 }
@@ -3919,8 +4021,8 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 59536,
-                            bias: 62608,
+                            weights: 61456,
+                            bias: 64528,
                         },
                     );
                 }
@@ -3932,8 +4034,8 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 62640,
-                            bias: 67248,
+                            weights: 64560,
+                            bias: 69168,
                         },
                     );
                 }
@@ -3945,8 +4047,8 @@ pub mod isa_scalar {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 67312,
-                            bias: 71920,
+                            weights: 69232,
+                            bias: 73840,
                         },
                     );
                 }
@@ -3958,13 +4060,13 @@ pub mod isa_scalar {
                             out: 2176,
                             pre: rt::NONE,
                             sums: 0,
-                            weights: 71984,
-                            bias: 76080,
+                            weights: 73904,
+                            bias: 78000,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -4003,8 +4105,8 @@ pub mod isa_scalar {
                             out: 768,
                             pre: 0,
                             sums: 1536,
-                            weights: 76224,
-                            bias: 100800,
+                            weights: 78144,
+                            bias: 102720,
                         },
                     );
                 }
@@ -4012,7 +4114,7 @@ pub mod isa_scalar {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
+                    rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 }
                 _ => {}
             }
@@ -4504,60 +4606,153 @@ pub mod isa_avx2 {
             core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
         }
     }
-    /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
-    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    /// One column or row (`a` = 4 values for F(2x2, 3x3), 6 for F(4x4, 3x3)) times the
+    /// input transform `B^T`: for F(2x2) Lavin and Gray's
+    /// `[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`; for F(4x4) over the
+    /// points 0, +-3/2, +-2/3 (see the compiler's `pack::G4`)
+    /// `[[1, 0, -97/36, 0, 1, 0], [0, -3/2, -1, 27/8, 9/4, 0], [0, 3/2, -1, -27/8, 9/4, 0],
+    /// [0, 9/4, 27/8, -1, -3/2, 0], [0, -9/4, 27/8, 1, -3/2, 0], [0, 1, 0, -97/36, 0, 1]]`
+    /// in 14 operations (shared even and odd parts).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+    unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            let mut t = [splat(0.0f32); 16];
-            for j in 0..4 {
-                t[j] = sub(d[j], d[8 + j]);
-                t[4 + j] = add(d[4 + j], d[8 + j]);
-                t[8 + j] = sub(d[8 + j], d[4 + j]);
-                t[12 + j] = sub(d[4 + j], d[12 + j]);
+            if a == 4 {
+                return [
+                    sub(x[0], x[2]),
+                    add(x[1], x[2]),
+                    sub(x[2], x[1]),
+                    sub(x[1], x[3]),
+                    x[4],
+                    x[5],
+                ];
             }
-            let mut v = [splat(0.0f32); 16];
-            for i in 0..4 {
-                let r = 4 * i;
-                v[r] = sub(t[r], t[r + 2]);
-                v[r + 1] = add(t[r + 1], t[r + 2]);
-                v[r + 2] = sub(t[r + 2], t[r + 1]);
-                v[r + 3] = sub(t[r + 1], t[r + 3]);
+            let (e, o) = (
+                sub(mul(x[4], splat(2.25)), x[2]),
+                madd(x[1], splat(1.5), mul(x[3], splat(-3.375))),
+            );
+            let (e2, o2) = (
+                madd(x[2], splat(3.375), mul(x[4], splat(-1.5))),
+                sub(mul(x[1], splat(2.25)), x[3]),
+            );
+            let c = splat(-97.0 / 36.0);
+            [
+                madd(x[2], c, add(x[0], x[4])),
+                sub(e, o),
+                add(e, o),
+                add(e2, o2),
+                sub(e2, o2),
+                madd(x[3], c, add(x[1], x[5])),
+            ]
+        }
+    }
+    /// One column or row of `a` products times the output transform `A^T`: for F(2x2)
+    /// `[[1, 1, 1, 0], [0, 1, -1, -1]]`, for F(4x4) `[[1, 1, 1, 1, 1, 0],
+    /// [0, 3/2, -3/2, 2/3, -2/3, 0], [0, 9/4, 9/4, 4/9, 4/9, 0], [0, 27/8, -27/8, 8/27, -8/27, 1]]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if a == 4 {
+                return [
+                    add(add(x[0], x[1]), x[2]),
+                    sub(sub(x[1], x[2]), x[3]),
+                    x[4],
+                    x[5],
+                ];
+            }
+            let (s, d, t, u) = (
+                add(x[1], x[2]),
+                sub(x[1], x[2]),
+                add(x[3], x[4]),
+                sub(x[3], x[4]),
+            );
+            [
+                add(add(x[0], s), t),
+                madd(d, splat(1.5), mul(u, splat(2.0 / 3.0))),
+                madd(s, splat(2.25), mul(t, splat(4.0 / 9.0))),
+                add(madd(d, splat(3.375), mul(u, splat(8.0 / 27.0))), x[5]),
+            ]
+        }
+    }
+    /// The Winograd input transform `B^T d B` of an `a x a` tile (row-major, `A2` = a^2):
+    /// columns, then rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let a = if A2 == 16 { 4 } else { 6 };
+            let mut t = [splat(0.0f32); A2];
+            for j in 0..a {
+                let mut c = [splat(0.0f32); 6];
+                for i in 0..a {
+                    c[i] = d[i * a + j];
+                }
+                let y = wino_bt(&c, a);
+                for i in 0..a {
+                    t[i * a + j] = y[i];
+                }
+            }
+            let mut v = [splat(0.0f32); A2];
+            for i in 0..a {
+                let mut r = [splat(0.0f32); 6];
+                for j in 0..a {
+                    r[j] = t[i * a + j];
+                }
+                let y = wino_bt(&r, a);
+                for j in 0..a {
+                    v[i * a + j] = y[j];
+                }
             }
             v
         }
     }
-    /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
-    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    /// The Winograd output transform `A^T m A` of an `a x a` tile of products: the
+    /// `(a - 2)^2` outputs, row-major, in the first lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+    unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            let mut s = [splat(0.0f32); 8];
-            for j in 0..4 {
-                s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
-                s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+            let a = if A2 == 16 { 4 } else { 6 };
+            let mo = a - 2;
+            let mut s = [splat(0.0f32); 24];
+            for j in 0..a {
+                let mut c = [splat(0.0f32); 6];
+                for i in 0..a {
+                    c[i] = m[i * a + j];
+                }
+                let y = wino_at(&c, a);
+                for i in 0..mo {
+                    s[i * a + j] = y[i];
+                }
             }
-            let mut y = [splat(0.0f32); 4];
-            for a in 0..2 {
-                let r = 4 * a;
-                y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
-                y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+            let mut out = [splat(0.0f32); 16];
+            for i in 0..mo {
+                let mut r = [splat(0.0f32); 6];
+                for j in 0..a {
+                    r[j] = s[i * a + j];
+                }
+                let y = wino_at(&r, a);
+                for j in 0..mo {
+                    out[i * mo + j] = y[j];
+                }
             }
-            y
+            out
         }
     }
-    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
-    /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
-    /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
-    /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+    /// One work item of a 3x3 stride-1 conv as Winograd F(M x M, 3x3) (`M` 2 or 4, input
+    /// tiles of `a x a` = `A2`, `a = M + 2`): one micro-tile, up to `T` of the `M x M`
+    /// output tiles (row-major over the image) of one group. The input tiles are
+    /// transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed weights
+    /// with the conv micro-kernel (`T` tiles x `P` panels) into `m`
     /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
     /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
     /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-    /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
+    /// zero and are not stored. `v` and `m` hold `A2 T KC` and `A2 T 16 panels` floats,
     /// aligned for `V`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -4566,6 +4761,8 @@ pub mod isa_avx2 {
         const KC: usize,
         const P: usize,
         const WD: usize,
+        const M: usize,
+        const A2: usize,
     >(
         ctx: &rt::Ctx,
         d: &rt::ConvDesc,
@@ -4578,7 +4775,8 @@ pub mod isa_avx2 {
         unsafe {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
-            let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+            let a = M + 2;
+            let (tw, th) = (out.w.div_ceil(M), out.h.div_ceil(M));
             let chunks = (tw * th).div_ceil(T);
             let (g, t0) = (it / chunks, (it % chunks) * T);
             let n = if tw * th - t0 < T { tw * th - t0 } else { T };
@@ -4586,26 +4784,26 @@ pub mod isa_avx2 {
             let shift = inp.pad - d.conv_pad;
             for r in 0..T {
                 let t = t0 + if r < n { r } else { n - 1 };
-                let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
-                let mut src = [core::ptr::null::<f32>(); 16];
-                for i in 0..4 {
-                    for j in 0..4 {
+                let (y0, x0) = ((t / tw) * M + shift, (t % tw) * M + shift);
+                let mut src = [core::ptr::null::<f32>(); A2];
+                for i in 0..a {
+                    for j in 0..a {
                         if y0 + i < hp && x0 + j < wp {
-                            src[4 * i + j] = ctx
+                            src[a * i + j] = ctx
                                 .ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
                         }
                     }
                 }
-                let inside = y0 + 3 < hp && x0 + 3 < wp;
+                let inside = y0 + a - 1 < hp && x0 + a - 1 < wp;
                 let mut ch = 0;
                 if inside {
                     while ch + L <= KC {
-                        let mut x = [splat(0.0f32); 16];
-                        for q in 0..16 {
+                        let mut x = [splat(0.0f32); A2];
+                        for q in 0..A2 {
                             x[q] = load(src[q].add(ch));
                         }
                         let y = wino_in(&x);
-                        for q in 0..16 {
+                        for q in 0..A2 {
                             store(v.add((q * T + r) * KC + ch), y[q]);
                         }
                         ch += L;
@@ -4613,14 +4811,14 @@ pub mod isa_avx2 {
                 }
                 while ch < KC {
                     let nl = if KC - ch < L { KC - ch } else { L };
-                    let mut x = [splat(0.0f32); 16];
-                    for q in 0..16 {
+                    let mut x = [splat(0.0f32); A2];
+                    for q in 0..A2 {
                         if !src[q].is_null() {
                             x[q] = load_part(src[q].add(ch), nl);
                         }
                     }
                     let y = wino_in(&x);
-                    for q in 0..16 {
+                    for q in 0..A2 {
                         store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                     }
                     ch += L;
@@ -4629,8 +4827,8 @@ pub mod isa_avx2 {
             let cout_g = d.cout_g;
             let panels = d.panels_per_group();
             let units = panels / P;
-            let w_g = io.weights + g * 16 * panels * KC * 16;
-            for q in 0..16 {
+            let w_g = io.weights + g * A2 * panels * KC * 16;
+            for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
                     let b = if WD == 0 {
@@ -4647,11 +4845,11 @@ pub mod isa_avx2 {
             let pre = rt::Buf { offset: io.pre, ..d.pre };
             for r in 0..n {
                 let t = t0 + r;
-                let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
-                let mut dst = [core::ptr::null_mut::<f32>(); 4];
-                let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
-                for k in 0..4 {
-                    let (yy, xx) = (ty + k / 2, tx + k % 2);
+                let (ty, tx) = ((t / tw) * M, (t % tw) * M);
+                let mut dst = [core::ptr::null_mut::<f32>(); 16];
+                let mut dst_pre = [core::ptr::null_mut::<f32>(); 16];
+                for k in 0..M * M {
+                    let (yy, xx) = (ty + k / M, tx + k % M);
                     if yy < out.h && xx < out.w {
                         dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
                         if io.pre != rt::NONE {
@@ -4663,13 +4861,13 @@ pub mod isa_avx2 {
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
                     let (u, c) = (ch / (16 * P), ch % (16 * P));
-                    let mut x = [splat(0.0f32); 16];
-                    for q in 0..16 {
+                    let mut x = [splat(0.0f32); A2];
+                    for q in 0..A2 {
                         x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
-                    for k in 0..4 {
+                    for k in 0..M * M {
                         if !dst[k].is_null() {
                             let mut val = add(y[k], b);
                             if !dst_pre[k].is_null() {
@@ -4765,8 +4963,8 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 54]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 432]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -4774,6 +4972,8 @@ pub mod isa_avx2 {
                 2,
                 1,
                 0,
+                4,
+                36,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -4791,7 +4991,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                20,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -4799,8 +4999,8 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 108]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 432]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -4808,6 +5008,8 @@ pub mod isa_avx2 {
                 4,
                 1,
                 0,
+                4,
+                36,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -4825,7 +5027,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                20,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -4908,6 +5110,8 @@ pub mod isa_avx2 {
                 8,
                 1,
                 0,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
@@ -4942,6 +5146,8 @@ pub mod isa_avx2 {
                 8,
                 1,
                 0,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
@@ -5410,7 +5616,7 @@ pub mod isa_avx2 {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 960,
+                        bias: 1600,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5428,8 +5634,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 976,
-                        bias: 2000,
+                        weights: 1616,
+                        bias: 3920,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5468,8 +5674,8 @@ pub mod isa_avx2 {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2016,
-                        bias: 3168,
+                        weights: 3936,
+                        bias: 5088,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5487,8 +5693,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3184,
-                        bias: 3696,
+                        weights: 5104,
+                        bias: 5616,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5506,8 +5712,8 @@ pub mod isa_avx2 {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3728,
-                        bias: 3984,
+                        weights: 5648,
+                        bias: 5904,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5525,8 +5731,8 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 4000,
-                        bias: 6048,
+                        weights: 5920,
+                        bias: 7968,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5544,8 +5750,8 @@ pub mod isa_avx2 {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 6064,
-                        bias: 8112,
+                        weights: 7984,
+                        bias: 10032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5563,8 +5769,8 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 8128,
-                        bias: 8384,
+                        weights: 10048,
+                        bias: 10304,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5575,7 +5781,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5678,8 +5884,8 @@ pub mod isa_avx2 {
                         out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8432,
-                        bias: 10480,
+                        weights: 10352,
+                        bias: 12400,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5697,8 +5903,8 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10544,
-                        bias: 11056,
+                        weights: 12464,
+                        bias: 12976,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5716,8 +5922,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 11072,
-                        bias: 13376,
+                        weights: 12992,
+                        bias: 15296,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5735,8 +5941,8 @@ pub mod isa_avx2 {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 13408,
-                        bias: 15712,
+                        weights: 15328,
+                        bias: 17632,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5754,8 +5960,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 15744,
-                        bias: 16768,
+                        weights: 17664,
+                        bias: 18688,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5766,7 +5972,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -5869,8 +6075,8 @@ pub mod isa_avx2 {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 16848,
-                        bias: 22992,
+                        weights: 18768,
+                        bias: 24912,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5888,8 +6094,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 23088,
-                        bias: 25136,
+                        weights: 25008,
+                        bias: 27056,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5907,8 +6113,8 @@ pub mod isa_avx2 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 25168,
-                        bias: 28624,
+                        weights: 27088,
+                        bias: 30544,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5926,8 +6132,8 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 28672,
-                        bias: 32128,
+                        weights: 30592,
+                        bias: 34048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5945,8 +6151,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 32176,
-                        bias: 34480,
+                        weights: 34096,
+                        bias: 36400,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5957,7 +6163,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6014,8 +6220,8 @@ pub mod isa_avx2 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 34592,
-                        bias: 37664,
+                        weights: 36512,
+                        bias: 39584,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6033,8 +6239,8 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 37696,
-                        bias: 41152,
+                        weights: 39616,
+                        bias: 43072,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6052,8 +6258,8 @@ pub mod isa_avx2 {
                         out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 41200,
-                        bias: 44656,
+                        weights: 43120,
+                        bias: 46576,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6071,8 +6277,8 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: 1952,
-                        weights: 44704,
-                        bias: 47008,
+                        weights: 46624,
+                        bias: 48928,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6083,7 +6289,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6186,8 +6392,8 @@ pub mod isa_avx2 {
                         out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 47120,
-                        bias: 59408,
+                        weights: 49040,
+                        bias: 61328,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6205,8 +6411,8 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 59536,
-                        bias: 62608,
+                        weights: 61456,
+                        bias: 64528,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6224,8 +6430,8 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 62640,
-                        bias: 67248,
+                        weights: 64560,
+                        bias: 69168,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6243,8 +6449,8 @@ pub mod isa_avx2 {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 67312,
-                        bias: 71920,
+                        weights: 69232,
+                        bias: 73840,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6262,8 +6468,8 @@ pub mod isa_avx2 {
                         out: 2176,
                         pre: rt::NONE,
                         sums: 0,
-                        weights: 71984,
-                        bias: 76080,
+                        weights: 73904,
+                        bias: 78000,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6274,7 +6480,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6325,8 +6531,8 @@ pub mod isa_avx2 {
                         out: 768,
                         pre: 0,
                         sums: 1536,
-                        weights: 76224,
-                        bias: 100800,
+                        weights: 78144,
+                        bias: 102720,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6409,7 +6615,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
+                rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6467,7 +6673,7 @@ pub mod isa_avx2 {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 960,
+                            bias: 1600,
                         },
                     );
                 }
@@ -6479,8 +6685,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 976,
-                            bias: 2000,
+                            weights: 1616,
+                            bias: 3920,
                         },
                     );
                 }
@@ -6492,8 +6698,8 @@ pub mod isa_avx2 {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2016,
-                            bias: 3168,
+                            weights: 3936,
+                            bias: 5088,
                         },
                     );
                 }
@@ -6505,8 +6711,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3184,
-                            bias: 3696,
+                            weights: 5104,
+                            bias: 5616,
                         },
                     );
                 }
@@ -6518,8 +6724,8 @@ pub mod isa_avx2 {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3728,
-                            bias: 3984,
+                            weights: 5648,
+                            bias: 5904,
                         },
                     );
                 }
@@ -6531,8 +6737,8 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 4000,
-                            bias: 6048,
+                            weights: 5920,
+                            bias: 7968,
                         },
                     );
                 }
@@ -6544,8 +6750,8 @@ pub mod isa_avx2 {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 6064,
-                            bias: 8112,
+                            weights: 7984,
+                            bias: 10032,
                         },
                     );
                 }
@@ -6557,13 +6763,13 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 8128,
-                            bias: 8384,
+                            weights: 10048,
+                            bias: 10304,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -6627,8 +6833,8 @@ pub mod isa_avx2 {
                             out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8432,
-                            bias: 10480,
+                            weights: 10352,
+                            bias: 12400,
                         },
                     );
                 }
@@ -6640,8 +6846,8 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10544,
-                            bias: 11056,
+                            weights: 12464,
+                            bias: 12976,
                         },
                     );
                 }
@@ -6653,8 +6859,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 11072,
-                            bias: 13376,
+                            weights: 12992,
+                            bias: 15296,
                         },
                     );
                 }
@@ -6666,8 +6872,8 @@ pub mod isa_avx2 {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 13408,
-                            bias: 15712,
+                            weights: 15328,
+                            bias: 17632,
                         },
                     );
                 }
@@ -6679,13 +6885,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 15744,
-                            bias: 16768,
+                            weights: 17664,
+                            bias: 18688,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -6749,8 +6955,8 @@ pub mod isa_avx2 {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 16848,
-                            bias: 22992,
+                            weights: 18768,
+                            bias: 24912,
                         },
                     );
                 }
@@ -6762,8 +6968,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 23088,
-                            bias: 25136,
+                            weights: 25008,
+                            bias: 27056,
                         },
                     );
                 }
@@ -6775,8 +6981,8 @@ pub mod isa_avx2 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 25168,
-                            bias: 28624,
+                            weights: 27088,
+                            bias: 30544,
                         },
                     );
                 }
@@ -6788,8 +6994,8 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 28672,
-                            bias: 32128,
+                            weights: 30592,
+                            bias: 34048,
                         },
                     );
                 }
@@ -6801,13 +7007,13 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 32176,
-                            bias: 34480,
+                            weights: 34096,
+                            bias: 36400,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -6852,8 +7058,8 @@ pub mod isa_avx2 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 34592,
-                            bias: 37664,
+                            weights: 36512,
+                            bias: 39584,
                         },
                     );
                 }
@@ -6865,8 +7071,8 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 37696,
-                            bias: 41152,
+                            weights: 39616,
+                            bias: 43072,
                         },
                     );
                 }
@@ -6878,8 +7084,8 @@ pub mod isa_avx2 {
                             out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 41200,
-                            bias: 44656,
+                            weights: 43120,
+                            bias: 46576,
                         },
                     );
                 }
@@ -6891,13 +7097,13 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: 1952,
-                            weights: 44704,
-                            bias: 47008,
+                            weights: 46624,
+                            bias: 48928,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -6961,8 +7167,8 @@ pub mod isa_avx2 {
                             out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 47120,
-                            bias: 59408,
+                            weights: 49040,
+                            bias: 61328,
                         },
                     );
                 }
@@ -6974,8 +7180,8 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 59536,
-                            bias: 62608,
+                            weights: 61456,
+                            bias: 64528,
                         },
                     );
                 }
@@ -6987,8 +7193,8 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 62640,
-                            bias: 67248,
+                            weights: 64560,
+                            bias: 69168,
                         },
                     );
                 }
@@ -7000,8 +7206,8 @@ pub mod isa_avx2 {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 67312,
-                            bias: 71920,
+                            weights: 69232,
+                            bias: 73840,
                         },
                     );
                 }
@@ -7013,13 +7219,13 @@ pub mod isa_avx2 {
                             out: 2176,
                             pre: rt::NONE,
                             sums: 0,
-                            weights: 71984,
-                            bias: 76080,
+                            weights: 73904,
+                            bias: 78000,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -7058,8 +7264,8 @@ pub mod isa_avx2 {
                             out: 768,
                             pre: 0,
                             sums: 1536,
-                            weights: 76224,
-                            bias: 100800,
+                            weights: 78144,
+                            bias: 102720,
                         },
                     );
                 }
@@ -7067,7 +7273,7 @@ pub mod isa_avx2 {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
+                    rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 }
                 _ => {}
             }
@@ -7552,60 +7758,153 @@ pub mod isa_avx512 {
             core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
         }
     }
-    /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
-    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    /// One column or row (`a` = 4 values for F(2x2, 3x3), 6 for F(4x4, 3x3)) times the
+    /// input transform `B^T`: for F(2x2) Lavin and Gray's
+    /// `[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`; for F(4x4) over the
+    /// points 0, +-3/2, +-2/3 (see the compiler's `pack::G4`)
+    /// `[[1, 0, -97/36, 0, 1, 0], [0, -3/2, -1, 27/8, 9/4, 0], [0, 3/2, -1, -27/8, 9/4, 0],
+    /// [0, 9/4, 27/8, -1, -3/2, 0], [0, -9/4, 27/8, 1, -3/2, 0], [0, 1, 0, -97/36, 0, 1]]`
+    /// in 14 operations (shared even and odd parts).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+    unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            let mut t = [splat(0.0f32); 16];
-            for j in 0..4 {
-                t[j] = sub(d[j], d[8 + j]);
-                t[4 + j] = add(d[4 + j], d[8 + j]);
-                t[8 + j] = sub(d[8 + j], d[4 + j]);
-                t[12 + j] = sub(d[4 + j], d[12 + j]);
+            if a == 4 {
+                return [
+                    sub(x[0], x[2]),
+                    add(x[1], x[2]),
+                    sub(x[2], x[1]),
+                    sub(x[1], x[3]),
+                    x[4],
+                    x[5],
+                ];
             }
-            let mut v = [splat(0.0f32); 16];
-            for i in 0..4 {
-                let r = 4 * i;
-                v[r] = sub(t[r], t[r + 2]);
-                v[r + 1] = add(t[r + 1], t[r + 2]);
-                v[r + 2] = sub(t[r + 2], t[r + 1]);
-                v[r + 3] = sub(t[r + 1], t[r + 3]);
+            let (e, o) = (
+                sub(mul(x[4], splat(2.25)), x[2]),
+                madd(x[1], splat(1.5), mul(x[3], splat(-3.375))),
+            );
+            let (e2, o2) = (
+                madd(x[2], splat(3.375), mul(x[4], splat(-1.5))),
+                sub(mul(x[1], splat(2.25)), x[3]),
+            );
+            let c = splat(-97.0 / 36.0);
+            [
+                madd(x[2], c, add(x[0], x[4])),
+                sub(e, o),
+                add(e, o),
+                add(e2, o2),
+                sub(e2, o2),
+                madd(x[3], c, add(x[1], x[5])),
+            ]
+        }
+    }
+    /// One column or row of `a` products times the output transform `A^T`: for F(2x2)
+    /// `[[1, 1, 1, 0], [0, 1, -1, -1]]`, for F(4x4) `[[1, 1, 1, 1, 1, 0],
+    /// [0, 3/2, -3/2, 2/3, -2/3, 0], [0, 9/4, 9/4, 4/9, 4/9, 0], [0, 27/8, -27/8, 8/27, -8/27, 1]]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if a == 4 {
+                return [
+                    add(add(x[0], x[1]), x[2]),
+                    sub(sub(x[1], x[2]), x[3]),
+                    x[4],
+                    x[5],
+                ];
+            }
+            let (s, d, t, u) = (
+                add(x[1], x[2]),
+                sub(x[1], x[2]),
+                add(x[3], x[4]),
+                sub(x[3], x[4]),
+            );
+            [
+                add(add(x[0], s), t),
+                madd(d, splat(1.5), mul(u, splat(2.0 / 3.0))),
+                madd(s, splat(2.25), mul(t, splat(4.0 / 9.0))),
+                add(madd(d, splat(3.375), mul(u, splat(8.0 / 27.0))), x[5]),
+            ]
+        }
+    }
+    /// The Winograd input transform `B^T d B` of an `a x a` tile (row-major, `A2` = a^2):
+    /// columns, then rows.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let a = if A2 == 16 { 4 } else { 6 };
+            let mut t = [splat(0.0f32); A2];
+            for j in 0..a {
+                let mut c = [splat(0.0f32); 6];
+                for i in 0..a {
+                    c[i] = d[i * a + j];
+                }
+                let y = wino_bt(&c, a);
+                for i in 0..a {
+                    t[i * a + j] = y[i];
+                }
+            }
+            let mut v = [splat(0.0f32); A2];
+            for i in 0..a {
+                let mut r = [splat(0.0f32); 6];
+                for j in 0..a {
+                    r[j] = t[i * a + j];
+                }
+                let y = wino_bt(&r, a);
+                for j in 0..a {
+                    v[i * a + j] = y[j];
+                }
             }
             v
         }
     }
-    /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
-    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    /// The Winograd output transform `A^T m A` of an `a x a` tile of products: the
+    /// `(a - 2)^2` outputs, row-major, in the first lanes.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+    unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            let mut s = [splat(0.0f32); 8];
-            for j in 0..4 {
-                s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
-                s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+            let a = if A2 == 16 { 4 } else { 6 };
+            let mo = a - 2;
+            let mut s = [splat(0.0f32); 24];
+            for j in 0..a {
+                let mut c = [splat(0.0f32); 6];
+                for i in 0..a {
+                    c[i] = m[i * a + j];
+                }
+                let y = wino_at(&c, a);
+                for i in 0..mo {
+                    s[i * a + j] = y[i];
+                }
             }
-            let mut y = [splat(0.0f32); 4];
-            for a in 0..2 {
-                let r = 4 * a;
-                y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
-                y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+            let mut out = [splat(0.0f32); 16];
+            for i in 0..mo {
+                let mut r = [splat(0.0f32); 6];
+                for j in 0..a {
+                    r[j] = s[i * a + j];
+                }
+                let y = wino_at(&r, a);
+                for j in 0..mo {
+                    out[i * mo + j] = y[j];
+                }
             }
-            y
+            out
         }
     }
-    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
-    /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
-    /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
-    /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+    /// One work item of a 3x3 stride-1 conv as Winograd F(M x M, 3x3) (`M` 2 or 4, input
+    /// tiles of `a x a` = `A2`, `a = M + 2`): one micro-tile, up to `T` of the `M x M`
+    /// output tiles (row-major over the image) of one group. The input tiles are
+    /// transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed weights
+    /// with the conv micro-kernel (`T` tiles x `P` panels) into `m`
     /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
     /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
     /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-    /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
+    /// zero and are not stored. `v` and `m` hold `A2 T KC` and `A2 T 16 panels` floats,
     /// aligned for `V`.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -7614,6 +7913,8 @@ pub mod isa_avx512 {
         const KC: usize,
         const P: usize,
         const WD: usize,
+        const M: usize,
+        const A2: usize,
     >(
         ctx: &rt::Ctx,
         d: &rt::ConvDesc,
@@ -7626,7 +7927,8 @@ pub mod isa_avx512 {
         unsafe {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
-            let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+            let a = M + 2;
+            let (tw, th) = (out.w.div_ceil(M), out.h.div_ceil(M));
             let chunks = (tw * th).div_ceil(T);
             let (g, t0) = (it / chunks, (it % chunks) * T);
             let n = if tw * th - t0 < T { tw * th - t0 } else { T };
@@ -7634,26 +7936,26 @@ pub mod isa_avx512 {
             let shift = inp.pad - d.conv_pad;
             for r in 0..T {
                 let t = t0 + if r < n { r } else { n - 1 };
-                let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
-                let mut src = [core::ptr::null::<f32>(); 16];
-                for i in 0..4 {
-                    for j in 0..4 {
+                let (y0, x0) = ((t / tw) * M + shift, (t % tw) * M + shift);
+                let mut src = [core::ptr::null::<f32>(); A2];
+                for i in 0..a {
+                    for j in 0..a {
                         if y0 + i < hp && x0 + j < wp {
-                            src[4 * i + j] = ctx
+                            src[a * i + j] = ctx
                                 .ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
                         }
                     }
                 }
-                let inside = y0 + 3 < hp && x0 + 3 < wp;
+                let inside = y0 + a - 1 < hp && x0 + a - 1 < wp;
                 let mut ch = 0;
                 if inside {
                     while ch + L <= KC {
-                        let mut x = [splat(0.0f32); 16];
-                        for q in 0..16 {
+                        let mut x = [splat(0.0f32); A2];
+                        for q in 0..A2 {
                             x[q] = load(src[q].add(ch));
                         }
                         let y = wino_in(&x);
-                        for q in 0..16 {
+                        for q in 0..A2 {
                             store(v.add((q * T + r) * KC + ch), y[q]);
                         }
                         ch += L;
@@ -7661,14 +7963,14 @@ pub mod isa_avx512 {
                 }
                 while ch < KC {
                     let nl = if KC - ch < L { KC - ch } else { L };
-                    let mut x = [splat(0.0f32); 16];
-                    for q in 0..16 {
+                    let mut x = [splat(0.0f32); A2];
+                    for q in 0..A2 {
                         if !src[q].is_null() {
                             x[q] = load_part(src[q].add(ch), nl);
                         }
                     }
                     let y = wino_in(&x);
-                    for q in 0..16 {
+                    for q in 0..A2 {
                         store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                     }
                     ch += L;
@@ -7677,8 +7979,8 @@ pub mod isa_avx512 {
             let cout_g = d.cout_g;
             let panels = d.panels_per_group();
             let units = panels / P;
-            let w_g = io.weights + g * 16 * panels * KC * 16;
-            for q in 0..16 {
+            let w_g = io.weights + g * A2 * panels * KC * 16;
+            for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
                     let b = if WD == 0 {
@@ -7695,11 +7997,11 @@ pub mod isa_avx512 {
             let pre = rt::Buf { offset: io.pre, ..d.pre };
             for r in 0..n {
                 let t = t0 + r;
-                let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
-                let mut dst = [core::ptr::null_mut::<f32>(); 4];
-                let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
-                for k in 0..4 {
-                    let (yy, xx) = (ty + k / 2, tx + k % 2);
+                let (ty, tx) = ((t / tw) * M, (t % tw) * M);
+                let mut dst = [core::ptr::null_mut::<f32>(); 16];
+                let mut dst_pre = [core::ptr::null_mut::<f32>(); 16];
+                for k in 0..M * M {
+                    let (yy, xx) = (ty + k / M, tx + k % M);
                     if yy < out.h && xx < out.w {
                         dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
                         if io.pre != rt::NONE {
@@ -7711,13 +8013,13 @@ pub mod isa_avx512 {
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
                     let (u, c) = (ch / (16 * P), ch % (16 * P));
-                    let mut x = [splat(0.0f32); 16];
-                    for q in 0..16 {
+                    let mut x = [splat(0.0f32); A2];
+                    for q in 0..A2 {
                         x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
-                    for k in 0..4 {
+                    for k in 0..M * M {
                         if !dst[k].is_null() {
                             let mut val = add(y[k], b);
                             if !dst_pre[k].is_null() {
@@ -7813,15 +8115,17 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 45]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 360]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                12,
+                10,
                 2,
                 1,
                 0,
+                4,
+                36,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -7839,7 +8143,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                10,
+                3,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -7847,15 +8151,17 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 90]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 360]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                12,
+                10,
                 4,
                 1,
                 0,
+                4,
+                36,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -7873,7 +8179,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                10,
+                3,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -7947,15 +8253,17 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 80]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 160]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                12,
+                10,
                 8,
                 1,
                 0,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
@@ -7981,15 +8289,17 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 80]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 160]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                12,
+                10,
                 8,
                 1,
                 0,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
@@ -8458,7 +8768,7 @@ pub mod isa_avx512 {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 960,
+                        bias: 1600,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8476,8 +8786,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 976,
-                        bias: 2000,
+                        weights: 1616,
+                        bias: 3920,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8516,8 +8826,8 @@ pub mod isa_avx512 {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2016,
-                        bias: 3168,
+                        weights: 3936,
+                        bias: 5088,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8535,8 +8845,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3184,
-                        bias: 3696,
+                        weights: 5104,
+                        bias: 5616,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8554,8 +8864,8 @@ pub mod isa_avx512 {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3728,
-                        bias: 3984,
+                        weights: 5648,
+                        bias: 5904,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8573,8 +8883,8 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 4000,
-                        bias: 6048,
+                        weights: 5920,
+                        bias: 7968,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8592,8 +8902,8 @@ pub mod isa_avx512 {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 6064,
-                        bias: 8112,
+                        weights: 7984,
+                        bias: 10032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8611,8 +8921,8 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 8128,
-                        bias: 8384,
+                        weights: 10048,
+                        bias: 10304,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8623,7 +8933,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8726,8 +9036,8 @@ pub mod isa_avx512 {
                         out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8432,
-                        bias: 10480,
+                        weights: 10352,
+                        bias: 12400,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8745,8 +9055,8 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10544,
-                        bias: 11056,
+                        weights: 12464,
+                        bias: 12976,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8764,8 +9074,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 11072,
-                        bias: 13376,
+                        weights: 12992,
+                        bias: 15296,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8783,8 +9093,8 @@ pub mod isa_avx512 {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 13408,
-                        bias: 15712,
+                        weights: 15328,
+                        bias: 17632,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8802,8 +9112,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 15744,
-                        bias: 16768,
+                        weights: 17664,
+                        bias: 18688,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8814,7 +9124,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -8917,8 +9227,8 @@ pub mod isa_avx512 {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 16848,
-                        bias: 22992,
+                        weights: 18768,
+                        bias: 24912,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8936,8 +9246,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 23088,
-                        bias: 25136,
+                        weights: 25008,
+                        bias: 27056,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8955,8 +9265,8 @@ pub mod isa_avx512 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 25168,
-                        bias: 28624,
+                        weights: 27088,
+                        bias: 30544,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8974,8 +9284,8 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 28672,
-                        bias: 32128,
+                        weights: 30592,
+                        bias: 34048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8993,8 +9303,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 32176,
-                        bias: 34480,
+                        weights: 34096,
+                        bias: 36400,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9005,7 +9315,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9062,8 +9372,8 @@ pub mod isa_avx512 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 34592,
-                        bias: 37664,
+                        weights: 36512,
+                        bias: 39584,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9081,8 +9391,8 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 37696,
-                        bias: 41152,
+                        weights: 39616,
+                        bias: 43072,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9100,8 +9410,8 @@ pub mod isa_avx512 {
                         out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 41200,
-                        bias: 44656,
+                        weights: 43120,
+                        bias: 46576,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9119,8 +9429,8 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: 1952,
-                        weights: 44704,
-                        bias: 47008,
+                        weights: 46624,
+                        bias: 48928,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9131,7 +9441,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9234,8 +9544,8 @@ pub mod isa_avx512 {
                         out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 47120,
-                        bias: 59408,
+                        weights: 49040,
+                        bias: 61328,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9253,8 +9563,8 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 59536,
-                        bias: 62608,
+                        weights: 61456,
+                        bias: 64528,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9272,8 +9582,8 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 62640,
-                        bias: 67248,
+                        weights: 64560,
+                        bias: 69168,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9291,8 +9601,8 @@ pub mod isa_avx512 {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 67312,
-                        bias: 71920,
+                        weights: 69232,
+                        bias: 73840,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9310,8 +9620,8 @@ pub mod isa_avx512 {
                         out: 2176,
                         pre: rt::NONE,
                         sums: 0,
-                        weights: 71984,
-                        bias: 76080,
+                        weights: 73904,
+                        bias: 78000,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9322,7 +9632,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9373,8 +9683,8 @@ pub mod isa_avx512 {
                         out: 768,
                         pre: 0,
                         sums: 1536,
-                        weights: 76224,
-                        bias: 100800,
+                        weights: 78144,
+                        bias: 102720,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9457,7 +9767,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
+                rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -9515,7 +9825,7 @@ pub mod isa_avx512 {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 960,
+                            bias: 1600,
                         },
                     );
                 }
@@ -9527,8 +9837,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 976,
-                            bias: 2000,
+                            weights: 1616,
+                            bias: 3920,
                         },
                     );
                 }
@@ -9540,8 +9850,8 @@ pub mod isa_avx512 {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2016,
-                            bias: 3168,
+                            weights: 3936,
+                            bias: 5088,
                         },
                     );
                 }
@@ -9553,8 +9863,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3184,
-                            bias: 3696,
+                            weights: 5104,
+                            bias: 5616,
                         },
                     );
                 }
@@ -9566,8 +9876,8 @@ pub mod isa_avx512 {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3728,
-                            bias: 3984,
+                            weights: 5648,
+                            bias: 5904,
                         },
                     );
                 }
@@ -9579,8 +9889,8 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 4000,
-                            bias: 6048,
+                            weights: 5920,
+                            bias: 7968,
                         },
                     );
                 }
@@ -9592,8 +9902,8 @@ pub mod isa_avx512 {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 6064,
-                            bias: 8112,
+                            weights: 7984,
+                            bias: 10032,
                         },
                     );
                 }
@@ -9605,13 +9915,13 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 8128,
-                            bias: 8384,
+                            weights: 10048,
+                            bias: 10304,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -9675,8 +9985,8 @@ pub mod isa_avx512 {
                             out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8432,
-                            bias: 10480,
+                            weights: 10352,
+                            bias: 12400,
                         },
                     );
                 }
@@ -9688,8 +9998,8 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10544,
-                            bias: 11056,
+                            weights: 12464,
+                            bias: 12976,
                         },
                     );
                 }
@@ -9701,8 +10011,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 11072,
-                            bias: 13376,
+                            weights: 12992,
+                            bias: 15296,
                         },
                     );
                 }
@@ -9714,8 +10024,8 @@ pub mod isa_avx512 {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 13408,
-                            bias: 15712,
+                            weights: 15328,
+                            bias: 17632,
                         },
                     );
                 }
@@ -9727,13 +10037,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 15744,
-                            bias: 16768,
+                            weights: 17664,
+                            bias: 18688,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -9797,8 +10107,8 @@ pub mod isa_avx512 {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 16848,
-                            bias: 22992,
+                            weights: 18768,
+                            bias: 24912,
                         },
                     );
                 }
@@ -9810,8 +10120,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 23088,
-                            bias: 25136,
+                            weights: 25008,
+                            bias: 27056,
                         },
                     );
                 }
@@ -9823,8 +10133,8 @@ pub mod isa_avx512 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 25168,
-                            bias: 28624,
+                            weights: 27088,
+                            bias: 30544,
                         },
                     );
                 }
@@ -9836,8 +10146,8 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 28672,
-                            bias: 32128,
+                            weights: 30592,
+                            bias: 34048,
                         },
                     );
                 }
@@ -9849,13 +10159,13 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 32176,
-                            bias: 34480,
+                            weights: 34096,
+                            bias: 36400,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -9900,8 +10210,8 @@ pub mod isa_avx512 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 34592,
-                            bias: 37664,
+                            weights: 36512,
+                            bias: 39584,
                         },
                     );
                 }
@@ -9913,8 +10223,8 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 37696,
-                            bias: 41152,
+                            weights: 39616,
+                            bias: 43072,
                         },
                     );
                 }
@@ -9926,8 +10236,8 @@ pub mod isa_avx512 {
                             out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 41200,
-                            bias: 44656,
+                            weights: 43120,
+                            bias: 46576,
                         },
                     );
                 }
@@ -9939,13 +10249,13 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: 1952,
-                            weights: 44704,
-                            bias: 47008,
+                            weights: 46624,
+                            bias: 48928,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -10009,8 +10319,8 @@ pub mod isa_avx512 {
                             out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 47120,
-                            bias: 59408,
+                            weights: 49040,
+                            bias: 61328,
                         },
                     );
                 }
@@ -10022,8 +10332,8 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 59536,
-                            bias: 62608,
+                            weights: 61456,
+                            bias: 64528,
                         },
                     );
                 }
@@ -10035,8 +10345,8 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 62640,
-                            bias: 67248,
+                            weights: 64560,
+                            bias: 69168,
                         },
                     );
                 }
@@ -10048,8 +10358,8 @@ pub mod isa_avx512 {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 67312,
-                            bias: 71920,
+                            weights: 69232,
+                            bias: 73840,
                         },
                     );
                 }
@@ -10061,13 +10371,13 @@ pub mod isa_avx512 {
                             out: 2176,
                             pre: rt::NONE,
                             sums: 0,
-                            weights: 71984,
-                            bias: 76080,
+                            weights: 73904,
+                            bias: 78000,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -10106,8 +10416,8 @@ pub mod isa_avx512 {
                             out: 768,
                             pre: 0,
                             sums: 1536,
-                            weights: 76224,
-                            bias: 100800,
+                            weights: 78144,
+                            bias: 102720,
                         },
                     );
                 }
@@ -10115,7 +10425,7 @@ pub mod isa_avx512 {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
+                    rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 }
                 _ => {}
             }
@@ -10581,58 +10891,149 @@ pub mod isa_neon {
             core::ptr::copy_nonoverlapping(t.as_ptr(), p, n);
         }
     }
-    /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
-    /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+    /// One column or row (`a` = 4 values for F(2x2, 3x3), 6 for F(4x4, 3x3)) times the
+    /// input transform `B^T`: for F(2x2) Lavin and Gray's
+    /// `[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`; for F(4x4) over the
+    /// points 0, +-3/2, +-2/3 (see the compiler's `pack::G4`)
+    /// `[[1, 0, -97/36, 0, 1, 0], [0, -3/2, -1, 27/8, 9/4, 0], [0, 3/2, -1, -27/8, 9/4, 0],
+    /// [0, 9/4, 27/8, -1, -3/2, 0], [0, -9/4, 27/8, 1, -3/2, 0], [0, 1, 0, -97/36, 0, 1]]`
+    /// in 14 operations (shared even and odd parts).
     #[inline(always)]
-    unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+    unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            let mut t = [splat(0.0f32); 16];
-            for j in 0..4 {
-                t[j] = sub(d[j], d[8 + j]);
-                t[4 + j] = add(d[4 + j], d[8 + j]);
-                t[8 + j] = sub(d[8 + j], d[4 + j]);
-                t[12 + j] = sub(d[4 + j], d[12 + j]);
+            if a == 4 {
+                return [
+                    sub(x[0], x[2]),
+                    add(x[1], x[2]),
+                    sub(x[2], x[1]),
+                    sub(x[1], x[3]),
+                    x[4],
+                    x[5],
+                ];
             }
-            let mut v = [splat(0.0f32); 16];
-            for i in 0..4 {
-                let r = 4 * i;
-                v[r] = sub(t[r], t[r + 2]);
-                v[r + 1] = add(t[r + 1], t[r + 2]);
-                v[r + 2] = sub(t[r + 2], t[r + 1]);
-                v[r + 3] = sub(t[r + 1], t[r + 3]);
+            let (e, o) = (
+                sub(mul(x[4], splat(2.25)), x[2]),
+                madd(x[1], splat(1.5), mul(x[3], splat(-3.375))),
+            );
+            let (e2, o2) = (
+                madd(x[2], splat(3.375), mul(x[4], splat(-1.5))),
+                sub(mul(x[1], splat(2.25)), x[3]),
+            );
+            let c = splat(-97.0 / 36.0);
+            [
+                madd(x[2], c, add(x[0], x[4])),
+                sub(e, o),
+                add(e, o),
+                add(e2, o2),
+                sub(e2, o2),
+                madd(x[3], c, add(x[1], x[5])),
+            ]
+        }
+    }
+    /// One column or row of `a` products times the output transform `A^T`: for F(2x2)
+    /// `[[1, 1, 1, 0], [0, 1, -1, -1]]`, for F(4x4) `[[1, 1, 1, 1, 1, 0],
+    /// [0, 3/2, -3/2, 2/3, -2/3, 0], [0, 9/4, 9/4, 4/9, 4/9, 0], [0, 27/8, -27/8, 8/27, -8/27, 1]]`.
+    #[inline(always)]
+    unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            if a == 4 {
+                return [
+                    add(add(x[0], x[1]), x[2]),
+                    sub(sub(x[1], x[2]), x[3]),
+                    x[4],
+                    x[5],
+                ];
+            }
+            let (s, d, t, u) = (
+                add(x[1], x[2]),
+                sub(x[1], x[2]),
+                add(x[3], x[4]),
+                sub(x[3], x[4]),
+            );
+            [
+                add(add(x[0], s), t),
+                madd(d, splat(1.5), mul(u, splat(2.0 / 3.0))),
+                madd(s, splat(2.25), mul(t, splat(4.0 / 9.0))),
+                add(madd(d, splat(3.375), mul(u, splat(8.0 / 27.0))), x[5]),
+            ]
+        }
+    }
+    /// The Winograd input transform `B^T d B` of an `a x a` tile (row-major, `A2` = a^2):
+    /// columns, then rows.
+    #[inline(always)]
+    unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let a = if A2 == 16 { 4 } else { 6 };
+            let mut t = [splat(0.0f32); A2];
+            for j in 0..a {
+                let mut c = [splat(0.0f32); 6];
+                for i in 0..a {
+                    c[i] = d[i * a + j];
+                }
+                let y = wino_bt(&c, a);
+                for i in 0..a {
+                    t[i * a + j] = y[i];
+                }
+            }
+            let mut v = [splat(0.0f32); A2];
+            for i in 0..a {
+                let mut r = [splat(0.0f32); 6];
+                for j in 0..a {
+                    r[j] = t[i * a + j];
+                }
+                let y = wino_bt(&r, a);
+                for j in 0..a {
+                    v[i * a + j] = y[j];
+                }
             }
             v
         }
     }
-    /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
-    /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+    /// The Winograd output transform `A^T m A` of an `a x a` tile of products: the
+    /// `(a - 2)^2` outputs, row-major, in the first lanes.
     #[inline(always)]
-    unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+    unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            let mut s = [splat(0.0f32); 8];
-            for j in 0..4 {
-                s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
-                s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+            let a = if A2 == 16 { 4 } else { 6 };
+            let mo = a - 2;
+            let mut s = [splat(0.0f32); 24];
+            for j in 0..a {
+                let mut c = [splat(0.0f32); 6];
+                for i in 0..a {
+                    c[i] = m[i * a + j];
+                }
+                let y = wino_at(&c, a);
+                for i in 0..mo {
+                    s[i * a + j] = y[i];
+                }
             }
-            let mut y = [splat(0.0f32); 4];
-            for a in 0..2 {
-                let r = 4 * a;
-                y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
-                y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+            let mut out = [splat(0.0f32); 16];
+            for i in 0..mo {
+                let mut r = [splat(0.0f32); 6];
+                for j in 0..a {
+                    r[j] = s[i * a + j];
+                }
+                let y = wino_at(&r, a);
+                for j in 0..mo {
+                    out[i * mo + j] = y[j];
+                }
             }
-            y
+            out
         }
     }
-    /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
-    /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
-    /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
-    /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+    /// One work item of a 3x3 stride-1 conv as Winograd F(M x M, 3x3) (`M` 2 or 4, input
+    /// tiles of `a x a` = `A2`, `a = M + 2`): one micro-tile, up to `T` of the `M x M`
+    /// output tiles (row-major over the image) of one group. The input tiles are
+    /// transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed weights
+    /// with the conv micro-kernel (`T` tiles x `P` panels) into `m`
     /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
     /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
     /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-    /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
+    /// zero and are not stored. `v` and `m` hold `A2 T KC` and `A2 T 16 panels` floats,
     /// aligned for `V`.
     #[inline(always)]
     unsafe fn wino_item<
@@ -10640,6 +11041,8 @@ pub mod isa_neon {
         const KC: usize,
         const P: usize,
         const WD: usize,
+        const M: usize,
+        const A2: usize,
     >(
         ctx: &rt::Ctx,
         d: &rt::ConvDesc,
@@ -10652,7 +11055,8 @@ pub mod isa_neon {
         unsafe {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
-            let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+            let a = M + 2;
+            let (tw, th) = (out.w.div_ceil(M), out.h.div_ceil(M));
             let chunks = (tw * th).div_ceil(T);
             let (g, t0) = (it / chunks, (it % chunks) * T);
             let n = if tw * th - t0 < T { tw * th - t0 } else { T };
@@ -10660,26 +11064,26 @@ pub mod isa_neon {
             let shift = inp.pad - d.conv_pad;
             for r in 0..T {
                 let t = t0 + if r < n { r } else { n - 1 };
-                let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
-                let mut src = [core::ptr::null::<f32>(); 16];
-                for i in 0..4 {
-                    for j in 0..4 {
+                let (y0, x0) = ((t / tw) * M + shift, (t % tw) * M + shift);
+                let mut src = [core::ptr::null::<f32>(); A2];
+                for i in 0..a {
+                    for j in 0..a {
                         if y0 + i < hp && x0 + j < wp {
-                            src[4 * i + j] = ctx
+                            src[a * i + j] = ctx
                                 .ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
                         }
                     }
                 }
-                let inside = y0 + 3 < hp && x0 + 3 < wp;
+                let inside = y0 + a - 1 < hp && x0 + a - 1 < wp;
                 let mut ch = 0;
                 if inside {
                     while ch + L <= KC {
-                        let mut x = [splat(0.0f32); 16];
-                        for q in 0..16 {
+                        let mut x = [splat(0.0f32); A2];
+                        for q in 0..A2 {
                             x[q] = load(src[q].add(ch));
                         }
                         let y = wino_in(&x);
-                        for q in 0..16 {
+                        for q in 0..A2 {
                             store(v.add((q * T + r) * KC + ch), y[q]);
                         }
                         ch += L;
@@ -10687,14 +11091,14 @@ pub mod isa_neon {
                 }
                 while ch < KC {
                     let nl = if KC - ch < L { KC - ch } else { L };
-                    let mut x = [splat(0.0f32); 16];
-                    for q in 0..16 {
+                    let mut x = [splat(0.0f32); A2];
+                    for q in 0..A2 {
                         if !src[q].is_null() {
                             x[q] = load_part(src[q].add(ch), nl);
                         }
                     }
                     let y = wino_in(&x);
-                    for q in 0..16 {
+                    for q in 0..A2 {
                         store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                     }
                     ch += L;
@@ -10703,8 +11107,8 @@ pub mod isa_neon {
             let cout_g = d.cout_g;
             let panels = d.panels_per_group();
             let units = panels / P;
-            let w_g = io.weights + g * 16 * panels * KC * 16;
-            for q in 0..16 {
+            let w_g = io.weights + g * A2 * panels * KC * 16;
+            for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
                     let b = if WD == 0 {
@@ -10721,11 +11125,11 @@ pub mod isa_neon {
             let pre = rt::Buf { offset: io.pre, ..d.pre };
             for r in 0..n {
                 let t = t0 + r;
-                let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
-                let mut dst = [core::ptr::null_mut::<f32>(); 4];
-                let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
-                for k in 0..4 {
-                    let (yy, xx) = (ty + k / 2, tx + k % 2);
+                let (ty, tx) = ((t / tw) * M, (t % tw) * M);
+                let mut dst = [core::ptr::null_mut::<f32>(); 16];
+                let mut dst_pre = [core::ptr::null_mut::<f32>(); 16];
+                for k in 0..M * M {
+                    let (yy, xx) = (ty + k / M, tx + k % M);
                     if yy < out.h && xx < out.w {
                         dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
                         if io.pre != rt::NONE {
@@ -10737,13 +11141,13 @@ pub mod isa_neon {
                 while ch < cout_g {
                     let nl = if cout_g - ch < L { cout_g - ch } else { L };
                     let (u, c) = (ch / (16 * P), ch % (16 * P));
-                    let mut x = [splat(0.0f32); 16];
-                    for q in 0..16 {
+                    let mut x = [splat(0.0f32); A2];
+                    for q in 0..A2 {
                         x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                     }
                     let y = wino_out(&x);
                     let b = load(bias.add(ch));
-                    for k in 0..4 {
+                    for k in 0..M * M {
                         if !dst[k].is_null() {
                             let mut val = add(y[k], b);
                             if !dst_pre[k].is_null() {
@@ -10836,8 +11240,8 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 108]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 864]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -10845,6 +11249,8 @@ pub mod isa_neon {
                 2,
                 1,
                 0,
+                4,
+                36,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -10862,15 +11268,15 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                20,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 216]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 864]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -10878,6 +11284,8 @@ pub mod isa_neon {
                 4,
                 1,
                 0,
+                4,
+                36,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -10895,7 +11303,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                20,
+                5,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -10974,6 +11382,8 @@ pub mod isa_neon {
                 8,
                 1,
                 0,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
@@ -11007,6 +11417,8 @@ pub mod isa_neon {
                 8,
                 1,
                 0,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
@@ -11456,7 +11868,7 @@ pub mod isa_neon {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 960,
+                        bias: 1600,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11474,8 +11886,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 976,
-                        bias: 2000,
+                        weights: 1616,
+                        bias: 3920,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11514,8 +11926,8 @@ pub mod isa_neon {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 2016,
-                        bias: 3168,
+                        weights: 3936,
+                        bias: 5088,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11533,8 +11945,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3184,
-                        bias: 3696,
+                        weights: 5104,
+                        bias: 5616,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11552,8 +11964,8 @@ pub mod isa_neon {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3728,
-                        bias: 3984,
+                        weights: 5648,
+                        bias: 5904,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11571,8 +11983,8 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 4000,
-                        bias: 6048,
+                        weights: 5920,
+                        bias: 7968,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11590,8 +12002,8 @@ pub mod isa_neon {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 6064,
-                        bias: 8112,
+                        weights: 7984,
+                        bias: 10032,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11609,8 +12021,8 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 8128,
-                        bias: 8384,
+                        weights: 10048,
+                        bias: 10304,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11621,7 +12033,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11724,8 +12136,8 @@ pub mod isa_neon {
                         out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 8432,
-                        bias: 10480,
+                        weights: 10352,
+                        bias: 12400,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11743,8 +12155,8 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10544,
-                        bias: 11056,
+                        weights: 12464,
+                        bias: 12976,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11762,8 +12174,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 11072,
-                        bias: 13376,
+                        weights: 12992,
+                        bias: 15296,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11781,8 +12193,8 @@ pub mod isa_neon {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 13408,
-                        bias: 15712,
+                        weights: 15328,
+                        bias: 17632,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11800,8 +12212,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 15744,
-                        bias: 16768,
+                        weights: 17664,
+                        bias: 18688,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11812,7 +12224,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11915,8 +12327,8 @@ pub mod isa_neon {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 16848,
-                        bias: 22992,
+                        weights: 18768,
+                        bias: 24912,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11934,8 +12346,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 23088,
-                        bias: 25136,
+                        weights: 25008,
+                        bias: 27056,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11953,8 +12365,8 @@ pub mod isa_neon {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 25168,
-                        bias: 28624,
+                        weights: 27088,
+                        bias: 30544,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11972,8 +12384,8 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 28672,
-                        bias: 32128,
+                        weights: 30592,
+                        bias: 34048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -11991,8 +12403,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 32176,
-                        bias: 34480,
+                        weights: 34096,
+                        bias: 36400,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12003,7 +12415,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12060,8 +12472,8 @@ pub mod isa_neon {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 34592,
-                        bias: 37664,
+                        weights: 36512,
+                        bias: 39584,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12079,8 +12491,8 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 37696,
-                        bias: 41152,
+                        weights: 39616,
+                        bias: 43072,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12098,8 +12510,8 @@ pub mod isa_neon {
                         out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 41200,
-                        bias: 44656,
+                        weights: 43120,
+                        bias: 46576,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12117,8 +12529,8 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: 1952,
-                        weights: 44704,
-                        bias: 47008,
+                        weights: 46624,
+                        bias: 48928,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12129,7 +12541,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12232,8 +12644,8 @@ pub mod isa_neon {
                         out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 47120,
-                        bias: 59408,
+                        weights: 49040,
+                        bias: 61328,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12251,8 +12663,8 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 59536,
-                        bias: 62608,
+                        weights: 61456,
+                        bias: 64528,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12270,8 +12682,8 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 62640,
-                        bias: 67248,
+                        weights: 64560,
+                        bias: 69168,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12289,8 +12701,8 @@ pub mod isa_neon {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 67312,
-                        bias: 71920,
+                        weights: 69232,
+                        bias: 73840,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12308,8 +12720,8 @@ pub mod isa_neon {
                         out: 2176,
                         pre: rt::NONE,
                         sums: 0,
-                        weights: 71984,
-                        bias: 76080,
+                        weights: 73904,
+                        bias: 78000,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12320,7 +12732,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12371,8 +12783,8 @@ pub mod isa_neon {
                         out: 768,
                         pre: 0,
                         sums: 1536,
-                        weights: 76224,
-                        bias: 100800,
+                        weights: 78144,
+                        bias: 102720,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12455,7 +12867,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
+                rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -12513,7 +12925,7 @@ pub mod isa_neon {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 960,
+                            bias: 1600,
                         },
                     );
                 }
@@ -12525,8 +12937,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 976,
-                            bias: 2000,
+                            weights: 1616,
+                            bias: 3920,
                         },
                     );
                 }
@@ -12538,8 +12950,8 @@ pub mod isa_neon {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 2016,
-                            bias: 3168,
+                            weights: 3936,
+                            bias: 5088,
                         },
                     );
                 }
@@ -12551,8 +12963,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3184,
-                            bias: 3696,
+                            weights: 5104,
+                            bias: 5616,
                         },
                     );
                 }
@@ -12564,8 +12976,8 @@ pub mod isa_neon {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3728,
-                            bias: 3984,
+                            weights: 5648,
+                            bias: 5904,
                         },
                     );
                 }
@@ -12577,8 +12989,8 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 4000,
-                            bias: 6048,
+                            weights: 5920,
+                            bias: 7968,
                         },
                     );
                 }
@@ -12590,8 +13002,8 @@ pub mod isa_neon {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 6064,
-                            bias: 8112,
+                            weights: 7984,
+                            bias: 10032,
                         },
                     );
                 }
@@ -12603,13 +13015,13 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 8128,
-                            bias: 8384,
+                            weights: 10048,
+                            bias: 10304,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -12673,8 +13085,8 @@ pub mod isa_neon {
                             out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 8432,
-                            bias: 10480,
+                            weights: 10352,
+                            bias: 12400,
                         },
                     );
                 }
@@ -12686,8 +13098,8 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10544,
-                            bias: 11056,
+                            weights: 12464,
+                            bias: 12976,
                         },
                     );
                 }
@@ -12699,8 +13111,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 11072,
-                            bias: 13376,
+                            weights: 12992,
+                            bias: 15296,
                         },
                     );
                 }
@@ -12712,8 +13124,8 @@ pub mod isa_neon {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 13408,
-                            bias: 15712,
+                            weights: 15328,
+                            bias: 17632,
                         },
                     );
                 }
@@ -12725,13 +13137,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 15744,
-                            bias: 16768,
+                            weights: 17664,
+                            bias: 18688,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -12795,8 +13207,8 @@ pub mod isa_neon {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 16848,
-                            bias: 22992,
+                            weights: 18768,
+                            bias: 24912,
                         },
                     );
                 }
@@ -12808,8 +13220,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 23088,
-                            bias: 25136,
+                            weights: 25008,
+                            bias: 27056,
                         },
                     );
                 }
@@ -12821,8 +13233,8 @@ pub mod isa_neon {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 25168,
-                            bias: 28624,
+                            weights: 27088,
+                            bias: 30544,
                         },
                     );
                 }
@@ -12834,8 +13246,8 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 28672,
-                            bias: 32128,
+                            weights: 30592,
+                            bias: 34048,
                         },
                     );
                 }
@@ -12847,13 +13259,13 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 32176,
-                            bias: 34480,
+                            weights: 34096,
+                            bias: 36400,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -12898,8 +13310,8 @@ pub mod isa_neon {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 34592,
-                            bias: 37664,
+                            weights: 36512,
+                            bias: 39584,
                         },
                     );
                 }
@@ -12911,8 +13323,8 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 37696,
-                            bias: 41152,
+                            weights: 39616,
+                            bias: 43072,
                         },
                     );
                 }
@@ -12924,8 +13336,8 @@ pub mod isa_neon {
                             out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 41200,
-                            bias: 44656,
+                            weights: 43120,
+                            bias: 46576,
                         },
                     );
                 }
@@ -12937,13 +13349,13 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: 1952,
-                            weights: 44704,
-                            bias: 47008,
+                            weights: 46624,
+                            bias: 48928,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -13007,8 +13419,8 @@ pub mod isa_neon {
                             out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 47120,
-                            bias: 59408,
+                            weights: 49040,
+                            bias: 61328,
                         },
                     );
                 }
@@ -13020,8 +13432,8 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 59536,
-                            bias: 62608,
+                            weights: 61456,
+                            bias: 64528,
                         },
                     );
                 }
@@ -13033,8 +13445,8 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 62640,
-                            bias: 67248,
+                            weights: 64560,
+                            bias: 69168,
                         },
                     );
                 }
@@ -13046,8 +13458,8 @@ pub mod isa_neon {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 67312,
-                            bias: 71920,
+                            weights: 69232,
+                            bias: 73840,
                         },
                     );
                 }
@@ -13059,13 +13471,13 @@ pub mod isa_neon {
                             out: 2176,
                             pre: rt::NONE,
                             sums: 0,
-                            weights: 71984,
-                            bias: 76080,
+                            weights: 73904,
+                            bias: 78000,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -13104,8 +13516,8 @@ pub mod isa_neon {
                             out: 768,
                             pre: 0,
                             sums: 1536,
-                            weights: 76224,
-                            bias: 100800,
+                            weights: 78144,
+                            bias: 102720,
                         },
                     );
                 }
@@ -13113,7 +13525,7 @@ pub mod isa_neon {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 100992, 102912, 10, 192);
+                    rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 }
                 _ => {}
             }

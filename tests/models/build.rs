@@ -3,6 +3,7 @@
 
 use nfnet_compiler::builder::Builder;
 use nfnet_compiler::emit::pack::WeightDtype;
+use nfnet_compiler::schedule::WinogradPolicy;
 use nfnet_compiler::synth::{self, SynthSpec};
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ fn compile(
     name: &str,
     stop_after: Option<usize>,
     wd: WeightDtype,
+    winograd: WinogradPolicy,
     out: &Path,
 ) -> nfnet_compiler::Result<()> {
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(fixture);
@@ -23,8 +25,13 @@ fn compile(
     let x = nfnet_runtime_npy_shape(&fx.join("input.npy"));
     let model = out.join(name).join("model");
     synth::write(&spec, &model)?;
-    let mut b =
-        Builder::new().model_dir(&model).input_size(x[2], x[3]).batch(x[0]).weight_dtype(wd).out_dir(out.join(name));
+    let mut b = Builder::new()
+        .model_dir(&model)
+        .input_size(x[2], x[3])
+        .batch(x[0])
+        .weight_dtype(wd)
+        .winograd(winograd)
+        .out_dir(out.join(name));
     if let Some(n) = stop_after {
         b = b.stop_after_pass(n);
     }
@@ -44,19 +51,24 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     // The fixtures with every fusion pass, and the tiny one after each prefix of the passes
     // (so the unfused kernels every pass replaces are compiled and tested too).
-    // And the tiny one with its conv weights stored in bf16 and f16.
-    let f32 = WeightDtype::F32;
+    // And the tiny one with its conv weights stored in bf16 and f16; both with every eligible
+    // conv as Winograd F(4x4, 3x3) (odd edges, few channels), and the tiny one with direct
+    // convs only.
+    let (f32, auto) = (WeightDtype::F32, WinogradPolicy::Auto);
     let builds = [
-        ("tiny", "tiny", None, f32),
-        ("tiny_variant_bf16", "tiny_variant_bf16", None, f32),
-        ("tiny", "tiny_passes_0", Some(0), f32),
-        ("tiny", "tiny_passes_1", Some(1), f32),
-        ("tiny", "tiny_passes_2", Some(2), f32),
-        ("tiny", "tiny_weights_bf16", None, WeightDtype::Bf16),
-        ("tiny", "tiny_weights_f16", None, WeightDtype::F16),
+        ("tiny", "tiny", None, f32, auto),
+        ("tiny_variant_bf16", "tiny_variant_bf16", None, f32, auto),
+        ("tiny", "tiny_passes_0", Some(0), f32, auto),
+        ("tiny", "tiny_passes_1", Some(1), f32, auto),
+        ("tiny", "tiny_passes_2", Some(2), f32, auto),
+        ("tiny", "tiny_weights_bf16", None, WeightDtype::Bf16, auto),
+        ("tiny", "tiny_weights_f16", None, WeightDtype::F16, auto),
+        ("tiny", "tiny_winograd_f4", None, f32, WinogradPolicy::F4),
+        ("tiny_variant_bf16", "variant_winograd_f4", None, f32, WinogradPolicy::F4),
+        ("tiny", "tiny_winograd_off", None, f32, WinogradPolicy::Off),
     ];
-    for (f, name, stop, wd) in builds {
-        if let Err(e) = compile(f, name, stop, wd, &out) {
+    for (f, name, stop, wd, winograd) in builds {
+        if let Err(e) = compile(f, name, stop, wd, winograd, &out) {
             for p in &e.problems {
                 eprintln!("error: {p}");
             }

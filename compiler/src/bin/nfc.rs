@@ -6,7 +6,7 @@ use nfnet_compiler::builder::{Builder, MAX_BATCH};
 use nfnet_compiler::graph::{Graph, Op};
 use nfnet_compiler::ops::Tensor;
 use nfnet_compiler::reference::Outputs;
-use nfnet_compiler::schedule::Schedule;
+use nfnet_compiler::schedule::{Schedule, WinogradPolicy};
 use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
 use nfnet_compiler::{Error, Model, Result};
 use nfnet_runtime::npy;
@@ -63,6 +63,9 @@ enum Command {
         /// Run only the first N fusion passes.
         #[arg(long)]
         stop_after_pass: Option<usize>,
+        /// Winograd algorithms the 3x3 convs may take: auto, f2, off or f4.
+        #[arg(long, default_value = "auto", value_parser = parse_winograd)]
+        winograd: WinogradPolicy,
     },
     /// Write the generated Rust source and weight blob to a directory, to read.
     Emit {
@@ -76,6 +79,9 @@ enum Command {
         batch: usize,
         #[arg(long)]
         stop_after_pass: Option<usize>,
+        /// Winograd algorithms the 3x3 convs may take: auto, f2, off or f4.
+        #[arg(long, default_value = "auto", value_parser = parse_winograd)]
+        winograd: WinogradPolicy,
     },
     /// Write a deterministic synthetic checkpoint (config.json + model.safetensors).
     Synth {
@@ -106,11 +112,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { model, input_size } => check(&model, input_size),
         Command::Reference { model, input, out_dir, folded } => reference(&model, &input, &out_dir, folded),
-        Command::Schedule { model, input_size, batch, json, stop_after_pass } => {
-            schedule(&model, input_size, batch, json, stop_after_pass)
+        Command::Schedule { model, input_size, batch, json, stop_after_pass, winograd } => {
+            schedule(&model, input_size, batch, json, stop_after_pass, winograd)
         }
-        Command::Emit { model, out, input_size, batch, stop_after_pass } => {
-            emit(&model, &out, input_size, batch, stop_after_pass)
+        Command::Emit { model, out, input_size, batch, stop_after_pass, winograd } => {
+            emit(&model, &out, input_size, batch, stop_after_pass, winograd)
         }
         Command::Synth { arch, seed, out, num_classes, model_args, input_size, dtype } => {
             synth_cmd(arch, seed, &out, num_classes, model_args, input_size, dtype)
@@ -177,18 +183,24 @@ fn schedule(
     batch: usize,
     json: bool,
     stop_after: Option<usize>,
+    winograd: WinogradPolicy,
 ) -> Result<()> {
     check_batch(batch)?;
     let model = Model::load(dir)?;
     let hw = input_size.unwrap_or(model.arch.config.pretrained.input_size);
     let graph = model.graph(hw, batch)?;
-    let s = Schedule::new(&graph, stop_after);
+    let mut s = Schedule::new(&graph, stop_after);
+    s.winograd_policy = winograd;
     if json {
         println!("{}", serde_json::to_string_pretty(&s.to_json()).expect("JSON values serialize"));
     } else {
         print!("{}", s.to_text());
     }
     Ok(())
+}
+
+fn parse_winograd(s: &str) -> std::result::Result<WinogradPolicy, String> {
+    WinogradPolicy::parse(s).ok_or_else(|| format!("'{s}' is not one of auto, f2, off, f4"))
 }
 
 fn check_batch(batch: usize) -> Result<()> {
@@ -204,9 +216,10 @@ fn emit(
     input_size: Option<(usize, usize)>,
     batch: usize,
     stop_after: Option<usize>,
+    winograd: WinogradPolicy,
 ) -> Result<()> {
     check_batch(batch)?;
-    let mut b = Builder::new().model_dir(dir).batch(batch).out_dir(out);
+    let mut b = Builder::new().model_dir(dir).batch(batch).out_dir(out).winograd(winograd);
     if let Some((h, w)) = input_size {
         b = b.input_size(h, w);
     }

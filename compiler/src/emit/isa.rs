@@ -526,61 +526,122 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             }
         }
 
-        /// Winograd F(2x2, 3x3) input transform `B^T d B` of a 4x4 tile (row-major), with
-        /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+        /// One column or row (`a` = 4 values for F(2x2, 3x3), 6 for F(4x4, 3x3)) times the
+        /// input transform `B^T`: for F(2x2) Lavin and Gray's
+        /// `[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`; for F(4x4) over the
+        /// points 0, +-3/2, +-2/3 (see the compiler's `pack::G4`)
+        /// `[[1, 0, -97/36, 0, 1, 0], [0, -3/2, -1, 27/8, 9/4, 0], [0, 3/2, -1, -27/8, 9/4, 0],
+        /// [0, 9/4, 27/8, -1, -3/2, 0], [0, -9/4, 27/8, 1, -3/2, 0], [0, 1, 0, -97/36, 0, 1]]`
+        /// in 14 operations (shared even and odd parts).
         #attrs
-        unsafe fn wino_in(d: &[V; 16]) -> [V; 16] {
+        unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
             unsafe {
-                let mut t = [splat(0.0f32); 16];
-                for j in 0..4 {
-                    t[j] = sub(d[j], d[8 + j]);
-                    t[4 + j] = add(d[4 + j], d[8 + j]);
-                    t[8 + j] = sub(d[8 + j], d[4 + j]);
-                    t[12 + j] = sub(d[4 + j], d[12 + j]);
+                if a == 4 {
+                    return [sub(x[0], x[2]), add(x[1], x[2]), sub(x[2], x[1]), sub(x[1], x[3]), x[4], x[5]];
                 }
-                let mut v = [splat(0.0f32); 16];
-                for i in 0..4 {
-                    let r = 4 * i;
-                    v[r] = sub(t[r], t[r + 2]);
-                    v[r + 1] = add(t[r + 1], t[r + 2]);
-                    v[r + 2] = sub(t[r + 2], t[r + 1]);
-                    v[r + 3] = sub(t[r + 1], t[r + 3]);
+                let (e, o) = (sub(mul(x[4], splat(2.25)), x[2]), madd(x[1], splat(1.5), mul(x[3], splat(-3.375))));
+                let (e2, o2) = (madd(x[2], splat(3.375), mul(x[4], splat(-1.5))), sub(mul(x[1], splat(2.25)), x[3]));
+                let c = splat(-97.0 / 36.0);
+                [madd(x[2], c, add(x[0], x[4])), sub(e, o), add(e, o), add(e2, o2), sub(e2, o2), madd(x[3], c, add(x[1], x[5]))]
+            }
+        }
+
+        /// One column or row of `a` products times the output transform `A^T`: for F(2x2)
+        /// `[[1, 1, 1, 0], [0, 1, -1, -1]]`, for F(4x4) `[[1, 1, 1, 1, 1, 0],
+        /// [0, 3/2, -3/2, 2/3, -2/3, 0], [0, 9/4, 9/4, 4/9, 4/9, 0], [0, 27/8, -27/8, 8/27, -8/27, 1]]`.
+        #attrs
+        unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
+            unsafe {
+                if a == 4 {
+                    return [add(add(x[0], x[1]), x[2]), sub(sub(x[1], x[2]), x[3]), x[4], x[5]];
+                }
+                let (s, d, t, u) = (add(x[1], x[2]), sub(x[1], x[2]), add(x[3], x[4]), sub(x[3], x[4]));
+                [
+                    add(add(x[0], s), t),
+                    madd(d, splat(1.5), mul(u, splat(2.0 / 3.0))),
+                    madd(s, splat(2.25), mul(t, splat(4.0 / 9.0))),
+                    add(madd(d, splat(3.375), mul(u, splat(8.0 / 27.0))), x[5]),
+                ]
+            }
+        }
+
+        /// The Winograd input transform `B^T d B` of an `a x a` tile (row-major, `A2` = a^2):
+        /// columns, then rows.
+        #attrs
+        unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
+            unsafe {
+                let a = if A2 == 16 { 4 } else { 6 };
+                let mut t = [splat(0.0f32); A2];
+                for j in 0..a {
+                    let mut c = [splat(0.0f32); 6];
+                    for i in 0..a {
+                        c[i] = d[i * a + j];
+                    }
+                    let y = wino_bt(&c, a);
+                    for i in 0..a {
+                        t[i * a + j] = y[i];
+                    }
+                }
+                let mut v = [splat(0.0f32); A2];
+                for i in 0..a {
+                    let mut r = [splat(0.0f32); 6];
+                    for j in 0..a {
+                        r[j] = t[i * a + j];
+                    }
+                    let y = wino_bt(&r, a);
+                    for j in 0..a {
+                        v[i * a + j] = y[j];
+                    }
                 }
                 v
             }
         }
 
-        /// Winograd F(2x2, 3x3) output transform `A^T m A` (2x2, row-major), with
-        /// `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+        /// The Winograd output transform `A^T m A` of an `a x a` tile of products: the
+        /// `(a - 2)^2` outputs, row-major, in the first lanes.
         #attrs
-        unsafe fn wino_out(m: &[V; 16]) -> [V; 4] {
+        unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
             unsafe {
-                let mut s = [splat(0.0f32); 8];
-                for j in 0..4 {
-                    s[j] = add(add(m[j], m[4 + j]), m[8 + j]);
-                    s[4 + j] = sub(sub(m[4 + j], m[8 + j]), m[12 + j]);
+                let a = if A2 == 16 { 4 } else { 6 };
+                let mo = a - 2;
+                let mut s = [splat(0.0f32); 24];
+                for j in 0..a {
+                    let mut c = [splat(0.0f32); 6];
+                    for i in 0..a {
+                        c[i] = m[i * a + j];
+                    }
+                    let y = wino_at(&c, a);
+                    for i in 0..mo {
+                        s[i * a + j] = y[i];
+                    }
                 }
-                let mut y = [splat(0.0f32); 4];
-                for a in 0..2 {
-                    let r = 4 * a;
-                    y[2 * a] = add(add(s[r], s[r + 1]), s[r + 2]);
-                    y[2 * a + 1] = sub(sub(s[r + 1], s[r + 2]), s[r + 3]);
+                let mut out = [splat(0.0f32); 16];
+                for i in 0..mo {
+                    let mut r = [splat(0.0f32); 6];
+                    for j in 0..a {
+                        r[j] = s[i * a + j];
+                    }
+                    let y = wino_at(&r, a);
+                    for j in 0..mo {
+                        out[i * mo + j] = y[j];
+                    }
                 }
-                y
+                out
             }
         }
 
-        /// One work item of a 3x3 stride-1 conv as Winograd F(2x2, 3x3): one micro-tile, up to
-        /// `T` of the 2x2 output tiles (row-major over the image) of one group. The input tiles
-        /// are transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed
-        /// weights with the conv micro-kernel (`T` tiles x `P` panels) into `m`
+        /// One work item of a 3x3 stride-1 conv as Winograd F(M x M, 3x3) (`M` 2 or 4, input
+        /// tiles of `a x a` = `A2`, `a = M + 2`): one micro-tile, up to `T` of the `M x M`
+        /// output tiles (row-major over the image) of one group. The input tiles are
+        /// transformed into `v` (`[xi][T][KC]`), multiplied per `xi` by the transformed weights
+        /// with the conv micro-kernel (`T` tiles x `P` panels) into `m`
         /// (`[xi][unit of P panels][T][16 P]`), then transformed back, the bias added (and
         /// stored to `pre` when asked) and SiLU applied. Tile rows beyond the item's tiles
         /// repeat its last tile (computed, never stored); pixels beyond an odd edge read as
-        /// zero and are not stored. `v` and `m` hold `16 T KC` and `16 T 16 panels` floats,
+        /// zero and are not stored. `v` and `m` hold `A2 T KC` and `A2 T 16 panels` floats,
         /// aligned for `V`.
         #attrs
-        unsafe fn wino_item<const T: usize, const KC: usize, const P: usize, const WD: usize>(
+        unsafe fn wino_item<const T: usize, const KC: usize, const P: usize, const WD: usize, const M: usize, const A2: usize>(
             ctx: &rt::Ctx,
             d: &rt::ConvDesc,
             io: &rt::ConvIo,
@@ -591,7 +652,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             unsafe {
                 let out = rt::Buf { offset: io.out, ..d.out };
                 let inp = &d.input;
-                let (tw, th) = (out.w.div_ceil(2), out.h.div_ceil(2));
+                let a = M + 2;
+                let (tw, th) = (out.w.div_ceil(M), out.h.div_ceil(M));
                 let chunks = (tw * th).div_ceil(T);
                 let (g, t0) = (it / chunks, (it % chunks) * T);
                 let n = if tw * th - t0 < T { tw * th - t0 } else { T };
@@ -599,26 +661,26 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let shift = inp.pad - d.conv_pad;
                 for r in 0..T {
                     let t = t0 + if r < n { r } else { n - 1 };
-                    let (y0, x0) = ((t / tw) * 2 + shift, (t % tw) * 2 + shift);
-                    let mut src = [core::ptr::null::<f32>(); 16];
-                    for i in 0..4 {
-                        for j in 0..4 {
+                    let (y0, x0) = ((t / tw) * M + shift, (t % tw) * M + shift);
+                    let mut src = [core::ptr::null::<f32>(); A2];
+                    for i in 0..a {
+                        for j in 0..a {
                             if y0 + i < hp && x0 + j < wp {
-                                src[4 * i + j] = ctx.ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
+                                src[a * i + j] = ctx.ptr(io.input + ((y0 + i) * wp + x0 + j) * inp.c + g * KC);
                             }
                         }
                     }
-                    let inside = y0 + 3 < hp && x0 + 3 < wp;
+                    let inside = y0 + a - 1 < hp && x0 + a - 1 < wp;
                     let mut ch = 0;
                     // Whole vectors of a tile inside the buffer: no tests per load.
                     if inside {
                         while ch + L <= KC {
-                            let mut x = [splat(0.0f32); 16];
-                            for q in 0..16 {
+                            let mut x = [splat(0.0f32); A2];
+                            for q in 0..A2 {
                                 x[q] = load(src[q].add(ch));
                             }
                             let y = wino_in(&x);
-                            for q in 0..16 {
+                            for q in 0..A2 {
                                 store(v.add((q * T + r) * KC + ch), y[q]);
                             }
                             ch += L;
@@ -626,14 +688,14 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     }
                     while ch < KC {
                         let nl = if KC - ch < L { KC - ch } else { L };
-                        let mut x = [splat(0.0f32); 16];
-                        for q in 0..16 {
+                        let mut x = [splat(0.0f32); A2];
+                        for q in 0..A2 {
                             if !src[q].is_null() {
                                 x[q] = load_part(src[q].add(ch), nl);
                             }
                         }
                         let y = wino_in(&x);
-                        for q in 0..16 {
+                        for q in 0..A2 {
                             store_part(v.add((q * T + r) * KC + ch), y[q], nl);
                         }
                         ch += L;
@@ -642,10 +704,10 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let cout_g = d.cout_g;
                 let panels = d.panels_per_group();
                 let units = panels / P;
-                let w_g = io.weights + g * 16 * panels * KC * 16;
+                let w_g = io.weights + g * A2 * panels * KC * 16;
                 // The products land in `m` as the micro-kernel holds them: per `xi` and unit
                 // of `P` panels, `T` rows of `16 P` floats.
-                for q in 0..16 {
+                for q in 0..A2 {
                     for u in 0..units {
                         let at = w_g + (q * panels + u * P) * KC * 16;
                         let b = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
@@ -657,12 +719,12 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let pre = rt::Buf { offset: io.pre, ..d.pre };
                 for r in 0..n {
                     let t = t0 + r;
-                    let (ty, tx) = ((t / tw) * 2, (t % tw) * 2);
-                    // The tile's four output pixels (null beyond an odd edge).
-                    let mut dst = [core::ptr::null_mut::<f32>(); 4];
-                    let mut dst_pre = [core::ptr::null_mut::<f32>(); 4];
-                    for k in 0..4 {
-                        let (yy, xx) = (ty + k / 2, tx + k % 2);
+                    let (ty, tx) = ((t / tw) * M, (t % tw) * M);
+                    // The tile's output pixels (null beyond an odd edge).
+                    let mut dst = [core::ptr::null_mut::<f32>(); 16];
+                    let mut dst_pre = [core::ptr::null_mut::<f32>(); 16];
+                    for k in 0..M * M {
+                        let (yy, xx) = (ty + k / M, tx + k % M);
                         if yy < out.h && xx < out.w {
                             dst[k] = ctx.ptr(out.at(yy, xx) + g * cout_g);
                             if io.pre != rt::NONE {
@@ -674,13 +736,13 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     while ch < cout_g {
                         let nl = if cout_g - ch < L { cout_g - ch } else { L };
                         let (u, c) = (ch / (16 * P), ch % (16 * P));
-                        let mut x = [splat(0.0f32); 16];
-                        for q in 0..16 {
+                        let mut x = [splat(0.0f32); A2];
+                        for q in 0..A2 {
                             x[q] = load(m.add(((q * units + u) * T + r) * P * 16 + c));
                         }
                         let y = wino_out(&x);
                         let b = load(bias.add(ch));
-                        for k in 0..4 {
+                        for k in 0..M * M {
                             if !dst[k].is_null() {
                                 let mut val = add(y[k], b);
                                 if !dst_pre[k].is_null() {

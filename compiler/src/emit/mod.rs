@@ -86,8 +86,10 @@ struct ConvShape {
     cout_g: usize,
     groups: usize,
     bands: usize,
-    /// Runs as Winograd F(2x2, 3x3) (see `Schedule::winograd`); `tiles` 2x2 output tiles.
+    /// Runs as Winograd F(m x m, 3x3) (see `Schedule::winograd_tile`): `wino_m` = m (0:
+    /// direct); `tiles` m x m output tiles.
     winograd: bool,
+    wino_m: usize,
     tiles: usize,
 }
 
@@ -114,9 +116,10 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
     let step = if geom.flat { li.c } else { sp.stride * li.c };
     // Keep the weights in cache when they outweigh the activations.
     let panel_outer = taps.len() * kc * sp.cout > li.h * li.w * li.c;
-    let winograd = s.winograd(op);
+    let wino_m = s.winograd_tile(op).unwrap_or(0);
+    let winograd = wino_m > 0;
     let key = format!(
-        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}|{geom:?}|{winograd}",
+        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}|{geom:?}|{wino_m}",
         sp.k,
         sp.stride,
         sp.pad(),
@@ -153,11 +156,11 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
         sp.stride,
         if preact.is_some() { ", also stores the pre-activation" } else { "" },
         if has_sums { ", accumulates channel sums" } else { "" },
-        if winograd { ", as Winograd F(2x2, 3x3)" } else { "" },
+        if winograd { format!(", as Winograd F({wino_m}x{wino_m}, 3x3)") } else { String::new() },
     );
     let max_tile = geom.row_len.max(geom.last_row_len).min(lo.h * lo.w);
     let (groups, bands) = (sp.groups, geom.bands());
-    let tiles = lo.h.div_ceil(2) * lo.w.div_ceil(2);
+    let tiles = if winograd { lo.h.div_ceil(wino_m) * lo.w.div_ceil(wino_m) } else { 0 };
     let ntaps = taps.len();
     let pixels = lo.h * lo.w;
     (
@@ -175,6 +178,7 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
             groups,
             bands,
             winograd,
+            wino_m,
             tiles,
         },
     )
@@ -248,20 +252,25 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
         let t = u(row.div_ceil(row.div_ceil(mr)).min(mr));
         let (kc, step) = (u(c.kc), u(c.step));
         if c.winograd {
-            // One micro-tile of 2x2 output tiles per item (measured 1-3% faster than two or
-            // four: the scratch stays in L1); scratch on the stack in vectors (aligned): the
-            // transformed input and the products.
-            let items = u(c.groups * c.tiles.div_ceil(mr));
-            let (v_len, m_len) =
-                (u(16 * mr * c.kc / isa.lanes), u(16 * mr * c.cout_g.next_multiple_of(NR) / isa.lanes));
-            let (t, p) = (u(mr), u(p));
+            // One micro-tile of output tiles per item (measured 1-3% faster than two or four:
+            // the scratch stays in L1), the tiles split evenly (25 tiles: 5 items of 5, not
+            // 5 of 6); scratch on the stack in vectors (aligned): the transformed input and
+            // the products.
+            let t = c.tiles.div_ceil(c.tiles.div_ceil(mr)).min(mr);
+            let a2 = (c.wino_m + 2) * (c.wino_m + 2);
+            let items = u(c.groups * c.tiles.div_ceil(t));
+            let (v_len, m_len) = (
+                u((a2 * t * c.kc).div_ceil(isa.lanes)),
+                u((a2 * t * c.cout_g.next_multiple_of(NR)).div_ceil(isa.lanes)),
+            );
+            let (t, p, wm, a2) = (u(t), u(p), u(c.wino_m), u(a2));
             return quote! {
                 #feature
                 unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
                     let mut v = core::mem::MaybeUninit::<[V; #v_len]>::uninit();
                     let mut m = core::mem::MaybeUninit::<[V; #m_len]>::uninit();
                     unsafe {
-                        wino_item::<#t, #kc, #p, #wd>(
+                        wino_item::<#t, #kc, #p, #wd, #wm, #a2>(
                             ctx, &super::#d, io, it, v.as_mut_ptr() as *mut f32, m.as_mut_ptr() as *mut f32,
                         )
                     }

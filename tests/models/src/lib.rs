@@ -34,3 +34,18 @@ pub mod tiny_weights_bf16 {
 pub mod tiny_weights_f16 {
     include!(concat!(env!("OUT_DIR"), "/tiny_weights_f16/nfnet_model.rs"));
 }
+
+/// `fixtures/tiny` with every eligible 3x3 conv as Winograd F(4x4, 3x3).
+pub mod tiny_winograd_f4 {
+    include!(concat!(env!("OUT_DIR"), "/tiny_winograd_f4/nfnet_model.rs"));
+}
+
+/// `fixtures/tiny_variant_bf16` with every eligible 3x3 conv as Winograd F(4x4, 3x3).
+pub mod variant_winograd_f4 {
+    include!(concat!(env!("OUT_DIR"), "/variant_winograd_f4/nfnet_model.rs"));
+}
+
+/// `fixtures/tiny` with direct convs only.
+pub mod tiny_winograd_off {
+    include!(concat!(env!("OUT_DIR"), "/tiny_winograd_off/nfnet_model.rs"));
+}
