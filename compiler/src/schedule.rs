@@ -46,18 +46,21 @@ impl ConvGeom {
     }
 }
 /// Cost of one product of a direct 3x3 conv, relative to an ideal one, and of the Winograd
-/// algorithms by output tile `m` (transforms, scratch traffic, short sums of 64 channels), with
-/// [`WEIGHT_COST`] fitted to L2's grouped convs (2 threads, AVX-512, per-kernel minimums; ratios
-/// F(2x2) : F(4x4) : direct measured 1.36 : 1 at 80x80, 1.06 : 1 at 20x20, and 1 : 1.54 : 1.23
-/// at 10x10 (F(2x2) in items of 5 tiles); the model gives 1.36, 1.08 and 1 : 1.60 : 1.22).
+/// algorithms by output tile `m` (transforms, scratch traffic, short sums of 64 channels).
+/// Measured on L2's grouped convs (2 threads, AVX-512, per-kernel minimums): F(2x2) : F(4x4)
+/// 1.36 : 1 at 80x80, 1.06 : 1 at 20x20; F(2x2) : F(4x4) : direct 1 : 1.54 : 1.23 at 10x10
+/// (F(2x2) in items of 5 tiles).
 pub const DIRECT_OVERHEAD: f64 = 1.25;
 pub const WINOGRAD_OVERHEAD: [(usize, f64); 2] = [(2, 1.7), (4, 2.2)];
 
-/// The cost of streaming one weight (from DRAM: the model's weights outgrow the caches) in
-/// products: a conv with `e` weights per input/output channel pair (9 direct, `(m + 2)^2`
-/// Winograd) over `n` pixels or tiles costs `e (n x overhead + WEIGHT_COST)`. This is what
-/// keeps F(4x4), whose weights are 4x the direct conv's (F(2x2): 1.8x), off small images.
-pub const WEIGHT_COST: f64 = 28.0;
+/// The cost of one stored weight in products: a conv with `e` weights per input/output
+/// channel pair (9 direct, `(m + 2)^2` Winograd) over `n` pixels or tiles costs
+/// `e (n x overhead + WEIGHT_COST)`. The weights outgrow the caches and stream from DRAM on
+/// every inference, and F(4x4) stores 4x the direct conv's (F(2x2): 1.8x). At 40, F(4x4) stays
+/// off L2's 20x20 stage, where it measured 3-4% faster than F(2x2) on those convs (0.4 ms of
+/// 108 at 2 threads, within the noise of the whole model) for 66 MiB more weights (262 ->
+/// 328 MiB); the fit above needs 28 or more.
+pub const WEIGHT_COST: f64 = 40.0;
 
 /// Output tiles per Winograd work item at most (the micro-tile height of the 64-channel
 /// groups on AVX-512 (6 x 64), AVX2 and NEON (6 x 16)); the tiles are split evenly over the
