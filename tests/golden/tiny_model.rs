@@ -7300,7 +7300,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx2 {
         unsafe { isa_avx2::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
-///The Avx512 micro-kernels (16 lanes, tiles of up to pixels x channels: 6 x 64, 12 x 32, 12 x 16).
+///The Avx512 micro-kernels (16 lanes, tiles of up to pixels x channels: 8 x 48, 6 x 64, 12 x 32, 12 x 16).
 #[cfg(target_arch = "x86_64")]
 #[allow(
     unused_unsafe,

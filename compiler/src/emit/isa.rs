@@ -21,10 +21,12 @@ pub struct IsaSpec {
     pub prelude: TokenStream,
     /// Lanes per vector.
     pub lanes: usize,
-    /// Micro-kernel shapes, widest first: (weight panels of 16 channels, pixels per tile at
-    /// most). A conv takes the first whose panel count divides its group's (all panels
-    /// full). AVX-512 computes 6 x 64 (24 accumulators: each broadcast input feeds four FMAs,
-    /// measured 2-3% faster than 12 x 32 on L2), else 12 x 32, else 12 x 16.
+    /// Micro-kernel shapes: (weight panels of 16 channels, pixels per tile at most). A conv
+    /// takes the first the emitter allows it (see `conv_entry_points`) whose panel count
+    /// divides its group's (all panels full). AVX-512 computes 8 x 48 for the 1x1 convs that
+    /// stream a few hundred input channels from L2, else 6 x 64 (24 accumulators: each
+    /// broadcast input feeds four FMAs, measured 2-3% faster than 12 x 32 on L2), else
+    /// 12 x 32, else 12 x 16.
     pub shapes: &'static [(usize, usize)],
     pub vocab: TokenStream,
 }
@@ -146,7 +148,7 @@ fn avx512() -> IsaSpec {
             pub type V = __m512;
         ),
         lanes: 16,
-        shapes: &[(4, 6), (2, 12), (1, 12)],
+        shapes: &[(3, 8), (4, 6), (2, 12), (1, 12)],
         vocab: quote! {
             #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn splat(x: f32) -> V { unsafe { _mm512_set1_ps(x) } }
             #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn load(p: *const f32) -> V { unsafe { _mm512_loadu_ps(p) } }
