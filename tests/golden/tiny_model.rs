@@ -1143,6 +1143,8 @@ pub mod isa_scalar {
     /// A hint only; nothing on this ISA.
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
+    #[inline(always)]
+    unsafe fn prefetch_l2(_p: *const u8) {}
     /// bf16 to f32: the high half of the f32's bits.
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> V {
@@ -1227,7 +1229,9 @@ pub mod isa_scalar {
     }
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-    /// `out` at the end. Kept out of line so the accumulators stay in registers.
+    /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
+    /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
+    /// weights a cold conv needs, at about the rate DRAM delivers them).
     #[inline(never)]
     unsafe fn gemm<
         const T: usize,
@@ -1240,12 +1244,15 @@ pub mod isa_scalar {
         taps: &[isize],
         b: *const u8,
         panel_len: usize,
+        pf: *const u8,
+        pf_lines: usize,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
+            let mut step = 0usize;
             for &t in taps {
                 let ap = a0.offset(t);
                 for k in 0..KC {
@@ -1257,6 +1264,10 @@ pub mod isa_scalar {
                                 ) as *const f32,
                         );
                     }
+                    if step < pf_lines {
+                        prefetch_l2(pf.add(step * 64));
+                    }
+                    step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
                     for p in 0..P {
                         for v in 0..NV {
@@ -1323,6 +1334,8 @@ pub mod isa_scalar {
         b: *const u8,
         bias: *const f32,
         sums: *mut f32,
+        pf: *const u8,
+        pf_lines: usize,
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
@@ -1344,7 +1357,15 @@ pub mod isa_scalar {
                 STEP,
                 P,
                 WD,
-            >(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
+            >(
+                ctx.ptr(a0) as *const f32,
+                d.taps,
+                b,
+                panel_len,
+                pf,
+                pf_lines,
+                acc.as_mut_ptr(),
+            );
             let acc = acc.assume_init();
             let out = rt::Buf { offset: io.out, ..d.out };
             let pre = rt::Buf { offset: io.pre, ..d.pre };
@@ -1426,6 +1447,10 @@ pub mod isa_scalar {
             } else {
                 core::ptr::null_mut()
             };
+            let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+            let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
+            let mut t_u = bi * d.band * d.row_len.div_ceil(T);
             let r_end = if (bi + 1) * d.band < d.rows {
                 (bi + 1) * d.band
             } else {
@@ -1442,14 +1467,26 @@ pub mod isa_scalar {
                     } else {
                         (end - T, px + T - end)
                     };
+                    let from = if t_u == 0 {
+                        unit_lines
+                    } else {
+                        (t_u - 1) * tile_lines
+                    };
+                    let pf_lines = if next && from < unit_lines {
+                        (unit_lines - from).min(tile_lines)
+                    } else {
+                        0
+                    };
+                    let pf = b.wrapping_add(unit_bytes + from * 64);
                     tile::<
                         T,
                         KC,
                         STEP,
                         P,
                         WD,
-                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
                     px = at + T;
+                    t_u += 1;
                 }
             }
         }
@@ -1707,7 +1744,13 @@ pub mod isa_scalar {
                     };
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
-                    gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
+                    gemm::<
+                        T,
+                        KC,
+                        KC,
+                        P,
+                        WD,
+                    >(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -4256,6 +4299,12 @@ pub mod isa_avx2 {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prefetch_l2(p: *const u8) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
+    }
     /// Eight bf16 to f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -4347,7 +4396,9 @@ pub mod isa_avx2 {
     }
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-    /// `out` at the end. Kept out of line so the accumulators stay in registers.
+    /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
+    /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
+    /// weights a cold conv needs, at about the rate DRAM delivers them).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline(never)]
     unsafe fn gemm<
@@ -4361,12 +4412,15 @@ pub mod isa_avx2 {
         taps: &[isize],
         b: *const u8,
         panel_len: usize,
+        pf: *const u8,
+        pf_lines: usize,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
+            let mut step = 0usize;
             for &t in taps {
                 let ap = a0.offset(t);
                 for k in 0..KC {
@@ -4378,6 +4432,10 @@ pub mod isa_avx2 {
                                 ) as *const f32,
                         );
                     }
+                    if step < pf_lines {
+                        prefetch_l2(pf.add(step * 64));
+                    }
+                    step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
                     for p in 0..P {
                         for v in 0..NV {
@@ -4446,6 +4504,8 @@ pub mod isa_avx2 {
         b: *const u8,
         bias: *const f32,
         sums: *mut f32,
+        pf: *const u8,
+        pf_lines: usize,
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
@@ -4467,7 +4527,15 @@ pub mod isa_avx2 {
                 STEP,
                 P,
                 WD,
-            >(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
+            >(
+                ctx.ptr(a0) as *const f32,
+                d.taps,
+                b,
+                panel_len,
+                pf,
+                pf_lines,
+                acc.as_mut_ptr(),
+            );
             let acc = acc.assume_init();
             let out = rt::Buf { offset: io.out, ..d.out };
             let pre = rt::Buf { offset: io.pre, ..d.pre };
@@ -4550,6 +4618,10 @@ pub mod isa_avx2 {
             } else {
                 core::ptr::null_mut()
             };
+            let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+            let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
+            let mut t_u = bi * d.band * d.row_len.div_ceil(T);
             let r_end = if (bi + 1) * d.band < d.rows {
                 (bi + 1) * d.band
             } else {
@@ -4566,14 +4638,26 @@ pub mod isa_avx2 {
                     } else {
                         (end - T, px + T - end)
                     };
+                    let from = if t_u == 0 {
+                        unit_lines
+                    } else {
+                        (t_u - 1) * tile_lines
+                    };
+                    let pf_lines = if next && from < unit_lines {
+                        (unit_lines - from).min(tile_lines)
+                    } else {
+                        0
+                    };
+                    let pf = b.wrapping_add(unit_bytes + from * 64);
                     tile::<
                         T,
                         KC,
                         STEP,
                         P,
                         WD,
-                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
                     px = at + T;
+                    t_u += 1;
                 }
             }
         }
@@ -4838,7 +4922,13 @@ pub mod isa_avx2 {
                     };
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
-                    gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
+                    gemm::<
+                        T,
+                        KC,
+                        KC,
+                        P,
+                        WD,
+                    >(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -7408,6 +7498,12 @@ pub mod isa_avx512 {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn prefetch_l2(p: *const u8) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
+    }
     /// Sixteen bf16 to f32.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -7499,7 +7595,9 @@ pub mod isa_avx512 {
     }
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-    /// `out` at the end. Kept out of line so the accumulators stay in registers.
+    /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
+    /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
+    /// weights a cold conv needs, at about the rate DRAM delivers them).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline(never)]
     unsafe fn gemm<
@@ -7513,12 +7611,15 @@ pub mod isa_avx512 {
         taps: &[isize],
         b: *const u8,
         panel_len: usize,
+        pf: *const u8,
+        pf_lines: usize,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
+            let mut step = 0usize;
             for &t in taps {
                 let ap = a0.offset(t);
                 for k in 0..KC {
@@ -7530,6 +7631,10 @@ pub mod isa_avx512 {
                                 ) as *const f32,
                         );
                     }
+                    if step < pf_lines {
+                        prefetch_l2(pf.add(step * 64));
+                    }
+                    step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
                     for p in 0..P {
                         for v in 0..NV {
@@ -7598,6 +7703,8 @@ pub mod isa_avx512 {
         b: *const u8,
         bias: *const f32,
         sums: *mut f32,
+        pf: *const u8,
+        pf_lines: usize,
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
@@ -7619,7 +7726,15 @@ pub mod isa_avx512 {
                 STEP,
                 P,
                 WD,
-            >(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
+            >(
+                ctx.ptr(a0) as *const f32,
+                d.taps,
+                b,
+                panel_len,
+                pf,
+                pf_lines,
+                acc.as_mut_ptr(),
+            );
             let acc = acc.assume_init();
             let out = rt::Buf { offset: io.out, ..d.out };
             let pre = rt::Buf { offset: io.pre, ..d.pre };
@@ -7702,6 +7817,10 @@ pub mod isa_avx512 {
             } else {
                 core::ptr::null_mut()
             };
+            let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+            let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
+            let mut t_u = bi * d.band * d.row_len.div_ceil(T);
             let r_end = if (bi + 1) * d.band < d.rows {
                 (bi + 1) * d.band
             } else {
@@ -7718,14 +7837,26 @@ pub mod isa_avx512 {
                     } else {
                         (end - T, px + T - end)
                     };
+                    let from = if t_u == 0 {
+                        unit_lines
+                    } else {
+                        (t_u - 1) * tile_lines
+                    };
+                    let pf_lines = if next && from < unit_lines {
+                        (unit_lines - from).min(tile_lines)
+                    } else {
+                        0
+                    };
+                    let pf = b.wrapping_add(unit_bytes + from * 64);
                     tile::<
                         T,
                         KC,
                         STEP,
                         P,
                         WD,
-                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
                     px = at + T;
+                    t_u += 1;
                 }
             }
         }
@@ -7990,7 +8121,13 @@ pub mod isa_avx512 {
                     };
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
-                    gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
+                    gemm::<
+                        T,
+                        KC,
+                        KC,
+                        P,
+                        WD,
+                    >(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -10551,6 +10688,8 @@ pub mod isa_neon {
     /// A hint only; left to the hardware prefetcher here.
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
+    #[inline(always)]
+    unsafe fn prefetch_l2(_p: *const u8) {}
     /// Four bf16 to f32.
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> V {
@@ -10638,7 +10777,9 @@ pub mod isa_neon {
     }
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-    /// `out` at the end. Kept out of line so the accumulators stay in registers.
+    /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
+    /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
+    /// weights a cold conv needs, at about the rate DRAM delivers them).
     #[inline(never)]
     unsafe fn gemm<
         const T: usize,
@@ -10651,12 +10792,15 @@ pub mod isa_neon {
         taps: &[isize],
         b: *const u8,
         panel_len: usize,
+        pf: *const u8,
+        pf_lines: usize,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
+            let mut step = 0usize;
             for &t in taps {
                 let ap = a0.offset(t);
                 for k in 0..KC {
@@ -10668,6 +10812,10 @@ pub mod isa_neon {
                                 ) as *const f32,
                         );
                     }
+                    if step < pf_lines {
+                        prefetch_l2(pf.add(step * 64));
+                    }
+                    step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
                     for p in 0..P {
                         for v in 0..NV {
@@ -10734,6 +10882,8 @@ pub mod isa_neon {
         b: *const u8,
         bias: *const f32,
         sums: *mut f32,
+        pf: *const u8,
+        pf_lines: usize,
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
@@ -10755,7 +10905,15 @@ pub mod isa_neon {
                 STEP,
                 P,
                 WD,
-            >(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
+            >(
+                ctx.ptr(a0) as *const f32,
+                d.taps,
+                b,
+                panel_len,
+                pf,
+                pf_lines,
+                acc.as_mut_ptr(),
+            );
             let acc = acc.assume_init();
             let out = rt::Buf { offset: io.out, ..d.out };
             let pre = rt::Buf { offset: io.pre, ..d.pre };
@@ -10837,6 +10995,10 @@ pub mod isa_neon {
             } else {
                 core::ptr::null_mut()
             };
+            let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+            let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
+            let mut t_u = bi * d.band * d.row_len.div_ceil(T);
             let r_end = if (bi + 1) * d.band < d.rows {
                 (bi + 1) * d.band
             } else {
@@ -10853,14 +11015,26 @@ pub mod isa_neon {
                     } else {
                         (end - T, px + T - end)
                     };
+                    let from = if t_u == 0 {
+                        unit_lines
+                    } else {
+                        (t_u - 1) * tile_lines
+                    };
+                    let pf_lines = if next && from < unit_lines {
+                        (unit_lines - from).min(tile_lines)
+                    } else {
+                        0
+                    };
+                    let pf = b.wrapping_add(unit_bytes + from * 64);
                     tile::<
                         T,
                         KC,
                         STEP,
                         P,
                         WD,
-                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
                     px = at + T;
+                    t_u += 1;
                 }
             }
         }
@@ -11118,7 +11292,13 @@ pub mod isa_neon {
                     };
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
-                    gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
+                    gemm::<
+                        T,
+                        KC,
+                        KC,
+                        P,
+                        WD,
+                    >(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);

@@ -70,6 +70,7 @@ fn scalar() -> IsaSpec {
             const SILU_CLAMPS: bool = true;
             /// A hint only; nothing on this ISA.
             #[inline(always)] unsafe fn prefetch(_p: *const f32) {}
+            #[inline(always)] unsafe fn prefetch_l2(_p: *const u8) {}
             /// bf16 to f32: the high half of the f32's bits.
             #[inline(always)] unsafe fn load_bf16(p: *const u16) -> V { unsafe { f32::from_bits((*p as u32) << 16) } }
             /// f16 to f32 (finite values): exponent and mantissa moved into place, rescaled by
@@ -123,6 +124,7 @@ fn avx2() -> IsaSpec {
             const SILU_CLAMPS: bool = true;
             /// Brings the line at `p` into L1 (a hint).
             #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn prefetch(p: *const f32) { unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) } }
+            #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn prefetch_l2(p: *const u8) { unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) } }
             /// Eight bf16 to f32.
             #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn load_bf16(p: *const u16) -> V {
                 unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)))) }
@@ -175,6 +177,7 @@ fn avx512() -> IsaSpec {
             /// Brings the line at `p` into L1 (a hint): 2-4% on the 1x1 convs over 1536
             /// channels, neutral elsewhere (per-kernel minimums, A/B on L2).
             #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn prefetch(p: *const f32) { unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) } }
+            #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn prefetch_l2(p: *const u8) { unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) } }
             /// Sixteen bf16 to f32.
             #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn load_bf16(p: *const u16) -> V {
                 unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)))) }
@@ -228,6 +231,7 @@ fn neon() -> IsaSpec {
             const SILU_CLAMPS: bool = true;
             /// A hint only; left to the hardware prefetcher here.
             #[inline(always)] unsafe fn prefetch(_p: *const f32) {}
+            #[inline(always)] unsafe fn prefetch_l2(_p: *const u8) {}
             /// Four bf16 to f32.
             #[inline(always)] unsafe fn load_bf16(p: *const u16) -> V {
                 unsafe { vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16(p)))) }
@@ -321,7 +325,9 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
 
         /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
         /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-        /// `out` at the end. Kept out of line so the accumulators stay in registers.
+        /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
+        /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
+        /// weights a cold conv needs, at about the rate DRAM delivers them).
         #feature
         #[inline(never)]
         unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize, const WD: usize>(
@@ -329,11 +335,14 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             taps: &[isize],
             b: *const u8,
             panel_len: usize,
+            pf: *const u8,
+            pf_lines: usize,
             out: *mut [[[V; NV]; P]; T],
         ) {
             unsafe {
                 let mut acc = [[[splat(0.0f32); NV]; P]; T];
                 let mut bi = 0usize;
+                let mut step = 0usize;
                 for &t in taps {
                     let ap = a0.offset(t);
                     for k in 0..KC {
@@ -341,6 +350,10 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         for p in 0..P {
                             prefetch(b.add((bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 }) as *const f32);
                         }
+                        if step < pf_lines {
+                            prefetch_l2(pf.add(step * 64));
+                        }
+                        step += 1;
                         let mut bv = [[splat(0.0f32); NV]; P];
                         for p in 0..P {
                             for v in 0..NV {
@@ -401,6 +414,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             b: *const u8,
             bias: *const f32,
             sums: *mut f32,
+            pf: *const u8,
+            pf_lines: usize,
         ) {
             unsafe {
                 let inp = &d.input;
@@ -413,7 +428,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 };
                 let panel_len = d.taps.len() * KC * 16;
                 let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
-                gemm::<T, KC, STEP, P, WD>(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, acc.as_mut_ptr());
+                gemm::<T, KC, STEP, P, WD>(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, pf, pf_lines, acc.as_mut_ptr());
                 let acc = acc.assume_init();
                 let out = rt::Buf { offset: io.out, ..d.out };
                 let pre = rt::Buf { offset: io.pre, ..d.pre };
@@ -487,6 +502,13 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 } else {
                     core::ptr::null_mut()
                 };
+                // Panel-outer convs read a unit's weights from DRAM (they outgrow the caches)
+                // on its first tile and from L2 on the rest: those fetch the next unit's into
+                // L2 meanwhile, one line per step of the tile.
+                let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+                let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+                let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
+                let mut t_u = bi * d.band * d.row_len.div_ceil(T);
                 let r_end = if (bi + 1) * d.band < d.rows { (bi + 1) * d.band } else { d.rows };
                 for r in bi * d.band..r_end {
                     let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
@@ -495,8 +517,12 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     let mut px = start;
                     while px < end {
                         let (at, skip) = if px + T <= end { (px, 0) } else { (end - T, px + T - end) };
-                        tile::<T, KC, STEP, P, WD>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums);
+                        let from = if t_u == 0 { unit_lines } else { (t_u - 1) * tile_lines };
+                        let pf_lines = if next && from < unit_lines { (unit_lines - from).min(tile_lines) } else { 0 };
+                        let pf = b.wrapping_add(unit_bytes + from * 64);
+                        tile::<T, KC, STEP, P, WD>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
                         px = at + T;
+                        t_u += 1;
                     }
                 }
             }
@@ -714,7 +740,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         let at = w_g + (q * panels + u * P) * KC * 16;
                         let b = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
                         let acc = m.add((q * units + u) * T * P * 16) as *mut [[[V; NV]; P]; T];
-                        gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, acc);
+                        gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
                     }
                 }
                 let bias = ctx.w(io.bias + g * panels * 16);
