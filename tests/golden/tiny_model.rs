@@ -1448,9 +1448,13 @@ pub mod isa_scalar {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+            let next = panel + 2 * P <= d.groups * d.panels_per_group();
             let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
-            let mut t_u = bi * d.band * d.row_len.div_ceil(T);
+            let mut t_u = if d.panel_outer {
+                bi * d.band * d.row_len.div_ceil(T)
+            } else {
+                0
+            };
             let r_end = if (bi + 1) * d.band < d.rows {
                 (bi + 1) * d.band
             } else {
@@ -4619,9 +4623,13 @@ pub mod isa_avx2 {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+            let next = panel + 2 * P <= d.groups * d.panels_per_group();
             let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
-            let mut t_u = bi * d.band * d.row_len.div_ceil(T);
+            let mut t_u = if d.panel_outer {
+                bi * d.band * d.row_len.div_ceil(T)
+            } else {
+                0
+            };
             let r_end = if (bi + 1) * d.band < d.rows {
                 (bi + 1) * d.band
             } else {
@@ -7818,9 +7826,13 @@ pub mod isa_avx512 {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+            let next = panel + 2 * P <= d.groups * d.panels_per_group();
             let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
-            let mut t_u = bi * d.band * d.row_len.div_ceil(T);
+            let mut t_u = if d.panel_outer {
+                bi * d.band * d.row_len.div_ceil(T)
+            } else {
+                0
+            };
             let r_end = if (bi + 1) * d.band < d.rows {
                 (bi + 1) * d.band
             } else {
@@ -10996,9 +11008,13 @@ pub mod isa_neon {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+            let next = panel + 2 * P <= d.groups * d.panels_per_group();
             let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
-            let mut t_u = bi * d.band * d.row_len.div_ceil(T);
+            let mut t_u = if d.panel_outer {
+                bi * d.band * d.row_len.div_ceil(T)
+            } else {
+                0
+            };
             let r_end = if (bi + 1) * d.band < d.rows {
                 (bi + 1) * d.band
             } else {

@@ -502,13 +502,14 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 } else {
                     core::ptr::null_mut()
                 };
-                // Panel-outer convs read a unit's weights from DRAM (they outgrow the caches)
-                // on its first tile and from L2 on the rest: those fetch the next unit's into
-                // L2 meanwhile, one line per step of the tile.
+                // A unit's weights come from DRAM or L3 on its first tile (panel-outer convs:
+                // the model's weights outgrow the caches; band-outer ones: all units' weights
+                // outgrow L2) and from L2 on the rest: those fetch the next unit's into L2
+                // meanwhile, one line per step of the tile.
                 let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-                let next = d.panel_outer && panel + 2 * P <= d.groups * d.panels_per_group();
+                let next = panel + 2 * P <= d.groups * d.panels_per_group();
                 let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
-                let mut t_u = bi * d.band * d.row_len.div_ceil(T);
+                let mut t_u = if d.panel_outer { bi * d.band * d.row_len.div_ceil(T) } else { 0 };
                 let r_end = if (bi + 1) * d.band < d.rows { (bi + 1) * d.band } else { d.rows };
                 for r in bi * d.band..r_end {
                     let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
