@@ -237,6 +237,30 @@ fn input_sizes_out_of_range_are_refused() {
 }
 
 #[test]
+fn schedule_follows_the_winograd_policy_and_refuses_unknown_ones() {
+    let dir = tiny_model();
+    let m = dir.path().to_str().unwrap();
+    let algorithms = |policy: &str| {
+        let out = nfc(&["schedule", "--model", m, "--input-size", "90x74", "--json", "--winograd", policy]);
+        assert!(out.status.success(), "{policy}: {}", String::from_utf8_lossy(&out.stderr));
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut a: Vec<String> =
+            s["kernels"].as_array().unwrap().iter().filter_map(|k| k["algorithm"].as_str().map(String::from)).collect();
+        a.sort();
+        a.dedup();
+        a
+    };
+    // At 90x74 the stem's stride-1 convs (45x37) take F(4x4), stage 0's (23x19) F(2x2).
+    assert_eq!(algorithms("auto"), ["direct", "winograd_f2x2_3x3", "winograd_f4x4_3x3"]);
+    assert_eq!(algorithms("f2"), ["direct", "winograd_f2x2_3x3"]);
+    assert_eq!(algorithms("OFF"), ["direct"]);
+    assert_eq!(algorithms("f4"), ["direct", "winograd_f4x4_3x3"]);
+    let out = nfc(&["schedule", "--model", m, "--winograd", "f3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("'f3' is not one of auto, f2, off, f4"), "{err}");
+}
+
+#[test]
 fn reference_refuses_bad_tensor_files_and_writes_all_outputs() {
     let dir = tiny_model();
     let work = tempfile::tempdir().unwrap();
