@@ -239,16 +239,20 @@ mod tests {
         assert_eq!(slot.bias % 16, 0);
     }
 
+    /// Deterministic values in [-0.5, 0.5) (a 64-bit LCG).
+    fn uniform(mut seed: u64) -> impl FnMut() -> f64 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        }
+    }
+
     /// `A^T [(G g G^T) . (B^T d B)] A` is the 3x3 correlation of a 4x4 input tile: checks the
     /// packed weight transform together with the transforms the kernels apply (written out
     /// here in f64 exactly as emitted).
     #[test]
     fn winograd_weights_with_the_kernels_transforms_compute_the_correlation() {
-        let mut seed = 7u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
+        let mut rnd = uniform(7);
         for _ in 0..20 {
             let g: Vec<f64> = (0..9).map(|_| rnd()).collect();
             let d: Vec<f64> = (0..16).map(|_| rnd()).collect();
@@ -291,11 +295,7 @@ mod tests {
     /// dimension at a time (columns, then rows).
     #[test]
     fn winograd_f4_weights_with_the_kernels_transforms_compute_the_correlation() {
-        let mut seed = 11u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
+        let mut rnd = uniform(11);
         let bt = |x: [f64; 6]| {
             let (e, o) = (x[4] * 2.25 - x[2], x[1] * 1.5 - x[3] * 3.375);
             let (e2, o2) = (x[2] * 3.375 - x[4] * 1.5, x[1] * 2.25 - x[3]);
