@@ -88,7 +88,6 @@ struct ConvShape {
     bands: usize,
     /// Runs as Winograd F(m x m, 3x3) (see `Schedule::winograd_tile`): `wino_m` = m (0:
     /// direct); `tiles` m x m output tiles.
-    winograd: bool,
     wino_m: usize,
     tiles: usize,
 }
@@ -182,7 +181,6 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
             cout_g,
             groups,
             bands,
-            winograd,
             wino_m,
             tiles,
         },
@@ -251,9 +249,9 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
             // four make L2's 20x20 conv3 (384 -> 1536) 2-4% faster; over 1536 channels it is
             // 3% slower than 12 x 32.
             .filter(|&(p, _)| {
-                let k = c.kc * if c.winograd { 1 } else { c.taps };
+                let k = c.kc * if c.wino_m > 0 { 1 } else { c.taps };
                 match p {
-                    3 => !narrow && !c.winograd && c.taps == 1 && k < 1024 && c.pixels >= 4 * M_BLOCK,
+                    3 => !narrow && c.wino_m == 0 && c.taps == 1 && k < 1024 && c.pixels >= 4 * M_BLOCK,
                     4 => !narrow && (k < 1024 || c.pixels < 4 * M_BLOCK),
                     _ => true,
                 }
@@ -265,7 +263,7 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
         let row = c.max_tile;
         let t = u(row.div_ceil(row.div_ceil(mr)).min(mr));
         let (kc, step) = (u(c.kc), u(c.step));
-        if c.winograd {
+        if c.wino_m > 0 {
             // One micro-tile of output tiles per item (measured 1-3% faster than two or four:
             // the scratch stays in L1), the tiles split evenly (25 tiles: 5 items of 5, not
             // 5 of 6); scratch on the stack in vectors (aligned): the transformed input and
