@@ -318,6 +318,18 @@ fn info() -> Result<(), String> {
         Some(tag) => println!("weights origin synthetic ({tag}): not the pretrained model"),
         None => println!("weights origin a real checkpoint"),
     }
+    let v: serde_json::Value = serde_json::from_str(m::SCHEDULE_JSON).map_err(|e| e.to_string())?;
+    let algorithms: Vec<&str> =
+        v["kernels"].as_array().into_iter().flatten().filter_map(|k| k["algorithm"].as_str()).collect();
+    let count = |a: &str| algorithms.iter().filter(|&&x| x == a).count();
+    println!(
+        "convs          {} ({} as Winograd F(4x4, 3x3), {} as F(2x2, 3x3); NFNET_WINOGRAD={}), {} weights",
+        algorithms.len(),
+        count("winograd_f4x4_3x3"),
+        count("winograd_f2x2_3x3"),
+        v["winograd"].as_str().unwrap_or("auto"),
+        m::WEIGHT_DTYPE
+    );
     Ok(())
 }
 

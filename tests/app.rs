@@ -84,9 +84,11 @@ fn features_embed_and_preprocess_write_the_model_card_shapes() {
 fn info_schedule_and_bench_report_the_compiled_model() {
     let o = nfnet(&["info"]);
     assert!(o.status.success() && stdout(&o).contains("eca_nfnet_l2") && stdout(&o).contains("synthetic"));
+    assert!(stdout(&o).contains("as Winograd F(4x4, 3x3)") && stdout(&o).contains("f32 weights"), "{}", stdout(&o));
     let o = nfnet(&["schedule", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["format"], "nfnet-schedule/1");
+    assert!(["auto", "f2", "off", "f4"].contains(&v["winograd"].as_str().unwrap()));
     assert!(v["kernels"].as_array().unwrap().len() > 100);
     let o = nfnet(&["bench", "--iters", "2", "--threads", "1", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();

@@ -241,6 +241,16 @@ pub enum WinogradPolicy {
 }
 
 impl WinogradPolicy {
+    /// As `NFNET_WINOGRAD` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            WinogradPolicy::Auto => "auto",
+            WinogradPolicy::F2 => "f2",
+            WinogradPolicy::Off => "off",
+            WinogradPolicy::F4 => "f4",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<WinogradPolicy> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Some(WinogradPolicy::Auto),
@@ -540,6 +550,7 @@ impl<'g> Schedule<'g> {
             "layout": "NHWC per image; the batch runs image by image through one arena",
             "total_flops_per_image": self.kernels.iter().map(|k| self.flops(k)).sum::<u64>(),
             "arena": {"peak_bytes": 4 * self.arena_len, "naive_bytes": 4 * self.naive_arena_len()},
+            "winograd": self.winograd_policy.name(),
             "passes": passes,
             "kernels": kernels,
         })
