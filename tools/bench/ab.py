@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A/B of two or more nfnet binaries, kernel class by kernel class, on a noisy machine.
 
-Alternates `BIN profile --stat min` runs of every binary (round robin, so load from other
-tenants falls on all of them alike), sums each fused kernel's best time per class (stage and
-conv, e.g. `conv s2.conv1` for all of stage 2's conv1s, or the kernel kind), keeps the best
-round per binary and class, and prints the classes slowest first with each binary's ratio to
-the first. The first binary is the baseline.
+Alternates `BIN profile --stat min` runs of every binary (round robin, every other round in
+reverse order, so load from other tenants falls on all of them alike), sums each fused
+kernel's best time per class (stage and conv, e.g. `conv s2.conv1` for all of stage 2's
+conv1s, or the kernel kind), keeps the best round per binary and class, and prints the
+classes slowest first with each binary's ratio to the first. The first binary is the
+baseline. An A/A run (two copies of one binary) shows the noise floor.
 
     cp target/release/nfnet /tmp/nfnet_a            # before the change
     cargo build --release && cp target/release/nfnet /tmp/nfnet_b
@@ -58,7 +59,11 @@ def main():
         sys.exit("--threads, --rounds and --iters must be at least 1")
     best = [dict() for _ in a.binaries]
     for r in range(a.rounds):
-        for i, b in enumerate(a.binaries):
+        # Every other round in reverse order: a binary run right after another one was seen
+        # 2-5% faster on this machine (an A/A run of two copies of one binary), so a fixed
+        # order would favour the later ones.
+        order = list(enumerate(a.binaries))
+        for i, b in order if r % 2 == 0 else order[::-1]:
             c = profile(b, a.threads, a.iters)
             print(f"round {r + 1}: {b} {sum(c.values()):.1f} ms in kernels", file=sys.stderr)
             for k, v in c.items():
