@@ -1231,7 +1231,9 @@ pub mod isa_scalar {
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
     /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
     /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-    /// weights a cold conv needs, at about the rate DRAM delivers them).
+    /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+    /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
+    /// kernel's weights, spread thin: see `rt::spread_shift`).
     #[inline(never)]
     unsafe fn gemm<
         const T: usize,
@@ -1246,6 +1248,9 @@ pub mod isa_scalar {
         panel_len: usize,
         pf: *const u8,
         pf_lines: usize,
+        ahead: *const u8,
+        ahead_lines: usize,
+        ahead_shift: u32,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -1266,6 +1271,11 @@ pub mod isa_scalar {
                     }
                     if step < pf_lines {
                         prefetch_l2(pf.add(step * 64));
+                    }
+                    if step & ((1 << ahead_shift) - 1) == 0
+                        && step >> ahead_shift < ahead_lines
+                    {
+                        prefetch_l2(ahead.add((step >> ahead_shift) * 64));
                     }
                     step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
@@ -1336,6 +1346,7 @@ pub mod isa_scalar {
         sums: *mut f32,
         pf: *const u8,
         pf_lines: usize,
+        ahead: (*const u8, usize, u32),
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
@@ -1351,6 +1362,7 @@ pub mod isa_scalar {
             };
             let panel_len = d.taps.len() * KC * 16;
             let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+            let (ah, ah_lines, ah_shift) = ahead;
             gemm::<
                 T,
                 KC,
@@ -1364,6 +1376,9 @@ pub mod isa_scalar {
                 panel_len,
                 pf,
                 pf_lines,
+                ah,
+                ah_lines,
+                ah_shift,
                 acc.as_mut_ptr(),
             );
             let acc = acc.assume_init();
@@ -1460,6 +1475,12 @@ pub mod isa_scalar {
             } else {
                 d.rows
             };
+            let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
+            let per_tile = ahead_lines
+                .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
+                .min(tile_lines);
+            let ahead_shift = rt::spread_shift(per_tile, tile_lines);
+            let mut ahead_done = 0;
             for r in bi * d.band..r_end {
                 let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
                 let start = if d.flat { r * d.row_len } else { r * d.out.w };
@@ -1482,13 +1503,31 @@ pub mod isa_scalar {
                         0
                     };
                     let pf = b.wrapping_add(unit_bytes + from * 64);
+                    let n = per_tile.min(ahead_lines - ahead_done);
+                    let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
+                    ahead_done += n;
                     tile::<
                         T,
                         KC,
                         STEP,
                         P,
                         WD,
-                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
+                    >(
+                        ctx,
+                        d,
+                        io,
+                        at,
+                        skip,
+                        g,
+                        n0,
+                        ncols,
+                        b,
+                        bias,
+                        sums,
+                        pf,
+                        pf_lines,
+                        ah,
+                    );
                     px = at + T;
                     t_u += 1;
                 }
@@ -1738,6 +1777,10 @@ pub mod isa_scalar {
             let panels = d.panels_per_group();
             let units = panels / P;
             let w_g = io.weights + g * A2 * panels * KC * 16;
+            let (ahead, ahead_lines) = io.ahead_share(ctx, it, d.groups * chunks);
+            let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
+            let ahead_shift = rt::spread_shift(per_call, KC);
+            let mut ahead_done = 0;
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
@@ -1748,13 +1791,27 @@ pub mod isa_scalar {
                     };
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
+                    let n = per_call.min(ahead_lines - ahead_done);
+                    let ah = ahead.wrapping_add(ahead_done * 64);
+                    ahead_done += n;
                     gemm::<
                         T,
                         KC,
                         KC,
                         P,
                         WD,
-                    >(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
+                    >(
+                        v.add(q * T * KC),
+                        &[0],
+                        b,
+                        KC * 16,
+                        b,
+                        0,
+                        ah,
+                        n,
+                        ahead_shift,
+                        acc,
+                    );
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -2486,6 +2543,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 0,
                         bias: 432,
+                        ahead: 1792,
+                        ahead_bytes: 4608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2505,6 +2564,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 448,
                         bias: 1600,
+                        ahead: 6464,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2524,6 +2585,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 1616,
                         bias: 3920,
+                        ahead: 15744,
+                        ahead_bytes: 4608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2564,6 +2627,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 3936,
                         bias: 5088,
+                        ahead: 20416,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2583,6 +2648,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 5104,
                         bias: 5616,
+                        ahead: 22592,
+                        ahead_bytes: 1024,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2602,6 +2669,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 5648,
                         bias: 5904,
+                        ahead: 23680,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2621,6 +2690,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 5920,
                         bias: 7968,
+                        ahead: 31936,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2640,6 +2711,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 7984,
                         bias: 10032,
+                        ahead: 40192,
+                        ahead_bytes: 1024,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2659,6 +2732,8 @@ pub mod isa_scalar {
                         sums: 8640,
                         weights: 10048,
                         bias: 10304,
+                        ahead: 41408,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2774,6 +2849,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 10352,
                         bias: 12400,
+                        ahead: 49856,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2793,6 +2870,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 12464,
                         bias: 12976,
+                        ahead: 51968,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2812,6 +2891,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 12992,
                         bias: 15296,
+                        ahead: 61312,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2831,6 +2912,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 15328,
                         bias: 17632,
+                        ahead: 70656,
+                        ahead_bytes: 4096,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2850,6 +2933,8 @@ pub mod isa_scalar {
                         sums: 2400,
                         weights: 17664,
                         bias: 18688,
+                        ahead: 75072,
+                        ahead_bytes: 24576,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2965,6 +3050,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 18768,
                         bias: 24912,
+                        ahead: 100032,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2984,6 +3071,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 25008,
                         bias: 27056,
+                        ahead: 108352,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3003,6 +3092,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 27088,
                         bias: 30544,
+                        ahead: 122368,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3022,6 +3113,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 30592,
                         bias: 34048,
+                        ahead: 136384,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3041,6 +3134,8 @@ pub mod isa_scalar {
                         sums: 1088,
                         weights: 34096,
                         bias: 36400,
+                        ahead: 146048,
+                        ahead_bytes: 12288,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3110,6 +3205,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 36512,
                         bias: 39584,
+                        ahead: 158464,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3129,6 +3226,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 39616,
                         bias: 43072,
+                        ahead: 172480,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3148,6 +3247,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 43120,
                         bias: 46576,
+                        ahead: 186496,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3167,6 +3268,8 @@ pub mod isa_scalar {
                         sums: 1952,
                         weights: 46624,
                         bias: 48928,
+                        ahead: 196160,
+                        ahead_bytes: 49152,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3282,6 +3385,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 49040,
                         bias: 61328,
+                        ahead: 245824,
+                        ahead_bytes: 12288,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3301,6 +3406,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 61456,
                         bias: 64528,
+                        ahead: 258240,
+                        ahead_bytes: 18432,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3320,6 +3427,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 64560,
                         bias: 69168,
+                        ahead: 276928,
+                        ahead_bytes: 18432,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3339,6 +3448,8 @@ pub mod isa_scalar {
                         sums: rt::NONE,
                         weights: 69232,
                         bias: 73840,
+                        ahead: 295616,
+                        ahead_bytes: 16384,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3358,6 +3469,8 @@ pub mod isa_scalar {
                         sums: 0,
                         weights: 73904,
                         bias: 78000,
+                        ahead: 312576,
+                        ahead_bytes: 98304,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3421,6 +3534,8 @@ pub mod isa_scalar {
                         sums: 1536,
                         weights: 78144,
                         bias: 102720,
+                        ahead: 411648,
+                        ahead_bytes: 7680,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -3549,6 +3664,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 0,
                             bias: 432,
+                            ahead: 1792,
+                            ahead_bytes: 4608,
                         },
                     );
                 }
@@ -3562,6 +3679,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 448,
                             bias: 1600,
+                            ahead: 6464,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -3575,6 +3694,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 1616,
                             bias: 3920,
+                            ahead: 15744,
+                            ahead_bytes: 4608,
                         },
                     );
                 }
@@ -3588,6 +3709,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 3936,
                             bias: 5088,
+                            ahead: 20416,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -3601,6 +3724,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 5104,
                             bias: 5616,
+                            ahead: 22592,
+                            ahead_bytes: 1024,
                         },
                     );
                 }
@@ -3614,6 +3739,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 5648,
                             bias: 5904,
+                            ahead: 23680,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -3627,6 +3754,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 5920,
                             bias: 7968,
+                            ahead: 31936,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -3640,6 +3769,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 7984,
                             bias: 10032,
+                            ahead: 40192,
+                            ahead_bytes: 1024,
                         },
                     );
                 }
@@ -3653,6 +3784,8 @@ pub mod isa_scalar {
                             sums: 8640,
                             weights: 10048,
                             bias: 10304,
+                            ahead: 41408,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -3723,6 +3856,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 10352,
                             bias: 12400,
+                            ahead: 49856,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -3736,6 +3871,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 12464,
                             bias: 12976,
+                            ahead: 51968,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -3749,6 +3886,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 12992,
                             bias: 15296,
+                            ahead: 61312,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -3762,6 +3901,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 15328,
                             bias: 17632,
+                            ahead: 70656,
+                            ahead_bytes: 4096,
                         },
                     );
                 }
@@ -3775,6 +3916,8 @@ pub mod isa_scalar {
                             sums: 2400,
                             weights: 17664,
                             bias: 18688,
+                            ahead: 75072,
+                            ahead_bytes: 24576,
                         },
                     );
                 }
@@ -3845,6 +3988,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 18768,
                             bias: 24912,
+                            ahead: 100032,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -3858,6 +4003,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 25008,
                             bias: 27056,
+                            ahead: 108352,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -3871,6 +4018,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 27088,
                             bias: 30544,
+                            ahead: 122368,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -3884,6 +4033,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 30592,
                             bias: 34048,
+                            ahead: 136384,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -3897,6 +4048,8 @@ pub mod isa_scalar {
                             sums: 1088,
                             weights: 34096,
                             bias: 36400,
+                            ahead: 146048,
+                            ahead_bytes: 12288,
                         },
                     );
                 }
@@ -3948,6 +4101,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 36512,
                             bias: 39584,
+                            ahead: 158464,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -3961,6 +4116,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 39616,
                             bias: 43072,
+                            ahead: 172480,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -3974,6 +4131,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 43120,
                             bias: 46576,
+                            ahead: 186496,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -3987,6 +4146,8 @@ pub mod isa_scalar {
                             sums: 1952,
                             weights: 46624,
                             bias: 48928,
+                            ahead: 196160,
+                            ahead_bytes: 49152,
                         },
                     );
                 }
@@ -4057,6 +4218,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 49040,
                             bias: 61328,
+                            ahead: 245824,
+                            ahead_bytes: 12288,
                         },
                     );
                 }
@@ -4070,6 +4233,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 61456,
                             bias: 64528,
+                            ahead: 258240,
+                            ahead_bytes: 18432,
                         },
                     );
                 }
@@ -4083,6 +4248,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 64560,
                             bias: 69168,
+                            ahead: 276928,
+                            ahead_bytes: 18432,
                         },
                     );
                 }
@@ -4096,6 +4263,8 @@ pub mod isa_scalar {
                             sums: rt::NONE,
                             weights: 69232,
                             bias: 73840,
+                            ahead: 295616,
+                            ahead_bytes: 16384,
                         },
                     );
                 }
@@ -4109,6 +4278,8 @@ pub mod isa_scalar {
                             sums: 0,
                             weights: 73904,
                             bias: 78000,
+                            ahead: 312576,
+                            ahead_bytes: 98304,
                         },
                     );
                 }
@@ -4154,6 +4325,8 @@ pub mod isa_scalar {
                             sums: 1536,
                             weights: 78144,
                             bias: 102720,
+                            ahead: 411648,
+                            ahead_bytes: 7680,
                         },
                     );
                 }
@@ -4402,7 +4575,9 @@ pub mod isa_avx2 {
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
     /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
     /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-    /// weights a cold conv needs, at about the rate DRAM delivers them).
+    /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+    /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
+    /// kernel's weights, spread thin: see `rt::spread_shift`).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline(never)]
     unsafe fn gemm<
@@ -4418,6 +4593,9 @@ pub mod isa_avx2 {
         panel_len: usize,
         pf: *const u8,
         pf_lines: usize,
+        ahead: *const u8,
+        ahead_lines: usize,
+        ahead_shift: u32,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -4438,6 +4616,11 @@ pub mod isa_avx2 {
                     }
                     if step < pf_lines {
                         prefetch_l2(pf.add(step * 64));
+                    }
+                    if step & ((1 << ahead_shift) - 1) == 0
+                        && step >> ahead_shift < ahead_lines
+                    {
+                        prefetch_l2(ahead.add((step >> ahead_shift) * 64));
                     }
                     step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
@@ -4510,6 +4693,7 @@ pub mod isa_avx2 {
         sums: *mut f32,
         pf: *const u8,
         pf_lines: usize,
+        ahead: (*const u8, usize, u32),
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
@@ -4525,6 +4709,7 @@ pub mod isa_avx2 {
             };
             let panel_len = d.taps.len() * KC * 16;
             let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+            let (ah, ah_lines, ah_shift) = ahead;
             gemm::<
                 T,
                 KC,
@@ -4538,6 +4723,9 @@ pub mod isa_avx2 {
                 panel_len,
                 pf,
                 pf_lines,
+                ah,
+                ah_lines,
+                ah_shift,
                 acc.as_mut_ptr(),
             );
             let acc = acc.assume_init();
@@ -4635,6 +4823,12 @@ pub mod isa_avx2 {
             } else {
                 d.rows
             };
+            let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
+            let per_tile = ahead_lines
+                .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
+                .min(tile_lines);
+            let ahead_shift = rt::spread_shift(per_tile, tile_lines);
+            let mut ahead_done = 0;
             for r in bi * d.band..r_end {
                 let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
                 let start = if d.flat { r * d.row_len } else { r * d.out.w };
@@ -4657,13 +4851,31 @@ pub mod isa_avx2 {
                         0
                     };
                     let pf = b.wrapping_add(unit_bytes + from * 64);
+                    let n = per_tile.min(ahead_lines - ahead_done);
+                    let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
+                    ahead_done += n;
                     tile::<
                         T,
                         KC,
                         STEP,
                         P,
                         WD,
-                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
+                    >(
+                        ctx,
+                        d,
+                        io,
+                        at,
+                        skip,
+                        g,
+                        n0,
+                        ncols,
+                        b,
+                        bias,
+                        sums,
+                        pf,
+                        pf_lines,
+                        ah,
+                    );
                     px = at + T;
                     t_u += 1;
                 }
@@ -4920,6 +5132,10 @@ pub mod isa_avx2 {
             let panels = d.panels_per_group();
             let units = panels / P;
             let w_g = io.weights + g * A2 * panels * KC * 16;
+            let (ahead, ahead_lines) = io.ahead_share(ctx, it, d.groups * chunks);
+            let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
+            let ahead_shift = rt::spread_shift(per_call, KC);
+            let mut ahead_done = 0;
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
@@ -4930,13 +5146,27 @@ pub mod isa_avx2 {
                     };
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
+                    let n = per_call.min(ahead_lines - ahead_done);
+                    let ah = ahead.wrapping_add(ahead_done * 64);
+                    ahead_done += n;
                     gemm::<
                         T,
                         KC,
                         KC,
                         P,
                         WD,
-                    >(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
+                    >(
+                        v.add(q * T * KC),
+                        &[0],
+                        b,
+                        KC * 16,
+                        b,
+                        0,
+                        ah,
+                        n,
+                        ahead_shift,
+                        acc,
+                    );
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -5696,6 +5926,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 0,
                         bias: 432,
+                        ahead: 1792,
+                        ahead_bytes: 4608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5715,6 +5947,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 448,
                         bias: 1600,
+                        ahead: 6464,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5734,6 +5968,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 1616,
                         bias: 3920,
+                        ahead: 15744,
+                        ahead_bytes: 4608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5774,6 +6010,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 3936,
                         bias: 5088,
+                        ahead: 20416,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5793,6 +6031,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 5104,
                         bias: 5616,
+                        ahead: 22592,
+                        ahead_bytes: 1024,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5812,6 +6052,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 5648,
                         bias: 5904,
+                        ahead: 23680,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5831,6 +6073,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 5920,
                         bias: 7968,
+                        ahead: 31936,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5850,6 +6094,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 7984,
                         bias: 10032,
+                        ahead: 40192,
+                        ahead_bytes: 1024,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5869,6 +6115,8 @@ pub mod isa_avx2 {
                         sums: 8640,
                         weights: 10048,
                         bias: 10304,
+                        ahead: 41408,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -5984,6 +6232,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 10352,
                         bias: 12400,
+                        ahead: 49856,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6003,6 +6253,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 12464,
                         bias: 12976,
+                        ahead: 51968,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6022,6 +6274,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 12992,
                         bias: 15296,
+                        ahead: 61312,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6041,6 +6295,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 15328,
                         bias: 17632,
+                        ahead: 70656,
+                        ahead_bytes: 4096,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6060,6 +6316,8 @@ pub mod isa_avx2 {
                         sums: 2400,
                         weights: 17664,
                         bias: 18688,
+                        ahead: 75072,
+                        ahead_bytes: 24576,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6175,6 +6433,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 18768,
                         bias: 24912,
+                        ahead: 100032,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6194,6 +6454,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 25008,
                         bias: 27056,
+                        ahead: 108352,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6213,6 +6475,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 27088,
                         bias: 30544,
+                        ahead: 122368,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6232,6 +6496,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 30592,
                         bias: 34048,
+                        ahead: 136384,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6251,6 +6517,8 @@ pub mod isa_avx2 {
                         sums: 1088,
                         weights: 34096,
                         bias: 36400,
+                        ahead: 146048,
+                        ahead_bytes: 12288,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6320,6 +6588,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 36512,
                         bias: 39584,
+                        ahead: 158464,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6339,6 +6609,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 39616,
                         bias: 43072,
+                        ahead: 172480,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6358,6 +6630,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 43120,
                         bias: 46576,
+                        ahead: 186496,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6377,6 +6651,8 @@ pub mod isa_avx2 {
                         sums: 1952,
                         weights: 46624,
                         bias: 48928,
+                        ahead: 196160,
+                        ahead_bytes: 49152,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6492,6 +6768,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 49040,
                         bias: 61328,
+                        ahead: 245824,
+                        ahead_bytes: 12288,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6511,6 +6789,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 61456,
                         bias: 64528,
+                        ahead: 258240,
+                        ahead_bytes: 18432,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6530,6 +6810,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 64560,
                         bias: 69168,
+                        ahead: 276928,
+                        ahead_bytes: 18432,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6549,6 +6831,8 @@ pub mod isa_avx2 {
                         sums: rt::NONE,
                         weights: 69232,
                         bias: 73840,
+                        ahead: 295616,
+                        ahead_bytes: 16384,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6568,6 +6852,8 @@ pub mod isa_avx2 {
                         sums: 0,
                         weights: 73904,
                         bias: 78000,
+                        ahead: 312576,
+                        ahead_bytes: 98304,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6631,6 +6917,8 @@ pub mod isa_avx2 {
                         sums: 1536,
                         weights: 78144,
                         bias: 102720,
+                        ahead: 411648,
+                        ahead_bytes: 7680,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6759,6 +7047,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 0,
                             bias: 432,
+                            ahead: 1792,
+                            ahead_bytes: 4608,
                         },
                     );
                 }
@@ -6772,6 +7062,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 448,
                             bias: 1600,
+                            ahead: 6464,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -6785,6 +7077,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 1616,
                             bias: 3920,
+                            ahead: 15744,
+                            ahead_bytes: 4608,
                         },
                     );
                 }
@@ -6798,6 +7092,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 3936,
                             bias: 5088,
+                            ahead: 20416,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -6811,6 +7107,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 5104,
                             bias: 5616,
+                            ahead: 22592,
+                            ahead_bytes: 1024,
                         },
                     );
                 }
@@ -6824,6 +7122,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 5648,
                             bias: 5904,
+                            ahead: 23680,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -6837,6 +7137,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 5920,
                             bias: 7968,
+                            ahead: 31936,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -6850,6 +7152,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 7984,
                             bias: 10032,
+                            ahead: 40192,
+                            ahead_bytes: 1024,
                         },
                     );
                 }
@@ -6863,6 +7167,8 @@ pub mod isa_avx2 {
                             sums: 8640,
                             weights: 10048,
                             bias: 10304,
+                            ahead: 41408,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -6933,6 +7239,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 10352,
                             bias: 12400,
+                            ahead: 49856,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -6946,6 +7254,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 12464,
                             bias: 12976,
+                            ahead: 51968,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -6959,6 +7269,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 12992,
                             bias: 15296,
+                            ahead: 61312,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -6972,6 +7284,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 15328,
                             bias: 17632,
+                            ahead: 70656,
+                            ahead_bytes: 4096,
                         },
                     );
                 }
@@ -6985,6 +7299,8 @@ pub mod isa_avx2 {
                             sums: 2400,
                             weights: 17664,
                             bias: 18688,
+                            ahead: 75072,
+                            ahead_bytes: 24576,
                         },
                     );
                 }
@@ -7055,6 +7371,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 18768,
                             bias: 24912,
+                            ahead: 100032,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -7068,6 +7386,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 25008,
                             bias: 27056,
+                            ahead: 108352,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -7081,6 +7401,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 27088,
                             bias: 30544,
+                            ahead: 122368,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -7094,6 +7416,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 30592,
                             bias: 34048,
+                            ahead: 136384,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -7107,6 +7431,8 @@ pub mod isa_avx2 {
                             sums: 1088,
                             weights: 34096,
                             bias: 36400,
+                            ahead: 146048,
+                            ahead_bytes: 12288,
                         },
                     );
                 }
@@ -7158,6 +7484,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 36512,
                             bias: 39584,
+                            ahead: 158464,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -7171,6 +7499,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 39616,
                             bias: 43072,
+                            ahead: 172480,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -7184,6 +7514,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 43120,
                             bias: 46576,
+                            ahead: 186496,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -7197,6 +7529,8 @@ pub mod isa_avx2 {
                             sums: 1952,
                             weights: 46624,
                             bias: 48928,
+                            ahead: 196160,
+                            ahead_bytes: 49152,
                         },
                     );
                 }
@@ -7267,6 +7601,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 49040,
                             bias: 61328,
+                            ahead: 245824,
+                            ahead_bytes: 12288,
                         },
                     );
                 }
@@ -7280,6 +7616,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 61456,
                             bias: 64528,
+                            ahead: 258240,
+                            ahead_bytes: 18432,
                         },
                     );
                 }
@@ -7293,6 +7631,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 64560,
                             bias: 69168,
+                            ahead: 276928,
+                            ahead_bytes: 18432,
                         },
                     );
                 }
@@ -7306,6 +7646,8 @@ pub mod isa_avx2 {
                             sums: rt::NONE,
                             weights: 69232,
                             bias: 73840,
+                            ahead: 295616,
+                            ahead_bytes: 16384,
                         },
                     );
                 }
@@ -7319,6 +7661,8 @@ pub mod isa_avx2 {
                             sums: 0,
                             weights: 73904,
                             bias: 78000,
+                            ahead: 312576,
+                            ahead_bytes: 98304,
                         },
                     );
                 }
@@ -7364,6 +7708,8 @@ pub mod isa_avx2 {
                             sums: 1536,
                             weights: 78144,
                             bias: 102720,
+                            ahead: 411648,
+                            ahead_bytes: 7680,
                         },
                     );
                 }
@@ -7605,7 +7951,9 @@ pub mod isa_avx512 {
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
     /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
     /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-    /// weights a cold conv needs, at about the rate DRAM delivers them).
+    /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+    /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
+    /// kernel's weights, spread thin: see `rt::spread_shift`).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline(never)]
     unsafe fn gemm<
@@ -7621,6 +7969,9 @@ pub mod isa_avx512 {
         panel_len: usize,
         pf: *const u8,
         pf_lines: usize,
+        ahead: *const u8,
+        ahead_lines: usize,
+        ahead_shift: u32,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -7641,6 +7992,11 @@ pub mod isa_avx512 {
                     }
                     if step < pf_lines {
                         prefetch_l2(pf.add(step * 64));
+                    }
+                    if step & ((1 << ahead_shift) - 1) == 0
+                        && step >> ahead_shift < ahead_lines
+                    {
+                        prefetch_l2(ahead.add((step >> ahead_shift) * 64));
                     }
                     step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
@@ -7713,6 +8069,7 @@ pub mod isa_avx512 {
         sums: *mut f32,
         pf: *const u8,
         pf_lines: usize,
+        ahead: (*const u8, usize, u32),
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
@@ -7728,6 +8085,7 @@ pub mod isa_avx512 {
             };
             let panel_len = d.taps.len() * KC * 16;
             let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+            let (ah, ah_lines, ah_shift) = ahead;
             gemm::<
                 T,
                 KC,
@@ -7741,6 +8099,9 @@ pub mod isa_avx512 {
                 panel_len,
                 pf,
                 pf_lines,
+                ah,
+                ah_lines,
+                ah_shift,
                 acc.as_mut_ptr(),
             );
             let acc = acc.assume_init();
@@ -7838,6 +8199,12 @@ pub mod isa_avx512 {
             } else {
                 d.rows
             };
+            let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
+            let per_tile = ahead_lines
+                .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
+                .min(tile_lines);
+            let ahead_shift = rt::spread_shift(per_tile, tile_lines);
+            let mut ahead_done = 0;
             for r in bi * d.band..r_end {
                 let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
                 let start = if d.flat { r * d.row_len } else { r * d.out.w };
@@ -7860,13 +8227,31 @@ pub mod isa_avx512 {
                         0
                     };
                     let pf = b.wrapping_add(unit_bytes + from * 64);
+                    let n = per_tile.min(ahead_lines - ahead_done);
+                    let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
+                    ahead_done += n;
                     tile::<
                         T,
                         KC,
                         STEP,
                         P,
                         WD,
-                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
+                    >(
+                        ctx,
+                        d,
+                        io,
+                        at,
+                        skip,
+                        g,
+                        n0,
+                        ncols,
+                        b,
+                        bias,
+                        sums,
+                        pf,
+                        pf_lines,
+                        ah,
+                    );
                     px = at + T;
                     t_u += 1;
                 }
@@ -8123,6 +8508,10 @@ pub mod isa_avx512 {
             let panels = d.panels_per_group();
             let units = panels / P;
             let w_g = io.weights + g * A2 * panels * KC * 16;
+            let (ahead, ahead_lines) = io.ahead_share(ctx, it, d.groups * chunks);
+            let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
+            let ahead_shift = rt::spread_shift(per_call, KC);
+            let mut ahead_done = 0;
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
@@ -8133,13 +8522,27 @@ pub mod isa_avx512 {
                     };
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
+                    let n = per_call.min(ahead_lines - ahead_done);
+                    let ah = ahead.wrapping_add(ahead_done * 64);
+                    ahead_done += n;
                     gemm::<
                         T,
                         KC,
                         KC,
                         P,
                         WD,
-                    >(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
+                    >(
+                        v.add(q * T * KC),
+                        &[0],
+                        b,
+                        KC * 16,
+                        b,
+                        0,
+                        ah,
+                        n,
+                        ahead_shift,
+                        acc,
+                    );
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -8899,6 +9302,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 0,
                         bias: 432,
+                        ahead: 1792,
+                        ahead_bytes: 4608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8918,6 +9323,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 448,
                         bias: 1600,
+                        ahead: 6464,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8937,6 +9344,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 1616,
                         bias: 3920,
+                        ahead: 15744,
+                        ahead_bytes: 4608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8977,6 +9386,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 3936,
                         bias: 5088,
+                        ahead: 20416,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -8996,6 +9407,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 5104,
                         bias: 5616,
+                        ahead: 22592,
+                        ahead_bytes: 1024,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9015,6 +9428,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 5648,
                         bias: 5904,
+                        ahead: 23680,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9034,6 +9449,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 5920,
                         bias: 7968,
+                        ahead: 31936,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9053,6 +9470,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 7984,
                         bias: 10032,
+                        ahead: 40192,
+                        ahead_bytes: 1024,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9072,6 +9491,8 @@ pub mod isa_avx512 {
                         sums: 8640,
                         weights: 10048,
                         bias: 10304,
+                        ahead: 41408,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9187,6 +9608,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 10352,
                         bias: 12400,
+                        ahead: 49856,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9206,6 +9629,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 12464,
                         bias: 12976,
+                        ahead: 51968,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9225,6 +9650,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 12992,
                         bias: 15296,
+                        ahead: 61312,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9244,6 +9671,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 15328,
                         bias: 17632,
+                        ahead: 70656,
+                        ahead_bytes: 4096,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9263,6 +9692,8 @@ pub mod isa_avx512 {
                         sums: 2400,
                         weights: 17664,
                         bias: 18688,
+                        ahead: 75072,
+                        ahead_bytes: 24576,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9378,6 +9809,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 18768,
                         bias: 24912,
+                        ahead: 100032,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9397,6 +9830,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 25008,
                         bias: 27056,
+                        ahead: 108352,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9416,6 +9851,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 27088,
                         bias: 30544,
+                        ahead: 122368,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9435,6 +9872,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 30592,
                         bias: 34048,
+                        ahead: 136384,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9454,6 +9893,8 @@ pub mod isa_avx512 {
                         sums: 1088,
                         weights: 34096,
                         bias: 36400,
+                        ahead: 146048,
+                        ahead_bytes: 12288,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9523,6 +9964,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 36512,
                         bias: 39584,
+                        ahead: 158464,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9542,6 +9985,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 39616,
                         bias: 43072,
+                        ahead: 172480,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9561,6 +10006,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 43120,
                         bias: 46576,
+                        ahead: 186496,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9580,6 +10027,8 @@ pub mod isa_avx512 {
                         sums: 1952,
                         weights: 46624,
                         bias: 48928,
+                        ahead: 196160,
+                        ahead_bytes: 49152,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9695,6 +10144,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 49040,
                         bias: 61328,
+                        ahead: 245824,
+                        ahead_bytes: 12288,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9714,6 +10165,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 61456,
                         bias: 64528,
+                        ahead: 258240,
+                        ahead_bytes: 18432,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9733,6 +10186,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 64560,
                         bias: 69168,
+                        ahead: 276928,
+                        ahead_bytes: 18432,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9752,6 +10207,8 @@ pub mod isa_avx512 {
                         sums: rt::NONE,
                         weights: 69232,
                         bias: 73840,
+                        ahead: 295616,
+                        ahead_bytes: 16384,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9771,6 +10228,8 @@ pub mod isa_avx512 {
                         sums: 0,
                         weights: 73904,
                         bias: 78000,
+                        ahead: 312576,
+                        ahead_bytes: 98304,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9834,6 +10293,8 @@ pub mod isa_avx512 {
                         sums: 1536,
                         weights: 78144,
                         bias: 102720,
+                        ahead: 411648,
+                        ahead_bytes: 7680,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9962,6 +10423,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 0,
                             bias: 432,
+                            ahead: 1792,
+                            ahead_bytes: 4608,
                         },
                     );
                 }
@@ -9975,6 +10438,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 448,
                             bias: 1600,
+                            ahead: 6464,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -9988,6 +10453,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 1616,
                             bias: 3920,
+                            ahead: 15744,
+                            ahead_bytes: 4608,
                         },
                     );
                 }
@@ -10001,6 +10468,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 3936,
                             bias: 5088,
+                            ahead: 20416,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -10014,6 +10483,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 5104,
                             bias: 5616,
+                            ahead: 22592,
+                            ahead_bytes: 1024,
                         },
                     );
                 }
@@ -10027,6 +10498,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 5648,
                             bias: 5904,
+                            ahead: 23680,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -10040,6 +10513,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 5920,
                             bias: 7968,
+                            ahead: 31936,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -10053,6 +10528,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 7984,
                             bias: 10032,
+                            ahead: 40192,
+                            ahead_bytes: 1024,
                         },
                     );
                 }
@@ -10066,6 +10543,8 @@ pub mod isa_avx512 {
                             sums: 8640,
                             weights: 10048,
                             bias: 10304,
+                            ahead: 41408,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -10136,6 +10615,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 10352,
                             bias: 12400,
+                            ahead: 49856,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -10149,6 +10630,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 12464,
                             bias: 12976,
+                            ahead: 51968,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -10162,6 +10645,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 12992,
                             bias: 15296,
+                            ahead: 61312,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -10175,6 +10660,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 15328,
                             bias: 17632,
+                            ahead: 70656,
+                            ahead_bytes: 4096,
                         },
                     );
                 }
@@ -10188,6 +10675,8 @@ pub mod isa_avx512 {
                             sums: 2400,
                             weights: 17664,
                             bias: 18688,
+                            ahead: 75072,
+                            ahead_bytes: 24576,
                         },
                     );
                 }
@@ -10258,6 +10747,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 18768,
                             bias: 24912,
+                            ahead: 100032,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -10271,6 +10762,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 25008,
                             bias: 27056,
+                            ahead: 108352,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -10284,6 +10777,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 27088,
                             bias: 30544,
+                            ahead: 122368,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -10297,6 +10792,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 30592,
                             bias: 34048,
+                            ahead: 136384,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -10310,6 +10807,8 @@ pub mod isa_avx512 {
                             sums: 1088,
                             weights: 34096,
                             bias: 36400,
+                            ahead: 146048,
+                            ahead_bytes: 12288,
                         },
                     );
                 }
@@ -10361,6 +10860,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 36512,
                             bias: 39584,
+                            ahead: 158464,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -10374,6 +10875,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 39616,
                             bias: 43072,
+                            ahead: 172480,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -10387,6 +10890,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 43120,
                             bias: 46576,
+                            ahead: 186496,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -10400,6 +10905,8 @@ pub mod isa_avx512 {
                             sums: 1952,
                             weights: 46624,
                             bias: 48928,
+                            ahead: 196160,
+                            ahead_bytes: 49152,
                         },
                     );
                 }
@@ -10470,6 +10977,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 49040,
                             bias: 61328,
+                            ahead: 245824,
+                            ahead_bytes: 12288,
                         },
                     );
                 }
@@ -10483,6 +10992,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 61456,
                             bias: 64528,
+                            ahead: 258240,
+                            ahead_bytes: 18432,
                         },
                     );
                 }
@@ -10496,6 +11007,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 64560,
                             bias: 69168,
+                            ahead: 276928,
+                            ahead_bytes: 18432,
                         },
                     );
                 }
@@ -10509,6 +11022,8 @@ pub mod isa_avx512 {
                             sums: rt::NONE,
                             weights: 69232,
                             bias: 73840,
+                            ahead: 295616,
+                            ahead_bytes: 16384,
                         },
                     );
                 }
@@ -10522,6 +11037,8 @@ pub mod isa_avx512 {
                             sums: 0,
                             weights: 73904,
                             bias: 78000,
+                            ahead: 312576,
+                            ahead_bytes: 98304,
                         },
                     );
                 }
@@ -10567,6 +11084,8 @@ pub mod isa_avx512 {
                             sums: 1536,
                             weights: 78144,
                             bias: 102720,
+                            ahead: 411648,
+                            ahead_bytes: 7680,
                         },
                     );
                 }
@@ -10791,7 +11310,9 @@ pub mod isa_neon {
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
     /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
     /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-    /// weights a cold conv needs, at about the rate DRAM delivers them).
+    /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+    /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
+    /// kernel's weights, spread thin: see `rt::spread_shift`).
     #[inline(never)]
     unsafe fn gemm<
         const T: usize,
@@ -10806,6 +11327,9 @@ pub mod isa_neon {
         panel_len: usize,
         pf: *const u8,
         pf_lines: usize,
+        ahead: *const u8,
+        ahead_lines: usize,
+        ahead_shift: u32,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -10826,6 +11350,11 @@ pub mod isa_neon {
                     }
                     if step < pf_lines {
                         prefetch_l2(pf.add(step * 64));
+                    }
+                    if step & ((1 << ahead_shift) - 1) == 0
+                        && step >> ahead_shift < ahead_lines
+                    {
+                        prefetch_l2(ahead.add((step >> ahead_shift) * 64));
                     }
                     step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
@@ -10896,6 +11425,7 @@ pub mod isa_neon {
         sums: *mut f32,
         pf: *const u8,
         pf_lines: usize,
+        ahead: (*const u8, usize, u32),
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
@@ -10911,6 +11441,7 @@ pub mod isa_neon {
             };
             let panel_len = d.taps.len() * KC * 16;
             let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
+            let (ah, ah_lines, ah_shift) = ahead;
             gemm::<
                 T,
                 KC,
@@ -10924,6 +11455,9 @@ pub mod isa_neon {
                 panel_len,
                 pf,
                 pf_lines,
+                ah,
+                ah_lines,
+                ah_shift,
                 acc.as_mut_ptr(),
             );
             let acc = acc.assume_init();
@@ -11020,6 +11554,12 @@ pub mod isa_neon {
             } else {
                 d.rows
             };
+            let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
+            let per_tile = ahead_lines
+                .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
+                .min(tile_lines);
+            let ahead_shift = rt::spread_shift(per_tile, tile_lines);
+            let mut ahead_done = 0;
             for r in bi * d.band..r_end {
                 let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
                 let start = if d.flat { r * d.row_len } else { r * d.out.w };
@@ -11042,13 +11582,31 @@ pub mod isa_neon {
                         0
                     };
                     let pf = b.wrapping_add(unit_bytes + from * 64);
+                    let n = per_tile.min(ahead_lines - ahead_done);
+                    let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
+                    ahead_done += n;
                     tile::<
                         T,
                         KC,
                         STEP,
                         P,
                         WD,
-                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
+                    >(
+                        ctx,
+                        d,
+                        io,
+                        at,
+                        skip,
+                        g,
+                        n0,
+                        ncols,
+                        b,
+                        bias,
+                        sums,
+                        pf,
+                        pf_lines,
+                        ah,
+                    );
                     px = at + T;
                     t_u += 1;
                 }
@@ -11298,6 +11856,10 @@ pub mod isa_neon {
             let panels = d.panels_per_group();
             let units = panels / P;
             let w_g = io.weights + g * A2 * panels * KC * 16;
+            let (ahead, ahead_lines) = io.ahead_share(ctx, it, d.groups * chunks);
+            let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
+            let ahead_shift = rt::spread_shift(per_call, KC);
+            let mut ahead_done = 0;
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
@@ -11308,13 +11870,27 @@ pub mod isa_neon {
                     };
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
+                    let n = per_call.min(ahead_lines - ahead_done);
+                    let ah = ahead.wrapping_add(ahead_done * 64);
+                    ahead_done += n;
                     gemm::<
                         T,
                         KC,
                         KC,
                         P,
                         WD,
-                    >(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
+                    >(
+                        v.add(q * T * KC),
+                        &[0],
+                        b,
+                        KC * 16,
+                        b,
+                        0,
+                        ah,
+                        n,
+                        ahead_shift,
+                        acc,
+                    );
                 }
             }
             let bias = ctx.w(io.bias + g * panels * 16);
@@ -12046,6 +12622,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 0,
                         bias: 432,
+                        ahead: 1792,
+                        ahead_bytes: 4608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12065,6 +12643,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 448,
                         bias: 1600,
+                        ahead: 6464,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12084,6 +12664,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 1616,
                         bias: 3920,
+                        ahead: 15744,
+                        ahead_bytes: 4608,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12124,6 +12706,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 3936,
                         bias: 5088,
+                        ahead: 20416,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12143,6 +12727,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 5104,
                         bias: 5616,
+                        ahead: 22592,
+                        ahead_bytes: 1024,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12162,6 +12748,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 5648,
                         bias: 5904,
+                        ahead: 23680,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12181,6 +12769,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 5920,
                         bias: 7968,
+                        ahead: 31936,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12200,6 +12790,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 7984,
                         bias: 10032,
+                        ahead: 40192,
+                        ahead_bytes: 1024,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12219,6 +12811,8 @@ pub mod isa_neon {
                         sums: 8640,
                         weights: 10048,
                         bias: 10304,
+                        ahead: 41408,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12334,6 +12928,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 10352,
                         bias: 12400,
+                        ahead: 49856,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12353,6 +12949,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 12464,
                         bias: 12976,
+                        ahead: 51968,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12372,6 +12970,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 12992,
                         bias: 15296,
+                        ahead: 61312,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12391,6 +12991,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 15328,
                         bias: 17632,
+                        ahead: 70656,
+                        ahead_bytes: 4096,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12410,6 +13012,8 @@ pub mod isa_neon {
                         sums: 2400,
                         weights: 17664,
                         bias: 18688,
+                        ahead: 75072,
+                        ahead_bytes: 24576,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12525,6 +13129,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 18768,
                         bias: 24912,
+                        ahead: 100032,
+                        ahead_bytes: 8192,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12544,6 +13150,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 25008,
                         bias: 27056,
+                        ahead: 108352,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12563,6 +13171,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 27088,
                         bias: 30544,
+                        ahead: 122368,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12582,6 +13192,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 30592,
                         bias: 34048,
+                        ahead: 136384,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12601,6 +13213,8 @@ pub mod isa_neon {
                         sums: 1088,
                         weights: 34096,
                         bias: 36400,
+                        ahead: 146048,
+                        ahead_bytes: 12288,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12670,6 +13284,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 36512,
                         bias: 39584,
+                        ahead: 158464,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12689,6 +13305,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 39616,
                         bias: 43072,
+                        ahead: 172480,
+                        ahead_bytes: 13824,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12708,6 +13326,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 43120,
                         bias: 46576,
+                        ahead: 186496,
+                        ahead_bytes: 9216,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12727,6 +13347,8 @@ pub mod isa_neon {
                         sums: 1952,
                         weights: 46624,
                         bias: 48928,
+                        ahead: 196160,
+                        ahead_bytes: 49152,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12842,6 +13464,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 49040,
                         bias: 61328,
+                        ahead: 245824,
+                        ahead_bytes: 12288,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12861,6 +13485,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 61456,
                         bias: 64528,
+                        ahead: 258240,
+                        ahead_bytes: 18432,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12880,6 +13506,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 64560,
                         bias: 69168,
+                        ahead: 276928,
+                        ahead_bytes: 18432,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12899,6 +13527,8 @@ pub mod isa_neon {
                         sums: rt::NONE,
                         weights: 69232,
                         bias: 73840,
+                        ahead: 295616,
+                        ahead_bytes: 16384,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12918,6 +13548,8 @@ pub mod isa_neon {
                         sums: 0,
                         weights: 73904,
                         bias: 78000,
+                        ahead: 312576,
+                        ahead_bytes: 98304,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -12981,6 +13613,8 @@ pub mod isa_neon {
                         sums: 1536,
                         weights: 78144,
                         bias: 102720,
+                        ahead: 411648,
+                        ahead_bytes: 7680,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -13109,6 +13743,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 0,
                             bias: 432,
+                            ahead: 1792,
+                            ahead_bytes: 4608,
                         },
                     );
                 }
@@ -13122,6 +13758,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 448,
                             bias: 1600,
+                            ahead: 6464,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -13135,6 +13773,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 1616,
                             bias: 3920,
+                            ahead: 15744,
+                            ahead_bytes: 4608,
                         },
                     );
                 }
@@ -13148,6 +13788,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 3936,
                             bias: 5088,
+                            ahead: 20416,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -13161,6 +13803,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 5104,
                             bias: 5616,
+                            ahead: 22592,
+                            ahead_bytes: 1024,
                         },
                     );
                 }
@@ -13174,6 +13818,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 5648,
                             bias: 5904,
+                            ahead: 23680,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -13187,6 +13833,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 5920,
                             bias: 7968,
+                            ahead: 31936,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -13200,6 +13848,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 7984,
                             bias: 10032,
+                            ahead: 40192,
+                            ahead_bytes: 1024,
                         },
                     );
                 }
@@ -13213,6 +13863,8 @@ pub mod isa_neon {
                             sums: 8640,
                             weights: 10048,
                             bias: 10304,
+                            ahead: 41408,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -13283,6 +13935,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 10352,
                             bias: 12400,
+                            ahead: 49856,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -13296,6 +13950,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 12464,
                             bias: 12976,
+                            ahead: 51968,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -13309,6 +13965,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 12992,
                             bias: 15296,
+                            ahead: 61312,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -13322,6 +13980,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 15328,
                             bias: 17632,
+                            ahead: 70656,
+                            ahead_bytes: 4096,
                         },
                     );
                 }
@@ -13335,6 +13995,8 @@ pub mod isa_neon {
                             sums: 2400,
                             weights: 17664,
                             bias: 18688,
+                            ahead: 75072,
+                            ahead_bytes: 24576,
                         },
                     );
                 }
@@ -13405,6 +14067,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 18768,
                             bias: 24912,
+                            ahead: 100032,
+                            ahead_bytes: 8192,
                         },
                     );
                 }
@@ -13418,6 +14082,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 25008,
                             bias: 27056,
+                            ahead: 108352,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -13431,6 +14097,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 27088,
                             bias: 30544,
+                            ahead: 122368,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -13444,6 +14112,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 30592,
                             bias: 34048,
+                            ahead: 136384,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -13457,6 +14127,8 @@ pub mod isa_neon {
                             sums: 1088,
                             weights: 34096,
                             bias: 36400,
+                            ahead: 146048,
+                            ahead_bytes: 12288,
                         },
                     );
                 }
@@ -13508,6 +14180,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 36512,
                             bias: 39584,
+                            ahead: 158464,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -13521,6 +14195,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 39616,
                             bias: 43072,
+                            ahead: 172480,
+                            ahead_bytes: 13824,
                         },
                     );
                 }
@@ -13534,6 +14210,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 43120,
                             bias: 46576,
+                            ahead: 186496,
+                            ahead_bytes: 9216,
                         },
                     );
                 }
@@ -13547,6 +14225,8 @@ pub mod isa_neon {
                             sums: 1952,
                             weights: 46624,
                             bias: 48928,
+                            ahead: 196160,
+                            ahead_bytes: 49152,
                         },
                     );
                 }
@@ -13617,6 +14297,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 49040,
                             bias: 61328,
+                            ahead: 245824,
+                            ahead_bytes: 12288,
                         },
                     );
                 }
@@ -13630,6 +14312,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 61456,
                             bias: 64528,
+                            ahead: 258240,
+                            ahead_bytes: 18432,
                         },
                     );
                 }
@@ -13643,6 +14327,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 64560,
                             bias: 69168,
+                            ahead: 276928,
+                            ahead_bytes: 18432,
                         },
                     );
                 }
@@ -13656,6 +14342,8 @@ pub mod isa_neon {
                             sums: rt::NONE,
                             weights: 69232,
                             bias: 73840,
+                            ahead: 295616,
+                            ahead_bytes: 16384,
                         },
                     );
                 }
@@ -13669,6 +14357,8 @@ pub mod isa_neon {
                             sums: 0,
                             weights: 73904,
                             bias: 78000,
+                            ahead: 312576,
+                            ahead_bytes: 98304,
                         },
                     );
                 }
@@ -13714,6 +14404,8 @@ pub mod isa_neon {
                             sums: 1536,
                             weights: 78144,
                             bias: 102720,
+                            ahead: 411648,
+                            ahead_bytes: 7680,
                         },
                     );
                 }

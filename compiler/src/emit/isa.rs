@@ -327,7 +327,9 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
         /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
         /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-        /// weights a cold conv needs, at about the rate DRAM delivers them).
+        /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+        /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
+        /// kernel's weights, spread thin: see `rt::spread_shift`).
         #feature
         #[inline(never)]
         unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize, const WD: usize>(
@@ -337,6 +339,9 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             panel_len: usize,
             pf: *const u8,
             pf_lines: usize,
+            ahead: *const u8,
+            ahead_lines: usize,
+            ahead_shift: u32,
             out: *mut [[[V; NV]; P]; T],
         ) {
             unsafe {
@@ -352,6 +357,9 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         }
                         if step < pf_lines {
                             prefetch_l2(pf.add(step * 64));
+                        }
+                        if step & ((1 << ahead_shift) - 1) == 0 && step >> ahead_shift < ahead_lines {
+                            prefetch_l2(ahead.add((step >> ahead_shift) * 64));
                         }
                         step += 1;
                         let mut bv = [[splat(0.0f32); NV]; P];
@@ -416,6 +424,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             sums: *mut f32,
             pf: *const u8,
             pf_lines: usize,
+            ahead: (*const u8, usize, u32),
         ) {
             unsafe {
                 let inp = &d.input;
@@ -428,7 +437,19 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 };
                 let panel_len = d.taps.len() * KC * 16;
                 let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
-                gemm::<T, KC, STEP, P, WD>(ctx.ptr(a0) as *const f32, d.taps, b, panel_len, pf, pf_lines, acc.as_mut_ptr());
+                let (ah, ah_lines, ah_shift) = ahead;
+                gemm::<T, KC, STEP, P, WD>(
+                    ctx.ptr(a0) as *const f32,
+                    d.taps,
+                    b,
+                    panel_len,
+                    pf,
+                    pf_lines,
+                    ah,
+                    ah_lines,
+                    ah_shift,
+                    acc.as_mut_ptr(),
+                );
                 let acc = acc.assume_init();
                 let out = rt::Buf { offset: io.out, ..d.out };
                 let pre = rt::Buf { offset: io.pre, ..d.pre };
@@ -511,6 +532,11 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
                 let mut t_u = if d.panel_outer { bi * d.band * d.row_len.div_ceil(T) } else { 0 };
                 let r_end = if (bi + 1) * d.band < d.rows { (bi + 1) * d.band } else { d.rows };
+                // This item's share of the next kernel's weights, spread over its tiles.
+                let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
+                let per_tile = ahead_lines.div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T)).min(tile_lines);
+                let ahead_shift = rt::spread_shift(per_tile, tile_lines);
+                let mut ahead_done = 0;
                 for r in bi * d.band..r_end {
                     let len = if r + 1 == d.rows { d.last_row_len } else { d.row_len };
                     let start = if d.flat { r * d.row_len } else { r * d.out.w };
@@ -521,7 +547,10 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         let from = if t_u == 0 { unit_lines } else { (t_u - 1) * tile_lines };
                         let pf_lines = if next && from < unit_lines { (unit_lines - from).min(tile_lines) } else { 0 };
                         let pf = b.wrapping_add(unit_bytes + from * 64);
-                        tile::<T, KC, STEP, P, WD>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines);
+                        let n = per_tile.min(ahead_lines - ahead_done);
+                        let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
+                        ahead_done += n;
+                        tile::<T, KC, STEP, P, WD>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines, ah);
                         px = at + T;
                         t_u += 1;
                     }
@@ -734,6 +763,11 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let panels = d.panels_per_group();
                 let units = panels / P;
                 let w_g = io.weights + g * A2 * panels * KC * 16;
+                // This item's share of the next kernel's weights, spread over its products.
+                let (ahead, ahead_lines) = io.ahead_share(ctx, it, d.groups * chunks);
+                let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
+                let ahead_shift = rt::spread_shift(per_call, KC);
+                let mut ahead_done = 0;
                 // The products land in `m` as the micro-kernel holds them: per `xi` and unit
                 // of `P` panels, `T` rows of `16 P` floats.
                 for q in 0..A2 {
@@ -741,7 +775,10 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         let at = w_g + (q * panels + u * P) * KC * 16;
                         let b = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
                         let acc = m.add((q * units + u) * T * P * 16) as *mut [[[V; NV]; P]; T];
-                        gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, b, 0, acc);
+                        let n = per_call.min(ahead_lines - ahead_done);
+                        let ah = ahead.wrapping_add(ahead_done * 64);
+                        ahead_done += n;
+                        gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, b, 0, ah, n, ahead_shift, acc);
                     }
                 }
                 let bias = ctx.w(io.bias + g * panels * 16);

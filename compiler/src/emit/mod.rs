@@ -315,6 +315,15 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
 fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, TokenStream) {
     let mut calls = Vec::new();
     let mut arms = Vec::new();
+    // Each conv fetches the weights of the next conv or classifier (see `rt::ConvIo::ahead`).
+    let mut ahead = vec![None; s.kernels.len()];
+    let mut next = None;
+    for (i, k) in s.kernels.iter().enumerate().rev() {
+        ahead[i] = next.clone();
+        if matches!(k.op, Op::Conv { .. } | Op::Fc { .. }) {
+            next = Some(packed.slots[i].byte_range(packed));
+        }
+    }
     for (i, k) in s.kernels.iter().enumerate() {
         let slot = packed.slots[i];
         let doc = format!("{}: {}", k.op.kind(), k.modules.join("+"));
@@ -328,7 +337,16 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
                 let (i_, o_, p_, s_) =
                     (offset(s, Some(*input)), offset(s, Some(*out)), offset(s, *preact), offset(s, *sums));
                 let (w, b) = (u(slot.weights), u(slot.bias));
-                quote!(#name(ctx, &rt::ConvIo { input: #i_, out: #o_, pre: #p_, sums: #s_, weights: #w, bias: #b });)
+                let (a, a_len) = match &ahead[i] {
+                    Some(r) => {
+                        let (at, len) = (u(r.start), u(r.len()));
+                        (quote!(#at), quote!(#len))
+                    }
+                    None => (quote!(rt::NONE), quote!(0)),
+                };
+                quote!(#name(ctx, &rt::ConvIo {
+                    input: #i_, out: #o_, pre: #p_, sums: #s_, weights: #w, bias: #b, ahead: #a, ahead_bytes: #a_len
+                });)
             }
             Op::ChannelSums { input, sums } => {
                 let x = buf(s, Some(*input));

@@ -8,6 +8,18 @@ use crate::schedule::{NR, Op, Schedule};
 pub struct Slot {
     pub weights: usize,
     pub bias: usize,
+    /// How many weights (elements) start at `weights`, and whether they are the 16-bit
+    /// region's (`weights` then counts u16 from its start).
+    pub len: usize,
+    pub half: bool,
+}
+
+impl Slot {
+    /// The weights as a byte range of the blob as written (`data`, then `data16`).
+    pub fn byte_range(&self, packed: &Packed) -> std::ops::Range<usize> {
+        let at = if self.half { packed.data.len() * 4 + self.weights * 2 } else { self.weights * 4 };
+        at..at + self.len * if self.half { 2 } else { 4 }
+    }
 }
 
 /// How the conv weights are stored (`NFNET_WEIGHT_DTYPE`); everything else is f32.
@@ -136,7 +148,7 @@ pub fn pack_conv(
             }
         }
     }
-    Slot { weights, bias }
+    Slot { weights, bias, len: panel_values.len(), half: wd != WeightDtype::F32 }
 }
 
 /// Lavin and Gray's `G` of F(2x2, 3x3), points 0, 1, -1 and infinity.
@@ -190,7 +202,7 @@ pub fn pack(s: &Schedule, wd: WeightDtype) -> Packed {
                     align(&mut data);
                     let at = data.len();
                     data.extend(weight.iter().map(|&w| w as f32));
-                    Slot { weights: at, bias: 0 }
+                    Slot { weights: at, bias: 0, len: weight.len(), half: false }
                 }
                 _ => unreachable!("eca gates come from eca nodes"),
             },
@@ -202,7 +214,7 @@ pub fn pack(s: &Schedule, wd: WeightDtype) -> Packed {
                     align(&mut data);
                     let b = data.len();
                     data.extend(bias.iter().map(|&v| v as f32));
-                    Slot { weights: w, bias: b }
+                    Slot { weights: w, bias: b, len: weight.len(), half: false }
                 }
                 _ => unreachable!("fc comes from linear nodes"),
             },
