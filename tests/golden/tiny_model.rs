@@ -1463,7 +1463,20 @@ pub mod isa_scalar {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let next = panel + 2 * P <= d.groups * d.panels_per_group();
+            let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+                (true, b.wrapping_add(unit_bytes))
+            } else if !d.panel_outer && bi + 1 < bands {
+                (
+                    true,
+                    if WD == 0 {
+                        ctx.w(io.weights) as *const u8
+                    } else {
+                        ctx.w16(io.weights) as *const u8
+                    },
+                )
+            } else {
+                (false, b)
+            };
             let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
             let mut t_u = if d.panel_outer {
                 bi * d.band * d.row_len.div_ceil(T)
@@ -1502,7 +1515,7 @@ pub mod isa_scalar {
                     } else {
                         0
                     };
-                    let pf = b.wrapping_add(unit_bytes + from * 64);
+                    let pf = next_at.wrapping_add(from * 64);
                     let n = per_tile.min(ahead_lines - ahead_done);
                     let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                     ahead_done += n;
@@ -4811,7 +4824,20 @@ pub mod isa_avx2 {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let next = panel + 2 * P <= d.groups * d.panels_per_group();
+            let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+                (true, b.wrapping_add(unit_bytes))
+            } else if !d.panel_outer && bi + 1 < bands {
+                (
+                    true,
+                    if WD == 0 {
+                        ctx.w(io.weights) as *const u8
+                    } else {
+                        ctx.w16(io.weights) as *const u8
+                    },
+                )
+            } else {
+                (false, b)
+            };
             let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
             let mut t_u = if d.panel_outer {
                 bi * d.band * d.row_len.div_ceil(T)
@@ -4850,7 +4876,7 @@ pub mod isa_avx2 {
                     } else {
                         0
                     };
-                    let pf = b.wrapping_add(unit_bytes + from * 64);
+                    let pf = next_at.wrapping_add(from * 64);
                     let n = per_tile.min(ahead_lines - ahead_done);
                     let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                     ahead_done += n;
@@ -8187,7 +8213,20 @@ pub mod isa_avx512 {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let next = panel + 2 * P <= d.groups * d.panels_per_group();
+            let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+                (true, b.wrapping_add(unit_bytes))
+            } else if !d.panel_outer && bi + 1 < bands {
+                (
+                    true,
+                    if WD == 0 {
+                        ctx.w(io.weights) as *const u8
+                    } else {
+                        ctx.w16(io.weights) as *const u8
+                    },
+                )
+            } else {
+                (false, b)
+            };
             let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
             let mut t_u = if d.panel_outer {
                 bi * d.band * d.row_len.div_ceil(T)
@@ -8226,7 +8265,7 @@ pub mod isa_avx512 {
                     } else {
                         0
                     };
-                    let pf = b.wrapping_add(unit_bytes + from * 64);
+                    let pf = next_at.wrapping_add(from * 64);
                     let n = per_tile.min(ahead_lines - ahead_done);
                     let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                     ahead_done += n;
@@ -11542,7 +11581,20 @@ pub mod isa_neon {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let next = panel + 2 * P <= d.groups * d.panels_per_group();
+            let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+                (true, b.wrapping_add(unit_bytes))
+            } else if !d.panel_outer && bi + 1 < bands {
+                (
+                    true,
+                    if WD == 0 {
+                        ctx.w(io.weights) as *const u8
+                    } else {
+                        ctx.w16(io.weights) as *const u8
+                    },
+                )
+            } else {
+                (false, b)
+            };
             let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
             let mut t_u = if d.panel_outer {
                 bi * d.band * d.row_len.div_ceil(T)
@@ -11581,7 +11633,7 @@ pub mod isa_neon {
                     } else {
                         0
                     };
-                    let pf = b.wrapping_add(unit_bytes + from * 64);
+                    let pf = next_at.wrapping_add(from * 64);
                     let n = per_tile.min(ahead_lines - ahead_done);
                     let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                     ahead_done += n;

@@ -528,7 +528,15 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 // outgrow L2) and from L2 on the rest: those fetch the next unit's into L2
                 // meanwhile, one line per step of the tile.
                 let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-                let next = panel + 2 * P <= d.groups * d.panels_per_group();
+                // The unit the thread likely runs next: the next panels, or after a band's last
+                // unit (band-outer) the first unit again, for the next band.
+                let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+                    (true, b.wrapping_add(unit_bytes))
+                } else if !d.panel_outer && bi + 1 < bands {
+                    (true, if WD == 0 { ctx.w(io.weights) as *const u8 } else { ctx.w16(io.weights) as *const u8 })
+                } else {
+                    (false, b)
+                };
                 let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
                 let mut t_u = if d.panel_outer { bi * d.band * d.row_len.div_ceil(T) } else { 0 };
                 let r_end = if (bi + 1) * d.band < d.rows { (bi + 1) * d.band } else { d.rows };
@@ -546,7 +554,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         let (at, skip) = if px + T <= end { (px, 0) } else { (end - T, px + T - end) };
                         let from = if t_u == 0 { unit_lines } else { (t_u - 1) * tile_lines };
                         let pf_lines = if next && from < unit_lines { (unit_lines - from).min(tile_lines) } else { 0 };
-                        let pf = b.wrapping_add(unit_bytes + from * 64);
+                        let pf = next_at.wrapping_add(from * 64);
                         let n = per_tile.min(ahead_lines - ahead_done);
                         let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                         ahead_done += n;
