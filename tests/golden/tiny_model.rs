@@ -1233,7 +1233,10 @@ pub mod isa_scalar {
     /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
     /// weights a cold conv needs, at about the rate DRAM delivers them), and every
     /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
-    /// kernel's weights, spread thin: see `rt::spread_shift`).
+    /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
+    /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
+    /// the next 16 channels of each of its `T` pixels into L2, one pixel per step: the
+    /// input then streams from L2, not L3 (stage 0/1/3 1x1 convs 2-7% faster).
     #[inline(never)]
     unsafe fn gemm<
         const T: usize,
@@ -1251,6 +1254,7 @@ pub mod isa_scalar {
         ahead: *const u8,
         ahead_lines: usize,
         ahead_shift: u32,
+        a_next: *const f32,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -1276,6 +1280,11 @@ pub mod isa_scalar {
                         && step >> ahead_shift < ahead_lines
                     {
                         prefetch_l2(ahead.add((step >> ahead_shift) * 64));
+                    }
+                    if !a_next.is_null() && (k & 15) < T {
+                        prefetch_l2(
+                            a_next.add((k & 15) * STEP + (k & !15)) as *const u8,
+                        );
                     }
                     step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
@@ -1379,6 +1388,11 @@ pub mod isa_scalar {
                 ah,
                 ah_lines,
                 ah_shift,
+                if d.flat {
+                    (ctx.ptr(a0) as *const f32).wrapping_add(T * STEP)
+                } else {
+                    core::ptr::null()
+                },
                 acc.as_mut_ptr(),
             );
             let acc = acc.assume_init();
@@ -1823,6 +1837,7 @@ pub mod isa_scalar {
                         ah,
                         n,
                         ahead_shift,
+                        core::ptr::null(),
                         acc,
                     );
                 }
@@ -4590,7 +4605,10 @@ pub mod isa_avx2 {
     /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
     /// weights a cold conv needs, at about the rate DRAM delivers them), and every
     /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
-    /// kernel's weights, spread thin: see `rt::spread_shift`).
+    /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
+    /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
+    /// the next 16 channels of each of its `T` pixels into L2, one pixel per step: the
+    /// input then streams from L2, not L3 (stage 0/1/3 1x1 convs 2-7% faster).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline(never)]
     unsafe fn gemm<
@@ -4609,6 +4627,7 @@ pub mod isa_avx2 {
         ahead: *const u8,
         ahead_lines: usize,
         ahead_shift: u32,
+        a_next: *const f32,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -4634,6 +4653,11 @@ pub mod isa_avx2 {
                         && step >> ahead_shift < ahead_lines
                     {
                         prefetch_l2(ahead.add((step >> ahead_shift) * 64));
+                    }
+                    if !a_next.is_null() && (k & 15) < T {
+                        prefetch_l2(
+                            a_next.add((k & 15) * STEP + (k & !15)) as *const u8,
+                        );
                     }
                     step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
@@ -4739,6 +4763,11 @@ pub mod isa_avx2 {
                 ah,
                 ah_lines,
                 ah_shift,
+                if d.flat {
+                    (ctx.ptr(a0) as *const f32).wrapping_add(T * STEP)
+                } else {
+                    core::ptr::null()
+                },
                 acc.as_mut_ptr(),
             );
             let acc = acc.assume_init();
@@ -5191,6 +5220,7 @@ pub mod isa_avx2 {
                         ah,
                         n,
                         ahead_shift,
+                        core::ptr::null(),
                         acc,
                     );
                 }
@@ -7979,7 +8009,10 @@ pub mod isa_avx512 {
     /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
     /// weights a cold conv needs, at about the rate DRAM delivers them), and every
     /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
-    /// kernel's weights, spread thin: see `rt::spread_shift`).
+    /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
+    /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
+    /// the next 16 channels of each of its `T` pixels into L2, one pixel per step: the
+    /// input then streams from L2, not L3 (stage 0/1/3 1x1 convs 2-7% faster).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline(never)]
     unsafe fn gemm<
@@ -7998,6 +8031,7 @@ pub mod isa_avx512 {
         ahead: *const u8,
         ahead_lines: usize,
         ahead_shift: u32,
+        a_next: *const f32,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -8023,6 +8057,11 @@ pub mod isa_avx512 {
                         && step >> ahead_shift < ahead_lines
                     {
                         prefetch_l2(ahead.add((step >> ahead_shift) * 64));
+                    }
+                    if !a_next.is_null() && (k & 15) < T {
+                        prefetch_l2(
+                            a_next.add((k & 15) * STEP + (k & !15)) as *const u8,
+                        );
                     }
                     step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
@@ -8128,6 +8167,11 @@ pub mod isa_avx512 {
                 ah,
                 ah_lines,
                 ah_shift,
+                if d.flat {
+                    (ctx.ptr(a0) as *const f32).wrapping_add(T * STEP)
+                } else {
+                    core::ptr::null()
+                },
                 acc.as_mut_ptr(),
             );
             let acc = acc.assume_init();
@@ -8580,6 +8624,7 @@ pub mod isa_avx512 {
                         ah,
                         n,
                         ahead_shift,
+                        core::ptr::null(),
                         acc,
                     );
                 }
@@ -11351,7 +11396,10 @@ pub mod isa_neon {
     /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
     /// weights a cold conv needs, at about the rate DRAM delivers them), and every
     /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
-    /// kernel's weights, spread thin: see `rt::spread_shift`).
+    /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
+    /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
+    /// the next 16 channels of each of its `T` pixels into L2, one pixel per step: the
+    /// input then streams from L2, not L3 (stage 0/1/3 1x1 convs 2-7% faster).
     #[inline(never)]
     unsafe fn gemm<
         const T: usize,
@@ -11369,6 +11417,7 @@ pub mod isa_neon {
         ahead: *const u8,
         ahead_lines: usize,
         ahead_shift: u32,
+        a_next: *const f32,
         out: *mut [[[V; NV]; P]; T],
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -11394,6 +11443,11 @@ pub mod isa_neon {
                         && step >> ahead_shift < ahead_lines
                     {
                         prefetch_l2(ahead.add((step >> ahead_shift) * 64));
+                    }
+                    if !a_next.is_null() && (k & 15) < T {
+                        prefetch_l2(
+                            a_next.add((k & 15) * STEP + (k & !15)) as *const u8,
+                        );
                     }
                     step += 1;
                     let mut bv = [[splat(0.0f32); NV]; P];
@@ -11497,6 +11551,11 @@ pub mod isa_neon {
                 ah,
                 ah_lines,
                 ah_shift,
+                if d.flat {
+                    (ctx.ptr(a0) as *const f32).wrapping_add(T * STEP)
+                } else {
+                    core::ptr::null()
+                },
                 acc.as_mut_ptr(),
             );
             let acc = acc.assume_init();
@@ -11941,6 +12000,7 @@ pub mod isa_neon {
                         ah,
                         n,
                         ahead_shift,
+                        core::ptr::null(),
                         acc,
                     );
                 }
