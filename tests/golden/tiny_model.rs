@@ -1229,9 +1229,10 @@ pub mod isa_scalar {
     }
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-    /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
-    /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-    /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+    /// `out` at the end. Kept out of line so the accumulators stay in registers. Every
+    /// `2^pf_shift`-th step also asks for one of `pf_lines` cache lines from `pf` on into
+    /// L2 (the next unit's weights, spread over the unit's tiles at about the rate DRAM
+    /// delivers them: a burst in two tiles left stage 3 and final_conv 5-11% slower), every
     /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
     /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
     /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
@@ -1251,6 +1252,7 @@ pub mod isa_scalar {
         panel_len: usize,
         pf: *const u8,
         pf_lines: usize,
+        pf_shift: u32,
         ahead: *const u8,
         ahead_lines: usize,
         ahead_shift: u32,
@@ -1273,8 +1275,8 @@ pub mod isa_scalar {
                                 ) as *const f32,
                         );
                     }
-                    if step < pf_lines {
-                        prefetch_l2(pf.add(step * 64));
+                    if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
+                        prefetch_l2(pf.add((step >> pf_shift) * 64));
                     }
                     if step & ((1 << ahead_shift) - 1) == 0
                         && step >> ahead_shift < ahead_lines
@@ -1353,8 +1355,7 @@ pub mod isa_scalar {
         b: *const u8,
         bias: *const f32,
         sums: *mut f32,
-        pf: *const u8,
-        pf_lines: usize,
+        pf: (*const u8, usize, u32),
         ahead: (*const u8, usize, u32),
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -1383,8 +1384,9 @@ pub mod isa_scalar {
                 d.taps,
                 b,
                 panel_len,
-                pf,
-                pf_lines,
+                pf.0,
+                pf.1,
+                pf.2,
                 ah,
                 ah_lines,
                 ah_shift,
@@ -1502,6 +1504,23 @@ pub mod isa_scalar {
             } else {
                 d.rows
             };
+            let row_tiles = |r0: usize, r1: usize| {
+                (r0..r1)
+                    .map(|r| {
+                        if r + 1 == d.rows { d.last_row_len } else { d.row_len }
+                            .div_ceil(T)
+                    })
+                    .sum::<usize>()
+            };
+            let unit_tiles = if d.panel_outer {
+                row_tiles(0, d.rows)
+            } else {
+                row_tiles(bi * d.band, r_end)
+            };
+            let pf_per_tile = unit_lines
+                .div_ceil(unit_tiles.saturating_sub(1).max(1))
+                .min(tile_lines);
+            let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
             let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
             let per_tile = ahead_lines
                 .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
@@ -1522,14 +1541,14 @@ pub mod isa_scalar {
                     let from = if t_u == 0 {
                         unit_lines
                     } else {
-                        (t_u - 1) * tile_lines
+                        (t_u - 1) * pf_per_tile
                     };
                     let pf_lines = if next && from < unit_lines {
-                        (unit_lines - from).min(tile_lines)
+                        (unit_lines - from).min(pf_per_tile)
                     } else {
                         0
                     };
-                    let pf = next_at.wrapping_add(from * 64);
+                    let pf = (next_at.wrapping_add(from * 64), pf_lines, pf_shift);
                     let n = per_tile.min(ahead_lines - ahead_done);
                     let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                     ahead_done += n;
@@ -1539,22 +1558,7 @@ pub mod isa_scalar {
                         STEP,
                         P,
                         WD,
-                    >(
-                        ctx,
-                        d,
-                        io,
-                        at,
-                        skip,
-                        g,
-                        n0,
-                        ncols,
-                        b,
-                        bias,
-                        sums,
-                        pf,
-                        pf_lines,
-                        ah,
-                    );
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, ah);
                     px = at + T;
                     t_u += 1;
                 }
@@ -1833,6 +1837,7 @@ pub mod isa_scalar {
                         b,
                         KC * 16,
                         b,
+                        0,
                         0,
                         ah,
                         n,
@@ -4601,9 +4606,10 @@ pub mod isa_avx2 {
     }
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-    /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
-    /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-    /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+    /// `out` at the end. Kept out of line so the accumulators stay in registers. Every
+    /// `2^pf_shift`-th step also asks for one of `pf_lines` cache lines from `pf` on into
+    /// L2 (the next unit's weights, spread over the unit's tiles at about the rate DRAM
+    /// delivers them: a burst in two tiles left stage 3 and final_conv 5-11% slower), every
     /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
     /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
     /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
@@ -4624,6 +4630,7 @@ pub mod isa_avx2 {
         panel_len: usize,
         pf: *const u8,
         pf_lines: usize,
+        pf_shift: u32,
         ahead: *const u8,
         ahead_lines: usize,
         ahead_shift: u32,
@@ -4646,8 +4653,8 @@ pub mod isa_avx2 {
                                 ) as *const f32,
                         );
                     }
-                    if step < pf_lines {
-                        prefetch_l2(pf.add(step * 64));
+                    if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
+                        prefetch_l2(pf.add((step >> pf_shift) * 64));
                     }
                     if step & ((1 << ahead_shift) - 1) == 0
                         && step >> ahead_shift < ahead_lines
@@ -4728,8 +4735,7 @@ pub mod isa_avx2 {
         b: *const u8,
         bias: *const f32,
         sums: *mut f32,
-        pf: *const u8,
-        pf_lines: usize,
+        pf: (*const u8, usize, u32),
         ahead: (*const u8, usize, u32),
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -4758,8 +4764,9 @@ pub mod isa_avx2 {
                 d.taps,
                 b,
                 panel_len,
-                pf,
-                pf_lines,
+                pf.0,
+                pf.1,
+                pf.2,
                 ah,
                 ah_lines,
                 ah_shift,
@@ -4878,6 +4885,23 @@ pub mod isa_avx2 {
             } else {
                 d.rows
             };
+            let row_tiles = |r0: usize, r1: usize| {
+                (r0..r1)
+                    .map(|r| {
+                        if r + 1 == d.rows { d.last_row_len } else { d.row_len }
+                            .div_ceil(T)
+                    })
+                    .sum::<usize>()
+            };
+            let unit_tiles = if d.panel_outer {
+                row_tiles(0, d.rows)
+            } else {
+                row_tiles(bi * d.band, r_end)
+            };
+            let pf_per_tile = unit_lines
+                .div_ceil(unit_tiles.saturating_sub(1).max(1))
+                .min(tile_lines);
+            let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
             let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
             let per_tile = ahead_lines
                 .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
@@ -4898,14 +4922,14 @@ pub mod isa_avx2 {
                     let from = if t_u == 0 {
                         unit_lines
                     } else {
-                        (t_u - 1) * tile_lines
+                        (t_u - 1) * pf_per_tile
                     };
                     let pf_lines = if next && from < unit_lines {
-                        (unit_lines - from).min(tile_lines)
+                        (unit_lines - from).min(pf_per_tile)
                     } else {
                         0
                     };
-                    let pf = next_at.wrapping_add(from * 64);
+                    let pf = (next_at.wrapping_add(from * 64), pf_lines, pf_shift);
                     let n = per_tile.min(ahead_lines - ahead_done);
                     let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                     ahead_done += n;
@@ -4915,22 +4939,7 @@ pub mod isa_avx2 {
                         STEP,
                         P,
                         WD,
-                    >(
-                        ctx,
-                        d,
-                        io,
-                        at,
-                        skip,
-                        g,
-                        n0,
-                        ncols,
-                        b,
-                        bias,
-                        sums,
-                        pf,
-                        pf_lines,
-                        ah,
-                    );
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, ah);
                     px = at + T;
                     t_u += 1;
                 }
@@ -5216,6 +5225,7 @@ pub mod isa_avx2 {
                         b,
                         KC * 16,
                         b,
+                        0,
                         0,
                         ah,
                         n,
@@ -8005,9 +8015,10 @@ pub mod isa_avx512 {
     }
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-    /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
-    /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-    /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+    /// `out` at the end. Kept out of line so the accumulators stay in registers. Every
+    /// `2^pf_shift`-th step also asks for one of `pf_lines` cache lines from `pf` on into
+    /// L2 (the next unit's weights, spread over the unit's tiles at about the rate DRAM
+    /// delivers them: a burst in two tiles left stage 3 and final_conv 5-11% slower), every
     /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
     /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
     /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
@@ -8028,6 +8039,7 @@ pub mod isa_avx512 {
         panel_len: usize,
         pf: *const u8,
         pf_lines: usize,
+        pf_shift: u32,
         ahead: *const u8,
         ahead_lines: usize,
         ahead_shift: u32,
@@ -8050,8 +8062,8 @@ pub mod isa_avx512 {
                                 ) as *const f32,
                         );
                     }
-                    if step < pf_lines {
-                        prefetch_l2(pf.add(step * 64));
+                    if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
+                        prefetch_l2(pf.add((step >> pf_shift) * 64));
                     }
                     if step & ((1 << ahead_shift) - 1) == 0
                         && step >> ahead_shift < ahead_lines
@@ -8132,8 +8144,7 @@ pub mod isa_avx512 {
         b: *const u8,
         bias: *const f32,
         sums: *mut f32,
-        pf: *const u8,
-        pf_lines: usize,
+        pf: (*const u8, usize, u32),
         ahead: (*const u8, usize, u32),
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -8162,8 +8173,9 @@ pub mod isa_avx512 {
                 d.taps,
                 b,
                 panel_len,
-                pf,
-                pf_lines,
+                pf.0,
+                pf.1,
+                pf.2,
                 ah,
                 ah_lines,
                 ah_shift,
@@ -8282,6 +8294,23 @@ pub mod isa_avx512 {
             } else {
                 d.rows
             };
+            let row_tiles = |r0: usize, r1: usize| {
+                (r0..r1)
+                    .map(|r| {
+                        if r + 1 == d.rows { d.last_row_len } else { d.row_len }
+                            .div_ceil(T)
+                    })
+                    .sum::<usize>()
+            };
+            let unit_tiles = if d.panel_outer {
+                row_tiles(0, d.rows)
+            } else {
+                row_tiles(bi * d.band, r_end)
+            };
+            let pf_per_tile = unit_lines
+                .div_ceil(unit_tiles.saturating_sub(1).max(1))
+                .min(tile_lines);
+            let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
             let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
             let per_tile = ahead_lines
                 .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
@@ -8302,14 +8331,14 @@ pub mod isa_avx512 {
                     let from = if t_u == 0 {
                         unit_lines
                     } else {
-                        (t_u - 1) * tile_lines
+                        (t_u - 1) * pf_per_tile
                     };
                     let pf_lines = if next && from < unit_lines {
-                        (unit_lines - from).min(tile_lines)
+                        (unit_lines - from).min(pf_per_tile)
                     } else {
                         0
                     };
-                    let pf = next_at.wrapping_add(from * 64);
+                    let pf = (next_at.wrapping_add(from * 64), pf_lines, pf_shift);
                     let n = per_tile.min(ahead_lines - ahead_done);
                     let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                     ahead_done += n;
@@ -8319,22 +8348,7 @@ pub mod isa_avx512 {
                         STEP,
                         P,
                         WD,
-                    >(
-                        ctx,
-                        d,
-                        io,
-                        at,
-                        skip,
-                        g,
-                        n0,
-                        ncols,
-                        b,
-                        bias,
-                        sums,
-                        pf,
-                        pf_lines,
-                        ah,
-                    );
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, ah);
                     px = at + T;
                     t_u += 1;
                 }
@@ -8620,6 +8634,7 @@ pub mod isa_avx512 {
                         b,
                         KC * 16,
                         b,
+                        0,
                         0,
                         ah,
                         n,
@@ -11392,9 +11407,10 @@ pub mod isa_neon {
     }
     /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
     /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-    /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
-    /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-    /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+    /// `out` at the end. Kept out of line so the accumulators stay in registers. Every
+    /// `2^pf_shift`-th step also asks for one of `pf_lines` cache lines from `pf` on into
+    /// L2 (the next unit's weights, spread over the unit's tiles at about the rate DRAM
+    /// delivers them: a burst in two tiles left stage 3 and final_conv 5-11% slower), every
     /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
     /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
     /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
@@ -11414,6 +11430,7 @@ pub mod isa_neon {
         panel_len: usize,
         pf: *const u8,
         pf_lines: usize,
+        pf_shift: u32,
         ahead: *const u8,
         ahead_lines: usize,
         ahead_shift: u32,
@@ -11436,8 +11453,8 @@ pub mod isa_neon {
                                 ) as *const f32,
                         );
                     }
-                    if step < pf_lines {
-                        prefetch_l2(pf.add(step * 64));
+                    if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
+                        prefetch_l2(pf.add((step >> pf_shift) * 64));
                     }
                     if step & ((1 << ahead_shift) - 1) == 0
                         && step >> ahead_shift < ahead_lines
@@ -11516,8 +11533,7 @@ pub mod isa_neon {
         b: *const u8,
         bias: *const f32,
         sums: *mut f32,
-        pf: *const u8,
-        pf_lines: usize,
+        pf: (*const u8, usize, u32),
         ahead: (*const u8, usize, u32),
     ) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -11546,8 +11562,9 @@ pub mod isa_neon {
                 d.taps,
                 b,
                 panel_len,
-                pf,
-                pf_lines,
+                pf.0,
+                pf.1,
+                pf.2,
                 ah,
                 ah_lines,
                 ah_shift,
@@ -11665,6 +11682,23 @@ pub mod isa_neon {
             } else {
                 d.rows
             };
+            let row_tiles = |r0: usize, r1: usize| {
+                (r0..r1)
+                    .map(|r| {
+                        if r + 1 == d.rows { d.last_row_len } else { d.row_len }
+                            .div_ceil(T)
+                    })
+                    .sum::<usize>()
+            };
+            let unit_tiles = if d.panel_outer {
+                row_tiles(0, d.rows)
+            } else {
+                row_tiles(bi * d.band, r_end)
+            };
+            let pf_per_tile = unit_lines
+                .div_ceil(unit_tiles.saturating_sub(1).max(1))
+                .min(tile_lines);
+            let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
             let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
             let per_tile = ahead_lines
                 .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
@@ -11685,14 +11719,14 @@ pub mod isa_neon {
                     let from = if t_u == 0 {
                         unit_lines
                     } else {
-                        (t_u - 1) * tile_lines
+                        (t_u - 1) * pf_per_tile
                     };
                     let pf_lines = if next && from < unit_lines {
-                        (unit_lines - from).min(tile_lines)
+                        (unit_lines - from).min(pf_per_tile)
                     } else {
                         0
                     };
-                    let pf = next_at.wrapping_add(from * 64);
+                    let pf = (next_at.wrapping_add(from * 64), pf_lines, pf_shift);
                     let n = per_tile.min(ahead_lines - ahead_done);
                     let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                     ahead_done += n;
@@ -11702,22 +11736,7 @@ pub mod isa_neon {
                         STEP,
                         P,
                         WD,
-                    >(
-                        ctx,
-                        d,
-                        io,
-                        at,
-                        skip,
-                        g,
-                        n0,
-                        ncols,
-                        b,
-                        bias,
-                        sums,
-                        pf,
-                        pf_lines,
-                        ah,
-                    );
+                    >(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, ah);
                     px = at + T;
                     t_u += 1;
                 }
@@ -11996,6 +12015,7 @@ pub mod isa_neon {
                         b,
                         KC * 16,
                         b,
+                        0,
                         0,
                         ah,
                         n,

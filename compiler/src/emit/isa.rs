@@ -325,9 +325,10 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
 
         /// The tile's products: for each tap, `KC` steps of `P` panel rows (16 channels each,
         /// `panel_len` elements apart, stored as `WD`) times `T` broadcast inputs `STEP` floats apart, written to
-        /// `out` at the end. Kept out of line so the accumulators stay in registers. Each of the
-        /// first `pf_lines` steps also asks for one cache line from `pf` on into L2 (the next
-        /// weights a cold conv needs, at about the rate DRAM delivers them), and every
+        /// `out` at the end. Kept out of line so the accumulators stay in registers. Every
+        /// `2^pf_shift`-th step also asks for one of `pf_lines` cache lines from `pf` on into
+        /// L2 (the next unit's weights, spread over the unit's tiles at about the rate DRAM
+        /// delivers them: a burst in two tiles left stage 3 and final_conv 5-11% slower), every
         /// `2^ahead_shift`-th step one of the `ahead_lines` lines from `ahead` (the next
         /// kernel's weights, spread thin: see `rt::spread_shift`). With `a_next` (the next
         /// tile's first input, for 1x1 convs over contiguous pixels) every 16 steps ask for
@@ -342,6 +343,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             panel_len: usize,
             pf: *const u8,
             pf_lines: usize,
+            pf_shift: u32,
             ahead: *const u8,
             ahead_lines: usize,
             ahead_shift: u32,
@@ -359,8 +361,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         for p in 0..P {
                             prefetch(b.add((bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 }) as *const f32);
                         }
-                        if step < pf_lines {
-                            prefetch_l2(pf.add(step * 64));
+                        if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
+                            prefetch_l2(pf.add((step >> pf_shift) * 64));
                         }
                         if step & ((1 << ahead_shift) - 1) == 0 && step >> ahead_shift < ahead_lines {
                             prefetch_l2(ahead.add((step >> ahead_shift) * 64));
@@ -429,8 +431,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             b: *const u8,
             bias: *const f32,
             sums: *mut f32,
-            pf: *const u8,
-            pf_lines: usize,
+            pf: (*const u8, usize, u32),
             ahead: (*const u8, usize, u32),
         ) {
             unsafe {
@@ -450,8 +451,9 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     d.taps,
                     b,
                     panel_len,
-                    pf,
-                    pf_lines,
+                    pf.0,
+                    pf.1,
+                    pf.2,
                     ah,
                     ah_lines,
                     ah_shift,
@@ -534,7 +536,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 // A unit's weights come from DRAM or L3 on its first tile (panel-outer convs:
                 // the model's weights outgrow the caches; band-outer ones: all units' weights
                 // outgrow L2) and from L2 on the rest: those fetch the next unit's into L2
-                // meanwhile, one line per step of the tile.
+                // meanwhile, spread over them.
                 let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
                 // The unit the thread likely runs next: the next panels, or after a band's last
                 // unit (band-outer) the first unit again, for the next band.
@@ -548,6 +550,14 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let (tile_lines, unit_lines) = (d.taps.len() * KC, unit_bytes / 64);
                 let mut t_u = if d.panel_outer { bi * d.band * d.row_len.div_ceil(T) } else { 0 };
                 let r_end = if (bi + 1) * d.band < d.rows { (bi + 1) * d.band } else { d.rows };
+                // The unit's tiles (all bands' when panel-outer, else this band's): the next
+                // unit's lines are spread over all but the first, about DRAM's pace.
+                let row_tiles = |r0: usize, r1: usize| {
+                    (r0..r1).map(|r| if r + 1 == d.rows { d.last_row_len } else { d.row_len }.div_ceil(T)).sum::<usize>()
+                };
+                let unit_tiles = if d.panel_outer { row_tiles(0, d.rows) } else { row_tiles(bi * d.band, r_end) };
+                let pf_per_tile = unit_lines.div_ceil(unit_tiles.saturating_sub(1).max(1)).min(tile_lines);
+                let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
                 // This item's share of the next kernel's weights, spread over its tiles.
                 let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
                 let per_tile = ahead_lines.div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T)).min(tile_lines);
@@ -560,13 +570,13 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     let mut px = start;
                     while px < end {
                         let (at, skip) = if px + T <= end { (px, 0) } else { (end - T, px + T - end) };
-                        let from = if t_u == 0 { unit_lines } else { (t_u - 1) * tile_lines };
-                        let pf_lines = if next && from < unit_lines { (unit_lines - from).min(tile_lines) } else { 0 };
-                        let pf = next_at.wrapping_add(from * 64);
+                        let from = if t_u == 0 { unit_lines } else { (t_u - 1) * pf_per_tile };
+                        let pf_lines = if next && from < unit_lines { (unit_lines - from).min(pf_per_tile) } else { 0 };
+                        let pf = (next_at.wrapping_add(from * 64), pf_lines, pf_shift);
                         let n = per_tile.min(ahead_lines - ahead_done);
                         let ah = (ahead.wrapping_add(ahead_done * 64), n, ahead_shift);
                         ahead_done += n;
-                        tile::<T, KC, STEP, P, WD>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, pf_lines, ah);
+                        tile::<T, KC, STEP, P, WD>(ctx, d, io, at, skip, g, n0, ncols, b, bias, sums, pf, ah);
                         px = at + T;
                         t_u += 1;
                     }
@@ -794,7 +804,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         let n = per_call.min(ahead_lines - ahead_done);
                         let ah = ahead.wrapping_add(ahead_done * 64);
                         ahead_done += n;
-                        gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, b, 0, ah, n, ahead_shift, core::ptr::null(), acc);
+                        gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, b, 0, 0, ah, n, ahead_shift, core::ptr::null(), acc);
                     }
                 }
                 let bias = ctx.w(io.bias + g * panels * 16);
