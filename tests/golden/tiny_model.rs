@@ -1812,6 +1812,24 @@ pub mod isa_scalar {
             let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
+            let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let (next_g, next_lines) = if g + 1 < d.groups {
+                let lines = group_bytes / 64;
+                let c = it % chunks;
+                let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
+                let at = io.weights + (g + 1) * A2 * panels * KC * 16;
+                let base = if WD == 0 {
+                    ctx.w(at) as *const u8
+                } else {
+                    ctx.w16(at) as *const u8
+                };
+                (base.wrapping_add(lo * 64), hi - lo)
+            } else {
+                (core::ptr::null(), 0)
+            };
+            let per_call_g = next_lines.div_ceil(A2 * units).min(KC);
+            let g_shift = rt::spread_shift(per_call_g, KC);
+            let mut g_done = 0;
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
@@ -1825,6 +1843,9 @@ pub mod isa_scalar {
                     let n = per_call.min(ahead_lines - ahead_done);
                     let ah = ahead.wrapping_add(ahead_done * 64);
                     ahead_done += n;
+                    let ng = per_call_g.min(next_lines - g_done);
+                    let pf = next_g.wrapping_add(g_done * 64);
+                    g_done += ng;
                     gemm::<
                         T,
                         KC,
@@ -1836,9 +1857,9 @@ pub mod isa_scalar {
                         &[0],
                         b,
                         KC * 16,
-                        b,
-                        0,
-                        0,
+                        pf,
+                        ng,
+                        g_shift,
                         ah,
                         n,
                         ahead_shift,
@@ -5200,6 +5221,24 @@ pub mod isa_avx2 {
             let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
+            let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let (next_g, next_lines) = if g + 1 < d.groups {
+                let lines = group_bytes / 64;
+                let c = it % chunks;
+                let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
+                let at = io.weights + (g + 1) * A2 * panels * KC * 16;
+                let base = if WD == 0 {
+                    ctx.w(at) as *const u8
+                } else {
+                    ctx.w16(at) as *const u8
+                };
+                (base.wrapping_add(lo * 64), hi - lo)
+            } else {
+                (core::ptr::null(), 0)
+            };
+            let per_call_g = next_lines.div_ceil(A2 * units).min(KC);
+            let g_shift = rt::spread_shift(per_call_g, KC);
+            let mut g_done = 0;
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
@@ -5213,6 +5252,9 @@ pub mod isa_avx2 {
                     let n = per_call.min(ahead_lines - ahead_done);
                     let ah = ahead.wrapping_add(ahead_done * 64);
                     ahead_done += n;
+                    let ng = per_call_g.min(next_lines - g_done);
+                    let pf = next_g.wrapping_add(g_done * 64);
+                    g_done += ng;
                     gemm::<
                         T,
                         KC,
@@ -5224,9 +5266,9 @@ pub mod isa_avx2 {
                         &[0],
                         b,
                         KC * 16,
-                        b,
-                        0,
-                        0,
+                        pf,
+                        ng,
+                        g_shift,
                         ah,
                         n,
                         ahead_shift,
@@ -8609,6 +8651,24 @@ pub mod isa_avx512 {
             let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
+            let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let (next_g, next_lines) = if g + 1 < d.groups {
+                let lines = group_bytes / 64;
+                let c = it % chunks;
+                let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
+                let at = io.weights + (g + 1) * A2 * panels * KC * 16;
+                let base = if WD == 0 {
+                    ctx.w(at) as *const u8
+                } else {
+                    ctx.w16(at) as *const u8
+                };
+                (base.wrapping_add(lo * 64), hi - lo)
+            } else {
+                (core::ptr::null(), 0)
+            };
+            let per_call_g = next_lines.div_ceil(A2 * units).min(KC);
+            let g_shift = rt::spread_shift(per_call_g, KC);
+            let mut g_done = 0;
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
@@ -8622,6 +8682,9 @@ pub mod isa_avx512 {
                     let n = per_call.min(ahead_lines - ahead_done);
                     let ah = ahead.wrapping_add(ahead_done * 64);
                     ahead_done += n;
+                    let ng = per_call_g.min(next_lines - g_done);
+                    let pf = next_g.wrapping_add(g_done * 64);
+                    g_done += ng;
                     gemm::<
                         T,
                         KC,
@@ -8633,9 +8696,9 @@ pub mod isa_avx512 {
                         &[0],
                         b,
                         KC * 16,
-                        b,
-                        0,
-                        0,
+                        pf,
+                        ng,
+                        g_shift,
                         ah,
                         n,
                         ahead_shift,
@@ -11990,6 +12053,24 @@ pub mod isa_neon {
             let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
+            let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let (next_g, next_lines) = if g + 1 < d.groups {
+                let lines = group_bytes / 64;
+                let c = it % chunks;
+                let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
+                let at = io.weights + (g + 1) * A2 * panels * KC * 16;
+                let base = if WD == 0 {
+                    ctx.w(at) as *const u8
+                } else {
+                    ctx.w16(at) as *const u8
+                };
+                (base.wrapping_add(lo * 64), hi - lo)
+            } else {
+                (core::ptr::null(), 0)
+            };
+            let per_call_g = next_lines.div_ceil(A2 * units).min(KC);
+            let g_shift = rt::spread_shift(per_call_g, KC);
+            let mut g_done = 0;
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
@@ -12003,6 +12084,9 @@ pub mod isa_neon {
                     let n = per_call.min(ahead_lines - ahead_done);
                     let ah = ahead.wrapping_add(ahead_done * 64);
                     ahead_done += n;
+                    let ng = per_call_g.min(next_lines - g_done);
+                    let pf = next_g.wrapping_add(g_done * 64);
+                    g_done += ng;
                     gemm::<
                         T,
                         KC,
@@ -12014,9 +12098,9 @@ pub mod isa_neon {
                         &[0],
                         b,
                         KC * 16,
-                        b,
-                        0,
-                        0,
+                        pf,
+                        ng,
+                        g_shift,
                         ah,
                         n,
                         ahead_shift,

@@ -794,6 +794,22 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
                 let ahead_shift = rt::spread_shift(per_call, KC);
                 let mut ahead_done = 0;
+                // And its share of the next group's weights (the group this thread most
+                // likely runs next), likewise.
+                let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+                let (next_g, next_lines) = if g + 1 < d.groups {
+                    let lines = group_bytes / 64;
+                    let c = it % chunks;
+                    let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
+                    let at = io.weights + (g + 1) * A2 * panels * KC * 16;
+                    let base = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
+                    (base.wrapping_add(lo * 64), hi - lo)
+                } else {
+                    (core::ptr::null(), 0)
+                };
+                let per_call_g = next_lines.div_ceil(A2 * units).min(KC);
+                let g_shift = rt::spread_shift(per_call_g, KC);
+                let mut g_done = 0;
                 // The products land in `m` as the micro-kernel holds them: per `xi` and unit
                 // of `P` panels, `T` rows of `16 P` floats.
                 for q in 0..A2 {
@@ -804,7 +820,23 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         let n = per_call.min(ahead_lines - ahead_done);
                         let ah = ahead.wrapping_add(ahead_done * 64);
                         ahead_done += n;
-                        gemm::<T, KC, KC, P, WD>(v.add(q * T * KC), &[0], b, KC * 16, b, 0, 0, ah, n, ahead_shift, core::ptr::null(), acc);
+                        let ng = per_call_g.min(next_lines - g_done);
+                        let pf = next_g.wrapping_add(g_done * 64);
+                        g_done += ng;
+                        gemm::<T, KC, KC, P, WD>(
+                            v.add(q * T * KC),
+                            &[0],
+                            b,
+                            KC * 16,
+                            pf,
+                            ng,
+                            g_shift,
+                            ah,
+                            n,
+                            ahead_shift,
+                            core::ptr::null(),
+                            acc,
+                        );
                     }
                 }
                 let bias = ctx.w(io.bias + g * panels * 16);
