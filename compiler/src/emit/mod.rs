@@ -244,14 +244,15 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
             // short last row costs more). 16-bit weights always take two panels: each weight
             // vector is widened on the FMA ports, and 12 x 32 widens half as many per FMA
             // (bf16 L2 5.6-5.7% faster on 1 and 2 threads, every conv class).
-            // 8 x 48 for the 1x1 convs over fewer than 1024 channels on 192+ pixels: their
+            // 8 x 48 for the 1x1 convs over up to 1536 channels on 192+ pixels: their
             // weights stream from L2 once per tile, and three panels per 24 FMAs instead of
-            // four make L2's 20x20 conv3 (384 -> 1536) 2-4% faster; over 1536 channels it is
-            // 3% slower than 12 x 32.
+            // four make L2's 20x20 conv3 (384 -> 1536) 2-4% faster; over 1536 channels (conv1,
+            // 1536 -> 384) it was 3% slower than 12 x 32 until the next unit's weights and the
+            // next tile's input were prefetched, and is 2-3% faster since (1 and 2 threads).
             .filter(|&(p, _)| {
                 let k = c.kc * if c.wino_m > 0 { 1 } else { c.taps };
                 match p {
-                    3 => !narrow && c.wino_m == 0 && c.taps == 1 && k < 1024 && c.pixels >= 4 * M_BLOCK,
+                    3 => !narrow && c.wino_m == 0 && c.taps == 1 && k <= 1536 && c.pixels >= 4 * M_BLOCK,
                     4 => !narrow && (k < 1024 || c.pixels < 4 * M_BLOCK),
                     _ => true,
                 }
