@@ -405,38 +405,6 @@ pub unsafe fn mean_pool(ctx: &Ctx, sums: usize, parts: usize, pixels: usize, c: 
     }
 }
 
-/// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`: each dot product in 16 f32
-/// lanes (a fixed order), summed in f64.
-///
-/// # Safety
-/// Offsets from the schedule.
-pub unsafe fn fc(ctx: &Ctx, x: usize, n_in: usize, w: usize, bias: usize, n_out: usize, out: usize) {
-    let chunk = 64;
-    // SAFETY: the input buffer is n_in floats in the arena (caller contract).
-    let xs = unsafe { std::slice::from_raw_parts(ctx.ptr(x) as *const f32, n_in) };
-    let item = |it: usize| {
-        for o in it * chunk..((it + 1) * chunk).min(n_out) {
-            // SAFETY: row o of the weight blob and the bias, per the schedule; each output is
-            // written by one item.
-            unsafe {
-                let row = std::slice::from_raw_parts(ctx.w(w + o * n_in), n_in);
-                let mut lanes = [0.0f32; 16];
-                let (rc, xc) = (row.chunks_exact(16), xs.chunks_exact(16));
-                let (rr, xr) = (rc.remainder(), xc.remainder());
-                for (r, v) in rc.zip(xc) {
-                    for l in 0..16 {
-                        lanes[l] += r[l] * v[l];
-                    }
-                }
-                let mut acc: f64 = lanes.iter().map(|&v| v as f64).sum();
-                acc += rr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
-                *ctx.ptr(out + o) = (acc + *ctx.w(bias + o) as f64) as f32;
-            }
-        }
-    };
-    ctx.pool.run(n_out.div_ceil(chunk), &item);
-}
-
 /// The caller's NCHW image into an NHWC buffer (border zeroed).
 ///
 /// # Safety

@@ -1440,6 +1440,76 @@ pub mod isa_scalar {
             }
         }
     }
+    /// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`, each dot product in 16
+    /// f32 lanes (multiply-adds in a fixed order), the lanes summed in f64; items of 16
+    /// outputs, four rows at a time (independent chains, four streams of weights).
+    #[inline(always)]
+    unsafe fn fc(
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        bias: usize,
+        n_out: usize,
+        out: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            ctx.pool
+                .run(
+                    n_out.div_ceil(16),
+                    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                    &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) },
+                );
+        }
+    }
+    /// Outputs `16 it ..` of `fc`.
+    #[inline(always)]
+    unsafe fn fc_item(
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        bias: usize,
+        n_out: usize,
+        out: usize,
+        it: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let xs = ctx.ptr(x) as *const f32;
+            let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+            let mut o = it * 16;
+            while o < end {
+                let rows = if end - o < 4 { end - o } else { 4 };
+                let mut acc = [[splat(0.0f32); NV]; 4];
+                let whole = n_in - n_in % 16;
+                let mut i = 0;
+                while i < whole {
+                    let xv = load_row(xs.add(i), 16);
+                    for r in 0..4 {
+                        if r < rows {
+                            let wv = load_row(ctx.w(w + (o + r) * n_in + i), 16);
+                            for v in 0..NV {
+                                acc[r][v] = madd(wv[v], xv[v], acc[r][v]);
+                            }
+                        }
+                    }
+                    i += 16;
+                }
+                for r in 0..rows {
+                    let mut lanes = [0.0f32; 16];
+                    store_row(lanes.as_mut_ptr(), &acc[r], 16);
+                    let mut sum: f64 = lanes.iter().map(|&v| v as f64).sum();
+                    for j in whole..n_in {
+                        sum += *ctx.w(w + (o + r) * n_in + j) as f64 * *xs.add(j) as f64;
+                    }
+                    *ctx.ptr(out + o + r) = (sum + *ctx.w(bias + o + r) as f64) as f32;
+                }
+                o += rows;
+            }
+        }
+    }
     /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
     /// group (`P` > 1 only when the group's panels are all full), tiles in order.
     #[inline(always)]
@@ -3672,7 +3742,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -4388,7 +4458,7 @@ pub mod isa_scalar {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                    fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 }
                 _ => {}
             }
@@ -4838,6 +4908,78 @@ pub mod isa_avx2 {
                     }
                     store_row(sp, &s, ncols);
                 }
+            }
+        }
+    }
+    /// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`, each dot product in 16
+    /// f32 lanes (multiply-adds in a fixed order), the lanes summed in f64; items of 16
+    /// outputs, four rows at a time (independent chains, four streams of weights).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fc(
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        bias: usize,
+        n_out: usize,
+        out: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            ctx.pool
+                .run(
+                    n_out.div_ceil(16),
+                    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                    &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) },
+                );
+        }
+    }
+    /// Outputs `16 it ..` of `fc`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fc_item(
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        bias: usize,
+        n_out: usize,
+        out: usize,
+        it: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let xs = ctx.ptr(x) as *const f32;
+            let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+            let mut o = it * 16;
+            while o < end {
+                let rows = if end - o < 4 { end - o } else { 4 };
+                let mut acc = [[splat(0.0f32); NV]; 4];
+                let whole = n_in - n_in % 16;
+                let mut i = 0;
+                while i < whole {
+                    let xv = load_row(xs.add(i), 16);
+                    for r in 0..4 {
+                        if r < rows {
+                            let wv = load_row(ctx.w(w + (o + r) * n_in + i), 16);
+                            for v in 0..NV {
+                                acc[r][v] = madd(wv[v], xv[v], acc[r][v]);
+                            }
+                        }
+                    }
+                    i += 16;
+                }
+                for r in 0..rows {
+                    let mut lanes = [0.0f32; 16];
+                    store_row(lanes.as_mut_ptr(), &acc[r], 16);
+                    let mut sum: f64 = lanes.iter().map(|&v| v as f64).sum();
+                    for j in whole..n_in {
+                        sum += *ctx.w(w + (o + r) * n_in + j) as f64 * *xs.add(j) as f64;
+                    }
+                    *ctx.ptr(out + o + r) = (sum + *ctx.w(bias + o + r) as f64) as f32;
+                }
+                o += rows;
             }
         }
     }
@@ -7109,7 +7251,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -7825,7 +7967,7 @@ pub mod isa_avx2 {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                    fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 }
                 _ => {}
             }
@@ -8268,6 +8410,78 @@ pub mod isa_avx512 {
                     }
                     store_row(sp, &s, ncols);
                 }
+            }
+        }
+    }
+    /// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`, each dot product in 16
+    /// f32 lanes (multiply-adds in a fixed order), the lanes summed in f64; items of 16
+    /// outputs, four rows at a time (independent chains, four streams of weights).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn fc(
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        bias: usize,
+        n_out: usize,
+        out: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            ctx.pool
+                .run(
+                    n_out.div_ceil(16),
+                    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                    &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) },
+                );
+        }
+    }
+    /// Outputs `16 it ..` of `fc`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn fc_item(
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        bias: usize,
+        n_out: usize,
+        out: usize,
+        it: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let xs = ctx.ptr(x) as *const f32;
+            let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+            let mut o = it * 16;
+            while o < end {
+                let rows = if end - o < 4 { end - o } else { 4 };
+                let mut acc = [[splat(0.0f32); NV]; 4];
+                let whole = n_in - n_in % 16;
+                let mut i = 0;
+                while i < whole {
+                    let xv = load_row(xs.add(i), 16);
+                    for r in 0..4 {
+                        if r < rows {
+                            let wv = load_row(ctx.w(w + (o + r) * n_in + i), 16);
+                            for v in 0..NV {
+                                acc[r][v] = madd(wv[v], xv[v], acc[r][v]);
+                            }
+                        }
+                    }
+                    i += 16;
+                }
+                for r in 0..rows {
+                    let mut lanes = [0.0f32; 16];
+                    store_row(lanes.as_mut_ptr(), &acc[r], 16);
+                    let mut sum: f64 = lanes.iter().map(|&v| v as f64).sum();
+                    for j in whole..n_in {
+                        sum += *ctx.w(w + (o + r) * n_in + j) as f64 * *xs.add(j) as f64;
+                    }
+                    *ctx.ptr(out + o + r) = (sum + *ctx.w(bias + o + r) as f64) as f32;
+                }
+                o += rows;
             }
         }
     }
@@ -10539,7 +10753,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11255,7 +11469,7 @@ pub mod isa_avx512 {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                    fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 }
                 _ => {}
             }
@@ -11678,6 +11892,76 @@ pub mod isa_neon {
                     }
                     store_row(sp, &s, ncols);
                 }
+            }
+        }
+    }
+    /// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`, each dot product in 16
+    /// f32 lanes (multiply-adds in a fixed order), the lanes summed in f64; items of 16
+    /// outputs, four rows at a time (independent chains, four streams of weights).
+    #[inline(always)]
+    unsafe fn fc(
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        bias: usize,
+        n_out: usize,
+        out: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            ctx.pool
+                .run(
+                    n_out.div_ceil(16),
+                    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                    &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) },
+                );
+        }
+    }
+    /// Outputs `16 it ..` of `fc`.
+    #[inline(always)]
+    unsafe fn fc_item(
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        bias: usize,
+        n_out: usize,
+        out: usize,
+        it: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let xs = ctx.ptr(x) as *const f32;
+            let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+            let mut o = it * 16;
+            while o < end {
+                let rows = if end - o < 4 { end - o } else { 4 };
+                let mut acc = [[splat(0.0f32); NV]; 4];
+                let whole = n_in - n_in % 16;
+                let mut i = 0;
+                while i < whole {
+                    let xv = load_row(xs.add(i), 16);
+                    for r in 0..4 {
+                        if r < rows {
+                            let wv = load_row(ctx.w(w + (o + r) * n_in + i), 16);
+                            for v in 0..NV {
+                                acc[r][v] = madd(wv[v], xv[v], acc[r][v]);
+                            }
+                        }
+                    }
+                    i += 16;
+                }
+                for r in 0..rows {
+                    let mut lanes = [0.0f32; 16];
+                    store_row(lanes.as_mut_ptr(), &acc[r], 16);
+                    let mut sum: f64 = lanes.iter().map(|&v| v as f64).sum();
+                    for j in whole..n_in {
+                        sum += *ctx.w(w + (o + r) * n_in + j) as f64 * *xs.add(j) as f64;
+                    }
+                    *ctx.ptr(out + o + r) = (sum + *ctx.w(bias + o + r) as f64) as f32;
+                }
+                o += rows;
             }
         }
     }
@@ -13913,7 +14197,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -14629,7 +14913,7 @@ pub mod isa_neon {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    rt::fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                    fc(ctx, 0, 192, 102912, 104832, 10, 192);
                 }
                 _ => {}
             }

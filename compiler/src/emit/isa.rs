@@ -505,6 +505,54 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             }
         }
 
+        /// The classifier: `out[o] = bias[o] + sum_i w[o][i] x[i]`, each dot product in 16
+        /// f32 lanes (multiply-adds in a fixed order), the lanes summed in f64; items of 16
+        /// outputs, four rows at a time (independent chains, four streams of weights).
+        #attrs
+        unsafe fn fc(ctx: &rt::Ctx, x: usize, n_in: usize, w: usize, bias: usize, n_out: usize, out: usize) {
+            unsafe {
+                ctx.pool.run(n_out.div_ceil(16), &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) });
+            }
+        }
+
+        /// Outputs `16 it ..` of `fc`.
+        #attrs
+        unsafe fn fc_item(ctx: &rt::Ctx, x: usize, n_in: usize, w: usize, bias: usize, n_out: usize, out: usize, it: usize) {
+            unsafe {
+                let xs = ctx.ptr(x) as *const f32;
+                let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+                let mut o = it * 16;
+                while o < end {
+                    let rows = if end - o < 4 { end - o } else { 4 };
+                    let mut acc = [[splat(0.0f32); NV]; 4];
+                    let whole = n_in - n_in % 16;
+                    let mut i = 0;
+                    while i < whole {
+                        let xv = load_row(xs.add(i), 16);
+                        for r in 0..4 {
+                            if r < rows {
+                                let wv = load_row(ctx.w(w + (o + r) * n_in + i), 16);
+                                for v in 0..NV {
+                                    acc[r][v] = madd(wv[v], xv[v], acc[r][v]);
+                                }
+                            }
+                        }
+                        i += 16;
+                    }
+                    for r in 0..rows {
+                        let mut lanes = [0.0f32; 16];
+                        store_row(lanes.as_mut_ptr(), &acc[r], 16);
+                        let mut sum: f64 = lanes.iter().map(|&v| v as f64).sum();
+                        for j in whole..n_in {
+                            sum += *ctx.w(w + (o + r) * n_in + j) as f64 * *xs.add(j) as f64;
+                        }
+                        *ctx.ptr(out + o + r) = (sum + *ctx.w(bias + o + r) as f64) as f32;
+                    }
+                    o += rows;
+                }
+            }
+        }
+
         /// One work item of a conv: a band of rows times `P` adjacent weight panels of one
         /// group (`P` > 1 only when the group's panels are all full), tiles in order.
         #attrs

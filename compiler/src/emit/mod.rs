@@ -384,7 +384,7 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
                 let n_out = u(s.buffers[*out].layout.c);
                 let (x, o) = (offset(s, Some(*input)), offset(s, Some(*out)));
                 let (w, b) = (u(slot.weights), u(slot.bias));
-                quote!(rt::fc(ctx, #x, #n_in, #w, #b, #n_out, #o);)
+                quote!(fc(ctx, #x, #n_in, #w, #b, #n_out, #o);)
             }
             Op::CopyOut { tap, input } => {
                 let x = buf(s, Some(*input));
