@@ -1140,6 +1140,9 @@ pub mod isa_scalar {
     /// exp's argument range (2^n must stay a normal float) and whether SiLU clamps x.
     const EXP_RANGE: (f32, f32) = (-87.0, 88.0);
     const SILU_CLAMPS: bool = true;
+    /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
+    /// short steps of AVX2's 6 x 16 tile 5-13%).
+    const PF_PER_STEP: bool = false;
     /// A hint only; nothing on this ISA.
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
@@ -1266,44 +1269,64 @@ pub mod isa_scalar {
             let mut step = 0usize;
             for &t in taps {
                 let ap = a0.offset(t);
-                for k in 0..KC {
-                    for p in 0..P {
-                        prefetch(
-                            b
-                                .add(
-                                    (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
-                                ) as *const f32,
-                        );
-                    }
-                    if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
-                        prefetch_l2(pf.add((step >> pf_shift) * 64));
-                    }
-                    if step & ((1 << ahead_shift) - 1) == 0
-                        && step >> ahead_shift < ahead_lines
-                    {
-                        prefetch_l2(ahead.add((step >> ahead_shift) * 64));
-                    }
-                    if !a_next.is_null() && (k & 15) < T {
-                        prefetch_l2(
-                            a_next.add((k & 15) * STEP + (k & !15)) as *const u8,
-                        );
-                    }
-                    step += 1;
-                    let mut bv = [[splat(0.0f32); NV]; P];
-                    for p in 0..P {
-                        for v in 0..NV {
-                            bv[p][v] = load_weights::<WD>(b, bi + p * panel_len + v * L);
+                let block = if PF_PER_STEP { 1 } else { 16 };
+                let mut k0 = 0;
+                while k0 < KC {
+                    let n = if KC - k0 < block { KC - k0 } else { block };
+                    if PF_PER_STEP {
+                        if step & ((1 << pf_shift) - 1) == 0
+                            && step >> pf_shift < pf_lines
+                        {
+                            prefetch_l2(pf.add((step >> pf_shift) * 64));
                         }
-                    }
-                    for i in 0..T {
-                        let x = splat(*ap.add(i * STEP + k));
-                        for p in 0..P {
-                            for v in 0..NV {
-                                acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                        if step & ((1 << ahead_shift) - 1) == 0
+                            && step >> ahead_shift < ahead_lines
+                        {
+                            prefetch_l2(ahead.add((step >> ahead_shift) * 64));
+                        }
+                        if !a_next.is_null() && (k0 & 15) < T {
+                            prefetch_l2(
+                                a_next.add((k0 & 15) * STEP + (k0 & !15)) as *const u8,
+                            );
+                        }
+                    } else {
+                        prefetch_lines(pf, pf_lines, pf_shift, step, n);
+                        prefetch_lines(ahead, ahead_lines, ahead_shift, step, n);
+                        if !a_next.is_null() {
+                            for i in 0..T {
+                                prefetch_l2(a_next.add(i * STEP + k0) as *const u8);
                             }
                         }
                     }
-                    bi += 16;
+                    step += n;
+                    for k in k0..k0 + n {
+                        for p in 0..P {
+                            prefetch(
+                                b
+                                    .add(
+                                        (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
+                                    ) as *const f32,
+                            );
+                        }
+                        let mut bv = [[splat(0.0f32); NV]; P];
+                        for p in 0..P {
+                            for v in 0..NV {
+                                bv[p][v] = load_weights::<
+                                    WD,
+                                >(b, bi + p * panel_len + v * L);
+                            }
+                        }
+                        for i in 0..T {
+                            let x = splat(*ap.add(i * STEP + k));
+                            for p in 0..P {
+                                for v in 0..NV {
+                                    acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                                }
+                            }
+                        }
+                        bi += 16;
+                    }
+                    k0 += n;
                 }
             }
             for i in 0..T {
@@ -1315,6 +1338,28 @@ pub mod isa_scalar {
                         );
                     }
                 }
+            }
+        }
+    }
+    /// The lines of a spread prefetch stream (one every `2^shift` steps, `lines` in all,
+    /// from `base`) that fall due in steps `step .. step + n`, asked for into L2.
+    #[inline(always)]
+    unsafe fn prefetch_lines(
+        base: *const u8,
+        lines: usize,
+        shift: u32,
+        step: usize,
+        n: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let first = (step + (1 << shift) - 1) >> shift;
+            let end = (step + n + (1 << shift) - 1) >> shift;
+            let end = if end < lines { end } else { lines };
+            let mut j = first;
+            while j < end {
+                prefetch_l2(base.add(j * 64));
+                j += 1;
             }
         }
     }
@@ -4593,6 +4638,9 @@ pub mod isa_avx2 {
     /// exp's argument range (2^n must stay a normal float) and whether SiLU clamps x.
     const EXP_RANGE: (f32, f32) = (-87.0, 88.0);
     const SILU_CLAMPS: bool = true;
+    /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
+    /// short steps of AVX2's 6 x 16 tile 5-13%).
+    const PF_PER_STEP: bool = false;
     /// Brings the line at `p` into L1 (a hint).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -4735,44 +4783,64 @@ pub mod isa_avx2 {
             let mut step = 0usize;
             for &t in taps {
                 let ap = a0.offset(t);
-                for k in 0..KC {
-                    for p in 0..P {
-                        prefetch(
-                            b
-                                .add(
-                                    (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
-                                ) as *const f32,
-                        );
-                    }
-                    if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
-                        prefetch_l2(pf.add((step >> pf_shift) * 64));
-                    }
-                    if step & ((1 << ahead_shift) - 1) == 0
-                        && step >> ahead_shift < ahead_lines
-                    {
-                        prefetch_l2(ahead.add((step >> ahead_shift) * 64));
-                    }
-                    if !a_next.is_null() && (k & 15) < T {
-                        prefetch_l2(
-                            a_next.add((k & 15) * STEP + (k & !15)) as *const u8,
-                        );
-                    }
-                    step += 1;
-                    let mut bv = [[splat(0.0f32); NV]; P];
-                    for p in 0..P {
-                        for v in 0..NV {
-                            bv[p][v] = load_weights::<WD>(b, bi + p * panel_len + v * L);
+                let block = if PF_PER_STEP { 1 } else { 16 };
+                let mut k0 = 0;
+                while k0 < KC {
+                    let n = if KC - k0 < block { KC - k0 } else { block };
+                    if PF_PER_STEP {
+                        if step & ((1 << pf_shift) - 1) == 0
+                            && step >> pf_shift < pf_lines
+                        {
+                            prefetch_l2(pf.add((step >> pf_shift) * 64));
                         }
-                    }
-                    for i in 0..T {
-                        let x = splat(*ap.add(i * STEP + k));
-                        for p in 0..P {
-                            for v in 0..NV {
-                                acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                        if step & ((1 << ahead_shift) - 1) == 0
+                            && step >> ahead_shift < ahead_lines
+                        {
+                            prefetch_l2(ahead.add((step >> ahead_shift) * 64));
+                        }
+                        if !a_next.is_null() && (k0 & 15) < T {
+                            prefetch_l2(
+                                a_next.add((k0 & 15) * STEP + (k0 & !15)) as *const u8,
+                            );
+                        }
+                    } else {
+                        prefetch_lines(pf, pf_lines, pf_shift, step, n);
+                        prefetch_lines(ahead, ahead_lines, ahead_shift, step, n);
+                        if !a_next.is_null() {
+                            for i in 0..T {
+                                prefetch_l2(a_next.add(i * STEP + k0) as *const u8);
                             }
                         }
                     }
-                    bi += 16;
+                    step += n;
+                    for k in k0..k0 + n {
+                        for p in 0..P {
+                            prefetch(
+                                b
+                                    .add(
+                                        (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
+                                    ) as *const f32,
+                            );
+                        }
+                        let mut bv = [[splat(0.0f32); NV]; P];
+                        for p in 0..P {
+                            for v in 0..NV {
+                                bv[p][v] = load_weights::<
+                                    WD,
+                                >(b, bi + p * panel_len + v * L);
+                            }
+                        }
+                        for i in 0..T {
+                            let x = splat(*ap.add(i * STEP + k));
+                            for p in 0..P {
+                                for v in 0..NV {
+                                    acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                                }
+                            }
+                        }
+                        bi += 16;
+                    }
+                    k0 += n;
                 }
             }
             for i in 0..T {
@@ -4784,6 +4852,29 @@ pub mod isa_avx2 {
                         );
                     }
                 }
+            }
+        }
+    }
+    /// The lines of a spread prefetch stream (one every `2^shift` steps, `lines` in all,
+    /// from `base`) that fall due in steps `step .. step + n`, asked for into L2.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn prefetch_lines(
+        base: *const u8,
+        lines: usize,
+        shift: u32,
+        step: usize,
+        n: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let first = (step + (1 << shift) - 1) >> shift;
+            let end = (step + n + (1 << shift) - 1) >> shift;
+            let end = if end < lines { end } else { lines };
+            let mut j = first;
+            while j < end {
+                prefetch_l2(base.add(j * 64));
+                j += 1;
             }
         }
     }
@@ -8094,6 +8185,9 @@ pub mod isa_avx512 {
     /// shift-and-multiply form (4 of 25 instructions fewer).
     const EXP_RANGE: (f32, f32) = (-104.0, 104.0);
     const SILU_CLAMPS: bool = false;
+    /// The conv micro-kernel's L2 requests go out step by step (its 24-FMA steps hide the
+    /// tests; bursts per 16 steps made L2's 20x20 convs 2-3% slower).
+    const PF_PER_STEP: bool = true;
     /// Brings the line at `p` into L1 (a hint): 2-4% on the 1x1 convs over 1536
     /// channels, neutral elsewhere (per-kernel minimums, A/B on L2).
     #[inline]
@@ -8237,44 +8331,64 @@ pub mod isa_avx512 {
             let mut step = 0usize;
             for &t in taps {
                 let ap = a0.offset(t);
-                for k in 0..KC {
-                    for p in 0..P {
-                        prefetch(
-                            b
-                                .add(
-                                    (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
-                                ) as *const f32,
-                        );
-                    }
-                    if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
-                        prefetch_l2(pf.add((step >> pf_shift) * 64));
-                    }
-                    if step & ((1 << ahead_shift) - 1) == 0
-                        && step >> ahead_shift < ahead_lines
-                    {
-                        prefetch_l2(ahead.add((step >> ahead_shift) * 64));
-                    }
-                    if !a_next.is_null() && (k & 15) < T {
-                        prefetch_l2(
-                            a_next.add((k & 15) * STEP + (k & !15)) as *const u8,
-                        );
-                    }
-                    step += 1;
-                    let mut bv = [[splat(0.0f32); NV]; P];
-                    for p in 0..P {
-                        for v in 0..NV {
-                            bv[p][v] = load_weights::<WD>(b, bi + p * panel_len + v * L);
+                let block = if PF_PER_STEP { 1 } else { 16 };
+                let mut k0 = 0;
+                while k0 < KC {
+                    let n = if KC - k0 < block { KC - k0 } else { block };
+                    if PF_PER_STEP {
+                        if step & ((1 << pf_shift) - 1) == 0
+                            && step >> pf_shift < pf_lines
+                        {
+                            prefetch_l2(pf.add((step >> pf_shift) * 64));
                         }
-                    }
-                    for i in 0..T {
-                        let x = splat(*ap.add(i * STEP + k));
-                        for p in 0..P {
-                            for v in 0..NV {
-                                acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                        if step & ((1 << ahead_shift) - 1) == 0
+                            && step >> ahead_shift < ahead_lines
+                        {
+                            prefetch_l2(ahead.add((step >> ahead_shift) * 64));
+                        }
+                        if !a_next.is_null() && (k0 & 15) < T {
+                            prefetch_l2(
+                                a_next.add((k0 & 15) * STEP + (k0 & !15)) as *const u8,
+                            );
+                        }
+                    } else {
+                        prefetch_lines(pf, pf_lines, pf_shift, step, n);
+                        prefetch_lines(ahead, ahead_lines, ahead_shift, step, n);
+                        if !a_next.is_null() {
+                            for i in 0..T {
+                                prefetch_l2(a_next.add(i * STEP + k0) as *const u8);
                             }
                         }
                     }
-                    bi += 16;
+                    step += n;
+                    for k in k0..k0 + n {
+                        for p in 0..P {
+                            prefetch(
+                                b
+                                    .add(
+                                        (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
+                                    ) as *const f32,
+                            );
+                        }
+                        let mut bv = [[splat(0.0f32); NV]; P];
+                        for p in 0..P {
+                            for v in 0..NV {
+                                bv[p][v] = load_weights::<
+                                    WD,
+                                >(b, bi + p * panel_len + v * L);
+                            }
+                        }
+                        for i in 0..T {
+                            let x = splat(*ap.add(i * STEP + k));
+                            for p in 0..P {
+                                for v in 0..NV {
+                                    acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                                }
+                            }
+                        }
+                        bi += 16;
+                    }
+                    k0 += n;
                 }
             }
             for i in 0..T {
@@ -8286,6 +8400,29 @@ pub mod isa_avx512 {
                         );
                     }
                 }
+            }
+        }
+    }
+    /// The lines of a spread prefetch stream (one every `2^shift` steps, `lines` in all,
+    /// from `base`) that fall due in steps `step .. step + n`, asked for into L2.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn prefetch_lines(
+        base: *const u8,
+        lines: usize,
+        shift: u32,
+        step: usize,
+        n: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let first = (step + (1 << shift) - 1) >> shift;
+            let end = (step + n + (1 << shift) - 1) >> shift;
+            let end = if end < lines { end } else { lines };
+            let mut j = first;
+            while j < end {
+                prefetch_l2(base.add(j * 64));
+                j += 1;
             }
         }
     }
@@ -11592,6 +11729,9 @@ pub mod isa_neon {
     /// exp's argument range (2^n must stay a normal float) and whether SiLU clamps x.
     const EXP_RANGE: (f32, f32) = (-87.0, 88.0);
     const SILU_CLAMPS: bool = true;
+    /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
+    /// short steps of AVX2's 6 x 16 tile 5-13%).
+    const PF_PER_STEP: bool = false;
     /// A hint only; left to the hardware prefetcher here.
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
@@ -11721,44 +11861,64 @@ pub mod isa_neon {
             let mut step = 0usize;
             for &t in taps {
                 let ap = a0.offset(t);
-                for k in 0..KC {
-                    for p in 0..P {
-                        prefetch(
-                            b
-                                .add(
-                                    (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
-                                ) as *const f32,
-                        );
-                    }
-                    if step & ((1 << pf_shift) - 1) == 0 && step >> pf_shift < pf_lines {
-                        prefetch_l2(pf.add((step >> pf_shift) * 64));
-                    }
-                    if step & ((1 << ahead_shift) - 1) == 0
-                        && step >> ahead_shift < ahead_lines
-                    {
-                        prefetch_l2(ahead.add((step >> ahead_shift) * 64));
-                    }
-                    if !a_next.is_null() && (k & 15) < T {
-                        prefetch_l2(
-                            a_next.add((k & 15) * STEP + (k & !15)) as *const u8,
-                        );
-                    }
-                    step += 1;
-                    let mut bv = [[splat(0.0f32); NV]; P];
-                    for p in 0..P {
-                        for v in 0..NV {
-                            bv[p][v] = load_weights::<WD>(b, bi + p * panel_len + v * L);
+                let block = if PF_PER_STEP { 1 } else { 16 };
+                let mut k0 = 0;
+                while k0 < KC {
+                    let n = if KC - k0 < block { KC - k0 } else { block };
+                    if PF_PER_STEP {
+                        if step & ((1 << pf_shift) - 1) == 0
+                            && step >> pf_shift < pf_lines
+                        {
+                            prefetch_l2(pf.add((step >> pf_shift) * 64));
                         }
-                    }
-                    for i in 0..T {
-                        let x = splat(*ap.add(i * STEP + k));
-                        for p in 0..P {
-                            for v in 0..NV {
-                                acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                        if step & ((1 << ahead_shift) - 1) == 0
+                            && step >> ahead_shift < ahead_lines
+                        {
+                            prefetch_l2(ahead.add((step >> ahead_shift) * 64));
+                        }
+                        if !a_next.is_null() && (k0 & 15) < T {
+                            prefetch_l2(
+                                a_next.add((k0 & 15) * STEP + (k0 & !15)) as *const u8,
+                            );
+                        }
+                    } else {
+                        prefetch_lines(pf, pf_lines, pf_shift, step, n);
+                        prefetch_lines(ahead, ahead_lines, ahead_shift, step, n);
+                        if !a_next.is_null() {
+                            for i in 0..T {
+                                prefetch_l2(a_next.add(i * STEP + k0) as *const u8);
                             }
                         }
                     }
-                    bi += 16;
+                    step += n;
+                    for k in k0..k0 + n {
+                        for p in 0..P {
+                            prefetch(
+                                b
+                                    .add(
+                                        (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
+                                    ) as *const f32,
+                            );
+                        }
+                        let mut bv = [[splat(0.0f32); NV]; P];
+                        for p in 0..P {
+                            for v in 0..NV {
+                                bv[p][v] = load_weights::<
+                                    WD,
+                                >(b, bi + p * panel_len + v * L);
+                            }
+                        }
+                        for i in 0..T {
+                            let x = splat(*ap.add(i * STEP + k));
+                            for p in 0..P {
+                                for v in 0..NV {
+                                    acc[i][p][v] = madd(x, bv[p][v], acc[i][p][v]);
+                                }
+                            }
+                        }
+                        bi += 16;
+                    }
+                    k0 += n;
                 }
             }
             for i in 0..T {
@@ -11770,6 +11930,28 @@ pub mod isa_neon {
                         );
                     }
                 }
+            }
+        }
+    }
+    /// The lines of a spread prefetch stream (one every `2^shift` steps, `lines` in all,
+    /// from `base`) that fall due in steps `step .. step + n`, asked for into L2.
+    #[inline(always)]
+    unsafe fn prefetch_lines(
+        base: *const u8,
+        lines: usize,
+        shift: u32,
+        step: usize,
+        n: usize,
+    ) {
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            let first = (step + (1 << shift) - 1) >> shift;
+            let end = (step + n + (1 << shift) - 1) >> shift;
+            let end = if end < lines { end } else { lines };
+            let mut j = first;
+            while j < end {
+                prefetch_l2(base.add(j * 64));
+                j += 1;
             }
         }
     }
