@@ -23,8 +23,8 @@ pub struct IsaSpec {
     pub lanes: usize,
     /// Micro-kernel shapes: (weight panels of 16 channels, pixels per tile at most). A conv
     /// takes the first the emitter allows it (see `conv_entry_points`) whose panel count
-    /// divides its group's (all panels full). AVX-512 computes 8 x 48 for the 1x1 convs that
-    /// stream a few hundred input channels from L2, else 6 x 64 (24 accumulators: each
+    /// divides its group's (all panels full). AVX-512 computes 8 x 48 for the 1x1 convs over
+    /// up to 1536 input channels on 192+ pixels, else 6 x 64 (24 accumulators: each
     /// broadcast input feeds four FMAs, measured 2-3% faster than 12 x 32 on L2), else
     /// 12 x 32, else 12 x 16.
     pub shapes: &'static [(usize, usize)],
