@@ -1363,6 +1363,11 @@ pub mod isa_scalar {
             }
         }
     }
+    /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
+    #[inline(always)]
+    fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
+        if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+    }
     /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
     /// f16 (2).
     #[inline(always)]
@@ -1580,11 +1585,7 @@ pub mod isa_scalar {
             let n0 = g * d.cout_g + pj * 16;
             let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
             let w_at = io.weights + panel * d.taps.len() * KC * 16;
-            let b = if WD == 0 {
-                ctx.w(w_at) as *const u8
-            } else {
-                ctx.w16(w_at) as *const u8
-            };
+            let b = weights_at::<WD>(ctx, w_at);
             let bias = ctx.w(io.bias + panel * 16);
             let sums = if d.sums {
                 let s = ctx.ptr(io.sums + bi * d.out.c + n0);
@@ -1597,14 +1598,7 @@ pub mod isa_scalar {
             let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
             } else if !d.panel_outer && bi + 1 < bands {
-                (
-                    true,
-                    if WD == 0 {
-                        ctx.w(io.weights) as *const u8
-                    } else {
-                        ctx.w16(io.weights) as *const u8
-                    },
-                )
+                (true, weights_at::<WD>(ctx, io.weights))
             } else {
                 (false, b)
             };
@@ -1638,7 +1632,7 @@ pub mod isa_scalar {
             let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
             let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
             let per_tile = ahead_lines
-                .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
+                .div_ceil(row_tiles(bi * d.band, r_end))
                 .min(tile_lines);
             let ahead_shift = rt::spread_shift(per_tile, tile_lines);
             let mut ahead_done = 0;
@@ -1933,11 +1927,7 @@ pub mod isa_scalar {
                 let c = it % chunks;
                 let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
                 let at = io.weights + (g + 1) * A2 * panels * KC * 16;
-                let base = if WD == 0 {
-                    ctx.w(at) as *const u8
-                } else {
-                    ctx.w16(at) as *const u8
-                };
+                let base = weights_at::<WD>(ctx, at);
                 (base.wrapping_add(lo * 64), hi - lo)
             } else {
                 (core::ptr::null(), 0)
@@ -1948,11 +1938,7 @@ pub mod isa_scalar {
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
-                    let b = if WD == 0 {
-                        ctx.w(at) as *const u8
-                    } else {
-                        ctx.w16(at) as *const u8
-                    };
+                    let b = weights_at::<WD>(ctx, at);
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
                     let n = per_call.min(ahead_lines - ahead_done);
@@ -4878,6 +4864,11 @@ pub mod isa_avx2 {
             }
         }
     }
+    /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
+    #[inline(always)]
+    fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
+        if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+    }
     /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
     /// f16 (2).
     #[inline]
@@ -5100,11 +5091,7 @@ pub mod isa_avx2 {
             let n0 = g * d.cout_g + pj * 16;
             let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
             let w_at = io.weights + panel * d.taps.len() * KC * 16;
-            let b = if WD == 0 {
-                ctx.w(w_at) as *const u8
-            } else {
-                ctx.w16(w_at) as *const u8
-            };
+            let b = weights_at::<WD>(ctx, w_at);
             let bias = ctx.w(io.bias + panel * 16);
             let sums = if d.sums {
                 let s = ctx.ptr(io.sums + bi * d.out.c + n0);
@@ -5117,14 +5104,7 @@ pub mod isa_avx2 {
             let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
             } else if !d.panel_outer && bi + 1 < bands {
-                (
-                    true,
-                    if WD == 0 {
-                        ctx.w(io.weights) as *const u8
-                    } else {
-                        ctx.w16(io.weights) as *const u8
-                    },
-                )
+                (true, weights_at::<WD>(ctx, io.weights))
             } else {
                 (false, b)
             };
@@ -5158,7 +5138,7 @@ pub mod isa_avx2 {
             let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
             let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
             let per_tile = ahead_lines
-                .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
+                .div_ceil(row_tiles(bi * d.band, r_end))
                 .min(tile_lines);
             let ahead_shift = rt::spread_shift(per_tile, tile_lines);
             let mut ahead_done = 0;
@@ -5460,11 +5440,7 @@ pub mod isa_avx2 {
                 let c = it % chunks;
                 let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
                 let at = io.weights + (g + 1) * A2 * panels * KC * 16;
-                let base = if WD == 0 {
-                    ctx.w(at) as *const u8
-                } else {
-                    ctx.w16(at) as *const u8
-                };
+                let base = weights_at::<WD>(ctx, at);
                 (base.wrapping_add(lo * 64), hi - lo)
             } else {
                 (core::ptr::null(), 0)
@@ -5475,11 +5451,7 @@ pub mod isa_avx2 {
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
-                    let b = if WD == 0 {
-                        ctx.w(at) as *const u8
-                    } else {
-                        ctx.w16(at) as *const u8
-                    };
+                    let b = weights_at::<WD>(ctx, at);
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
                     let n = per_call.min(ahead_lines - ahead_done);
@@ -8426,6 +8398,11 @@ pub mod isa_avx512 {
             }
         }
     }
+    /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
+    #[inline(always)]
+    fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
+        if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+    }
     /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
     /// f16 (2).
     #[inline]
@@ -8648,11 +8625,7 @@ pub mod isa_avx512 {
             let n0 = g * d.cout_g + pj * 16;
             let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
             let w_at = io.weights + panel * d.taps.len() * KC * 16;
-            let b = if WD == 0 {
-                ctx.w(w_at) as *const u8
-            } else {
-                ctx.w16(w_at) as *const u8
-            };
+            let b = weights_at::<WD>(ctx, w_at);
             let bias = ctx.w(io.bias + panel * 16);
             let sums = if d.sums {
                 let s = ctx.ptr(io.sums + bi * d.out.c + n0);
@@ -8665,14 +8638,7 @@ pub mod isa_avx512 {
             let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
             } else if !d.panel_outer && bi + 1 < bands {
-                (
-                    true,
-                    if WD == 0 {
-                        ctx.w(io.weights) as *const u8
-                    } else {
-                        ctx.w16(io.weights) as *const u8
-                    },
-                )
+                (true, weights_at::<WD>(ctx, io.weights))
             } else {
                 (false, b)
             };
@@ -8706,7 +8672,7 @@ pub mod isa_avx512 {
             let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
             let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
             let per_tile = ahead_lines
-                .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
+                .div_ceil(row_tiles(bi * d.band, r_end))
                 .min(tile_lines);
             let ahead_shift = rt::spread_shift(per_tile, tile_lines);
             let mut ahead_done = 0;
@@ -9008,11 +8974,7 @@ pub mod isa_avx512 {
                 let c = it % chunks;
                 let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
                 let at = io.weights + (g + 1) * A2 * panels * KC * 16;
-                let base = if WD == 0 {
-                    ctx.w(at) as *const u8
-                } else {
-                    ctx.w16(at) as *const u8
-                };
+                let base = weights_at::<WD>(ctx, at);
                 (base.wrapping_add(lo * 64), hi - lo)
             } else {
                 (core::ptr::null(), 0)
@@ -9023,11 +8985,7 @@ pub mod isa_avx512 {
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
-                    let b = if WD == 0 {
-                        ctx.w(at) as *const u8
-                    } else {
-                        ctx.w16(at) as *const u8
-                    };
+                    let b = weights_at::<WD>(ctx, at);
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
                     let n = per_call.min(ahead_lines - ahead_done);
@@ -11955,6 +11913,11 @@ pub mod isa_neon {
             }
         }
     }
+    /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
+    #[inline(always)]
+    fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
+        if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+    }
     /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
     /// f16 (2).
     #[inline(always)]
@@ -12172,11 +12135,7 @@ pub mod isa_neon {
             let n0 = g * d.cout_g + pj * 16;
             let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
             let w_at = io.weights + panel * d.taps.len() * KC * 16;
-            let b = if WD == 0 {
-                ctx.w(w_at) as *const u8
-            } else {
-                ctx.w16(w_at) as *const u8
-            };
+            let b = weights_at::<WD>(ctx, w_at);
             let bias = ctx.w(io.bias + panel * 16);
             let sums = if d.sums {
                 let s = ctx.ptr(io.sums + bi * d.out.c + n0);
@@ -12189,14 +12148,7 @@ pub mod isa_neon {
             let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
             } else if !d.panel_outer && bi + 1 < bands {
-                (
-                    true,
-                    if WD == 0 {
-                        ctx.w(io.weights) as *const u8
-                    } else {
-                        ctx.w16(io.weights) as *const u8
-                    },
-                )
+                (true, weights_at::<WD>(ctx, io.weights))
             } else {
                 (false, b)
             };
@@ -12230,7 +12182,7 @@ pub mod isa_neon {
             let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
             let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
             let per_tile = ahead_lines
-                .div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T))
+                .div_ceil(row_tiles(bi * d.band, r_end))
                 .min(tile_lines);
             let ahead_shift = rt::spread_shift(per_tile, tile_lines);
             let mut ahead_done = 0;
@@ -12525,11 +12477,7 @@ pub mod isa_neon {
                 let c = it % chunks;
                 let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
                 let at = io.weights + (g + 1) * A2 * panels * KC * 16;
-                let base = if WD == 0 {
-                    ctx.w(at) as *const u8
-                } else {
-                    ctx.w16(at) as *const u8
-                };
+                let base = weights_at::<WD>(ctx, at);
                 (base.wrapping_add(lo * 64), hi - lo)
             } else {
                 (core::ptr::null(), 0)
@@ -12540,11 +12488,7 @@ pub mod isa_neon {
             for q in 0..A2 {
                 for u in 0..units {
                     let at = w_g + (q * panels + u * P) * KC * 16;
-                    let b = if WD == 0 {
-                        ctx.w(at) as *const u8
-                    } else {
-                        ctx.w16(at) as *const u8
-                    };
+                    let b = weights_at::<WD>(ctx, at);
                     let acc = m.add((q * units + u) * T * P * 16)
                         as *mut [[[V; NV]; P]; T];
                     let n = per_call.min(ahead_lines - ahead_done);

@@ -447,6 +447,12 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             }
         }
 
+        /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
+        #[inline(always)]
+        fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
+            if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+        }
+
         /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
         /// f16 (2).
         #attrs
@@ -619,7 +625,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let n0 = g * d.cout_g + pj * 16;
                 let ncols = if d.cout_g - pj * 16 < 16 { d.cout_g - pj * 16 } else { 16 };
                 let w_at = io.weights + panel * d.taps.len() * KC * 16;
-                let b = if WD == 0 { ctx.w(w_at) as *const u8 } else { ctx.w16(w_at) as *const u8 };
+                let b = weights_at::<WD>(ctx, w_at);
                 let bias = ctx.w(io.bias + panel * 16);
                 let sums = if d.sums {
                     let s = ctx.ptr(io.sums + bi * d.out.c + n0);
@@ -638,7 +644,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
                     (true, b.wrapping_add(unit_bytes))
                 } else if !d.panel_outer && bi + 1 < bands {
-                    (true, if WD == 0 { ctx.w(io.weights) as *const u8 } else { ctx.w16(io.weights) as *const u8 })
+                    (true, weights_at::<WD>(ctx, io.weights))
                 } else {
                     (false, b)
                 };
@@ -655,7 +661,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let pf_shift = rt::spread_shift(pf_per_tile, tile_lines);
                 // This item's share of the next kernel's weights, spread over its tiles.
                 let (ahead, ahead_lines) = io.ahead_share(ctx, it, bands * units);
-                let per_tile = ahead_lines.div_ceil((r_end - bi * d.band) * d.row_len.div_ceil(T)).min(tile_lines);
+                let per_tile = ahead_lines.div_ceil(row_tiles(bi * d.band, r_end)).min(tile_lines);
                 let ahead_shift = rt::spread_shift(per_tile, tile_lines);
                 let mut ahead_done = 0;
                 for r in bi * d.band..r_end {
@@ -897,7 +903,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                     let c = it % chunks;
                     let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
                     let at = io.weights + (g + 1) * A2 * panels * KC * 16;
-                    let base = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
+                    let base = weights_at::<WD>(ctx, at);
                     (base.wrapping_add(lo * 64), hi - lo)
                 } else {
                     (core::ptr::null(), 0)
@@ -910,7 +916,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 for q in 0..A2 {
                     for u in 0..units {
                         let at = w_g + (q * panels + u * P) * KC * 16;
-                        let b = if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 };
+                        let b = weights_at::<WD>(ctx, at);
                         let acc = m.add((q * units + u) * T * P * 16) as *mut [[[V; NV]; P]; T];
                         let n = per_call.min(ahead_lines - ahead_done);
                         let ah = ahead.wrapping_add(ahead_done * 64);
