@@ -466,7 +466,7 @@ mod tests {
             for lines in [0, 1, 2, 3, 85, 341, 1535, 1536, 5000] {
                 let s = spread_shift(lines, steps);
                 if lines == 0 || lines >= steps {
-                    assert!(s == 0 || lines == 0, "{lines} lines, {steps} steps");
+                    assert_eq!(s, 0, "{lines} lines, {steps} steps: one per step from the first");
                     continue;
                 }
                 assert!(lines << s <= steps, "{lines} lines every 2^{s} of {steps} steps");

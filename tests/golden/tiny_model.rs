@@ -1529,11 +1529,11 @@ pub mod isa_scalar {
         unsafe {
             let xs = ctx.ptr(x) as *const f32;
             let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+            let whole = n_in - n_in % 16;
             let mut o = it * 16;
             while o < end {
                 let rows = if end - o < 4 { end - o } else { 4 };
                 let mut acc = [[splat(0.0f32); NV]; 4];
-                let whole = n_in - n_in % 16;
                 let mut i = 0;
                 while i < whole {
                     let xv = load_row(xs.add(i), 16);
@@ -5034,11 +5034,11 @@ pub mod isa_avx2 {
         unsafe {
             let xs = ctx.ptr(x) as *const f32;
             let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+            let whole = n_in - n_in % 16;
             let mut o = it * 16;
             while o < end {
                 let rows = if end - o < 4 { end - o } else { 4 };
                 let mut acc = [[splat(0.0f32); NV]; 4];
-                let whole = n_in - n_in % 16;
                 let mut i = 0;
                 while i < whole {
                     let xv = load_row(xs.add(i), 16);
@@ -8568,11 +8568,11 @@ pub mod isa_avx512 {
         unsafe {
             let xs = ctx.ptr(x) as *const f32;
             let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+            let whole = n_in - n_in % 16;
             let mut o = it * 16;
             while o < end {
                 let rows = if end - o < 4 { end - o } else { 4 };
                 let mut acc = [[splat(0.0f32); NV]; 4];
-                let whole = n_in - n_in % 16;
                 let mut i = 0;
                 while i < whole {
                     let xv = load_row(xs.add(i), 16);
@@ -12079,11 +12079,11 @@ pub mod isa_neon {
         unsafe {
             let xs = ctx.ptr(x) as *const f32;
             let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+            let whole = n_in - n_in % 16;
             let mut o = it * 16;
             while o < end {
                 let rows = if end - o < 4 { end - o } else { 4 };
                 let mut acc = [[splat(0.0f32); NV]; 4];
-                let whole = n_in - n_in % 16;
                 let mut i = 0;
                 while i < whole {
                     let xv = load_row(xs.add(i), 16);

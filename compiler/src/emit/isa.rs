@@ -574,11 +574,11 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
             unsafe {
                 let xs = ctx.ptr(x) as *const f32;
                 let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
+                let whole = n_in - n_in % 16;
                 let mut o = it * 16;
                 while o < end {
                     let rows = if end - o < 4 { end - o } else { 4 };
                     let mut acc = [[splat(0.0f32); NV]; 4];
-                    let whole = n_in - n_in % 16;
                     let mut i = 0;
                     while i < whole {
                         let xv = load_row(xs.add(i), 16);
