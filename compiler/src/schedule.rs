@@ -35,7 +35,12 @@ impl ConvGeom {
         if flat {
             let m = out_h * out_w;
             let rows = m.div_ceil(M_BLOCK);
-            ConvGeom { flat, rows, row_len: M_BLOCK, last_row_len: m - M_BLOCK * (rows - 1), band: 1 }
+            // Below four blocks the rows are evened out in multiples of 12 (a multiple of
+            // every tile height used there) so that the work items are about equal: L2's
+            // 10x10 stage as 36 + 36 + 28 pixels instead of 48 + 48 + 4, the same tiles.
+            let row_len = if m < 4 * M_BLOCK { m.div_ceil(rows).next_multiple_of(12).min(M_BLOCK) } else { M_BLOCK };
+            let rows = m.div_ceil(row_len);
+            ConvGeom { flat, rows, row_len, last_row_len: m - row_len * (rows - 1), band: 1 }
         } else {
             ConvGeom { flat, rows: out_h, row_len: out_w, last_row_len: out_w, band: (M_BLOCK / out_w).max(1) }
         }
@@ -908,6 +913,22 @@ mod tests {
     use super::*;
     use crate::Model;
     use crate::synth::{self, StorageDtype, SynthSpec};
+
+    #[test]
+    fn flat_rows_cover_the_pixels_with_even_rows_on_small_maps() {
+        // L2's 10x10 stage: three rows as before, evened out; 20x20 and up: rows of 48.
+        let g = ConvGeom::new(10, 10, true);
+        assert_eq!((g.rows, g.row_len, g.last_row_len), (3, 36, 28));
+        let g = ConvGeom::new(20, 20, true);
+        assert_eq!((g.rows, g.row_len, g.last_row_len), (9, 48, 16));
+        for (h, w) in [(1, 1), (2, 3), (5, 5), (7, 9), (6, 8), (12, 12), (13, 14), (40, 40)] {
+            let g = ConvGeom::new(h, w, true);
+            let m = h * w;
+            assert_eq!(g.row_len * (g.rows - 1) + g.last_row_len, m, "{h}x{w}");
+            assert!(g.last_row_len >= 1 && g.last_row_len <= g.row_len && g.row_len <= M_BLOCK, "{h}x{w}");
+            assert_eq!(g.rows, m.div_ceil(M_BLOCK), "{h}x{w}: as many rows as blocks of {M_BLOCK}");
+        }
+    }
 
     const TINY_ARGS: &str = r#"{"depths": [1, 2, 1, 1], "channels": [32, 64, 96, 128], "stem_chs": 16,
         "group_size": 8, "num_features": 192}"#;

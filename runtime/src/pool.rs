@@ -33,6 +33,11 @@ struct State {
     pending: usize,
     panicked: bool,
     shutdown: bool,
+    /// Workers asleep on `start`, and whether `run` sleeps on `done`: a notify costs a
+    /// system call even when nobody waits, so it is skipped then (a model runs hundreds of
+    /// jobs per inference, their threads spinning between them).
+    sleepers: usize,
+    caller_waits: bool,
 }
 
 /// The items a thread has left, `lo..hi`, packed as `lo << 32 | hi` (one cache line each).
@@ -119,7 +124,15 @@ impl Pool {
     pub fn new(threads: usize) -> std::io::Result<Pool> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { job: None, generation: 0, pending: 0, panicked: false, shutdown: false }),
+            state: Mutex::new(State {
+                job: None,
+                generation: 0,
+                pending: 0,
+                panicked: false,
+                shutdown: false,
+                sleepers: 0,
+                caller_waits: false,
+            }),
             start: Condvar::new(),
             done: Condvar::new(),
             generation: AtomicU64::new(0),
@@ -155,7 +168,7 @@ impl Pool {
             let range = range(n, threads, t);
             r.0.store((range.start as u64) << 32 | range.end as u64, Ordering::Release);
         }
-        {
+        let sleepers = {
             let mut s = self.shared.lock();
             s.job = Some(JobRef { f: f_static });
             s.generation = s.generation.wrapping_add(1);
@@ -163,16 +176,21 @@ impl Pool {
             s.panicked = false;
             self.shared.pending.store(threads - 1, Ordering::Release);
             self.shared.generation.store(s.generation, Ordering::Release);
+            s.sleepers
+        };
+        if sleepers > 0 {
+            self.shared.start.notify_all();
         }
-        self.shared.start.notify_all();
         struct Wait<'a>(&'a Shared);
         impl Drop for Wait<'_> {
             fn drop(&mut self) {
                 spin_until(|| self.0.pending.load(Ordering::Acquire) == 0);
                 let mut s = self.0.lock();
                 while s.pending > 0 {
+                    s.caller_waits = true;
                     s = self.0.done.wait(s).unwrap_or_else(|p| p.into_inner());
                 }
+                s.caller_waits = false;
                 s.job = None;
             }
         }
@@ -192,7 +210,9 @@ fn worker(shared: &Shared, t: usize) {
         let job = {
             let mut s = shared.lock();
             while !s.shutdown && (s.job.is_none() || s.generation == seen) {
+                s.sleepers += 1;
                 s = shared.start.wait(s).unwrap_or_else(|p| p.into_inner());
+                s.sleepers -= 1;
             }
             if s.shutdown {
                 return;
@@ -207,7 +227,7 @@ fn worker(shared: &Shared, t: usize) {
         s.panicked |= !ok;
         s.pending -= 1;
         shared.pending.store(s.pending, Ordering::Release);
-        if s.pending == 0 {
+        if s.pending == 0 && s.caller_waits {
             shared.done.notify_all();
         }
     }
@@ -266,6 +286,27 @@ mod tests {
         let on = |i: usize| ran_on[i].lock().unwrap().expect("ran");
         assert_eq!(on(0), caller);
         assert!((1..10).all(|i| on(i) != caller), "the worker took the stalled thread's items");
+    }
+
+    #[test]
+    fn sleeping_threads_are_woken_for_the_next_job_and_wake_the_caller() {
+        // Past the spin the workers sleep between jobs, and the caller sleeps while a worker
+        // finishes a long item: the notifications skipped when nobody sleeps must reach them.
+        let pool = Pool::new(3).unwrap();
+        let caller = std::thread::current().id();
+        for round in 0..6 {
+            std::thread::sleep(SPIN * 5);
+            let sum = AtomicUsize::new(0);
+            let slept = std::sync::atomic::AtomicBool::new(round % 2 == 0);
+            pool.run(9, &|i| {
+                // On odd rounds the first item a worker runs outlasts the caller's spin.
+                if std::thread::current().id() != caller && !slept.swap(true, Ordering::Relaxed) {
+                    std::thread::sleep(SPIN * 5);
+                }
+                sum.fetch_add(i, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), 36, "round {round}");
+        }
     }
 
     #[test]

@@ -474,7 +474,7 @@ const D_STAGES_1_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 36,
     last_row_len: 30,
     band: 1,
 };
@@ -610,7 +610,7 @@ const D_STAGES_1_0_CONV3: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 36,
     last_row_len: 30,
     band: 1,
 };
@@ -644,7 +644,7 @@ const D_STAGES_2_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 12,
     last_row_len: 9,
     band: 1,
 };
@@ -678,7 +678,7 @@ const D_STAGES_2_0_CONV1: rt::ConvDesc = rt::ConvDesc {
     panel_outer: false,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 36,
     last_row_len: 30,
     band: 1,
 };
@@ -780,7 +780,7 @@ const D_STAGES_2_0_CONV3: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 12,
     last_row_len: 9,
     band: 1,
 };
@@ -814,7 +814,7 @@ const D_STAGES_2_1_CONV1: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 12,
     last_row_len: 9,
     band: 1,
 };
@@ -882,7 +882,7 @@ const D_STAGES_3_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 12,
     last_row_len: 4,
     band: 1,
 };
@@ -916,7 +916,7 @@ const D_STAGES_3_0_CONV1: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 12,
     last_row_len: 9,
     band: 1,
 };
@@ -1018,7 +1018,7 @@ const D_STAGES_3_0_CONV3: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 12,
     last_row_len: 4,
     band: 1,
 };
@@ -1058,7 +1058,7 @@ const D_FINAL_CONV: rt::ConvDesc = rt::ConvDesc {
     panel_outer: true,
     flat: true,
     rows: 1,
-    row_len: 48,
+    row_len: 12,
     last_row_len: 4,
     band: 1,
 };
