@@ -1143,6 +1143,7 @@ pub mod isa_scalar {
     /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
     /// short steps of AVX2's 6 x 16 tile 5-13%).
     const PF_PER_STEP: bool = false;
+    const WINO_BPF: bool = true;
     /// A hint only; nothing on this ISA.
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
@@ -1248,6 +1249,7 @@ pub mod isa_scalar {
         const STEP: usize,
         const P: usize,
         const WD: usize,
+        const BPF: bool,
     >(
         a0: *const f32,
         taps: &[isize],
@@ -1300,7 +1302,7 @@ pub mod isa_scalar {
                     }
                     step += n;
                     for k in k0..k0 + n {
-                        for p in 0..P {
+                        for p in 0..if BPF { P } else { 0 } {
                             prefetch(
                                 b
                                     .add(
@@ -1429,6 +1431,7 @@ pub mod isa_scalar {
                 STEP,
                 P,
                 WD,
+                true,
             >(
                 ctx.ptr(a0) as *const f32,
                 d.taps,
@@ -1953,6 +1956,7 @@ pub mod isa_scalar {
                         KC,
                         P,
                         WD,
+                        WINO_BPF,
                     >(
                         v.add(q * T * KC),
                         &[0],
@@ -4627,6 +4631,7 @@ pub mod isa_avx2 {
     /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
     /// short steps of AVX2's 6 x 16 tile 5-13%).
     const PF_PER_STEP: bool = false;
+    const WINO_BPF: bool = true;
     /// Brings the line at `p` into L1 (a hint).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -4748,6 +4753,7 @@ pub mod isa_avx2 {
         const STEP: usize,
         const P: usize,
         const WD: usize,
+        const BPF: bool,
     >(
         a0: *const f32,
         taps: &[isize],
@@ -4800,7 +4806,7 @@ pub mod isa_avx2 {
                     }
                     step += n;
                     for k in k0..k0 + n {
-                        for p in 0..P {
+                        for p in 0..if BPF { P } else { 0 } {
                             prefetch(
                                 b
                                     .add(
@@ -4932,6 +4938,7 @@ pub mod isa_avx2 {
                 STEP,
                 P,
                 WD,
+                true,
             >(
                 ctx.ptr(a0) as *const f32,
                 d.taps,
@@ -5466,6 +5473,7 @@ pub mod isa_avx2 {
                         KC,
                         P,
                         WD,
+                        WINO_BPF,
                     >(
                         v.add(q * T * KC),
                         &[0],
@@ -8160,6 +8168,10 @@ pub mod isa_avx512 {
     /// The conv micro-kernel's L2 requests go out step by step (its 24-FMA steps hide the
     /// tests; bursts per 16 steps made L2's 20x20 convs 2-3% slower).
     const PF_PER_STEP: bool = true;
+    /// Whether the Winograd products fetch their weights ahead into L1: AVX-512's
+    /// 64-step sums run 1-2% faster without (their weights come from L2 at the
+    /// hardware's pace), AVX2's 2-3% slower.
+    const WINO_BPF: bool = false;
     /// Brings the line at `p` into L1 (a hint): 2-4% on the 1x1 convs over 1536
     /// channels, neutral elsewhere (per-kernel minimums, A/B on L2).
     #[inline]
@@ -8282,6 +8294,7 @@ pub mod isa_avx512 {
         const STEP: usize,
         const P: usize,
         const WD: usize,
+        const BPF: bool,
     >(
         a0: *const f32,
         taps: &[isize],
@@ -8334,7 +8347,7 @@ pub mod isa_avx512 {
                     }
                     step += n;
                     for k in k0..k0 + n {
-                        for p in 0..P {
+                        for p in 0..if BPF { P } else { 0 } {
                             prefetch(
                                 b
                                     .add(
@@ -8466,6 +8479,7 @@ pub mod isa_avx512 {
                 STEP,
                 P,
                 WD,
+                true,
             >(
                 ctx.ptr(a0) as *const f32,
                 d.taps,
@@ -9000,6 +9014,7 @@ pub mod isa_avx512 {
                         KC,
                         P,
                         WD,
+                        WINO_BPF,
                     >(
                         v.add(q * T * KC),
                         &[0],
@@ -11690,6 +11705,7 @@ pub mod isa_neon {
     /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
     /// short steps of AVX2's 6 x 16 tile 5-13%).
     const PF_PER_STEP: bool = false;
+    const WINO_BPF: bool = true;
     /// A hint only; left to the hardware prefetcher here.
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
@@ -11798,6 +11814,7 @@ pub mod isa_neon {
         const STEP: usize,
         const P: usize,
         const WD: usize,
+        const BPF: bool,
     >(
         a0: *const f32,
         taps: &[isize],
@@ -11850,7 +11867,7 @@ pub mod isa_neon {
                     }
                     step += n;
                     for k in k0..k0 + n {
-                        for p in 0..P {
+                        for p in 0..if BPF { P } else { 0 } {
                             prefetch(
                                 b
                                     .add(
@@ -11979,6 +11996,7 @@ pub mod isa_neon {
                 STEP,
                 P,
                 WD,
+                true,
             >(
                 ctx.ptr(a0) as *const f32,
                 d.taps,
@@ -12503,6 +12521,7 @@ pub mod isa_neon {
                         KC,
                         P,
                         WD,
+                        WINO_BPF,
                     >(
                         v.add(q * T * KC),
                         &[0],

@@ -71,6 +71,7 @@ fn scalar() -> IsaSpec {
             /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
             /// short steps of AVX2's 6 x 16 tile 5-13%).
             const PF_PER_STEP: bool = false;
+            const WINO_BPF: bool = true;
             /// A hint only; nothing on this ISA.
             #[inline(always)] unsafe fn prefetch(_p: *const f32) {}
             #[inline(always)] unsafe fn prefetch_l2(_p: *const u8) {}
@@ -128,6 +129,7 @@ fn avx2() -> IsaSpec {
             /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
             /// short steps of AVX2's 6 x 16 tile 5-13%).
             const PF_PER_STEP: bool = false;
+            const WINO_BPF: bool = true;
             /// Brings the line at `p` into L1 (a hint).
             #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn prefetch(p: *const f32) { unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) } }
             #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn prefetch_l2(p: *const u8) { unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) } }
@@ -183,6 +185,10 @@ fn avx512() -> IsaSpec {
             /// The conv micro-kernel's L2 requests go out step by step (its 24-FMA steps hide the
             /// tests; bursts per 16 steps made L2's 20x20 convs 2-3% slower).
             const PF_PER_STEP: bool = true;
+            /// Whether the Winograd products fetch their weights ahead into L1: AVX-512's
+            /// 64-step sums run 1-2% faster without (their weights come from L2 at the
+            /// hardware's pace), AVX2's 2-3% slower.
+            const WINO_BPF: bool = false;
             /// Brings the line at `p` into L1 (a hint): 2-4% on the 1x1 convs over 1536
             /// channels, neutral elsewhere (per-kernel minimums, A/B on L2).
             #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn prefetch(p: *const f32) { unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) } }
@@ -241,6 +247,7 @@ fn neon() -> IsaSpec {
             /// The conv micro-kernel's L2 requests go out per 16 steps (per-step tests cost the
             /// short steps of AVX2's 6 x 16 tile 5-13%).
             const PF_PER_STEP: bool = false;
+            const WINO_BPF: bool = true;
             /// A hint only; left to the hardware prefetcher here.
             #[inline(always)] unsafe fn prefetch(_p: *const f32) {}
             #[inline(always)] unsafe fn prefetch_l2(_p: *const u8) {}
@@ -348,7 +355,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         /// input then streams from L2, not L3 (stage 0/1/3 1x1 convs 2-7% faster).
         #feature
         #[inline(never)]
-        unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize, const WD: usize>(
+        unsafe fn gemm<const T: usize, const KC: usize, const STEP: usize, const P: usize, const WD: usize, const BPF: bool>(
             a0: *const f32,
             taps: &[isize],
             b: *const u8,
@@ -396,8 +403,9 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         }
                         step += n;
                         for k in k0..k0 + n {
-                            // The weight panels stream through L1 once per tile: fetch ahead.
-                            for p in 0..P {
+                            // The weight panels stream through L1 once per tile: fetch ahead
+                            // (with `BPF`: see each ISA's `WINO_BPF`).
+                            for p in 0..if BPF { P } else { 0 } {
                                 prefetch(b.add((bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 }) as *const f32);
                             }
                             let mut bv = [[splat(0.0f32); NV]; P];
@@ -499,7 +507,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let panel_len = d.taps.len() * KC * 16;
                 let mut acc = core::mem::MaybeUninit::<[[[V; NV]; P]; T]>::uninit();
                 let (ah, ah_lines, ah_shift) = ahead;
-                gemm::<T, KC, STEP, P, WD>(
+                gemm::<T, KC, STEP, P, WD, true>(
                     ctx.ptr(a0) as *const f32,
                     d.taps,
                     b,
@@ -924,7 +932,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                         let ng = per_call_g.min(next_lines - g_done);
                         let pf = next_g.wrapping_add(g_done * 64);
                         g_done += ng;
-                        gemm::<T, KC, KC, P, WD>(
+                        gemm::<T, KC, KC, P, WD, WINO_BPF>(
                             v.add(q * T * KC),
                             &[0],
                             b,
