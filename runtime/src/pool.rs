@@ -3,35 +3,37 @@
 //! `run(n, f)` calls `f(i)` for every `i < n`, splitting `0..n` into one contiguous range per
 //! thread (the caller's thread takes the first); each thread runs its range from the front,
 //! and a thread that runs out takes items from the back of another's range, so a core slowed
-//! down by other work on a shared machine does not hold the whole job up. Which thread runs
-//! an item never changes what it computes: kernels write disjoint outputs per item, so
-//! results are bit-identical for any thread count and any stealing. A panic inside `f` is
-//! caught on the worker, the job still completes, and `run` re-raises it on the caller; the
-//! pool stays usable.
+//! down by other work on a shared machine does not hold the whole job up. `run` returns when
+//! every item is done, not when every thread has checked in: a worker that a busy machine
+//! keeps off its core for a while (its range taken over by the others) does not stall each
+//! job in turn, it just finds nothing left to do when it comes back. Which thread runs an item
+//! never changes what it computes: kernels write disjoint outputs per item, so results are
+//! bit-identical for any thread count and any stealing. A panic inside `f` is caught, the job
+//! still completes, and `run` re-raises it on the caller; the pool stays usable.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 type Job = dyn Fn(usize) + Sync;
 
-/// A borrowed job, valid only while `run` waits for it.
+/// A borrowed job with its generation. The pointer is valid only while `run` waits for its
+/// items; a thread calls it only for an item it took from a range tagged with the same
+/// generation, which `run` cannot have returned from yet.
 #[derive(Clone, Copy)]
 struct JobRef {
     f: *const Job,
+    generation: u64,
 }
 
-// SAFETY: the pointee is `Sync`, and `run` does not return (nor unwind) before every worker
-// has finished with the pointer, so sending it to the workers is sound.
+// SAFETY: the pointee is `Sync`, and it is only called for an item of its own job, whose `run`
+// does not return (nor unwind) before that item is done (see JobRef).
 unsafe impl Send for JobRef {}
 
 struct State {
     job: Option<JobRef>,
-    generation: u64,
-    pending: usize,
-    panicked: bool,
     shutdown: bool,
     /// Workers asleep on `start`, and whether `run` sleeps on `done`: a notify costs a
     /// system call even when nobody waits, so it is skipped then (a model runs hundreds of
@@ -40,20 +42,30 @@ struct State {
     caller_waits: bool,
 }
 
-/// The items a thread has left, `lo..hi`, packed as `lo << 32 | hi` (one cache line each).
+/// Bits of an item index in a range (jobs have fewer items).
+const ITEM_BITS: u32 = 20;
+const ITEM_MASK: u64 = (1 << ITEM_BITS) - 1;
+
+/// The items a thread has left, `lo..hi`, tagged with the low 24 bits of the job's generation
+/// (`tag << 40 | lo << 20 | hi`, one cache line each): a thread still in an older job can take
+/// nothing from a newer one (it would be 16.7 million jobs behind for a tag to match again).
 #[repr(align(64))]
 struct Range(AtomicU64);
 
 impl Range {
-    /// Takes the first item (the owner) or the last (a thief).
-    fn take(&self, front: bool) -> Option<usize> {
+    fn pack(generation: u64, r: std::ops::Range<usize>) -> u64 {
+        (generation & 0xff_ffff) << (2 * ITEM_BITS) | (r.start as u64) << ITEM_BITS | r.end as u64
+    }
+
+    /// Takes the first item (the owner) or the last (a thief) of job `generation`.
+    fn take(&self, generation: u64, front: bool) -> Option<usize> {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
-            let (lo, hi) = (cur >> 32, cur & 0xffff_ffff);
-            if lo >= hi {
+            let (tag, lo, hi) = (cur >> (2 * ITEM_BITS), cur >> ITEM_BITS & ITEM_MASK, cur & ITEM_MASK);
+            if tag != generation & 0xff_ffff || lo >= hi {
                 return None;
             }
-            let (next, item) = if front { ((lo + 1) << 32 | hi, lo) } else { (lo << 32 | (hi - 1), hi - 1) };
+            let (next, item) = if front { (cur + (1 << ITEM_BITS), lo) } else { (cur - 1, hi - 1) };
             match self.0.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Some(item as usize),
                 Err(now) => cur = now,
@@ -67,14 +79,18 @@ struct Shared {
     ranges: Vec<Range>,
     start: Condvar,
     done: Condvar,
-    /// Mirrors of `generation` and `pending` that threads spin on briefly before sleeping:
-    /// a model runs hundreds of short jobs per inference, and waking a sleeping thread
-    /// costs tens of microseconds each time.
+    /// The current job's generation, which threads spin on briefly before sleeping: waking
+    /// a sleeping thread costs tens of microseconds.
     generation: AtomicU64,
-    pending: AtomicUsize,
+    /// Items of the current job not yet done, and whether one of them panicked.
+    remaining: AtomicUsize,
+    panicked: AtomicBool,
+    /// A job is running: a `run` meanwhile (from another thread, or from inside an item)
+    /// runs its items on its own thread instead.
+    busy: AtomicBool,
 }
 
-/// How long a thread spins for the next job or for the workers to finish before sleeping.
+/// How long a thread spins for the next job or for the items to finish before sleeping.
 const SPIN: Duration = Duration::from_micros(200);
 
 fn spin_until(cond: impl Fn() -> bool) -> bool {
@@ -96,15 +112,21 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Thread `t`'s part of a job: its own range front to back, then the backs of the others'.
-    fn work(&self, t: usize, f: &(dyn Fn(usize) + Sync)) {
-        while let Some(i) = self.ranges[t].take(true) {
-            f(i);
-        }
+    /// Thread `t`'s part of job `job`: its own range front to back, then the backs of the
+    /// others'. Each item done counts down `remaining`; the last wakes the caller if it sleeps.
+    fn work(&self, t: usize, job: JobRef) {
         let k = self.ranges.len();
-        for u in (1..k).map(|d| (t + d) % k) {
-            while let Some(i) = self.ranges[u].take(false) {
-                f(i);
+        for u in (0..k).map(|d| (t + d) % k) {
+            while let Some(i) = self.ranges[u].take(job.generation, u == t) {
+                // SAFETY: item i belongs to this job (its range carries the job's tag), so
+                // `run` is still waiting for it and the job is alive.
+                let f = unsafe { &*job.f };
+                if catch_unwind(AssertUnwindSafe(|| f(i))).is_err() {
+                    self.panicked.store(true, Ordering::Relaxed);
+                }
+                if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && t != 0 && self.lock().caller_waits {
+                    self.done.notify_all();
+                }
             }
         }
     }
@@ -124,19 +146,13 @@ impl Pool {
     pub fn new(threads: usize) -> std::io::Result<Pool> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                job: None,
-                generation: 0,
-                pending: 0,
-                panicked: false,
-                shutdown: false,
-                sleepers: 0,
-                caller_waits: false,
-            }),
+            state: Mutex::new(State { job: None, shutdown: false, sleepers: 0, caller_waits: false }),
             start: Condvar::new(),
             done: Condvar::new(),
             generation: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
+            remaining: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             ranges: (0..threads).map(|_| Range(AtomicU64::new(0))).collect(),
         });
         let mut workers = Vec::with_capacity(threads - 1);
@@ -156,49 +172,49 @@ impl Pool {
     /// Calls `f(i)` for every `i < n` across the pool and returns when all are done.
     pub fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
         let threads = self.threads();
-        if threads == 1 || n <= 1 {
+        let sh = &*self.shared;
+        if threads == 1 || n <= 1 || sh.busy.swap(true, Ordering::Acquire) {
             (0..n).for_each(f);
             return;
         }
-        // SAFETY (lifetime erasure): the job is cleared and every worker has finished with it
-        // before this function returns or unwinds (the guard below waits in its drop).
+        struct Idle<'a>(&'a AtomicBool);
+        impl Drop for Idle<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _idle = Idle(&sh.busy);
+        assert!(n <= ITEM_MASK as usize, "{n} items in one job");
+        // SAFETY (lifetime erasure): `f` is called only for items of this job, and this
+        // function returns only once every one of them is done (see JobRef).
         let f_static: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
-        assert!(n < 1 << 32, "{n} items in one job");
-        for (t, r) in self.shared.ranges.iter().enumerate() {
-            let range = range(n, threads, t);
-            r.0.store((range.start as u64) << 32 | range.end as u64, Ordering::Release);
+        let generation = sh.generation.load(Ordering::Relaxed) + 1;
+        let job = JobRef { f: f_static, generation };
+        sh.remaining.store(n, Ordering::Relaxed);
+        sh.panicked.store(false, Ordering::Relaxed);
+        for (t, r) in sh.ranges.iter().enumerate() {
+            r.0.store(Range::pack(generation, range(n, threads, t)), Ordering::Release);
         }
         let sleepers = {
-            let mut s = self.shared.lock();
-            s.job = Some(JobRef { f: f_static });
-            s.generation = s.generation.wrapping_add(1);
-            s.pending = threads - 1;
-            s.panicked = false;
-            self.shared.pending.store(threads - 1, Ordering::Release);
-            self.shared.generation.store(s.generation, Ordering::Release);
+            let mut s = sh.lock();
+            s.job = Some(job);
+            sh.generation.store(generation, Ordering::Release);
             s.sleepers
         };
         if sleepers > 0 {
-            self.shared.start.notify_all();
+            sh.start.notify_all();
         }
-        struct Wait<'a>(&'a Shared);
-        impl Drop for Wait<'_> {
-            fn drop(&mut self) {
-                spin_until(|| self.0.pending.load(Ordering::Acquire) == 0);
-                let mut s = self.0.lock();
-                while s.pending > 0 {
-                    s.caller_waits = true;
-                    s = self.0.done.wait(s).unwrap_or_else(|p| p.into_inner());
-                }
-                s.caller_waits = false;
-                s.job = None;
+        sh.work(0, job);
+        if !spin_until(|| sh.remaining.load(Ordering::Acquire) == 0) {
+            let mut s = sh.lock();
+            while sh.remaining.load(Ordering::Acquire) > 0 {
+                s.caller_waits = true;
+                s = sh.done.wait(s).unwrap_or_else(|p| p.into_inner());
             }
+            s.caller_waits = false;
         }
-        let wait = Wait(&self.shared);
-        self.shared.work(0, f);
-        drop(wait);
-        if self.shared.lock().panicked {
-            panic!("a worker thread panicked while running an nfnet kernel");
+        if sh.panicked.load(Ordering::Relaxed) {
+            panic!("an nfnet kernel panicked on the thread pool");
         }
     }
 }
@@ -209,7 +225,7 @@ fn worker(shared: &Shared, t: usize) {
         spin_until(|| shared.generation.load(Ordering::Acquire) != seen);
         let job = {
             let mut s = shared.lock();
-            while !s.shutdown && (s.job.is_none() || s.generation == seen) {
+            while !s.shutdown && s.job.is_none_or(|j| j.generation == seen) {
                 s.sleepers += 1;
                 s = shared.start.wait(s).unwrap_or_else(|p| p.into_inner());
                 s.sleepers -= 1;
@@ -217,19 +233,10 @@ fn worker(shared: &Shared, t: usize) {
             if s.shutdown {
                 return;
             }
-            seen = s.generation;
             s.job.expect("checked above")
         };
-        // SAFETY: `run` keeps the job alive until `pending` reaches zero (see JobRef).
-        let f = unsafe { &*job.f };
-        let ok = catch_unwind(AssertUnwindSafe(|| shared.work(t, f))).is_ok();
-        let mut s = shared.lock();
-        s.panicked |= !ok;
-        s.pending -= 1;
-        shared.pending.store(s.pending, Ordering::Release);
-        if s.pending == 0 && s.caller_waits {
-            shared.done.notify_all();
-        }
+        seen = job.generation;
+        shared.work(t, job);
     }
 }
 
@@ -307,6 +314,61 @@ mod tests {
             });
             assert_eq!(sum.load(Ordering::Relaxed), 36, "round {round}");
         }
+    }
+
+    #[test]
+    fn many_short_jobs_run_each_item_once() {
+        // Threads catch jobs at different points (spinning, waking, or still in the last
+        // one): a thread behind must never take an item of a newer job.
+        let pool = Pool::new(4).unwrap();
+        let hits: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+        for job in 0..20_000 {
+            let n = 2 + job % 7;
+            pool.run(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            for (i, h) in hits.iter().enumerate() {
+                assert_eq!(h.swap(0, Ordering::Relaxed), usize::from(i < n), "job {job}, item {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_behind_takes_nothing_from_a_newer_job() {
+        let r = Range(AtomicU64::new(Range::pack(7, 0..3)));
+        assert_eq!(r.take(6, true), None);
+        assert_eq!(r.take(7 + (1 << 24), false), Some(2), "tags are the generation's low 24 bits");
+        assert_eq!((r.take(7, true), r.take(7, true), r.take(7, false)), (Some(0), Some(1), None));
+    }
+
+    #[test]
+    fn a_run_inside_a_run_or_beside_it_runs_on_its_own_thread() {
+        let pool = Pool::new(2).unwrap();
+        let sum = AtomicUsize::new(0);
+        pool.run(4, &|_| {
+            pool.run(5, &|j| {
+                sum.fetch_add(j, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 40);
+        let pool = Arc::new(pool);
+        let total = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, total) = (Arc::clone(&pool), Arc::clone(&total));
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        pool.run(6, &|i| {
+                            total.fetch_add(i, Ordering::Relaxed);
+                        });
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 3 * 500 * 15);
     }
 
     #[test]
