@@ -46,15 +46,23 @@ struct State {
 const ITEM_BITS: u32 = 20;
 const ITEM_MASK: u64 = (1 << ITEM_BITS) - 1;
 
-/// The items a thread has left, `lo..hi`, tagged with the low 24 bits of the job's generation
-/// (`tag << 40 | lo << 20 | hi`, one cache line each): a thread still in an older job can take
-/// nothing from a newer one (it would be 16.7 million jobs behind for a tag to match again).
+/// Jobs between two uses of one range tag.
+const TAG_PERIOD: u64 = 1 << 24;
+
+/// The items a thread has left, `lo..hi`, tagged with the job's generation modulo
+/// [`TAG_PERIOD`] (`tag << 40 | lo << 20 | hi`, one cache line each): a thread still in an
+/// older job can take nothing from a newer one. Before a tag comes round again, `run` waits
+/// until no worker is still inside a job (see [`Active`]).
 #[repr(align(64))]
 struct Range(AtomicU64);
 
+/// Whether a worker holds a job (from reading it to leaving its items), one cache line each.
+#[repr(align(64))]
+struct Active(AtomicBool);
+
 impl Range {
     fn pack(generation: u64, r: std::ops::Range<usize>) -> u64 {
-        (generation & 0xff_ffff) << (2 * ITEM_BITS) | (r.start as u64) << ITEM_BITS | r.end as u64
+        (generation % TAG_PERIOD) << (2 * ITEM_BITS) | (r.start as u64) << ITEM_BITS | r.end as u64
     }
 
     /// Takes the first item (the owner) or the last (a thief) of job `generation`.
@@ -62,7 +70,7 @@ impl Range {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             let (tag, lo, hi) = (cur >> (2 * ITEM_BITS), cur >> ITEM_BITS & ITEM_MASK, cur & ITEM_MASK);
-            if tag != generation & 0xff_ffff || lo >= hi {
+            if tag != generation % TAG_PERIOD || lo >= hi {
                 return None;
             }
             let (next, item) = if front { (cur + (1 << ITEM_BITS), lo) } else { (cur - 1, hi - 1) };
@@ -77,6 +85,7 @@ impl Range {
 struct Shared {
     state: Mutex<State>,
     ranges: Vec<Range>,
+    active: Vec<Active>,
     start: Condvar,
     done: Condvar,
     /// The current job's generation, which threads spin on briefly before sleeping: waking
@@ -154,6 +163,7 @@ impl Pool {
             panicked: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             ranges: (0..threads).map(|_| Range(AtomicU64::new(0))).collect(),
+            active: (0..threads).map(|_| Active(AtomicBool::new(false))).collect(),
         });
         let mut workers = Vec::with_capacity(threads - 1);
         for t in 1..threads {
@@ -189,6 +199,12 @@ impl Pool {
         // function returns only once every one of them is done (see JobRef).
         let f_static: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
         let generation = sh.generation.load(Ordering::Relaxed) + 1;
+        if generation.is_multiple_of(TAG_PERIOD) {
+            // The tags come round: a worker still inside a job that old must leave it first.
+            while sh.active.iter().any(|a| a.0.load(Ordering::Acquire)) {
+                std::thread::yield_now();
+            }
+        }
         let job = JobRef { f: f_static, generation };
         sh.remaining.store(n, Ordering::Relaxed);
         sh.panicked.store(false, Ordering::Relaxed);
@@ -233,10 +249,12 @@ fn worker(shared: &Shared, t: usize) {
             if s.shutdown {
                 return;
             }
+            shared.active[t].0.store(true, Ordering::Release);
             s.job.expect("checked above")
         };
         seen = job.generation;
         shared.work(t, job);
+        shared.active[t].0.store(false, Ordering::Release);
     }
 }
 
@@ -337,8 +355,22 @@ mod tests {
     fn a_thread_behind_takes_nothing_from_a_newer_job() {
         let r = Range(AtomicU64::new(Range::pack(7, 0..3)));
         assert_eq!(r.take(6, true), None);
-        assert_eq!(r.take(7 + (1 << 24), false), Some(2), "tags are the generation's low 24 bits");
+        assert_eq!(r.take(7 + TAG_PERIOD, false), Some(2), "tags are the generation modulo TAG_PERIOD");
         assert_eq!((r.take(7, true), r.take(7, true), r.take(7, false)), (Some(0), Some(1), None));
+    }
+
+    #[test]
+    fn jobs_run_right_across_the_tags_coming_round() {
+        let pool = Pool::new(3).unwrap();
+        pool.shared.generation.store(TAG_PERIOD - 5, Ordering::Relaxed);
+        let hits: Vec<AtomicUsize> = (0..9).map(|_| AtomicUsize::new(0)).collect();
+        for job in 0..10 {
+            pool.run(9, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.swap(0, Ordering::Relaxed) == 1), "job {job}");
+        }
+        assert!(pool.shared.generation.load(Ordering::Relaxed) > TAG_PERIOD);
     }
 
     #[test]
