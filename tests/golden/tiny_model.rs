@@ -2319,7 +2319,7 @@ pub mod isa_scalar {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                4,
+                3,
                 32,
                 32,
                 1,
@@ -2393,7 +2393,7 @@ pub mod isa_scalar {
     }
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe { conv_item::<3, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -2439,7 +2439,7 @@ pub mod isa_scalar {
     }
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe { conv_item::<3, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).

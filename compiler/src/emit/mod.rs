@@ -262,7 +262,13 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -
         // Tiles of equal height that cover a row exactly where possible (a row of 20 pixels
         // is two tiles of 10, not 12 + an overlapping 12).
         let row = c.max_tile;
-        let t = u(row.div_ceil(row.div_ceil(mr)).min(mr));
+        let even = row.div_ceil(row.div_ceil(mr)).min(mr);
+        // Or, of the heights above 2/3 of the widest, the tallest that wastes no pixel (an
+        // 80-pixel row: 16 tiles of 5, not 14 of 6 computing 84; L2's stem.conv4 4-5% faster
+        // on AVX-512, neutral on AVX2).
+        let t =
+            if row % even == 0 { even } else { (mr * 2 / 3 + 1..=mr).rev().find(|&t| row % t == 0).unwrap_or(even) };
+        let t = u(t);
         let (kc, step) = (u(c.kc), u(c.step));
         if c.wino_m > 0 {
             // One micro-tile of output tiles per item (measured 1-3% faster than two or four:
