@@ -194,7 +194,15 @@ impl Pool {
             }
         }
         let _idle = Idle(&sh.busy);
-        assert!(n <= ITEM_MASK as usize, "{n} items in one job");
+        let limit = ITEM_MASK as usize;
+        if n > limit {
+            // More items than a range holds: as several jobs, in order.
+            drop(_idle);
+            for base in (0..n).step_by(limit) {
+                self.run((n - base).min(limit), &|i| f(base + i));
+            }
+            return;
+        }
         // SAFETY (lifetime erasure): `f` is called only for items of this job, and this
         // function returns only once every one of them is done (see JobRef).
         let f_static: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
@@ -349,6 +357,17 @@ mod tests {
                 assert_eq!(h.swap(0, Ordering::Relaxed), usize::from(i < n), "job {job}, item {i}");
             }
         }
+    }
+
+    #[test]
+    fn a_job_larger_than_a_range_runs_every_item_once() {
+        let pool = Pool::new(2).unwrap();
+        let n = ITEM_MASK as usize * 2 + 3;
+        let hits: Vec<std::sync::atomic::AtomicU8> = (0..n).map(|_| std::sync::atomic::AtomicU8::new(0)).collect();
+        pool.run(n, &|i| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
     }
 
     #[test]
