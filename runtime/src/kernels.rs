@@ -198,15 +198,15 @@ impl ConvIo {
 pub const AHEAD_CAP_BYTES: usize = 2 << 20;
 
 /// The lines of the next kernel's `lines` that item `it` of `items` fetches ahead: the items
-/// run on `threads` threads, each a contiguous range of them (the pool's split), and each
-/// thread fetches the start of its own share of the next weights, at most `cap` lines,
-/// spread over its items.
+/// run on `threads` threads, each a contiguous range of them (about the pool's split, which
+/// also counts the border item after them), and each thread fetches the start of its own
+/// share of the next weights, at most `cap` lines, spread over its items.
 pub fn ahead_range(lines: usize, it: usize, items: usize, threads: usize, cap: usize) -> std::ops::Range<usize> {
     let threads = threads.clamp(1, items.max(1));
-    let t = (0..threads).rev().find(|&t| items * t / threads <= it).unwrap_or(0);
-    let (i0, i1) = (items * t / threads, items * (t + 1) / threads);
+    let t = (0..threads).rev().find(|&t| share(items, t, threads).start <= it).unwrap_or(0);
+    let its = share(items, t, threads);
     let mine = share(lines, t, threads);
-    let r = share(mine.len().min(cap), it - i0, i1 - i0);
+    let r = share(mine.len().min(cap), it - its.start, its.len());
     (mine.start + r.start)..(mine.start + r.end)
 }
 

@@ -183,6 +183,14 @@ impl Pool {
     pub fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
         let threads = self.threads();
         let sh = &*self.shared;
+        let limit = ITEM_MASK as usize;
+        if n > limit {
+            // More items than a range holds: as several jobs, in order.
+            for base in (0..n).step_by(limit) {
+                self.run((n - base).min(limit), &|i| f(base + i));
+            }
+            return;
+        }
         if threads == 1 || n <= 1 || sh.busy.swap(true, Ordering::Acquire) {
             (0..n).for_each(f);
             return;
@@ -194,15 +202,6 @@ impl Pool {
             }
         }
         let _idle = Idle(&sh.busy);
-        let limit = ITEM_MASK as usize;
-        if n > limit {
-            // More items than a range holds: as several jobs, in order.
-            drop(_idle);
-            for base in (0..n).step_by(limit) {
-                self.run((n - base).min(limit), &|i| f(base + i));
-            }
-            return;
-        }
         // SAFETY (lifetime erasure): `f` is called only for items of this job, and this
         // function returns only once every one of them is done (see JobRef).
         let f_static: *const Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f) };
