@@ -203,11 +203,21 @@ pub const AHEAD_CAP_BYTES: usize = 2 << 20;
 /// share of the next weights, at most `cap` lines, spread over its items.
 pub fn ahead_range(lines: usize, it: usize, items: usize, threads: usize, cap: usize) -> std::ops::Range<usize> {
     let threads = threads.clamp(1, items.max(1));
-    let t = (0..threads).rev().find(|&t| share(items, t, threads).start <= it).unwrap_or(0);
+    let t = thread_of(it, items, threads);
     let its = share(items, t, threads);
     let mine = share(lines, t, threads);
     let r = share(mine.len().min(cap), it - its.start, its.len());
     (mine.start + r.start)..(mine.start + r.end)
+}
+
+/// The thread that runs item `it` of `items` when `threads` threads each take a contiguous
+/// share of them, as the pool splits a job before any stealing (about, for a conv: its job
+/// also counts the border item after them). Kernels fetch ahead only the weights the same
+/// thread will use: another thread runs its own items meanwhile, and fetching them into this
+/// core's L2 only spends bandwidth (L2's stage-3 grouped convs 8-11% faster).
+pub fn thread_of(it: usize, items: usize, threads: usize) -> usize {
+    let threads = threads.clamp(1, items.max(1));
+    (0..threads).rev().find(|&t| share(items, t, threads).start <= it).unwrap_or(0)
 }
 
 /// Item `it`'s part of `0..n` split evenly over `items` items, in order.
@@ -511,6 +521,18 @@ mod tests {
         // One thread, no cap reached: the plain split in item order.
         for it in 0..9 {
             assert_eq!(ahead_range(50, it, 9, 1, 50), share(50, it, 9));
+        }
+    }
+
+    #[test]
+    fn thread_of_follows_the_pools_split() {
+        for (items, threads) in [(1, 1), (1, 2), (7, 1), (30, 2), (31, 2), (134, 2), (72, 3), (5, 8), (288, 5)] {
+            for it in 0..items {
+                let t = thread_of(it, items, threads);
+                let busy = threads.min(items);
+                assert!(t < busy, "{it} of {items} on {threads} threads: thread {t}");
+                assert!(crate::pool::range(items, busy, t).contains(&it), "{it} of {items} on {threads} threads");
+            }
         }
     }
 

@@ -146,7 +146,8 @@ pub struct Pool {
     workers: Vec<JoinHandle<()>>,
 }
 
-fn range(n: usize, threads: usize, t: usize) -> std::ops::Range<usize> {
+/// Thread `t`'s range of `n` items: contiguous, in thread order.
+pub(crate) fn range(n: usize, threads: usize, t: usize) -> std::ops::Range<usize> {
     (n * t / threads)..(n * (t + 1) / threads)
 }
 

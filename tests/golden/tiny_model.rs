@@ -1598,7 +1598,12 @@ pub mod isa_scalar {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+            let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
+            let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
+                == rt::thread_of(next_item, bands * units, ctx.pool.threads());
+            let (next, next_at) = if !mine {
+                (false, b)
+            } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
             } else if !d.panel_outer && bi + 1 < bands {
                 (true, weights_at::<WD>(ctx, io.weights))
@@ -1925,7 +1930,11 @@ pub mod isa_scalar {
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
             let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (next_g, next_lines) = if g + 1 < d.groups {
+            let (items, threads) = (d.groups * chunks, ctx.pool.threads());
+            let (next_g, next_lines) = if g + 1 < d.groups
+                && rt::thread_of(it, items, threads)
+                    == rt::thread_of((g + 1) * chunks, items, threads)
+            {
                 let lines = group_bytes / 64;
                 let c = it % chunks;
                 let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
@@ -5108,7 +5117,12 @@ pub mod isa_avx2 {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+            let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
+            let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
+                == rt::thread_of(next_item, bands * units, ctx.pool.threads());
+            let (next, next_at) = if !mine {
+                (false, b)
+            } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
             } else if !d.panel_outer && bi + 1 < bands {
                 (true, weights_at::<WD>(ctx, io.weights))
@@ -5442,7 +5456,11 @@ pub mod isa_avx2 {
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
             let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (next_g, next_lines) = if g + 1 < d.groups {
+            let (items, threads) = (d.groups * chunks, ctx.pool.threads());
+            let (next_g, next_lines) = if g + 1 < d.groups
+                && rt::thread_of(it, items, threads)
+                    == rt::thread_of((g + 1) * chunks, items, threads)
+            {
                 let lines = group_bytes / 64;
                 let c = it % chunks;
                 let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
@@ -8649,7 +8667,12 @@ pub mod isa_avx512 {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+            let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
+            let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
+                == rt::thread_of(next_item, bands * units, ctx.pool.threads());
+            let (next, next_at) = if !mine {
+                (false, b)
+            } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
             } else if !d.panel_outer && bi + 1 < bands {
                 (true, weights_at::<WD>(ctx, io.weights))
@@ -8983,7 +9006,11 @@ pub mod isa_avx512 {
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
             let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (next_g, next_lines) = if g + 1 < d.groups {
+            let (items, threads) = (d.groups * chunks, ctx.pool.threads());
+            let (next_g, next_lines) = if g + 1 < d.groups
+                && rt::thread_of(it, items, threads)
+                    == rt::thread_of((g + 1) * chunks, items, threads)
+            {
                 let lines = group_bytes / 64;
                 let c = it % chunks;
                 let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
@@ -12163,7 +12190,12 @@ pub mod isa_neon {
                 core::ptr::null_mut()
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+            let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
+            let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
+                == rt::thread_of(next_item, bands * units, ctx.pool.threads());
+            let (next, next_at) = if !mine {
+                (false, b)
+            } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
             } else if !d.panel_outer && bi + 1 < bands {
                 (true, weights_at::<WD>(ctx, io.weights))
@@ -12490,7 +12522,11 @@ pub mod isa_neon {
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
             let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (next_g, next_lines) = if g + 1 < d.groups {
+            let (items, threads) = (d.groups * chunks, ctx.pool.threads());
+            let (next_g, next_lines) = if g + 1 < d.groups
+                && rt::thread_of(it, items, threads)
+                    == rt::thread_of((g + 1) * chunks, items, threads)
+            {
                 let lines = group_bytes / 64;
                 let c = it % chunks;
                 let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);

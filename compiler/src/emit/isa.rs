@@ -648,8 +648,14 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 // meanwhile, spread over them.
                 let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
                 // The unit the thread likely runs next: the next panels, or after a band's last
-                // unit (band-outer) the first unit again, for the next band.
-                let (next, next_at) = if panel + 2 * P <= d.groups * d.panels_per_group() {
+                // unit (band-outer) the first unit again, for the next band; none when the
+                // items of that unit fall to another thread (it runs them meanwhile).
+                let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
+                let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
+                    == rt::thread_of(next_item, bands * units, ctx.pool.threads());
+                let (next, next_at) = if !mine {
+                    (false, b)
+                } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                     (true, b.wrapping_add(unit_bytes))
                 } else if !d.panel_outer && bi + 1 < bands {
                     (true, weights_at::<WD>(ctx, io.weights))
@@ -903,10 +909,13 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
                 let ahead_shift = rt::spread_shift(per_call, KC);
                 let mut ahead_done = 0;
-                // And its share of the next group's weights (the group this thread most
-                // likely runs next), likewise.
+                // And its share of the next group's weights when this thread likely runs that
+                // group next, likewise (not when another thread does: it runs it meanwhile).
                 let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-                let (next_g, next_lines) = if g + 1 < d.groups {
+                let (items, threads) = (d.groups * chunks, ctx.pool.threads());
+                let (next_g, next_lines) = if g + 1 < d.groups
+                    && rt::thread_of(it, items, threads) == rt::thread_of((g + 1) * chunks, items, threads)
+                {
                     let lines = group_bytes / 64;
                     let c = it % chunks;
                     let (lo, hi) = (c * lines / chunks, (c + 1) * lines / chunks);
