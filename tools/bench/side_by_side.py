@@ -6,7 +6,7 @@ nfnet's ratio to each peer (of the medians and of the minimums), and each one's 
 error on the logits against timm evaluated in float64.
 
     cargo build --release
-    python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 3] [--peers torch,ort,ov]
+    python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 5] [--peers torch,ort,ov]
 
 --model must be the checkpoint the nfnet binary was compiled from, checked by its sha256 (default: the built-in
 synthetic eca_nfnet_l2, recreated with `nfc synth --arch eca_nfnet_l2 --seed 0`). The input
@@ -101,7 +101,7 @@ def main():
     p.add_argument("--model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=10, help="iterations per engine and round")
-    p.add_argument("--rounds", type=int, default=3, help="rounds visiting every engine in turn")
+    p.add_argument("--rounds", type=int, default=5, help="rounds visiting every engine in turn (more rounds spread the load of a shared machine more evenly)")
     p.add_argument("--peers", default="torch,ort,ov")
     a = p.parse_args()
     peers = [x for x in a.peers.split(",") if x]
