@@ -217,7 +217,13 @@ pub fn ahead_range(lines: usize, it: usize, items: usize, threads: usize, cap: u
 /// core's L2 only spends bandwidth (L2's stage-3 grouped convs 8-11% faster).
 pub fn thread_of(it: usize, items: usize, threads: usize) -> usize {
     let threads = threads.clamp(1, items.max(1));
-    (0..threads).rev().find(|&t| share(items, t, threads).start <= it).unwrap_or(0)
+    (0..threads).rev().find(|&t| crate::pool::range(items, threads, t).start <= it).unwrap_or(0)
+}
+
+/// Whether items `a` and `b` of `items` fall to the same thread (see [`thread_of`]).
+#[inline]
+pub fn same_thread(a: usize, b: usize, items: usize, threads: usize) -> bool {
+    thread_of(a, items, threads) == thread_of(b, items, threads)
 }
 
 /// Item `it`'s part of `0..n` split evenly over `items` items, in order.

@@ -1599,9 +1599,12 @@ pub mod isa_scalar {
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
             let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
-            let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
-                == rt::thread_of(next_item, bands * units, ctx.pool.threads());
-            let (next, next_at) = if !mine {
+            let (next, next_at) = if !rt::same_thread(
+                it,
+                next_item,
+                bands * units,
+                ctx.pool.threads(),
+            ) {
                 (false, b)
             } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
@@ -1930,10 +1933,13 @@ pub mod isa_scalar {
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
             let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (items, threads) = (d.groups * chunks, ctx.pool.threads());
             let (next_g, next_lines) = if g + 1 < d.groups
-                && rt::thread_of(it, items, threads)
-                    == rt::thread_of((g + 1) * chunks, items, threads)
+                && rt::same_thread(
+                    it,
+                    (g + 1) * chunks,
+                    d.groups * chunks,
+                    ctx.pool.threads(),
+                )
             {
                 let lines = group_bytes / 64;
                 let c = it % chunks;
@@ -5118,9 +5124,12 @@ pub mod isa_avx2 {
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
             let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
-            let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
-                == rt::thread_of(next_item, bands * units, ctx.pool.threads());
-            let (next, next_at) = if !mine {
+            let (next, next_at) = if !rt::same_thread(
+                it,
+                next_item,
+                bands * units,
+                ctx.pool.threads(),
+            ) {
                 (false, b)
             } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
@@ -5456,10 +5465,13 @@ pub mod isa_avx2 {
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
             let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (items, threads) = (d.groups * chunks, ctx.pool.threads());
             let (next_g, next_lines) = if g + 1 < d.groups
-                && rt::thread_of(it, items, threads)
-                    == rt::thread_of((g + 1) * chunks, items, threads)
+                && rt::same_thread(
+                    it,
+                    (g + 1) * chunks,
+                    d.groups * chunks,
+                    ctx.pool.threads(),
+                )
             {
                 let lines = group_bytes / 64;
                 let c = it % chunks;
@@ -8668,9 +8680,12 @@ pub mod isa_avx512 {
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
             let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
-            let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
-                == rt::thread_of(next_item, bands * units, ctx.pool.threads());
-            let (next, next_at) = if !mine {
+            let (next, next_at) = if !rt::same_thread(
+                it,
+                next_item,
+                bands * units,
+                ctx.pool.threads(),
+            ) {
                 (false, b)
             } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
@@ -9006,10 +9021,13 @@ pub mod isa_avx512 {
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
             let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (items, threads) = (d.groups * chunks, ctx.pool.threads());
             let (next_g, next_lines) = if g + 1 < d.groups
-                && rt::thread_of(it, items, threads)
-                    == rt::thread_of((g + 1) * chunks, items, threads)
+                && rt::same_thread(
+                    it,
+                    (g + 1) * chunks,
+                    d.groups * chunks,
+                    ctx.pool.threads(),
+                )
             {
                 let lines = group_bytes / 64;
                 let c = it % chunks;
@@ -12191,9 +12209,12 @@ pub mod isa_neon {
             };
             let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
             let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
-            let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
-                == rt::thread_of(next_item, bands * units, ctx.pool.threads());
-            let (next, next_at) = if !mine {
+            let (next, next_at) = if !rt::same_thread(
+                it,
+                next_item,
+                bands * units,
+                ctx.pool.threads(),
+            ) {
                 (false, b)
             } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                 (true, b.wrapping_add(unit_bytes))
@@ -12522,10 +12543,13 @@ pub mod isa_neon {
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
             let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-            let (items, threads) = (d.groups * chunks, ctx.pool.threads());
             let (next_g, next_lines) = if g + 1 < d.groups
-                && rt::thread_of(it, items, threads)
-                    == rt::thread_of((g + 1) * chunks, items, threads)
+                && rt::same_thread(
+                    it,
+                    (g + 1) * chunks,
+                    d.groups * chunks,
+                    ctx.pool.threads(),
+                )
             {
                 let lines = group_bytes / 64;
                 let c = it % chunks;

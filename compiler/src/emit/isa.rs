@@ -651,9 +651,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 // unit (band-outer) the first unit again, for the next band; none when the
                 // items of that unit fall to another thread (it runs them meanwhile).
                 let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
-                let mine = rt::thread_of(it, bands * units, ctx.pool.threads())
-                    == rt::thread_of(next_item, bands * units, ctx.pool.threads());
-                let (next, next_at) = if !mine {
+                let (next, next_at) = if !rt::same_thread(it, next_item, bands * units, ctx.pool.threads()) {
                     (false, b)
                 } else if panel + 2 * P <= d.groups * d.panels_per_group() {
                     (true, b.wrapping_add(unit_bytes))
@@ -912,9 +910,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 // And its share of the next group's weights when this thread likely runs that
                 // group next, likewise (not when another thread does: it runs it meanwhile).
                 let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
-                let (items, threads) = (d.groups * chunks, ctx.pool.threads());
                 let (next_g, next_lines) = if g + 1 < d.groups
-                    && rt::thread_of(it, items, threads) == rt::thread_of((g + 1) * chunks, items, threads)
+                    && rt::same_thread(it, (g + 1) * chunks, d.groups * chunks, ctx.pool.threads())
                 {
                     let lines = group_bytes / 64;
                     let c = it % chunks;
