@@ -2031,7 +2031,12 @@ pub mod isa_scalar {
             }
         }
     }
-    /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
+    /// See `nfnet_runtime::kernels::Kernels::scale_add_act`. Asks for its inputs'
+    /// lines `SCALE_ADD_ACT_AHEAD` floats ahead, one request per line and input: the
+    /// pass streams four arrays through L2 (two read, written back in place) and its
+    /// SiLU keeps the core too busy for the hardware's streams to run far enough ahead
+    /// (they also stop at 4 KB pages); AVX-512, L2 at 320 on 2 threads: 13% faster with
+    /// 1 to 4 KB ahead, 8% with 8 KB.
     #[inline(always)]
     pub unsafe fn scale_add_act(
         n: usize,
@@ -2042,6 +2047,7 @@ pub mod isa_scalar {
         y: *mut f32,
         act: *mut f32,
     ) {
+        const SCALE_ADD_ACT_AHEAD: usize = 512;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut p = 0;
@@ -2049,6 +2055,12 @@ pub mod isa_scalar {
                 let mut ch = 0;
                 while ch + L <= c {
                     let i = p + ch;
+                    if i % 16 == 0 {
+                        prefetch(r.wrapping_add(i + SCALE_ADD_ACT_AHEAD));
+                        if !sc.is_null() {
+                            prefetch(sc.wrapping_add(i + SCALE_ADD_ACT_AHEAD));
+                        }
+                    }
                     let mut v = load(r.add(i));
                     if !gate.is_null() {
                         let g = load(gate.add(ch));
@@ -5563,7 +5575,12 @@ pub mod isa_avx2 {
             }
         }
     }
-    /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
+    /// See `nfnet_runtime::kernels::Kernels::scale_add_act`. Asks for its inputs'
+    /// lines `SCALE_ADD_ACT_AHEAD` floats ahead, one request per line and input: the
+    /// pass streams four arrays through L2 (two read, written back in place) and its
+    /// SiLU keeps the core too busy for the hardware's streams to run far enough ahead
+    /// (they also stop at 4 KB pages); AVX-512, L2 at 320 on 2 threads: 13% faster with
+    /// 1 to 4 KB ahead, 8% with 8 KB.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn scale_add_act(
@@ -5575,6 +5592,7 @@ pub mod isa_avx2 {
         y: *mut f32,
         act: *mut f32,
     ) {
+        const SCALE_ADD_ACT_AHEAD: usize = 512;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut p = 0;
@@ -5582,6 +5600,12 @@ pub mod isa_avx2 {
                 let mut ch = 0;
                 while ch + L <= c {
                     let i = p + ch;
+                    if i % 16 == 0 {
+                        prefetch(r.wrapping_add(i + SCALE_ADD_ACT_AHEAD));
+                        if !sc.is_null() {
+                            prefetch(sc.wrapping_add(i + SCALE_ADD_ACT_AHEAD));
+                        }
+                    }
                     let mut v = load(r.add(i));
                     if !gate.is_null() {
                         let g = load(gate.add(ch));
@@ -9119,7 +9143,12 @@ pub mod isa_avx512 {
             }
         }
     }
-    /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
+    /// See `nfnet_runtime::kernels::Kernels::scale_add_act`. Asks for its inputs'
+    /// lines `SCALE_ADD_ACT_AHEAD` floats ahead, one request per line and input: the
+    /// pass streams four arrays through L2 (two read, written back in place) and its
+    /// SiLU keeps the core too busy for the hardware's streams to run far enough ahead
+    /// (they also stop at 4 KB pages); AVX-512, L2 at 320 on 2 threads: 13% faster with
+    /// 1 to 4 KB ahead, 8% with 8 KB.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn scale_add_act(
@@ -9131,6 +9160,7 @@ pub mod isa_avx512 {
         y: *mut f32,
         act: *mut f32,
     ) {
+        const SCALE_ADD_ACT_AHEAD: usize = 512;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut p = 0;
@@ -9138,6 +9168,12 @@ pub mod isa_avx512 {
                 let mut ch = 0;
                 while ch + L <= c {
                     let i = p + ch;
+                    if i % 16 == 0 {
+                        prefetch(r.wrapping_add(i + SCALE_ADD_ACT_AHEAD));
+                        if !sc.is_null() {
+                            prefetch(sc.wrapping_add(i + SCALE_ADD_ACT_AHEAD));
+                        }
+                    }
                     let mut v = load(r.add(i));
                     if !gate.is_null() {
                         let g = load(gate.add(ch));
@@ -12641,7 +12677,12 @@ pub mod isa_neon {
             }
         }
     }
-    /// See `nfnet_runtime::kernels::Kernels::scale_add_act`.
+    /// See `nfnet_runtime::kernels::Kernels::scale_add_act`. Asks for its inputs'
+    /// lines `SCALE_ADD_ACT_AHEAD` floats ahead, one request per line and input: the
+    /// pass streams four arrays through L2 (two read, written back in place) and its
+    /// SiLU keeps the core too busy for the hardware's streams to run far enough ahead
+    /// (they also stop at 4 KB pages); AVX-512, L2 at 320 on 2 threads: 13% faster with
+    /// 1 to 4 KB ahead, 8% with 8 KB.
     #[inline(always)]
     pub unsafe fn scale_add_act(
         n: usize,
@@ -12652,6 +12693,7 @@ pub mod isa_neon {
         y: *mut f32,
         act: *mut f32,
     ) {
+        const SCALE_ADD_ACT_AHEAD: usize = 512;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             let mut p = 0;
@@ -12659,6 +12701,12 @@ pub mod isa_neon {
                 let mut ch = 0;
                 while ch + L <= c {
                     let i = p + ch;
+                    if i % 16 == 0 {
+                        prefetch(r.wrapping_add(i + SCALE_ADD_ACT_AHEAD));
+                        if !sc.is_null() {
+                            prefetch(sc.wrapping_add(i + SCALE_ADD_ACT_AHEAD));
+                        }
+                    }
                     let mut v = load(r.add(i));
                     if !gate.is_null() {
                         let g = load(gate.add(ch));
