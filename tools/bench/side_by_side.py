@@ -2,8 +2,9 @@
 """nfnet beside PyTorch eager (timm), ONNX Runtime and OpenVINO: same checkpoint, same input,
 one run. The engines are timed in rounds that visit each in turn, so load from other tenants
 of a shared machine falls on all of them alike. Prints median / min latency over all rounds,
-nfnet's ratio to each peer (of the medians and of the minimums), and each one's relative L2
-error on the logits against timm evaluated in float64.
+nfnet's ratio to each peer (of the medians, of the minimums, and per round: the median and
+range of the ratios of the two engines' medians within each round), and each one's relative
+L2 error on the logits against timm evaluated in float64.
 
     cargo build --release
     python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 5] [--peers torch,ort,ov]
@@ -183,28 +184,35 @@ def main():
     subprocess.run([NFNET, "run", "--input", xp, "--output", lp, "--threads", str(a.threads)], check=True)
     errors = {"nfnet": rel_l2(np.load(lp), ref)}
     nf_name = f"nfnet ({info['isa']})"
-    times = {nf_name: []}
+    # Per engine, the iterations' times of each round.
+    rounds = {nf_name: []}
     with torch.no_grad():
         for name, _, logits in engines:
             errors[name] = rel_l2(logits(), ref)
-            times[name] = []
+            rounds[name] = []
         for r in range(a.rounds):
             for name, call, _ in engines:
                 time.sleep(1)
-                times[name] += timed(call, a.iters)
+                rounds[name].append(timed(call, a.iters))
             # After a pause: PyTorch's OpenMP threads spin for a while after its runs.
             time.sleep(2)
             out = subprocess.run([NFNET, "bench", "--iters", str(a.iters), "--threads", str(a.threads), "--json"],
                                  check=True, capture_output=True, text=True)
-            times[nf_name] += json.loads(out.stdout)["times_ms"]
+            rounds[nf_name].append(json.loads(out.stdout)["times_ms"])
+    times = {n: [t for rt in rs for t in rt] for n, rs in rounds.items()}
     rows = [(nf_name, statistics.median(times[nf_name]), min(times[nf_name]), errors["nfnet"])]
     rows += [(n, statistics.median(times[n]), min(times[n]), errors[n]) for n, _, _ in engines]
     nf, nf_min = rows[0][1], rows[0][2]
     print(f"{info['architecture']} {h}x{w} batch {batch}, {a.threads} threads, {a.rounds} rounds x {a.iters} "
           f"iterations per engine, checkpoint {model_dir}")
-    print(f"{'':28} {'median ms':>10} {'min ms':>8} {'nfnet/peer':>10} {'(of mins)':>10} {'rel L2 vs f64':>14}")
+    print(f"{'':28} {'median ms':>10} {'min ms':>8} {'nfnet/peer':>10} {'(of mins)':>10} {'(per round)':>18} "
+          f"{'rel L2 vs f64':>14}")
     for name, med, mn, e in rows:
-        print(f"{name:28} {med:10.1f} {mn:8.1f} {nf / med:10.2f} {nf_min / mn:10.2f} {e:14.2e}")
+        # nfnet's median over each peer's in the same round (seconds apart), then the median
+        # and range of those ratios: a burst of load that covers one round moves one ratio.
+        per = sorted(statistics.median(x) / statistics.median(y) for x, y in zip(rounds[nf_name], rounds[name]))
+        per_s = f"{statistics.median(per):.2f} [{per[0]:.2f}-{per[-1]:.2f}]"
+        print(f"{name:28} {med:10.1f} {mn:8.1f} {nf / med:10.2f} {nf_min / mn:10.2f} {per_s:>18} {e:14.2e}")
 
 
 if __name__ == "__main__":
