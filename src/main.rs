@@ -81,6 +81,11 @@ enum Command {
         threads: Option<usize>,
         #[arg(long)]
         json: bool,
+        /// For benchmark harnesses that interleave engines call by call: after the warm-up
+        /// print `ready`, then for each line read on stdin (a count N, empty for 1) run N
+        /// inferences and print their times in ms on one line; exit at the end of stdin.
+        #[arg(long, conflicts_with_all = ["iters", "json"])]
+        serve: bool,
     },
     /// Time per fused kernel (median over the iterations): share of the total, GFLOP/s and share
     /// of the measured FMA peak of the threads used, slowest first.
@@ -114,7 +119,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Run { input, output, threads } => app::run(&input, &output, threads),
-        Command::Bench { iters, threads, json } => bench(iters, threads, json),
+        Command::Bench { serve: true, threads, .. } => serve(threads),
+        Command::Bench { iters, threads, json, .. } => bench(iters, threads, json),
         Command::Profile { iters, threads, top, svg, stat } => profile(iters, threads, top, svg.as_deref(), &stat),
         Command::Classify { images, top, json, threads } => app::classify(&images, top, json, threads),
         Command::Features { image, input, out_dir, threads } => {
@@ -207,6 +213,40 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
             p90,
             ips
         );
+    }
+    Ok(())
+}
+
+/// `bench --serve`: one process kept warm while a harness times other engines between its
+/// calls, so that a burst of load on a shared machine falls on all of them alike.
+fn serve(t: Option<usize>) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    let input = timing_input(1)?;
+    let (model, mut ws) = setup(t)?;
+    let input: &[f32; m::INPUT_LEN] = input.as_slice().try_into().expect("sized");
+    let mut logits = vec![0.0f32; m::LOGITS_LEN];
+    let mut once = || {
+        let l: &mut [f32; m::LOGITS_LEN] = logits.as_mut_slice().try_into().expect("sized");
+        let start = Instant::now();
+        model.infer(&mut ws, input, m::Outputs { logits: l, pre_logits: None, forward_features: None, features: None });
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    once();
+    once();
+    let mut out = std::io::stdout().lock();
+    let write_err = |e: std::io::Error| format!("stdout: {e}");
+    writeln!(out, "ready").and_then(|()| out.flush()).map_err(write_err)?;
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.map_err(|e| format!("stdin: {e}"))?;
+        let count = match line.trim() {
+            "" => 1,
+            s => match s.parse::<usize>() {
+                Ok(c) if c >= 1 => c,
+                _ => return Err(format!("stdin line {}: {s:?} is not a number of inferences (1 or more)", n + 1)),
+            },
+        };
+        let times: Vec<String> = (0..count).map(|_| format!("{:.4}", once())).collect();
+        writeln!(out, "{}", times.join(" ")).and_then(|()| out.flush()).map_err(write_err)?;
     }
     Ok(())
 }

@@ -123,3 +123,34 @@ fn bad_arguments_and_environment_get_one_clear_line() {
         assert!(err.contains(want) && !err.contains("panicked"), "{args:?} {env:?}: {err}");
     }
 }
+
+#[test]
+fn bench_serve_answers_each_line_with_its_times_and_names_a_bad_line() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let serve = |input: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nfnet"))
+            .args(["bench", "--serve", "--threads", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let o = serve("1\n\n2\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "ready", "{out}");
+    let counts: Vec<usize> = lines[1..].iter().map(|l| l.split_whitespace().count()).collect();
+    assert_eq!(counts, [1, 1, 2], "{out}");
+    assert!(lines[1..].iter().flat_map(|l| l.split_whitespace()).all(|t| t.parse::<f64>().unwrap() > 0.0));
+    let o = serve("1\nfast\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("stdin line 2") && stderr(&o).contains("fast"), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+    let o = nfnet(&["bench", "--serve", "--iters", "3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -1,13 +1,24 @@
 #!/usr/bin/env python3
 """nfnet beside PyTorch eager (timm), ONNX Runtime and OpenVINO: same checkpoint, same input,
-one run. The engines are timed in rounds that visit each in turn, so load from other tenants
-of a shared machine falls on all of them alike. Prints median / min latency over all rounds,
-nfnet's ratio to each peer (of the medians, of the minimums, and per round: the median and
-range of the ratios of the two engines' medians within each round), and each one's relative
-L2 error on the logits against timm evaluated in float64.
+one run. Prints median / min latency per engine, nfnet's ratio to each peer (of the medians, of
+the minimums, and per round: the median and range of the ratios of the two engines' medians
+within each round), and each one's relative L2 error on the logits against timm evaluated in
+float64.
+
+The engines take turns so that load from other tenants of a shared machine falls on all of
+them alike. By default in blocks (`--schedule blocks`): every round runs `--iters` calls of
+each engine back to back after a warm-up, one engine after the other (nfnet as `nfnet bench
+--iters N`, a fresh process per round): the warm latency of an engine that has the machine to
+itself. `--schedule calls` takes turns call by call instead: every round is `--iters` steps,
+each step calls every engine once, in an order that rotates from step to step, after a short
+`--pause`; nfnet runs as one warm process (`nfnet bench --serve`) asked for one inference at a
+time. That is the latency of an engine called between other heavy work: every engine is slower
+so (the others' weights have replaced its own in the caches, its threads were asleep), and a
+burst of load falls on all of them alike.
 
     cargo build --release
-    python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 5] [--peers torch,ort,ov]
+    python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 5]
+        [--peers torch,ort,ov] [--schedule blocks|calls] [--pause S]
 
 --model must be the checkpoint the nfnet binary was compiled from, checked by its sha256 (default: the built-in
 synthetic eca_nfnet_l2, recreated with `nfc synth --arch eca_nfnet_l2 --seed 0`). The input
@@ -79,6 +90,31 @@ def timed(f, iters, warm=2):
     return ts
 
 
+class NfnetServer:
+    """A warm `nfnet bench --serve` process: `once()` runs one inference and returns its ms."""
+
+    def __init__(self, threads):
+        self.p = subprocess.Popen([NFNET, "bench", "--serve", "--threads", str(threads)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+        line = self.p.stdout.readline().strip()
+        if line != "ready":
+            self.close()
+            sys.exit(f"{NFNET} bench --serve: expected 'ready', got {line!r}")
+
+    def once(self):
+        self.p.stdin.write("1\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            sys.exit(f"{NFNET} bench --serve ended early (exit status {self.p.wait()})")
+        return float(line)
+
+    def close(self):
+        if self.p.stdin:
+            self.p.stdin.close()
+        self.p.wait()
+
+
 def standardized_copy(model):
     """A float32 copy of the model whose ScaledStdConv2d layers are plain convs with the
     standardized weights precomputed, so ONNX consumers see ordinary Conv nodes."""
@@ -104,6 +140,10 @@ def main():
     p.add_argument("--iters", type=int, default=10, help="iterations per engine and round")
     p.add_argument("--rounds", type=int, default=5, help="rounds visiting every engine in turn (more rounds spread the load of a shared machine more evenly)")
     p.add_argument("--peers", default="torch,ort,ov")
+    p.add_argument("--schedule", default="blocks", choices=["blocks", "calls"],
+                   help="take turns in blocks of --iters calls per engine (default) or call by call")
+    p.add_argument("--pause", type=float, default=0.1,
+                   help="seconds of rest before each call (--schedule calls), so no engine's idle threads spin into the next one's time")
     a = p.parse_args()
     peers = [x for x in a.peers.split(",") if x]
     unknown = [x for x in peers if x not in ("torch", "ort", "ov")]
@@ -111,6 +151,8 @@ def main():
         sys.exit(f"--peers: unknown engine {', '.join(unknown)} (choose from torch, ort, ov)")
     if a.threads < 1 or a.iters < 1 or a.rounds < 1:
         sys.exit("--threads, --iters and --rounds must be at least 1")
+    if not 0 <= a.pause <= 60:
+        sys.exit("--pause must be between 0 and 60 seconds")
     # The optional peers: one line each for what is missing, then the rest run.
     for peer, modules in (("ort", ["onnx", "onnxruntime"]), ("ov", ["onnx", "openvino"])):
         if peer in peers:
@@ -190,21 +232,44 @@ def main():
         for name, _, logits in engines:
             errors[name] = rel_l2(logits(), ref)
             rounds[name] = []
-        for r in range(a.rounds):
-            for name, call, _ in engines:
-                time.sleep(1)
-                rounds[name].append(timed(call, a.iters))
-            # After a pause: PyTorch's OpenMP threads spin for a while after its runs.
-            time.sleep(2)
-            out = subprocess.run([NFNET, "bench", "--iters", str(a.iters), "--threads", str(a.threads), "--json"],
-                                 check=True, capture_output=True, text=True)
-            rounds[nf_name].append(json.loads(out.stdout)["times_ms"])
+        if a.schedule == "blocks":
+            for r in range(a.rounds):
+                for name, call, _ in engines:
+                    time.sleep(1)
+                    rounds[name].append(timed(call, a.iters))
+                # After a pause: PyTorch's OpenMP threads spin for a while after its runs.
+                time.sleep(2)
+                out = subprocess.run([NFNET, "bench", "--iters", str(a.iters), "--threads", str(a.threads), "--json"],
+                                     check=True, capture_output=True, text=True)
+                rounds[nf_name].append(json.loads(out.stdout)["times_ms"])
+        else:
+            server = NfnetServer(a.threads)
+            try:
+                # nfnet times itself (the inference only, as `nfnet bench`); the peers are timed
+                # around their Python call.
+                calls = [(nf_name, server.once)] + [(name, call) for name, call, _ in engines]
+                for name, call, _ in engines:
+                    timed(call, 0)
+                for r in range(a.rounds):
+                    for name, _ in calls:
+                        rounds[name].append([])
+                    for i in range(a.iters):
+                        k = (r * a.iters + i) % len(calls)
+                        for name, call in calls[k:] + calls[:k]:
+                            time.sleep(a.pause)
+                            if name == nf_name:
+                                rounds[name][-1].append(call())
+                            else:
+                                rounds[name][-1].append(timed(call, 1, warm=0)[0])
+            finally:
+                server.close()
     times = {n: [t for rt in rs for t in rt] for n, rs in rounds.items()}
     rows = [(nf_name, statistics.median(times[nf_name]), min(times[nf_name]), errors["nfnet"])]
     rows += [(n, statistics.median(times[n]), min(times[n]), errors[n]) for n, _, _ in engines]
     nf, nf_min = rows[0][1], rows[0][2]
+    turns = "call by call" if a.schedule == "calls" else "in blocks"
     print(f"{info['architecture']} {h}x{w} batch {batch}, {a.threads} threads, {a.rounds} rounds x {a.iters} "
-          f"iterations per engine, checkpoint {model_dir}")
+          f"iterations per engine ({turns}), checkpoint {model_dir}")
     print(f"{'':28} {'median ms':>10} {'min ms':>8} {'nfnet/peer':>10} {'(of mins)':>10} {'(per round)':>18} "
           f"{'rel L2 vs f64':>14}")
     for name, med, mn, e in rows:
