@@ -176,21 +176,27 @@ fn run_header(model: &m::Model, threads: usize, iters: usize) -> String {
     )
 }
 
+/// One inference of `input` (logits only) per call, returning its time in ms.
+fn timed_inference<'a>(model: &'a m::Model, ws: &'a mut m::Workspace, input: &'a [f32]) -> impl FnMut() -> f64 + 'a {
+    let input: &[f32; m::INPUT_LEN] = input.try_into().expect("sized");
+    let mut logits = vec![0.0f32; m::LOGITS_LEN];
+    move || {
+        let l: &mut [f32; m::LOGITS_LEN] = logits.as_mut_slice().try_into().expect("sized");
+        let start = Instant::now();
+        model.infer(ws, input, m::Outputs { logits: l, pre_logits: None, forward_features: None, features: None });
+        start.elapsed().as_secs_f64() * 1e3
+    }
+}
+
 fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
     let input = timing_input(iters)?;
     let (model, mut ws) = setup(t)?;
-    let input: &[f32; m::INPUT_LEN] = input.as_slice().try_into().expect("sized");
-    let mut logits = vec![0.0f32; m::LOGITS_LEN];
-    let mut once = |logits: &mut Vec<f32>| {
-        let l: &mut [f32; m::LOGITS_LEN] = logits.as_mut_slice().try_into().expect("sized");
-        let start = Instant::now();
-        model.infer(&mut ws, input, m::Outputs { logits: l, pre_logits: None, forward_features: None, features: None });
-        start.elapsed().as_secs_f64() * 1e3
-    };
+    let mut once = timed_inference(&model, &mut ws, &input);
     for _ in 0..2.min(iters) {
-        once(&mut logits);
+        once();
     }
-    let times: Vec<f64> = (0..iters).map(|_| once(&mut logits)).collect();
+    let times: Vec<f64> = (0..iters).map(|_| once()).collect();
+    drop(once);
     let mut ms = times.clone();
     ms.sort_by(f64::total_cmp);
     let pick = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
@@ -223,14 +229,7 @@ fn serve(t: Option<usize>) -> Result<(), String> {
     use std::io::{BufRead, Write};
     let input = timing_input(1)?;
     let (model, mut ws) = setup(t)?;
-    let input: &[f32; m::INPUT_LEN] = input.as_slice().try_into().expect("sized");
-    let mut logits = vec![0.0f32; m::LOGITS_LEN];
-    let mut once = || {
-        let l: &mut [f32; m::LOGITS_LEN] = logits.as_mut_slice().try_into().expect("sized");
-        let start = Instant::now();
-        model.infer(&mut ws, input, m::Outputs { logits: l, pre_logits: None, forward_features: None, features: None });
-        start.elapsed().as_secs_f64() * 1e3
-    };
+    let mut once = timed_inference(&model, &mut ws, &input);
     once();
     once();
     let mut out = std::io::stdout().lock();
