@@ -12,9 +12,10 @@ each engine back to back after a warm-up, one engine after the other (nfnet as `
 itself. `--schedule calls` takes turns call by call instead: every round is `--iters` steps,
 each step calls every engine once, in an order that rotates from step to step, after a short
 `--pause`; nfnet runs as one warm process (`nfnet bench --serve`) asked for one inference at a
-time. That is the latency of an engine called between other heavy work: every engine is slower
-so (the others' weights have replaced its own in the caches, its threads were asleep), and a
-burst of load falls on all of them alike.
+time. That is the latency of a model called between other work, and a burst of load falls on
+all of them alike; every engine measures slower so on a machine whose cores run compute-bound
+code slower for a while after sitting idle (as the shared ones here do), the most
+compute-bound engine most (see the README's Benchmarks).
 
     cargo build --release
     python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 5]
