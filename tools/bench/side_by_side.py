@@ -248,7 +248,8 @@ def main():
             try:
                 # nfnet times itself (the inference only, as `nfnet bench`); the peers are timed
                 # around their Python call.
-                calls = [(nf_name, server.once)] + [(name, call) for name, call, _ in engines]
+                calls = [(nf_name, server.once)] + [(name, lambda c=call: timed(c, 1, warm=0)[0])
+                                                     for name, call, _ in engines]
                 for name, call, _ in engines:
                     timed(call, 0)
                 for r in range(a.rounds):
@@ -258,10 +259,7 @@ def main():
                         k = (r * a.iters + i) % len(calls)
                         for name, call in calls[k:] + calls[:k]:
                             time.sleep(a.pause)
-                            if name == nf_name:
-                                rounds[name][-1].append(call())
-                            else:
-                                rounds[name][-1].append(timed(call, 1, warm=0)[0])
+                            rounds[name][-1].append(call())
             finally:
                 server.close()
     times = {n: [t for rt in rs for t in rt] for n, rs in rounds.items()}
