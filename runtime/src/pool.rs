@@ -122,9 +122,12 @@ impl Shared {
     }
 
     /// Thread `t`'s part of job `job`: its own range front to back, then the backs of the
-    /// others'. Each item done counts down `remaining`; the last wakes the caller if it sleeps.
+    /// others'. When none is left it counts its items off `remaining` at once (one shared
+    /// write per thread and job, not per item: that cache line crossing cores cost about
+    /// 0.2 us per item); the thread that brings it to zero wakes the caller if it sleeps.
     fn work(&self, t: usize, job: JobRef) {
         let k = self.ranges.len();
+        let mut done = 0;
         for u in (0..k).map(|d| (t + d) % k) {
             while let Some(i) = self.ranges[u].take(job.generation, u == t) {
                 // SAFETY: item i belongs to this job (its range carries the job's tag), so
@@ -133,10 +136,11 @@ impl Shared {
                 if catch_unwind(AssertUnwindSafe(|| f(i))).is_err() {
                     self.panicked.store(true, Ordering::Relaxed);
                 }
-                if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && t != 0 && self.lock().caller_waits {
-                    self.done.notify_all();
-                }
+                done += 1;
             }
+        }
+        if done > 0 && self.remaining.fetch_sub(done, Ordering::AcqRel) == done && t != 0 && self.lock().caller_waits {
+            self.done.notify_all();
         }
     }
 }
