@@ -122,9 +122,10 @@ impl Shared {
     }
 
     /// Thread `t`'s part of job `job`: its own range front to back, then the backs of the
-    /// others'. When none is left it counts its items off `remaining` at once (one shared
-    /// write per thread and job, not per item: that cache line crossing cores cost about
-    /// 0.2 us per item); the thread that brings it to zero wakes the caller if it sleeps.
+    /// others'. When none is left it counts its items off `remaining` at once: one shared
+    /// write per thread and job instead of one per item, whose cache line crossed cores each
+    /// time (`benches/pool.rs`, 64 items of 5 us: 6 us of overhead per job before, 2 after).
+    /// The thread that brings it to zero wakes the caller if it sleeps.
     fn work(&self, t: usize, job: JobRef) {
         let k = self.ranges.len();
         let mut done = 0;
