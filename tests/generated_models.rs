@@ -1,9 +1,10 @@
 //! The generated code on every ISA runnable here, against timm: the tiny fixture models and
 //! the built-in synthetic eca_nfnet_l2 at 320x320 (the `nfnet-model` crate).
 //!
-//! Tolerance: relative L2 1e-4 per output (the bound). The generated code computes in
-//! f32 with f32 accumulation over up to a few hundred products per output and a polynomial
-//! exp (<= 2 ulp); observed errors are around 1e-6.
+//! Bounds: a model compiled with the default policies is as exact as timm's own float32: every
+//! output's relative L2 error against timm float64 at most 1.25x timm float32's, and its largest
+//! absolute error at most 4x timm float32's (`AS_TIMM_F32`). Policies that trade exactness for
+//! speed or size (F(4x4) everywhere, 16-bit weights) are held to a stated relative L2 bound.
 
 #[macro_use]
 mod common;
@@ -17,7 +18,9 @@ use nfnet_test_models::{
     tiny_winograd_off, variant, variant_winograd_f4,
 };
 
-const TOL: f64 = 1e-4;
+/// The bound of models compiled with a non-default Winograd policy: relative L2 a few times
+/// the observed error (F(4x4) everywhere: up to 6e-6 on the tiny models).
+const TOL: Bound = Bound { tol: 2e-5, vs_f32: None };
 
 fn runnable(isas: &[Isa]) -> Vec<Isa> {
     let v: Vec<Isa> = isas.iter().copied().filter(|i| i.is_available()).collect();
@@ -38,9 +41,9 @@ macro_rules! check_model {
         check_model!($m, $fixture, [1, 3])
     };
     ($m:ident, $fixture:expr, $threads:expr) => {
-        check_model!($m, $fixture, $threads, TOL)
+        check_model!($m, $fixture, $threads, AS_TIMM_F32)
     };
-    ($m:ident, $fixture:expr, $threads:expr, $tol:expr) => {{
+    ($m:ident, $fixture:expr, $threads:expr, $bound:expr) => {{
         let input: Vec<f32> = load_input($fixture).data.iter().map(|&v| v as f32).collect();
         let input: &[f32; $m::INPUT_LEN] = input.as_slice().try_into().unwrap();
         let b = $m::BATCH;
@@ -62,7 +65,7 @@ macro_rules! check_model {
                     ("feature3".to_string(), t(fs[3], &o.f[3]), false),
                     ("feature4".to_string(), t(fs[4], &o.f[4]), false),
                 ];
-                for line in compare_to_fixture($fixture, &outs, $tol) {
+                for line in compare_within($fixture, &outs, $bound) {
                     println!("{isa} x{threads}: {line}");
                 }
             }
@@ -95,8 +98,8 @@ fn partially_fused_schedules_match_timm_on_every_isa() {
 /// relative L2 on the logits; the bounds allow about four times that.
 #[test]
 fn weights_stored_in_16_bits_stay_close_to_timm_on_every_isa() {
-    check_model!(tiny_weights_bf16, "tiny", [2], 5e-2);
-    check_model!(tiny_weights_f16, "tiny", [2], 5e-3);
+    check_model!(tiny_weights_bf16, "tiny", [2], Bound { tol: 5e-2, vs_f32: None });
+    check_model!(tiny_weights_f16, "tiny", [2], Bound { tol: 5e-3, vs_f32: None });
     const { assert!(tiny_weights_bf16::WEIGHTS_BYTES < tiny::WEIGHTS_BYTES * 3 / 4) };
 }
 
@@ -104,8 +107,8 @@ fn weights_stored_in_16_bits_stay_close_to_timm_on_every_isa() {
 /// 2 and 4 channels, one group of 24) and direct convs only both match timm.
 #[test]
 fn winograd_policies_match_timm_on_every_isa() {
-    check_model!(tiny_winograd_f4, "tiny");
-    check_model!(variant_winograd_f4, "tiny_variant_bf16");
+    check_model!(tiny_winograd_f4, "tiny", [1, 3], TOL);
+    check_model!(variant_winograd_f4, "tiny_variant_bf16", [1, 3], TOL);
     check_model!(tiny_winograd_off, "tiny", [2]);
     const {
         assert!(tiny_winograd_f4::WEIGHTS_BYTES > tiny::WEIGHTS_BYTES);

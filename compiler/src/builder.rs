@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Environment read by [`Builder::from_env`]: `NFNET_MODEL` (a directory with `config.json`
-//! and `model.safetensors`; unset: the built-in synthetic eca_nfnet_l2), `NFNET_INPUT_SIZE`
+//! and `model.safetensors`; unset: the built-in synthetic eca_nfnet_l2; a relative path is
+//! resolved against the root of the workspace being built, see [`workspace_root`]), `NFNET_INPUT_SIZE`
 //! (`S` or `HxW`, height first; default the config's input size), `NFNET_BATCH` (default 1),
 //! `NFNET_WEIGHT_DTYPE` (`f32`, `bf16`, `f16`; default f32) and `NFNET_WINOGRAD` (`auto`, `f2`,
 //! `off`, `f4`; default auto: see [`WinogradPolicy`]).
@@ -41,7 +42,11 @@ pub const MAX_BATCH: usize = 1024;
 
 #[derive(Clone, Debug, Default)]
 pub struct Builder {
+    /// The model directory, absolute once set.
     model: Option<PathBuf>,
+    /// What the model directory was resolved from, for error messages
+    /// (`NFNET_MODEL=mymodel`, `model_dir("mymodel")`).
+    model_origin: Option<String>,
     input_size: Option<(usize, usize)>,
     batch: usize,
     out_dir: Option<PathBuf>,
@@ -72,11 +77,20 @@ impl Builder {
     /// Reads `NFNET_MODEL`, `NFNET_INPUT_SIZE`, `NFNET_BATCH`, `NFNET_STOP_AFTER_PASS`,
     /// `NFNET_WEIGHT_DTYPE`, `NFNET_WINOGRAD` and `OUT_DIR`, and tells cargo to rerun when any
     /// of them (or the model files) change.
+    ///
+    /// A relative `NFNET_MODEL` is resolved against the root of the workspace being built (the
+    /// directory of the top `Cargo.toml`, see [`workspace_root`]), not against the directory
+    /// cargo runs the build script in: `NFNET_MODEL=l2 cargo build` in a workspace finds `./l2`.
     pub fn from_env() -> Result<Builder> {
         let mut b = Builder::new();
         b.cargo = true;
         if let Some(m) = env("NFNET_MODEL", true)? {
-            b.model = Some(PathBuf::from(m));
+            let base = match env("CARGO_MANIFEST_DIR", false)? {
+                Some(d) => workspace_root(Path::new(&d)),
+                None => current_dir()?,
+            };
+            b.model = Some(absolute(&base, Path::new(&m)));
+            b.model_origin = Some(format!("NFNET_MODEL={m}"));
         }
         if let Some(s) = env("NFNET_INPUT_SIZE", true)? {
             b.input_size = Some(parse_input_size(&s).map_err(|e| Error::new(format!("NFNET_INPUT_SIZE: {e}")))?);
@@ -105,8 +119,17 @@ impl Builder {
     }
 
     /// The model directory (`config.json` + `model.safetensors`); none: the built-in model.
+    /// A relative path is resolved against the calling crate's manifest directory
+    /// (`CARGO_MANIFEST_DIR`, as `include_bytes!` paths are), or the current directory
+    /// outside cargo.
     pub fn model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.model = Some(dir.into());
+        let dir = dir.into();
+        let base = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_default();
+        self.model_origin = Some(format!("model_dir({})", dir.display()));
+        self.model = Some(absolute(&base, &dir));
         self
     }
 
@@ -156,7 +179,10 @@ impl Builder {
             return Err(Error::new(format!("batch {} is not from 1 to {MAX_BATCH}", self.batch)));
         }
         let (dir, config_name) = match &self.model {
-            Some(d) => (d.clone(), d.join("config.json").display().to_string()),
+            Some(d) => {
+                self.check_model_dir(d)?;
+                (d.clone(), d.join("config.json").display().to_string())
+            }
             None => (
                 builtin_model(&out)?,
                 "built-in synthetic eca_nfnet_l2 (nfc synth --arch eca_nfnet_l2 --seed 0)".into(),
@@ -193,6 +219,47 @@ impl Builder {
         write_if_changed(&out.join(emit::WEIGHTS_FILE), &emitted.weights)?;
         Ok(src)
     }
+}
+
+impl Builder {
+    /// A missing directory or file is named with the absolute path tried and what it was
+    /// resolved from, in one line.
+    fn check_model_dir(&self, dir: &Path) -> Result<()> {
+        let origin = self.model_origin.as_deref().unwrap_or("model directory");
+        if !dir.is_dir() {
+            let what = if dir.exists() { "not a directory" } else { "no such directory" };
+            return Err(Error::new(format!("{origin} -> {}: {what}", dir.display())));
+        }
+        for f in ["config.json", "model.safetensors"] {
+            if !dir.join(f).is_file() {
+                return Err(Error::new(format!("{origin} -> {}: {f} not found", dir.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The root of the workspace a crate belongs to: the nearest directory at or above
+/// `manifest_dir` whose `Cargo.toml` declares `[workspace]`; `manifest_dir` itself when none
+/// does (a crate that is its own workspace).
+pub fn workspace_root(manifest_dir: &Path) -> PathBuf {
+    for dir in manifest_dir.ancestors() {
+        let Ok(toml) = std::fs::read_to_string(dir.join("Cargo.toml")) else { continue };
+        if toml.lines().any(|l| l.trim_start().starts_with("[workspace]")) {
+            return dir.to_path_buf();
+        }
+    }
+    manifest_dir.to_path_buf()
+}
+
+fn current_dir() -> Result<PathBuf> {
+    std::env::current_dir().map_err(|e| Error::new(format!("cannot read the current directory: {e}")))
+}
+
+/// `path` made absolute against `base`, without `.` components (`..` is kept: folding it
+/// would be wrong across a symlink).
+fn absolute(base: &Path, path: &Path) -> PathBuf {
+    base.join(path).components().filter(|c| *c != std::path::Component::CurDir).collect()
 }
 
 /// f16 holds magnitudes up to 65504: refuse folded weights beyond it rather than store infinity.

@@ -41,11 +41,11 @@ pub const FEATURE3_LEN: usize = BATCH * 864;
 pub const FEATURE4_LEN: usize = BATCH * 768;
 /// Floats of the activation arena (one image at a time).
 pub const ARENA_LEN: usize = 9824;
-pub const WEIGHTS_BYTES: usize = 419392;
+pub const WEIGHTS_BYTES: usize = 411712;
 /// Storage of the conv weights: f32, bf16 or f16 (NFNET_WEIGHT_DTYPE).
 pub const WEIGHT_DTYPE: &str = "f32";
 /// Where the 16-bit conv weights start in the blob (bytes).
-const WEIGHTS16_OFFSET: usize = 419392;
+const WEIGHTS16_OFFSET: usize = 411712;
 /// SHA-256 of model.safetensors.
 pub const WEIGHTS_SHA256: &str = "d60791b543e87cdfa324adc86c3513f3e62a86587600a85c11d1a6aca78967ec";
 /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
@@ -122,7 +122,7 @@ pub const KERNEL_FLOPS: [u64; KERNELS] = [
 ];
 pub const KERNELS: usize = 53;
 /// The fused kernel schedule (`nfc schedule --json`).
-pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":203840,\"peak_bytes\":39296},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f4x4_3x3\",\"bytes_read\":4664,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"winograd_f4x4_3x3\",\"bytes_read\":11632,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":7968,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":7968,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1: stages.0.0 (over stages.0.0.conv3), stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1: stages.1.0 (over stages.1.0.conv3), stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1: stages.2.0 (over stages.2.0.conv3), stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1: stages.2.1 (over stages.2.1.conv3), stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"stages.3.0.attn_last+stages.3.0: stages.3.0 (over stages.3.0.conv3)\"],\"declined\":[],\"name\":\"scale_add_act_in_place\"}],\"total_flops_per_image\":2473551,\"winograd\":\"auto\"}";
+pub const SCHEDULE_JSON: &str = "{\"architecture\":\"eca_nfnet_l0\",\"arena\":{\"naive_bytes\":203840,\"peak_bytes\":39296},\"batch\":2,\"format\":\"nfnet-schedule/1\",\"input\":[2,3,45,37],\"kernels\":[{\"algorithm\":null,\"bytes_read\":19980,\"bytes_written\":19980,\"flops\":4995,\"index\":0,\"inputs\":[],\"kind\":\"pack_input\",\"modules\":[\"input\"],\"outputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}]},{\"algorithm\":\"direct\",\"bytes_read\":20204,\"bytes_written\":3496,\"flops\":47196,\"index\":1,\"inputs\":[{\"buffer\":\"input\",\"bytes\":21996,\"offset_bytes\":0,\"pad\":1,\"shape\":[45,37,3]}],\"kind\":\"conv\",\"modules\":[\"stem.conv1\",\"stem.act2\"],\"outputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":4024,\"bytes_written\":6992,\"flops\":62928,\"index\":2,\"inputs\":[{\"buffer\":\"stem.act2\",\"bytes\":4200,\"offset_bytes\":22016,\"pad\":1,\"shape\":[23,19,2]}],\"kind\":\"conv\",\"modules\":[\"stem.conv2\",\"stem.act3\"],\"outputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":9072,\"bytes_written\":27968,\"flops\":251712,\"index\":3,\"inputs\":[{\"buffer\":\"stem.act3\",\"bytes\":8400,\"offset_bytes\":30848,\"pad\":1,\"shape\":[23,19,4]}],\"kind\":\"conv\",\"modules\":[\"stem.conv3\",\"stem.act4\"],\"outputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]},{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}]},{\"algorithm\":null,\"bytes_read\":13984,\"bytes_written\":0,\"flops\":0,\"index\":4,\"inputs\":[{\"buffer\":\"stem.conv3\",\"bytes\":13984,\"offset_bytes\":16832,\"pad\":0,\"shape\":[23,19,8]}],\"kind\":\"copy_out\",\"modules\":[\"feature0\"],\"outputs\":[]},{\"algorithm\":\"direct\",\"bytes_read\":18656,\"bytes_written\":7680,\"flops\":276480,\"index\":5,\"inputs\":[{\"buffer\":\"stem.act4\",\"bytes\":16800,\"offset_bytes\":0,\"pad\":1,\"shape\":[23,19,8]}],\"kind\":\"conv\",\"modules\":[\"stem.conv4\",\"stages.0.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":15360,\"flops\":122880,\"index\":6,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":8224,\"bytes_written\":3840,\"flops\":30720,\"index\":7,\"inputs\":[{\"buffer\":\"stages.0.0.act1\",\"bytes\":7680,\"offset_bytes\":16832,\"pad\":0,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv1\",\"stages.0.0.act2\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":7968,\"bytes_written\":3840,\"flops\":138240,\"index\":8,\"inputs\":[{\"buffer\":\"stages.0.0.act2\",\"bytes\":5376,\"offset_bytes\":24512,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2\",\"stages.0.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}]},{\"algorithm\":\"winograd_f2x2_3x3\",\"bytes_read\":7968,\"bytes_written\":3840,\"flops\":138240,\"index\":9,\"inputs\":[{\"buffer\":\"stages.0.0.act2b\",\"bytes\":5376,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv2b\",\"stages.0.0.act3\"],\"outputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}]},{\"algorithm\":\"direct\",\"bytes_read\":4992,\"bytes_written\":15744,\"flops\":61440,\"index\":10,\"inputs\":[{\"buffer\":\"stages.0.0.act3\",\"bytes\":3840,\"offset_bytes\":30720,\"pad\":0,\"shape\":[12,10,8]}],\"kind\":\"conv\",\"modules\":[\"stages.0.0.conv3\",\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":128,\"flops\":32,\"index\":11,\"inputs\":[{\"buffer\":\"stages.0.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":34560,\"pad\":0,\"shape\":[3,1,32]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.0.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]}]},{\"algorithm\":null,\"bytes_read\":30848,\"bytes_written\":30720,\"flops\":7680,\"index\":12,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.0.0.attn_last.gate\",\"bytes\":128,\"offset_bytes\":30720,\"pad\":0,\"shape\":[1,1,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.0.0.attn_last\",\"stages.0.0\",\"stages.1.0.act1\"],\"outputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]},{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":0,\"flops\":0,\"index\":13,\"inputs\":[{\"buffer\":\"stages.0.0 (over stages.0.0.conv3)\",\"bytes\":15360,\"offset_bytes\":15360,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"copy_out\",\"modules\":[\"feature1\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":15360,\"bytes_written\":3840,\"flops\":960,\"index\":14,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.1.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":12288,\"bytes_written\":7680,\"flops\":122880,\"index\":15,\"inputs\":[{\"buffer\":\"stages.1.0.downsample.pool\",\"bytes\":3840,\"offset_bytes\":15360,\"pad\":0,\"shape\":[6,5,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":17472,\"bytes_written\":7680,\"flops\":122880,\"index\":16,\"inputs\":[{\"buffer\":\"stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"bytes\":15360,\"offset_bytes\":0,\"pad\":0,\"shape\":[12,10,32]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv1\",\"stages.1.0.act2\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":12352,\"bytes_written\":1920,\"flops\":69120,\"index\":17,\"inputs\":[{\"buffer\":\"stages.1.0.act2\",\"bytes\":10752,\"offset_bytes\":15360,\"pad\":1,\"shape\":[12,10,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2\",\"stages.1.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6592,\"bytes_written\":1920,\"flops\":69120,\"index\":18,\"inputs\":[{\"buffer\":\"stages.1.0.act2b\",\"bytes\":3584,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv2b\",\"stages.1.0.act3\"],\"outputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}]},{\"algorithm\":\"direct\",\"bytes_read\":6272,\"bytes_written\":7936,\"flops\":61440,\"index\":19,\"inputs\":[{\"buffer\":\"stages.1.0.act3\",\"bytes\":1920,\"offset_bytes\":7680,\"pad\":0,\"shape\":[6,5,16]}],\"kind\":\"conv\",\"modules\":[\"stages.1.0.conv3\",\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":268,\"bytes_written\":256,\"flops\":64,\"index\":20,\"inputs\":[{\"buffer\":\"stages.1.0.attn_last.sums\",\"bytes\":256,\"offset_bytes\":9600,\"pad\":0,\"shape\":[1,1,64]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.1.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]}]},{\"algorithm\":null,\"bytes_read\":15616,\"bytes_written\":15360,\"flops\":3840,\"index\":21,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.1.0.attn_last.gate\",\"bytes\":256,\"offset_bytes\":7680,\"pad\":0,\"shape\":[1,1,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.1.0.attn_last\",\"stages.1.0\",\"stages.2.0.act1\"],\"outputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]},{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":0,\"flops\":0,\"index\":22,\"inputs\":[{\"buffer\":\"stages.1.0 (over stages.1.0.conv3)\",\"bytes\":7680,\"offset_bytes\":0,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"copy_out\",\"modules\":[\"feature2\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":7680,\"bytes_written\":2304,\"flops\":576,\"index\":23,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.2.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}]},{\"algorithm\":\"direct\",\"bytes_read\":27264,\"bytes_written\":3456,\"flops\":110592,\"index\":24,\"inputs\":[{\"buffer\":\"stages.2.0.downsample.pool\",\"bytes\":2304,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":13920,\"bytes_written\":2880,\"flops\":92160,\"index\":25,\"inputs\":[{\"buffer\":\"stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"bytes\":7680,\"offset_bytes\":26112,\"pad\":0,\"shape\":[6,5,64]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv1\",\"stages.2.0.act2\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":9888,\"bytes_written\":864,\"flops\":31104,\"index\":26,\"inputs\":[{\"buffer\":\"stages.2.0.act2\",\"bytes\":5376,\"offset_bytes\":0,\"pad\":1,\"shape\":[6,5,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2\",\"stages.2.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":27,\"inputs\":[{\"buffer\":\"stages.2.0.act2b\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv2b\",\"stages.2.0.act3\"],\"outputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":28,\"inputs\":[{\"buffer\":\"stages.2.0.act3\",\"bytes\":864,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.0.conv3\",\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":29,\"inputs\":[{\"buffer\":\"stages.2.0.attn_last.sums\",\"bytes\":384,\"offset_bytes\":4352,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":30,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.0.attn_last.gate\",\"bytes\":384,\"offset_bytes\":3456,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.0.attn_last\",\"stages.2.0\",\"stages.2.1.act1\"],\"outputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":12768,\"bytes_written\":864,\"flops\":41472,\"index\":31,\"inputs\":[{\"buffer\":\"stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"bytes\":3456,\"offset_bytes\":5376,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv1\",\"stages.2.1.act2\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":32,\"inputs\":[{\"buffer\":\"stages.2.1.act2\",\"bytes\":2400,\"offset_bytes\":8832,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2\",\"stages.2.1.act2b\"],\"outputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":7872,\"bytes_written\":864,\"flops\":31104,\"index\":33,\"inputs\":[{\"buffer\":\"stages.2.1.act2b\",\"bytes\":2400,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv2b\",\"stages.2.1.act3\"],\"outputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}]},{\"algorithm\":\"direct\",\"bytes_read\":10464,\"bytes_written\":3840,\"flops\":41472,\"index\":34,\"inputs\":[{\"buffer\":\"stages.2.1.act3\",\"bytes\":864,\"offset_bytes\":6912,\"pad\":0,\"shape\":[3,3,24]}],\"kind\":\"conv\",\"modules\":[\"stages.2.1.conv3\",\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":396,\"bytes_written\":384,\"flops\":96,\"index\":35,\"inputs\":[{\"buffer\":\"stages.2.1.attn_last.sums\",\"bytes\":384,\"offset_bytes\":7808,\"pad\":0,\"shape\":[1,1,96]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.2.1.attn_last\"],\"outputs\":[{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]}]},{\"algorithm\":null,\"bytes_read\":7296,\"bytes_written\":6912,\"flops\":1728,\"index\":36,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.2.1.attn_last.gate\",\"bytes\":384,\"offset_bytes\":6912,\"pad\":0,\"shape\":[1,1,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.2.1.attn_last\",\"stages.2.1\",\"stages.3.0.act1\"],\"outputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]},{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":0,\"flops\":0,\"index\":37,\"inputs\":[{\"buffer\":\"stages.2.1 (over stages.2.1.conv3)\",\"bytes\":3456,\"offset_bytes\":3456,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"copy_out\",\"modules\":[\"feature3\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3456,\"bytes_written\":1536,\"flops\":384,\"index\":38,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"avg_pool\",\"modules\":[\"stages.3.0.downsample.pool\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}]},{\"algorithm\":\"direct\",\"bytes_read\":51200,\"bytes_written\":2048,\"flops\":98304,\"index\":39,\"inputs\":[{\"buffer\":\"stages.3.0.downsample.pool\",\"bytes\":1536,\"offset_bytes\":3456,\"pad\":0,\"shape\":[2,2,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.downsample.conv\"],\"outputs\":[{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":15872,\"bytes_written\":1152,\"flops\":55296,\"index\":40,\"inputs\":[{\"buffer\":\"stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"bytes\":3456,\"offset_bytes\":0,\"pad\":0,\"shape\":[3,3,96]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv1\",\"stages.3.0.act2\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":10496,\"bytes_written\":512,\"flops\":18432,\"index\":41,\"inputs\":[{\"buffer\":\"stages.3.0.act2\",\"bytes\":3200,\"offset_bytes\":3456,\"pad\":1,\"shape\":[3,3,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2\",\"stages.3.0.act2b\"],\"outputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":9856,\"bytes_written\":512,\"flops\":18432,\"index\":42,\"inputs\":[{\"buffer\":\"stages.3.0.act2b\",\"bytes\":2048,\"offset_bytes\":0,\"pad\":1,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv2b\",\"stages.3.0.act3\"],\"outputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}]},{\"algorithm\":\"direct\",\"bytes_read\":17408,\"bytes_written\":2560,\"flops\":32768,\"index\":43,\"inputs\":[{\"buffer\":\"stages.3.0.act3\",\"bytes\":512,\"offset_bytes\":2048,\"pad\":0,\"shape\":[2,2,32]}],\"kind\":\"conv\",\"modules\":[\"stages.3.0.conv3\",\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":532,\"bytes_written\":512,\"flops\":128,\"index\":44,\"inputs\":[{\"buffer\":\"stages.3.0.attn_last.sums\",\"bytes\":512,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,128]}],\"kind\":\"eca_gate\",\"modules\":[\"stages.3.0.attn_last\"],\"outputs\":[{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]}]},{\"algorithm\":null,\"bytes_read\":4608,\"bytes_written\":2048,\"flops\":512,\"index\":45,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]},{\"buffer\":\"stages.3.0.attn_last.gate\",\"bytes\":512,\"offset_bytes\":512,\"pad\":0,\"shape\":[1,1,128]},{\"buffer\":\"stages.3.0.downsample.conv\",\"bytes\":2048,\"offset_bytes\":6656,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"scale_add_act\",\"modules\":[\"stages.3.0.attn_last\",\"stages.3.0\"],\"outputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}]},{\"algorithm\":\"direct\",\"bytes_read\":101120,\"bytes_written\":6912,\"flops\":196608,\"index\":46,\"inputs\":[{\"buffer\":\"stages.3.0 (over stages.3.0.conv3)\",\"bytes\":2048,\"offset_bytes\":8704,\"pad\":0,\"shape\":[2,2,128]}],\"kind\":\"conv\",\"modules\":[\"final_conv\",\"final_act\",\"head.global_pool\"],\"outputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]},{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":47,\"inputs\":[{\"buffer\":\"final_conv\",\"bytes\":3072,\"offset_bytes\":0,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"feature4\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":3072,\"bytes_written\":0,\"flops\":0,\"index\":48,\"inputs\":[{\"buffer\":\"final_act\",\"bytes\":3072,\"offset_bytes\":3072,\"pad\":0,\"shape\":[2,2,192]}],\"kind\":\"copy_out\",\"modules\":[\"forward_features\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":768,\"flops\":192,\"index\":49,\"inputs\":[{\"buffer\":\"head.global_pool.sums\",\"bytes\":768,\"offset_bytes\":6144,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"mean_pool\",\"modules\":[\"head.global_pool\"],\"outputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}]},{\"algorithm\":null,\"bytes_read\":768,\"bytes_written\":0,\"flops\":0,\"index\":50,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"copy_out\",\"modules\":[\"pre_logits\"],\"outputs\":[]},{\"algorithm\":null,\"bytes_read\":8488,\"bytes_written\":40,\"flops\":3840,\"index\":51,\"inputs\":[{\"buffer\":\"head.global_pool\",\"bytes\":768,\"offset_bytes\":0,\"pad\":0,\"shape\":[1,1,192]}],\"kind\":\"fc\",\"modules\":[\"head.fc\"],\"outputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}]},{\"algorithm\":null,\"bytes_read\":40,\"bytes_written\":0,\"flops\":0,\"index\":52,\"inputs\":[{\"buffer\":\"head.fc\",\"bytes\":40,\"offset_bytes\":768,\"pad\":0,\"shape\":[1,1,10]}],\"kind\":\"copy_out\",\"modules\":[\"logits\"],\"outputs\":[]}],\"layout\":\"NHWC per image; the batch runs image by image through one arena\",\"passes\":[{\"applied\":[\"stem.conv1+stem.act2\",\"stem.conv2+stem.act3\",\"stem.conv3+stem.act4\",\"stem.conv4+stages.0.0.act1\",\"stages.0.0.conv1+stages.0.0.act2\",\"stages.0.0.conv2+stages.0.0.act2b\",\"stages.0.0.conv2b+stages.0.0.act3\",\"stages.1.0.conv1+stages.1.0.act2\",\"stages.1.0.conv2+stages.1.0.act2b\",\"stages.1.0.conv2b+stages.1.0.act3\",\"stages.2.0.conv1+stages.2.0.act2\",\"stages.2.0.conv2+stages.2.0.act2b\",\"stages.2.0.conv2b+stages.2.0.act3\",\"stages.2.1.conv1+stages.2.1.act2\",\"stages.2.1.conv2+stages.2.1.act2b\",\"stages.2.1.conv2b+stages.2.1.act3\",\"stages.3.0.conv1+stages.3.0.act2\",\"stages.3.0.conv2+stages.3.0.act2b\",\"stages.3.0.conv2b+stages.3.0.act3\",\"final_conv+final_act\"],\"declined\":[{\"at\":\"stages.0.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.0.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.1.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.0.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.2.1.conv3\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.downsample.conv\",\"reason\":\"no SiLU reads its output\"},{\"at\":\"stages.3.0.conv3\",\"reason\":\"no SiLU reads its output\"}],\"name\":\"conv_act\"},{\"applied\":[\"stages.0.0.conv3+stages.0.0.attn_last\",\"stages.1.0.conv3+stages.1.0.attn_last\",\"stages.2.0.conv3+stages.2.0.attn_last\",\"stages.2.1.conv3+stages.2.1.attn_last\",\"stages.3.0.conv3+stages.3.0.attn_last\",\"final_conv+final_act+head.global_pool\"],\"declined\":[],\"name\":\"conv_channel_sums\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0\",\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1\",\"stages.1.0.attn_last+stages.1.0\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1\",\"stages.2.0.attn_last+stages.2.0\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1\",\"stages.2.1.attn_last+stages.2.1\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1\",\"stages.3.0.attn_last+stages.3.0\"],\"declined\":[{\"at\":\"stages.3.0.attn_last+stages.3.0\",\"reason\":\"no elementwise reader it can absorb\"}],\"name\":\"scale_add_act_chain\"},{\"applied\":[],\"declined\":[{\"at\":\"stages.1.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.2.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"},{\"at\":\"stages.3.0.downsample.pool\",\"reason\":\"kept as a separate pass: it moves well under 1% of the block's bytes\"}],\"name\":\"downsample_pool\"},{\"applied\":[\"stages.0.0.attn_last+stages.0.0+stages.1.0.act1: stages.0.0 (over stages.0.0.conv3), stages.1.0.act1 (over stages.0.0.downsample.conv)\",\"stages.1.0.attn_last+stages.1.0+stages.2.0.act1: stages.1.0 (over stages.1.0.conv3), stages.2.0.act1 (over stages.1.0.downsample.conv)\",\"stages.2.0.attn_last+stages.2.0+stages.2.1.act1: stages.2.0 (over stages.2.0.conv3), stages.2.1.act1 (over stages.2.0.downsample.conv)\",\"stages.2.1.attn_last+stages.2.1+stages.3.0.act1: stages.2.1 (over stages.2.1.conv3), stages.3.0.act1 (over stages.2.0 (over stages.2.0.conv3))\",\"stages.3.0.attn_last+stages.3.0: stages.3.0 (over stages.3.0.conv3)\"],\"declined\":[],\"name\":\"scale_add_act_in_place\"}],\"total_flops_per_image\":2473551,\"winograd\":\"f2\"}";
 #[cfg(target_arch = "x86_64")]
 pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::NeonEmu];
 #[cfg(target_arch = "aarch64")]
@@ -166,7 +166,7 @@ const D_STEM_CONV1: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 19,
     band: 2,
 };
-/**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1, as Winograd F(4x4, 3x3).
+/**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1, as Winograd F(2x2, 3x3).
 
 Implements: stem.conv2+stem.act3.*/
 const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
@@ -200,7 +200,7 @@ const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 19,
     band: 2,
 };
-/**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation, as Winograd F(4x4, 3x3).
+/**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation, as Winograd F(2x2, 3x3).
 
 Implements: stem.conv3+stem.act4.*/
 const D_STEM_CONV3: rt::ConvDesc = rt::ConvDesc {
@@ -2139,8 +2139,8 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 288]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 2304]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 128]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -2148,8 +2148,8 @@ pub mod isa_scalar {
                 2,
                 1,
                 0,
-                4,
-                36,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -2167,15 +2167,15 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                8,
+                30,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 576]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 2304]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 256]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -2183,8 +2183,8 @@ pub mod isa_scalar {
                 4,
                 1,
                 0,
-                4,
-                36,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -2202,7 +2202,7 @@ pub mod isa_scalar {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                8,
+                30,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -2750,7 +2750,7 @@ pub mod isa_scalar {
                         weights: 0,
                         bias: 432,
                         ahead: 1792,
-                        ahead_bytes: 4608,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2769,9 +2769,9 @@ pub mod isa_scalar {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 1600,
-                        ahead: 6464,
-                        ahead_bytes: 9216,
+                        bias: 960,
+                        ahead: 3904,
+                        ahead_bytes: 4096,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -2789,9 +2789,9 @@ pub mod isa_scalar {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 1616,
-                        bias: 3920,
-                        ahead: 15744,
+                        weights: 976,
+                        bias: 2000,
+                        ahead: 8064,
                         ahead_bytes: 4608,
                     },
                 );
@@ -2831,9 +2831,9 @@ pub mod isa_scalar {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3936,
-                        bias: 5088,
-                        ahead: 20416,
+                        weights: 2016,
+                        bias: 3168,
+                        ahead: 12736,
                         ahead_bytes: 2048,
                     },
                 );
@@ -2852,9 +2852,9 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5104,
-                        bias: 5616,
-                        ahead: 22592,
+                        weights: 3184,
+                        bias: 3696,
+                        ahead: 14912,
                         ahead_bytes: 1024,
                     },
                 );
@@ -2873,9 +2873,9 @@ pub mod isa_scalar {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5648,
-                        bias: 5904,
-                        ahead: 23680,
+                        weights: 3728,
+                        bias: 3984,
+                        ahead: 16000,
                         ahead_bytes: 8192,
                     },
                 );
@@ -2894,9 +2894,9 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5920,
-                        bias: 7968,
-                        ahead: 31936,
+                        weights: 4000,
+                        bias: 6048,
+                        ahead: 24256,
                         ahead_bytes: 8192,
                     },
                 );
@@ -2915,9 +2915,9 @@ pub mod isa_scalar {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 7984,
-                        bias: 10032,
-                        ahead: 40192,
+                        weights: 6064,
+                        bias: 8112,
+                        ahead: 32512,
                         ahead_bytes: 1024,
                     },
                 );
@@ -2936,9 +2936,9 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 10048,
-                        bias: 10304,
-                        ahead: 41408,
+                        weights: 8128,
+                        bias: 8384,
+                        ahead: 33728,
                         ahead_bytes: 8192,
                     },
                 );
@@ -2950,7 +2950,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3053,9 +3053,9 @@ pub mod isa_scalar {
                         out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10352,
-                        bias: 12400,
-                        ahead: 49856,
+                        weights: 8432,
+                        bias: 10480,
+                        ahead: 42176,
                         ahead_bytes: 2048,
                     },
                 );
@@ -3074,9 +3074,9 @@ pub mod isa_scalar {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12464,
-                        bias: 12976,
-                        ahead: 51968,
+                        weights: 10544,
+                        bias: 11056,
+                        ahead: 44288,
                         ahead_bytes: 9216,
                     },
                 );
@@ -3095,9 +3095,9 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12992,
-                        bias: 15296,
-                        ahead: 61312,
+                        weights: 11072,
+                        bias: 13376,
+                        ahead: 53632,
                         ahead_bytes: 9216,
                     },
                 );
@@ -3116,9 +3116,9 @@ pub mod isa_scalar {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 15328,
-                        bias: 17632,
-                        ahead: 70656,
+                        weights: 13408,
+                        bias: 15712,
+                        ahead: 62976,
                         ahead_bytes: 4096,
                     },
                 );
@@ -3137,9 +3137,9 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 17664,
-                        bias: 18688,
-                        ahead: 75072,
+                        weights: 15744,
+                        bias: 16768,
+                        ahead: 67392,
                         ahead_bytes: 24576,
                     },
                 );
@@ -3151,7 +3151,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3254,9 +3254,9 @@ pub mod isa_scalar {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 18768,
-                        bias: 24912,
-                        ahead: 100032,
+                        weights: 16848,
+                        bias: 22992,
+                        ahead: 92352,
                         ahead_bytes: 8192,
                     },
                 );
@@ -3275,9 +3275,9 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 25008,
-                        bias: 27056,
-                        ahead: 108352,
+                        weights: 23088,
+                        bias: 25136,
+                        ahead: 100672,
                         ahead_bytes: 13824,
                     },
                 );
@@ -3296,9 +3296,9 @@ pub mod isa_scalar {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 27088,
-                        bias: 30544,
-                        ahead: 122368,
+                        weights: 25168,
+                        bias: 28624,
+                        ahead: 114688,
                         ahead_bytes: 13824,
                     },
                 );
@@ -3317,9 +3317,9 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 30592,
-                        bias: 34048,
-                        ahead: 136384,
+                        weights: 28672,
+                        bias: 32128,
+                        ahead: 128704,
                         ahead_bytes: 9216,
                     },
                 );
@@ -3338,9 +3338,9 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 34096,
-                        bias: 36400,
-                        ahead: 146048,
+                        weights: 32176,
+                        bias: 34480,
+                        ahead: 138368,
                         ahead_bytes: 12288,
                     },
                 );
@@ -3352,7 +3352,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3409,9 +3409,9 @@ pub mod isa_scalar {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 36512,
-                        bias: 39584,
-                        ahead: 158464,
+                        weights: 34592,
+                        bias: 37664,
+                        ahead: 150784,
                         ahead_bytes: 13824,
                     },
                 );
@@ -3430,9 +3430,9 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 39616,
-                        bias: 43072,
-                        ahead: 172480,
+                        weights: 37696,
+                        bias: 41152,
+                        ahead: 164800,
                         ahead_bytes: 13824,
                     },
                 );
@@ -3451,9 +3451,9 @@ pub mod isa_scalar {
                         out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 43120,
-                        bias: 46576,
-                        ahead: 186496,
+                        weights: 41200,
+                        bias: 44656,
+                        ahead: 178816,
                         ahead_bytes: 9216,
                     },
                 );
@@ -3472,9 +3472,9 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: 1952,
-                        weights: 46624,
-                        bias: 48928,
-                        ahead: 196160,
+                        weights: 44704,
+                        bias: 47008,
+                        ahead: 188480,
                         ahead_bytes: 49152,
                     },
                 );
@@ -3486,7 +3486,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3589,9 +3589,9 @@ pub mod isa_scalar {
                         out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 49040,
-                        bias: 61328,
-                        ahead: 245824,
+                        weights: 47120,
+                        bias: 59408,
+                        ahead: 238144,
                         ahead_bytes: 12288,
                     },
                 );
@@ -3610,9 +3610,9 @@ pub mod isa_scalar {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 61456,
-                        bias: 64528,
-                        ahead: 258240,
+                        weights: 59536,
+                        bias: 62608,
+                        ahead: 250560,
                         ahead_bytes: 18432,
                     },
                 );
@@ -3631,9 +3631,9 @@ pub mod isa_scalar {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 64560,
-                        bias: 69168,
-                        ahead: 276928,
+                        weights: 62640,
+                        bias: 67248,
+                        ahead: 269248,
                         ahead_bytes: 18432,
                     },
                 );
@@ -3652,9 +3652,9 @@ pub mod isa_scalar {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 69232,
-                        bias: 73840,
-                        ahead: 295616,
+                        weights: 67312,
+                        bias: 71920,
+                        ahead: 287936,
                         ahead_bytes: 16384,
                     },
                 );
@@ -3673,9 +3673,9 @@ pub mod isa_scalar {
                         out: 2176,
                         pre: rt::NONE,
                         sums: 0,
-                        weights: 73904,
-                        bias: 78000,
-                        ahead: 312576,
+                        weights: 71984,
+                        bias: 76080,
+                        ahead: 304896,
                         ahead_bytes: 98304,
                     },
                 );
@@ -3687,7 +3687,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3738,9 +3738,9 @@ pub mod isa_scalar {
                         out: 768,
                         pre: 0,
                         sums: 1536,
-                        weights: 78144,
-                        bias: 102720,
-                        ahead: 411648,
+                        weights: 76224,
+                        bias: 100800,
+                        ahead: 403968,
                         ahead_bytes: 7680,
                     },
                 );
@@ -3824,7 +3824,7 @@ pub mod isa_scalar {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -3871,7 +3871,7 @@ pub mod isa_scalar {
                             weights: 0,
                             bias: 432,
                             ahead: 1792,
-                            ahead_bytes: 4608,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -3884,9 +3884,9 @@ pub mod isa_scalar {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 1600,
-                            ahead: 6464,
-                            ahead_bytes: 9216,
+                            bias: 960,
+                            ahead: 3904,
+                            ahead_bytes: 4096,
                         },
                     );
                 }
@@ -3898,9 +3898,9 @@ pub mod isa_scalar {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 1616,
-                            bias: 3920,
-                            ahead: 15744,
+                            weights: 976,
+                            bias: 2000,
+                            ahead: 8064,
                             ahead_bytes: 4608,
                         },
                     );
@@ -3913,9 +3913,9 @@ pub mod isa_scalar {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3936,
-                            bias: 5088,
-                            ahead: 20416,
+                            weights: 2016,
+                            bias: 3168,
+                            ahead: 12736,
                             ahead_bytes: 2048,
                         },
                     );
@@ -3928,9 +3928,9 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5104,
-                            bias: 5616,
-                            ahead: 22592,
+                            weights: 3184,
+                            bias: 3696,
+                            ahead: 14912,
                             ahead_bytes: 1024,
                         },
                     );
@@ -3943,9 +3943,9 @@ pub mod isa_scalar {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5648,
-                            bias: 5904,
-                            ahead: 23680,
+                            weights: 3728,
+                            bias: 3984,
+                            ahead: 16000,
                             ahead_bytes: 8192,
                         },
                     );
@@ -3958,9 +3958,9 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5920,
-                            bias: 7968,
-                            ahead: 31936,
+                            weights: 4000,
+                            bias: 6048,
+                            ahead: 24256,
                             ahead_bytes: 8192,
                         },
                     );
@@ -3973,9 +3973,9 @@ pub mod isa_scalar {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 7984,
-                            bias: 10032,
-                            ahead: 40192,
+                            weights: 6064,
+                            bias: 8112,
+                            ahead: 32512,
                             ahead_bytes: 1024,
                         },
                     );
@@ -3988,15 +3988,15 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 10048,
-                            bias: 10304,
-                            ahead: 41408,
+                            weights: 8128,
+                            bias: 8384,
+                            ahead: 33728,
                             ahead_bytes: 8192,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -4060,9 +4060,9 @@ pub mod isa_scalar {
                             out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10352,
-                            bias: 12400,
-                            ahead: 49856,
+                            weights: 8432,
+                            bias: 10480,
+                            ahead: 42176,
                             ahead_bytes: 2048,
                         },
                     );
@@ -4075,9 +4075,9 @@ pub mod isa_scalar {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12464,
-                            bias: 12976,
-                            ahead: 51968,
+                            weights: 10544,
+                            bias: 11056,
+                            ahead: 44288,
                             ahead_bytes: 9216,
                         },
                     );
@@ -4090,9 +4090,9 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12992,
-                            bias: 15296,
-                            ahead: 61312,
+                            weights: 11072,
+                            bias: 13376,
+                            ahead: 53632,
                             ahead_bytes: 9216,
                         },
                     );
@@ -4105,9 +4105,9 @@ pub mod isa_scalar {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 15328,
-                            bias: 17632,
-                            ahead: 70656,
+                            weights: 13408,
+                            bias: 15712,
+                            ahead: 62976,
                             ahead_bytes: 4096,
                         },
                     );
@@ -4120,15 +4120,15 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 17664,
-                            bias: 18688,
-                            ahead: 75072,
+                            weights: 15744,
+                            bias: 16768,
+                            ahead: 67392,
                             ahead_bytes: 24576,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -4192,9 +4192,9 @@ pub mod isa_scalar {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 18768,
-                            bias: 24912,
-                            ahead: 100032,
+                            weights: 16848,
+                            bias: 22992,
+                            ahead: 92352,
                             ahead_bytes: 8192,
                         },
                     );
@@ -4207,9 +4207,9 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 25008,
-                            bias: 27056,
-                            ahead: 108352,
+                            weights: 23088,
+                            bias: 25136,
+                            ahead: 100672,
                             ahead_bytes: 13824,
                         },
                     );
@@ -4222,9 +4222,9 @@ pub mod isa_scalar {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 27088,
-                            bias: 30544,
-                            ahead: 122368,
+                            weights: 25168,
+                            bias: 28624,
+                            ahead: 114688,
                             ahead_bytes: 13824,
                         },
                     );
@@ -4237,9 +4237,9 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 30592,
-                            bias: 34048,
-                            ahead: 136384,
+                            weights: 28672,
+                            bias: 32128,
+                            ahead: 128704,
                             ahead_bytes: 9216,
                         },
                     );
@@ -4252,15 +4252,15 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 34096,
-                            bias: 36400,
-                            ahead: 146048,
+                            weights: 32176,
+                            bias: 34480,
+                            ahead: 138368,
                             ahead_bytes: 12288,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -4305,9 +4305,9 @@ pub mod isa_scalar {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 36512,
-                            bias: 39584,
-                            ahead: 158464,
+                            weights: 34592,
+                            bias: 37664,
+                            ahead: 150784,
                             ahead_bytes: 13824,
                         },
                     );
@@ -4320,9 +4320,9 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 39616,
-                            bias: 43072,
-                            ahead: 172480,
+                            weights: 37696,
+                            bias: 41152,
+                            ahead: 164800,
                             ahead_bytes: 13824,
                         },
                     );
@@ -4335,9 +4335,9 @@ pub mod isa_scalar {
                             out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 43120,
-                            bias: 46576,
-                            ahead: 186496,
+                            weights: 41200,
+                            bias: 44656,
+                            ahead: 178816,
                             ahead_bytes: 9216,
                         },
                     );
@@ -4350,15 +4350,15 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: 1952,
-                            weights: 46624,
-                            bias: 48928,
-                            ahead: 196160,
+                            weights: 44704,
+                            bias: 47008,
+                            ahead: 188480,
                             ahead_bytes: 49152,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -4422,9 +4422,9 @@ pub mod isa_scalar {
                             out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 49040,
-                            bias: 61328,
-                            ahead: 245824,
+                            weights: 47120,
+                            bias: 59408,
+                            ahead: 238144,
                             ahead_bytes: 12288,
                         },
                     );
@@ -4437,9 +4437,9 @@ pub mod isa_scalar {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 61456,
-                            bias: 64528,
-                            ahead: 258240,
+                            weights: 59536,
+                            bias: 62608,
+                            ahead: 250560,
                             ahead_bytes: 18432,
                         },
                     );
@@ -4452,9 +4452,9 @@ pub mod isa_scalar {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 64560,
-                            bias: 69168,
-                            ahead: 276928,
+                            weights: 62640,
+                            bias: 67248,
+                            ahead: 269248,
                             ahead_bytes: 18432,
                         },
                     );
@@ -4467,9 +4467,9 @@ pub mod isa_scalar {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 69232,
-                            bias: 73840,
-                            ahead: 295616,
+                            weights: 67312,
+                            bias: 71920,
+                            ahead: 287936,
                             ahead_bytes: 16384,
                         },
                     );
@@ -4482,15 +4482,15 @@ pub mod isa_scalar {
                             out: 2176,
                             pre: rt::NONE,
                             sums: 0,
-                            weights: 73904,
-                            bias: 78000,
-                            ahead: 312576,
+                            weights: 71984,
+                            bias: 76080,
+                            ahead: 304896,
                             ahead_bytes: 98304,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -4529,9 +4529,9 @@ pub mod isa_scalar {
                             out: 768,
                             pre: 0,
                             sums: 1536,
-                            weights: 78144,
-                            bias: 102720,
-                            ahead: 411648,
+                            weights: 76224,
+                            bias: 100800,
+                            ahead: 403968,
                             ahead_bytes: 7680,
                         },
                     );
@@ -4540,7 +4540,7 @@ pub mod isa_scalar {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                    fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 }
                 _ => {}
             }
@@ -5707,8 +5707,8 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 54]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 432]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -5716,8 +5716,8 @@ pub mod isa_avx2 {
                 2,
                 1,
                 0,
-                4,
-                36,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -5735,7 +5735,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                5,
+                20,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -5743,8 +5743,8 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 108]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 432]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -5752,8 +5752,8 @@ pub mod isa_avx2 {
                 4,
                 1,
                 0,
-                4,
-                36,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -5771,7 +5771,7 @@ pub mod isa_avx2 {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                5,
+                20,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -6343,7 +6343,7 @@ pub mod isa_avx2 {
                         weights: 0,
                         bias: 432,
                         ahead: 1792,
-                        ahead_bytes: 4608,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6362,9 +6362,9 @@ pub mod isa_avx2 {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 1600,
-                        ahead: 6464,
-                        ahead_bytes: 9216,
+                        bias: 960,
+                        ahead: 3904,
+                        ahead_bytes: 4096,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -6382,9 +6382,9 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 1616,
-                        bias: 3920,
-                        ahead: 15744,
+                        weights: 976,
+                        bias: 2000,
+                        ahead: 8064,
                         ahead_bytes: 4608,
                     },
                 );
@@ -6424,9 +6424,9 @@ pub mod isa_avx2 {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3936,
-                        bias: 5088,
-                        ahead: 20416,
+                        weights: 2016,
+                        bias: 3168,
+                        ahead: 12736,
                         ahead_bytes: 2048,
                     },
                 );
@@ -6445,9 +6445,9 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5104,
-                        bias: 5616,
-                        ahead: 22592,
+                        weights: 3184,
+                        bias: 3696,
+                        ahead: 14912,
                         ahead_bytes: 1024,
                     },
                 );
@@ -6466,9 +6466,9 @@ pub mod isa_avx2 {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5648,
-                        bias: 5904,
-                        ahead: 23680,
+                        weights: 3728,
+                        bias: 3984,
+                        ahead: 16000,
                         ahead_bytes: 8192,
                     },
                 );
@@ -6487,9 +6487,9 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5920,
-                        bias: 7968,
-                        ahead: 31936,
+                        weights: 4000,
+                        bias: 6048,
+                        ahead: 24256,
                         ahead_bytes: 8192,
                     },
                 );
@@ -6508,9 +6508,9 @@ pub mod isa_avx2 {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 7984,
-                        bias: 10032,
-                        ahead: 40192,
+                        weights: 6064,
+                        bias: 8112,
+                        ahead: 32512,
                         ahead_bytes: 1024,
                     },
                 );
@@ -6529,9 +6529,9 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 10048,
-                        bias: 10304,
-                        ahead: 41408,
+                        weights: 8128,
+                        bias: 8384,
+                        ahead: 33728,
                         ahead_bytes: 8192,
                     },
                 );
@@ -6543,7 +6543,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6646,9 +6646,9 @@ pub mod isa_avx2 {
                         out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10352,
-                        bias: 12400,
-                        ahead: 49856,
+                        weights: 8432,
+                        bias: 10480,
+                        ahead: 42176,
                         ahead_bytes: 2048,
                     },
                 );
@@ -6667,9 +6667,9 @@ pub mod isa_avx2 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12464,
-                        bias: 12976,
-                        ahead: 51968,
+                        weights: 10544,
+                        bias: 11056,
+                        ahead: 44288,
                         ahead_bytes: 9216,
                     },
                 );
@@ -6688,9 +6688,9 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12992,
-                        bias: 15296,
-                        ahead: 61312,
+                        weights: 11072,
+                        bias: 13376,
+                        ahead: 53632,
                         ahead_bytes: 9216,
                     },
                 );
@@ -6709,9 +6709,9 @@ pub mod isa_avx2 {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 15328,
-                        bias: 17632,
-                        ahead: 70656,
+                        weights: 13408,
+                        bias: 15712,
+                        ahead: 62976,
                         ahead_bytes: 4096,
                     },
                 );
@@ -6730,9 +6730,9 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 17664,
-                        bias: 18688,
-                        ahead: 75072,
+                        weights: 15744,
+                        bias: 16768,
+                        ahead: 67392,
                         ahead_bytes: 24576,
                     },
                 );
@@ -6744,7 +6744,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -6847,9 +6847,9 @@ pub mod isa_avx2 {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 18768,
-                        bias: 24912,
-                        ahead: 100032,
+                        weights: 16848,
+                        bias: 22992,
+                        ahead: 92352,
                         ahead_bytes: 8192,
                     },
                 );
@@ -6868,9 +6868,9 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 25008,
-                        bias: 27056,
-                        ahead: 108352,
+                        weights: 23088,
+                        bias: 25136,
+                        ahead: 100672,
                         ahead_bytes: 13824,
                     },
                 );
@@ -6889,9 +6889,9 @@ pub mod isa_avx2 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 27088,
-                        bias: 30544,
-                        ahead: 122368,
+                        weights: 25168,
+                        bias: 28624,
+                        ahead: 114688,
                         ahead_bytes: 13824,
                     },
                 );
@@ -6910,9 +6910,9 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 30592,
-                        bias: 34048,
-                        ahead: 136384,
+                        weights: 28672,
+                        bias: 32128,
+                        ahead: 128704,
                         ahead_bytes: 9216,
                     },
                 );
@@ -6931,9 +6931,9 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 34096,
-                        bias: 36400,
-                        ahead: 146048,
+                        weights: 32176,
+                        bias: 34480,
+                        ahead: 138368,
                         ahead_bytes: 12288,
                     },
                 );
@@ -6945,7 +6945,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -7002,9 +7002,9 @@ pub mod isa_avx2 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 36512,
-                        bias: 39584,
-                        ahead: 158464,
+                        weights: 34592,
+                        bias: 37664,
+                        ahead: 150784,
                         ahead_bytes: 13824,
                     },
                 );
@@ -7023,9 +7023,9 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 39616,
-                        bias: 43072,
-                        ahead: 172480,
+                        weights: 37696,
+                        bias: 41152,
+                        ahead: 164800,
                         ahead_bytes: 13824,
                     },
                 );
@@ -7044,9 +7044,9 @@ pub mod isa_avx2 {
                         out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 43120,
-                        bias: 46576,
-                        ahead: 186496,
+                        weights: 41200,
+                        bias: 44656,
+                        ahead: 178816,
                         ahead_bytes: 9216,
                     },
                 );
@@ -7065,9 +7065,9 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: 1952,
-                        weights: 46624,
-                        bias: 48928,
-                        ahead: 196160,
+                        weights: 44704,
+                        bias: 47008,
+                        ahead: 188480,
                         ahead_bytes: 49152,
                     },
                 );
@@ -7079,7 +7079,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -7182,9 +7182,9 @@ pub mod isa_avx2 {
                         out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 49040,
-                        bias: 61328,
-                        ahead: 245824,
+                        weights: 47120,
+                        bias: 59408,
+                        ahead: 238144,
                         ahead_bytes: 12288,
                     },
                 );
@@ -7203,9 +7203,9 @@ pub mod isa_avx2 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 61456,
-                        bias: 64528,
-                        ahead: 258240,
+                        weights: 59536,
+                        bias: 62608,
+                        ahead: 250560,
                         ahead_bytes: 18432,
                     },
                 );
@@ -7224,9 +7224,9 @@ pub mod isa_avx2 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 64560,
-                        bias: 69168,
-                        ahead: 276928,
+                        weights: 62640,
+                        bias: 67248,
+                        ahead: 269248,
                         ahead_bytes: 18432,
                     },
                 );
@@ -7245,9 +7245,9 @@ pub mod isa_avx2 {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 69232,
-                        bias: 73840,
-                        ahead: 295616,
+                        weights: 67312,
+                        bias: 71920,
+                        ahead: 287936,
                         ahead_bytes: 16384,
                     },
                 );
@@ -7266,9 +7266,9 @@ pub mod isa_avx2 {
                         out: 2176,
                         pre: rt::NONE,
                         sums: 0,
-                        weights: 73904,
-                        bias: 78000,
-                        ahead: 312576,
+                        weights: 71984,
+                        bias: 76080,
+                        ahead: 304896,
                         ahead_bytes: 98304,
                     },
                 );
@@ -7280,7 +7280,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -7331,9 +7331,9 @@ pub mod isa_avx2 {
                         out: 768,
                         pre: 0,
                         sums: 1536,
-                        weights: 78144,
-                        bias: 102720,
-                        ahead: 411648,
+                        weights: 76224,
+                        bias: 100800,
+                        ahead: 403968,
                         ahead_bytes: 7680,
                     },
                 );
@@ -7417,7 +7417,7 @@ pub mod isa_avx2 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -7464,7 +7464,7 @@ pub mod isa_avx2 {
                             weights: 0,
                             bias: 432,
                             ahead: 1792,
-                            ahead_bytes: 4608,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -7477,9 +7477,9 @@ pub mod isa_avx2 {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 1600,
-                            ahead: 6464,
-                            ahead_bytes: 9216,
+                            bias: 960,
+                            ahead: 3904,
+                            ahead_bytes: 4096,
                         },
                     );
                 }
@@ -7491,9 +7491,9 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 1616,
-                            bias: 3920,
-                            ahead: 15744,
+                            weights: 976,
+                            bias: 2000,
+                            ahead: 8064,
                             ahead_bytes: 4608,
                         },
                     );
@@ -7506,9 +7506,9 @@ pub mod isa_avx2 {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3936,
-                            bias: 5088,
-                            ahead: 20416,
+                            weights: 2016,
+                            bias: 3168,
+                            ahead: 12736,
                             ahead_bytes: 2048,
                         },
                     );
@@ -7521,9 +7521,9 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5104,
-                            bias: 5616,
-                            ahead: 22592,
+                            weights: 3184,
+                            bias: 3696,
+                            ahead: 14912,
                             ahead_bytes: 1024,
                         },
                     );
@@ -7536,9 +7536,9 @@ pub mod isa_avx2 {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5648,
-                            bias: 5904,
-                            ahead: 23680,
+                            weights: 3728,
+                            bias: 3984,
+                            ahead: 16000,
                             ahead_bytes: 8192,
                         },
                     );
@@ -7551,9 +7551,9 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5920,
-                            bias: 7968,
-                            ahead: 31936,
+                            weights: 4000,
+                            bias: 6048,
+                            ahead: 24256,
                             ahead_bytes: 8192,
                         },
                     );
@@ -7566,9 +7566,9 @@ pub mod isa_avx2 {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 7984,
-                            bias: 10032,
-                            ahead: 40192,
+                            weights: 6064,
+                            bias: 8112,
+                            ahead: 32512,
                             ahead_bytes: 1024,
                         },
                     );
@@ -7581,15 +7581,15 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 10048,
-                            bias: 10304,
-                            ahead: 41408,
+                            weights: 8128,
+                            bias: 8384,
+                            ahead: 33728,
                             ahead_bytes: 8192,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -7653,9 +7653,9 @@ pub mod isa_avx2 {
                             out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10352,
-                            bias: 12400,
-                            ahead: 49856,
+                            weights: 8432,
+                            bias: 10480,
+                            ahead: 42176,
                             ahead_bytes: 2048,
                         },
                     );
@@ -7668,9 +7668,9 @@ pub mod isa_avx2 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12464,
-                            bias: 12976,
-                            ahead: 51968,
+                            weights: 10544,
+                            bias: 11056,
+                            ahead: 44288,
                             ahead_bytes: 9216,
                         },
                     );
@@ -7683,9 +7683,9 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12992,
-                            bias: 15296,
-                            ahead: 61312,
+                            weights: 11072,
+                            bias: 13376,
+                            ahead: 53632,
                             ahead_bytes: 9216,
                         },
                     );
@@ -7698,9 +7698,9 @@ pub mod isa_avx2 {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 15328,
-                            bias: 17632,
-                            ahead: 70656,
+                            weights: 13408,
+                            bias: 15712,
+                            ahead: 62976,
                             ahead_bytes: 4096,
                         },
                     );
@@ -7713,15 +7713,15 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 17664,
-                            bias: 18688,
-                            ahead: 75072,
+                            weights: 15744,
+                            bias: 16768,
+                            ahead: 67392,
                             ahead_bytes: 24576,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -7785,9 +7785,9 @@ pub mod isa_avx2 {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 18768,
-                            bias: 24912,
-                            ahead: 100032,
+                            weights: 16848,
+                            bias: 22992,
+                            ahead: 92352,
                             ahead_bytes: 8192,
                         },
                     );
@@ -7800,9 +7800,9 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 25008,
-                            bias: 27056,
-                            ahead: 108352,
+                            weights: 23088,
+                            bias: 25136,
+                            ahead: 100672,
                             ahead_bytes: 13824,
                         },
                     );
@@ -7815,9 +7815,9 @@ pub mod isa_avx2 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 27088,
-                            bias: 30544,
-                            ahead: 122368,
+                            weights: 25168,
+                            bias: 28624,
+                            ahead: 114688,
                             ahead_bytes: 13824,
                         },
                     );
@@ -7830,9 +7830,9 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 30592,
-                            bias: 34048,
-                            ahead: 136384,
+                            weights: 28672,
+                            bias: 32128,
+                            ahead: 128704,
                             ahead_bytes: 9216,
                         },
                     );
@@ -7845,15 +7845,15 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 34096,
-                            bias: 36400,
-                            ahead: 146048,
+                            weights: 32176,
+                            bias: 34480,
+                            ahead: 138368,
                             ahead_bytes: 12288,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -7898,9 +7898,9 @@ pub mod isa_avx2 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 36512,
-                            bias: 39584,
-                            ahead: 158464,
+                            weights: 34592,
+                            bias: 37664,
+                            ahead: 150784,
                             ahead_bytes: 13824,
                         },
                     );
@@ -7913,9 +7913,9 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 39616,
-                            bias: 43072,
-                            ahead: 172480,
+                            weights: 37696,
+                            bias: 41152,
+                            ahead: 164800,
                             ahead_bytes: 13824,
                         },
                     );
@@ -7928,9 +7928,9 @@ pub mod isa_avx2 {
                             out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 43120,
-                            bias: 46576,
-                            ahead: 186496,
+                            weights: 41200,
+                            bias: 44656,
+                            ahead: 178816,
                             ahead_bytes: 9216,
                         },
                     );
@@ -7943,15 +7943,15 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: 1952,
-                            weights: 46624,
-                            bias: 48928,
-                            ahead: 196160,
+                            weights: 44704,
+                            bias: 47008,
+                            ahead: 188480,
                             ahead_bytes: 49152,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -8015,9 +8015,9 @@ pub mod isa_avx2 {
                             out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 49040,
-                            bias: 61328,
-                            ahead: 245824,
+                            weights: 47120,
+                            bias: 59408,
+                            ahead: 238144,
                             ahead_bytes: 12288,
                         },
                     );
@@ -8030,9 +8030,9 @@ pub mod isa_avx2 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 61456,
-                            bias: 64528,
-                            ahead: 258240,
+                            weights: 59536,
+                            bias: 62608,
+                            ahead: 250560,
                             ahead_bytes: 18432,
                         },
                     );
@@ -8045,9 +8045,9 @@ pub mod isa_avx2 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 64560,
-                            bias: 69168,
-                            ahead: 276928,
+                            weights: 62640,
+                            bias: 67248,
+                            ahead: 269248,
                             ahead_bytes: 18432,
                         },
                     );
@@ -8060,9 +8060,9 @@ pub mod isa_avx2 {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 69232,
-                            bias: 73840,
-                            ahead: 295616,
+                            weights: 67312,
+                            bias: 71920,
+                            ahead: 287936,
                             ahead_bytes: 16384,
                         },
                     );
@@ -8075,15 +8075,15 @@ pub mod isa_avx2 {
                             out: 2176,
                             pre: rt::NONE,
                             sums: 0,
-                            weights: 73904,
-                            bias: 78000,
-                            ahead: 312576,
+                            weights: 71984,
+                            bias: 76080,
+                            ahead: 304896,
                             ahead_bytes: 98304,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -8122,9 +8122,9 @@ pub mod isa_avx2 {
                             out: 768,
                             pre: 0,
                             sums: 1536,
-                            weights: 78144,
-                            bias: 102720,
-                            ahead: 411648,
+                            weights: 76224,
+                            bias: 100800,
+                            ahead: 403968,
                             ahead_bytes: 7680,
                         },
                     );
@@ -8133,7 +8133,7 @@ pub mod isa_avx2 {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                    fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 }
                 _ => {}
             }
@@ -9296,17 +9296,17 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 45]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 360]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                10,
+                12,
                 2,
                 1,
                 0,
-                4,
-                36,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -9324,7 +9324,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                3,
+                10,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -9332,17 +9332,17 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 90]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 360]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                10,
+                12,
                 4,
                 1,
                 0,
-                4,
-                36,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -9360,7 +9360,7 @@ pub mod isa_avx512 {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                3,
+                10,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -9932,7 +9932,7 @@ pub mod isa_avx512 {
                         weights: 0,
                         bias: 432,
                         ahead: 1792,
-                        ahead_bytes: 4608,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9951,9 +9951,9 @@ pub mod isa_avx512 {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 1600,
-                        ahead: 6464,
-                        ahead_bytes: 9216,
+                        bias: 960,
+                        ahead: 3904,
+                        ahead_bytes: 4096,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -9971,9 +9971,9 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 1616,
-                        bias: 3920,
-                        ahead: 15744,
+                        weights: 976,
+                        bias: 2000,
+                        ahead: 8064,
                         ahead_bytes: 4608,
                     },
                 );
@@ -10013,9 +10013,9 @@ pub mod isa_avx512 {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3936,
-                        bias: 5088,
-                        ahead: 20416,
+                        weights: 2016,
+                        bias: 3168,
+                        ahead: 12736,
                         ahead_bytes: 2048,
                     },
                 );
@@ -10034,9 +10034,9 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5104,
-                        bias: 5616,
-                        ahead: 22592,
+                        weights: 3184,
+                        bias: 3696,
+                        ahead: 14912,
                         ahead_bytes: 1024,
                     },
                 );
@@ -10055,9 +10055,9 @@ pub mod isa_avx512 {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5648,
-                        bias: 5904,
-                        ahead: 23680,
+                        weights: 3728,
+                        bias: 3984,
+                        ahead: 16000,
                         ahead_bytes: 8192,
                     },
                 );
@@ -10076,9 +10076,9 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5920,
-                        bias: 7968,
-                        ahead: 31936,
+                        weights: 4000,
+                        bias: 6048,
+                        ahead: 24256,
                         ahead_bytes: 8192,
                     },
                 );
@@ -10097,9 +10097,9 @@ pub mod isa_avx512 {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 7984,
-                        bias: 10032,
-                        ahead: 40192,
+                        weights: 6064,
+                        bias: 8112,
+                        ahead: 32512,
                         ahead_bytes: 1024,
                     },
                 );
@@ -10118,9 +10118,9 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 10048,
-                        bias: 10304,
-                        ahead: 41408,
+                        weights: 8128,
+                        bias: 8384,
+                        ahead: 33728,
                         ahead_bytes: 8192,
                     },
                 );
@@ -10132,7 +10132,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -10235,9 +10235,9 @@ pub mod isa_avx512 {
                         out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10352,
-                        bias: 12400,
-                        ahead: 49856,
+                        weights: 8432,
+                        bias: 10480,
+                        ahead: 42176,
                         ahead_bytes: 2048,
                     },
                 );
@@ -10256,9 +10256,9 @@ pub mod isa_avx512 {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12464,
-                        bias: 12976,
-                        ahead: 51968,
+                        weights: 10544,
+                        bias: 11056,
+                        ahead: 44288,
                         ahead_bytes: 9216,
                     },
                 );
@@ -10277,9 +10277,9 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12992,
-                        bias: 15296,
-                        ahead: 61312,
+                        weights: 11072,
+                        bias: 13376,
+                        ahead: 53632,
                         ahead_bytes: 9216,
                     },
                 );
@@ -10298,9 +10298,9 @@ pub mod isa_avx512 {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 15328,
-                        bias: 17632,
-                        ahead: 70656,
+                        weights: 13408,
+                        bias: 15712,
+                        ahead: 62976,
                         ahead_bytes: 4096,
                     },
                 );
@@ -10319,9 +10319,9 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 17664,
-                        bias: 18688,
-                        ahead: 75072,
+                        weights: 15744,
+                        bias: 16768,
+                        ahead: 67392,
                         ahead_bytes: 24576,
                     },
                 );
@@ -10333,7 +10333,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -10436,9 +10436,9 @@ pub mod isa_avx512 {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 18768,
-                        bias: 24912,
-                        ahead: 100032,
+                        weights: 16848,
+                        bias: 22992,
+                        ahead: 92352,
                         ahead_bytes: 8192,
                     },
                 );
@@ -10457,9 +10457,9 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 25008,
-                        bias: 27056,
-                        ahead: 108352,
+                        weights: 23088,
+                        bias: 25136,
+                        ahead: 100672,
                         ahead_bytes: 13824,
                     },
                 );
@@ -10478,9 +10478,9 @@ pub mod isa_avx512 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 27088,
-                        bias: 30544,
-                        ahead: 122368,
+                        weights: 25168,
+                        bias: 28624,
+                        ahead: 114688,
                         ahead_bytes: 13824,
                     },
                 );
@@ -10499,9 +10499,9 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 30592,
-                        bias: 34048,
-                        ahead: 136384,
+                        weights: 28672,
+                        bias: 32128,
+                        ahead: 128704,
                         ahead_bytes: 9216,
                     },
                 );
@@ -10520,9 +10520,9 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 34096,
-                        bias: 36400,
-                        ahead: 146048,
+                        weights: 32176,
+                        bias: 34480,
+                        ahead: 138368,
                         ahead_bytes: 12288,
                     },
                 );
@@ -10534,7 +10534,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -10591,9 +10591,9 @@ pub mod isa_avx512 {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 36512,
-                        bias: 39584,
-                        ahead: 158464,
+                        weights: 34592,
+                        bias: 37664,
+                        ahead: 150784,
                         ahead_bytes: 13824,
                     },
                 );
@@ -10612,9 +10612,9 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 39616,
-                        bias: 43072,
-                        ahead: 172480,
+                        weights: 37696,
+                        bias: 41152,
+                        ahead: 164800,
                         ahead_bytes: 13824,
                     },
                 );
@@ -10633,9 +10633,9 @@ pub mod isa_avx512 {
                         out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 43120,
-                        bias: 46576,
-                        ahead: 186496,
+                        weights: 41200,
+                        bias: 44656,
+                        ahead: 178816,
                         ahead_bytes: 9216,
                     },
                 );
@@ -10654,9 +10654,9 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: 1952,
-                        weights: 46624,
-                        bias: 48928,
-                        ahead: 196160,
+                        weights: 44704,
+                        bias: 47008,
+                        ahead: 188480,
                         ahead_bytes: 49152,
                     },
                 );
@@ -10668,7 +10668,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -10771,9 +10771,9 @@ pub mod isa_avx512 {
                         out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 49040,
-                        bias: 61328,
-                        ahead: 245824,
+                        weights: 47120,
+                        bias: 59408,
+                        ahead: 238144,
                         ahead_bytes: 12288,
                     },
                 );
@@ -10792,9 +10792,9 @@ pub mod isa_avx512 {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 61456,
-                        bias: 64528,
-                        ahead: 258240,
+                        weights: 59536,
+                        bias: 62608,
+                        ahead: 250560,
                         ahead_bytes: 18432,
                     },
                 );
@@ -10813,9 +10813,9 @@ pub mod isa_avx512 {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 64560,
-                        bias: 69168,
-                        ahead: 276928,
+                        weights: 62640,
+                        bias: 67248,
+                        ahead: 269248,
                         ahead_bytes: 18432,
                     },
                 );
@@ -10834,9 +10834,9 @@ pub mod isa_avx512 {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 69232,
-                        bias: 73840,
-                        ahead: 295616,
+                        weights: 67312,
+                        bias: 71920,
+                        ahead: 287936,
                         ahead_bytes: 16384,
                     },
                 );
@@ -10855,9 +10855,9 @@ pub mod isa_avx512 {
                         out: 2176,
                         pre: rt::NONE,
                         sums: 0,
-                        weights: 73904,
-                        bias: 78000,
-                        ahead: 312576,
+                        weights: 71984,
+                        bias: 76080,
+                        ahead: 304896,
                         ahead_bytes: 98304,
                     },
                 );
@@ -10869,7 +10869,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -10920,9 +10920,9 @@ pub mod isa_avx512 {
                         out: 768,
                         pre: 0,
                         sums: 1536,
-                        weights: 78144,
-                        bias: 102720,
-                        ahead: 411648,
+                        weights: 76224,
+                        bias: 100800,
+                        ahead: 403968,
                         ahead_bytes: 7680,
                     },
                 );
@@ -11006,7 +11006,7 @@ pub mod isa_avx512 {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -11053,7 +11053,7 @@ pub mod isa_avx512 {
                             weights: 0,
                             bias: 432,
                             ahead: 1792,
-                            ahead_bytes: 4608,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -11066,9 +11066,9 @@ pub mod isa_avx512 {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 1600,
-                            ahead: 6464,
-                            ahead_bytes: 9216,
+                            bias: 960,
+                            ahead: 3904,
+                            ahead_bytes: 4096,
                         },
                     );
                 }
@@ -11080,9 +11080,9 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 1616,
-                            bias: 3920,
-                            ahead: 15744,
+                            weights: 976,
+                            bias: 2000,
+                            ahead: 8064,
                             ahead_bytes: 4608,
                         },
                     );
@@ -11095,9 +11095,9 @@ pub mod isa_avx512 {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3936,
-                            bias: 5088,
-                            ahead: 20416,
+                            weights: 2016,
+                            bias: 3168,
+                            ahead: 12736,
                             ahead_bytes: 2048,
                         },
                     );
@@ -11110,9 +11110,9 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5104,
-                            bias: 5616,
-                            ahead: 22592,
+                            weights: 3184,
+                            bias: 3696,
+                            ahead: 14912,
                             ahead_bytes: 1024,
                         },
                     );
@@ -11125,9 +11125,9 @@ pub mod isa_avx512 {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5648,
-                            bias: 5904,
-                            ahead: 23680,
+                            weights: 3728,
+                            bias: 3984,
+                            ahead: 16000,
                             ahead_bytes: 8192,
                         },
                     );
@@ -11140,9 +11140,9 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5920,
-                            bias: 7968,
-                            ahead: 31936,
+                            weights: 4000,
+                            bias: 6048,
+                            ahead: 24256,
                             ahead_bytes: 8192,
                         },
                     );
@@ -11155,9 +11155,9 @@ pub mod isa_avx512 {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 7984,
-                            bias: 10032,
-                            ahead: 40192,
+                            weights: 6064,
+                            bias: 8112,
+                            ahead: 32512,
                             ahead_bytes: 1024,
                         },
                     );
@@ -11170,15 +11170,15 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 10048,
-                            bias: 10304,
-                            ahead: 41408,
+                            weights: 8128,
+                            bias: 8384,
+                            ahead: 33728,
                             ahead_bytes: 8192,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -11242,9 +11242,9 @@ pub mod isa_avx512 {
                             out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10352,
-                            bias: 12400,
-                            ahead: 49856,
+                            weights: 8432,
+                            bias: 10480,
+                            ahead: 42176,
                             ahead_bytes: 2048,
                         },
                     );
@@ -11257,9 +11257,9 @@ pub mod isa_avx512 {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12464,
-                            bias: 12976,
-                            ahead: 51968,
+                            weights: 10544,
+                            bias: 11056,
+                            ahead: 44288,
                             ahead_bytes: 9216,
                         },
                     );
@@ -11272,9 +11272,9 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12992,
-                            bias: 15296,
-                            ahead: 61312,
+                            weights: 11072,
+                            bias: 13376,
+                            ahead: 53632,
                             ahead_bytes: 9216,
                         },
                     );
@@ -11287,9 +11287,9 @@ pub mod isa_avx512 {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 15328,
-                            bias: 17632,
-                            ahead: 70656,
+                            weights: 13408,
+                            bias: 15712,
+                            ahead: 62976,
                             ahead_bytes: 4096,
                         },
                     );
@@ -11302,15 +11302,15 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 17664,
-                            bias: 18688,
-                            ahead: 75072,
+                            weights: 15744,
+                            bias: 16768,
+                            ahead: 67392,
                             ahead_bytes: 24576,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -11374,9 +11374,9 @@ pub mod isa_avx512 {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 18768,
-                            bias: 24912,
-                            ahead: 100032,
+                            weights: 16848,
+                            bias: 22992,
+                            ahead: 92352,
                             ahead_bytes: 8192,
                         },
                     );
@@ -11389,9 +11389,9 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 25008,
-                            bias: 27056,
-                            ahead: 108352,
+                            weights: 23088,
+                            bias: 25136,
+                            ahead: 100672,
                             ahead_bytes: 13824,
                         },
                     );
@@ -11404,9 +11404,9 @@ pub mod isa_avx512 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 27088,
-                            bias: 30544,
-                            ahead: 122368,
+                            weights: 25168,
+                            bias: 28624,
+                            ahead: 114688,
                             ahead_bytes: 13824,
                         },
                     );
@@ -11419,9 +11419,9 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 30592,
-                            bias: 34048,
-                            ahead: 136384,
+                            weights: 28672,
+                            bias: 32128,
+                            ahead: 128704,
                             ahead_bytes: 9216,
                         },
                     );
@@ -11434,15 +11434,15 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 34096,
-                            bias: 36400,
-                            ahead: 146048,
+                            weights: 32176,
+                            bias: 34480,
+                            ahead: 138368,
                             ahead_bytes: 12288,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -11487,9 +11487,9 @@ pub mod isa_avx512 {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 36512,
-                            bias: 39584,
-                            ahead: 158464,
+                            weights: 34592,
+                            bias: 37664,
+                            ahead: 150784,
                             ahead_bytes: 13824,
                         },
                     );
@@ -11502,9 +11502,9 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 39616,
-                            bias: 43072,
-                            ahead: 172480,
+                            weights: 37696,
+                            bias: 41152,
+                            ahead: 164800,
                             ahead_bytes: 13824,
                         },
                     );
@@ -11517,9 +11517,9 @@ pub mod isa_avx512 {
                             out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 43120,
-                            bias: 46576,
-                            ahead: 186496,
+                            weights: 41200,
+                            bias: 44656,
+                            ahead: 178816,
                             ahead_bytes: 9216,
                         },
                     );
@@ -11532,15 +11532,15 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: 1952,
-                            weights: 46624,
-                            bias: 48928,
-                            ahead: 196160,
+                            weights: 44704,
+                            bias: 47008,
+                            ahead: 188480,
                             ahead_bytes: 49152,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -11604,9 +11604,9 @@ pub mod isa_avx512 {
                             out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 49040,
-                            bias: 61328,
-                            ahead: 245824,
+                            weights: 47120,
+                            bias: 59408,
+                            ahead: 238144,
                             ahead_bytes: 12288,
                         },
                     );
@@ -11619,9 +11619,9 @@ pub mod isa_avx512 {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 61456,
-                            bias: 64528,
-                            ahead: 258240,
+                            weights: 59536,
+                            bias: 62608,
+                            ahead: 250560,
                             ahead_bytes: 18432,
                         },
                     );
@@ -11634,9 +11634,9 @@ pub mod isa_avx512 {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 64560,
-                            bias: 69168,
-                            ahead: 276928,
+                            weights: 62640,
+                            bias: 67248,
+                            ahead: 269248,
                             ahead_bytes: 18432,
                         },
                     );
@@ -11649,9 +11649,9 @@ pub mod isa_avx512 {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 69232,
-                            bias: 73840,
-                            ahead: 295616,
+                            weights: 67312,
+                            bias: 71920,
+                            ahead: 287936,
                             ahead_bytes: 16384,
                         },
                     );
@@ -11664,15 +11664,15 @@ pub mod isa_avx512 {
                             out: 2176,
                             pre: rt::NONE,
                             sums: 0,
-                            weights: 73904,
-                            bias: 78000,
-                            ahead: 312576,
+                            weights: 71984,
+                            bias: 76080,
+                            ahead: 304896,
                             ahead_bytes: 98304,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -11711,9 +11711,9 @@ pub mod isa_avx512 {
                             out: 768,
                             pre: 0,
                             sums: 1536,
-                            weights: 78144,
-                            bias: 102720,
-                            ahead: 411648,
+                            weights: 76224,
+                            bias: 100800,
+                            ahead: 403968,
                             ahead_bytes: 7680,
                         },
                     );
@@ -11722,7 +11722,7 @@ pub mod isa_avx512 {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                    fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 }
                 _ => {}
             }
@@ -12847,8 +12847,8 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 108]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 864]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -12856,8 +12856,8 @@ pub mod isa_neon {
                 2,
                 1,
                 0,
-                4,
-                36,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -12875,15 +12875,15 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                5,
+                20,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        let mut v = core::mem::MaybeUninit::<[V; 216]>::uninit();
-        let mut m = core::mem::MaybeUninit::<[V; 864]>::uninit();
+        let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
+        let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
@@ -12891,8 +12891,8 @@ pub mod isa_neon {
                 4,
                 1,
                 0,
-                4,
-                36,
+                2,
+                16,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -12910,7 +12910,7 @@ pub mod isa_neon {
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                5,
+                20,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -13458,7 +13458,7 @@ pub mod isa_neon {
                         weights: 0,
                         bias: 432,
                         ahead: 1792,
-                        ahead_bytes: 4608,
+                        ahead_bytes: 2048,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -13477,9 +13477,9 @@ pub mod isa_neon {
                         pre: rt::NONE,
                         sums: rt::NONE,
                         weights: 448,
-                        bias: 1600,
-                        ahead: 6464,
-                        ahead_bytes: 9216,
+                        bias: 960,
+                        ahead: 3904,
+                        ahead_bytes: 4096,
                     },
                 );
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
@@ -13497,9 +13497,9 @@ pub mod isa_neon {
                         out: 0,
                         pre: 4208,
                         sums: rt::NONE,
-                        weights: 1616,
-                        bias: 3920,
-                        ahead: 15744,
+                        weights: 976,
+                        bias: 2000,
+                        ahead: 8064,
                         ahead_bytes: 4608,
                     },
                 );
@@ -13539,9 +13539,9 @@ pub mod isa_neon {
                         out: 4208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 3936,
-                        bias: 5088,
-                        ahead: 20416,
+                        weights: 2016,
+                        bias: 3168,
+                        ahead: 12736,
                         ahead_bytes: 2048,
                     },
                 );
@@ -13560,9 +13560,9 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5104,
-                        bias: 5616,
-                        ahead: 22592,
+                        weights: 3184,
+                        bias: 3696,
+                        ahead: 14912,
                         ahead_bytes: 1024,
                     },
                 );
@@ -13581,9 +13581,9 @@ pub mod isa_neon {
                         out: 6128,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5648,
-                        bias: 5904,
-                        ahead: 23680,
+                        weights: 3728,
+                        bias: 3984,
+                        ahead: 16000,
                         ahead_bytes: 8192,
                     },
                 );
@@ -13602,9 +13602,9 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 5920,
-                        bias: 7968,
-                        ahead: 31936,
+                        weights: 4000,
+                        bias: 6048,
+                        ahead: 24256,
                         ahead_bytes: 8192,
                     },
                 );
@@ -13623,9 +13623,9 @@ pub mod isa_neon {
                         out: 7680,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 7984,
-                        bias: 10032,
-                        ahead: 40192,
+                        weights: 6064,
+                        bias: 8112,
+                        ahead: 32512,
                         ahead_bytes: 1024,
                     },
                 );
@@ -13644,9 +13644,9 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: 8640,
-                        weights: 10048,
-                        bias: 10304,
-                        ahead: 41408,
+                        weights: 8128,
+                        bias: 8384,
+                        ahead: 33728,
                         ahead_bytes: 8192,
                     },
                 );
@@ -13658,7 +13658,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
@@ -13761,9 +13761,9 @@ pub mod isa_neon {
                         out: 6528,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 10352,
-                        bias: 12400,
-                        ahead: 49856,
+                        weights: 8432,
+                        bias: 10480,
+                        ahead: 42176,
                         ahead_bytes: 2048,
                     },
                 );
@@ -13782,9 +13782,9 @@ pub mod isa_neon {
                         out: 3840,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12464,
-                        bias: 12976,
-                        ahead: 51968,
+                        weights: 10544,
+                        bias: 11056,
+                        ahead: 44288,
                         ahead_bytes: 9216,
                     },
                 );
@@ -13803,9 +13803,9 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 12992,
-                        bias: 15296,
-                        ahead: 61312,
+                        weights: 11072,
+                        bias: 13376,
+                        ahead: 53632,
                         ahead_bytes: 9216,
                     },
                 );
@@ -13824,9 +13824,9 @@ pub mod isa_neon {
                         out: 1920,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 15328,
-                        bias: 17632,
-                        ahead: 70656,
+                        weights: 13408,
+                        bias: 15712,
+                        ahead: 62976,
                         ahead_bytes: 4096,
                     },
                 );
@@ -13845,9 +13845,9 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 2400,
-                        weights: 17664,
-                        bias: 18688,
-                        ahead: 75072,
+                        weights: 15744,
+                        bias: 16768,
+                        ahead: 67392,
                         ahead_bytes: 24576,
                     },
                 );
@@ -13859,7 +13859,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
@@ -13962,9 +13962,9 @@ pub mod isa_neon {
                         out: 1344,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 18768,
-                        bias: 24912,
-                        ahead: 100032,
+                        weights: 16848,
+                        bias: 22992,
+                        ahead: 92352,
                         ahead_bytes: 8192,
                     },
                 );
@@ -13983,9 +13983,9 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 25008,
-                        bias: 27056,
-                        ahead: 108352,
+                        weights: 23088,
+                        bias: 25136,
+                        ahead: 100672,
                         ahead_bytes: 13824,
                     },
                 );
@@ -14004,9 +14004,9 @@ pub mod isa_neon {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 27088,
-                        bias: 30544,
-                        ahead: 122368,
+                        weights: 25168,
+                        bias: 28624,
+                        ahead: 114688,
                         ahead_bytes: 13824,
                     },
                 );
@@ -14025,9 +14025,9 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 30592,
-                        bias: 34048,
-                        ahead: 136384,
+                        weights: 28672,
+                        bias: 32128,
+                        ahead: 128704,
                         ahead_bytes: 9216,
                     },
                 );
@@ -14046,9 +14046,9 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: 1088,
-                        weights: 34096,
-                        bias: 36400,
-                        ahead: 146048,
+                        weights: 32176,
+                        bias: 34480,
+                        ahead: 138368,
                         ahead_bytes: 12288,
                     },
                 );
@@ -14060,7 +14060,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
@@ -14117,9 +14117,9 @@ pub mod isa_neon {
                         out: 2208,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 36512,
-                        bias: 39584,
-                        ahead: 158464,
+                        weights: 34592,
+                        bias: 37664,
+                        ahead: 150784,
                         ahead_bytes: 13824,
                     },
                 );
@@ -14138,9 +14138,9 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 39616,
-                        bias: 43072,
-                        ahead: 172480,
+                        weights: 37696,
+                        bias: 41152,
+                        ahead: 164800,
                         ahead_bytes: 13824,
                     },
                 );
@@ -14159,9 +14159,9 @@ pub mod isa_neon {
                         out: 1728,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 43120,
-                        bias: 46576,
-                        ahead: 186496,
+                        weights: 41200,
+                        bias: 44656,
+                        ahead: 178816,
                         ahead_bytes: 9216,
                     },
                 );
@@ -14180,9 +14180,9 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: 1952,
-                        weights: 46624,
-                        bias: 48928,
-                        ahead: 196160,
+                        weights: 44704,
+                        bias: 47008,
+                        ahead: 188480,
                         ahead_bytes: 49152,
                     },
                 );
@@ -14194,7 +14194,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
@@ -14297,9 +14297,9 @@ pub mod isa_neon {
                         out: 1664,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 49040,
-                        bias: 61328,
-                        ahead: 245824,
+                        weights: 47120,
+                        bias: 59408,
+                        ahead: 238144,
                         ahead_bytes: 12288,
                     },
                 );
@@ -14318,9 +14318,9 @@ pub mod isa_neon {
                         out: 864,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 61456,
-                        bias: 64528,
-                        ahead: 258240,
+                        weights: 59536,
+                        bias: 62608,
+                        ahead: 250560,
                         ahead_bytes: 18432,
                     },
                 );
@@ -14339,9 +14339,9 @@ pub mod isa_neon {
                         out: 0,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 64560,
-                        bias: 69168,
-                        ahead: 276928,
+                        weights: 62640,
+                        bias: 67248,
+                        ahead: 269248,
                         ahead_bytes: 18432,
                     },
                 );
@@ -14360,9 +14360,9 @@ pub mod isa_neon {
                         out: 512,
                         pre: rt::NONE,
                         sums: rt::NONE,
-                        weights: 69232,
-                        bias: 73840,
-                        ahead: 295616,
+                        weights: 67312,
+                        bias: 71920,
+                        ahead: 287936,
                         ahead_bytes: 16384,
                     },
                 );
@@ -14381,9 +14381,9 @@ pub mod isa_neon {
                         out: 2176,
                         pre: rt::NONE,
                         sums: 0,
-                        weights: 73904,
-                        bias: 78000,
-                        ahead: 312576,
+                        weights: 71984,
+                        bias: 76080,
+                        ahead: 304896,
                         ahead_bytes: 98304,
                     },
                 );
@@ -14395,7 +14395,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
@@ -14446,9 +14446,9 @@ pub mod isa_neon {
                         out: 768,
                         pre: 0,
                         sums: 1536,
-                        weights: 78144,
-                        bias: 102720,
-                        ahead: 411648,
+                        weights: 76224,
+                        bias: 100800,
+                        ahead: 403968,
                         ahead_bytes: 7680,
                     },
                 );
@@ -14532,7 +14532,7 @@ pub mod isa_neon {
             #[allow(unused_doc_comments)]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 if let (Some(p), Some(t0)) = (&mut prof, t0) {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
@@ -14579,7 +14579,7 @@ pub mod isa_neon {
                             weights: 0,
                             bias: 432,
                             ahead: 1792,
-                            ahead_bytes: 4608,
+                            ahead_bytes: 2048,
                         },
                     );
                 }
@@ -14592,9 +14592,9 @@ pub mod isa_neon {
                             pre: rt::NONE,
                             sums: rt::NONE,
                             weights: 448,
-                            bias: 1600,
-                            ahead: 6464,
-                            ahead_bytes: 9216,
+                            bias: 960,
+                            ahead: 3904,
+                            ahead_bytes: 4096,
                         },
                     );
                 }
@@ -14606,9 +14606,9 @@ pub mod isa_neon {
                             out: 0,
                             pre: 4208,
                             sums: rt::NONE,
-                            weights: 1616,
-                            bias: 3920,
-                            ahead: 15744,
+                            weights: 976,
+                            bias: 2000,
+                            ahead: 8064,
                             ahead_bytes: 4608,
                         },
                     );
@@ -14621,9 +14621,9 @@ pub mod isa_neon {
                             out: 4208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 3936,
-                            bias: 5088,
-                            ahead: 20416,
+                            weights: 2016,
+                            bias: 3168,
+                            ahead: 12736,
                             ahead_bytes: 2048,
                         },
                     );
@@ -14636,9 +14636,9 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5104,
-                            bias: 5616,
-                            ahead: 22592,
+                            weights: 3184,
+                            bias: 3696,
+                            ahead: 14912,
                             ahead_bytes: 1024,
                         },
                     );
@@ -14651,9 +14651,9 @@ pub mod isa_neon {
                             out: 6128,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5648,
-                            bias: 5904,
-                            ahead: 23680,
+                            weights: 3728,
+                            bias: 3984,
+                            ahead: 16000,
                             ahead_bytes: 8192,
                         },
                     );
@@ -14666,9 +14666,9 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 5920,
-                            bias: 7968,
-                            ahead: 31936,
+                            weights: 4000,
+                            bias: 6048,
+                            ahead: 24256,
                             ahead_bytes: 8192,
                         },
                     );
@@ -14681,9 +14681,9 @@ pub mod isa_neon {
                             out: 7680,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 7984,
-                            bias: 10032,
-                            ahead: 40192,
+                            weights: 6064,
+                            bias: 8112,
+                            ahead: 32512,
                             ahead_bytes: 1024,
                         },
                     );
@@ -14696,15 +14696,15 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: 8640,
-                            weights: 10048,
-                            bias: 10304,
-                            ahead: 41408,
+                            weights: 8128,
+                            bias: 8384,
+                            ahead: 33728,
                             ahead_bytes: 8192,
                         },
                     );
                 }
                 11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 10336, 3, 0.4f32, 7680);
+                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
                 }
                 12 => {
                     rt::scale_add_act(
@@ -14768,9 +14768,9 @@ pub mod isa_neon {
                             out: 6528,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 10352,
-                            bias: 12400,
-                            ahead: 49856,
+                            weights: 8432,
+                            bias: 10480,
+                            ahead: 42176,
                             ahead_bytes: 2048,
                         },
                     );
@@ -14783,9 +14783,9 @@ pub mod isa_neon {
                             out: 3840,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12464,
-                            bias: 12976,
-                            ahead: 51968,
+                            weights: 10544,
+                            bias: 11056,
+                            ahead: 44288,
                             ahead_bytes: 9216,
                         },
                     );
@@ -14798,9 +14798,9 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 12992,
-                            bias: 15296,
-                            ahead: 61312,
+                            weights: 11072,
+                            bias: 13376,
+                            ahead: 53632,
                             ahead_bytes: 9216,
                         },
                     );
@@ -14813,9 +14813,9 @@ pub mod isa_neon {
                             out: 1920,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 15328,
-                            bias: 17632,
-                            ahead: 70656,
+                            weights: 13408,
+                            bias: 15712,
+                            ahead: 62976,
                             ahead_bytes: 4096,
                         },
                     );
@@ -14828,15 +14828,15 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 2400,
-                            weights: 17664,
-                            bias: 18688,
-                            ahead: 75072,
+                            weights: 15744,
+                            bias: 16768,
+                            ahead: 67392,
                             ahead_bytes: 24576,
                         },
                     );
                 }
                 20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 18752, 3, 0.4f32, 1920);
+                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
                 }
                 21 => {
                     rt::scale_add_act(
@@ -14900,9 +14900,9 @@ pub mod isa_neon {
                             out: 1344,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 18768,
-                            bias: 24912,
-                            ahead: 100032,
+                            weights: 16848,
+                            bias: 22992,
+                            ahead: 92352,
                             ahead_bytes: 8192,
                         },
                     );
@@ -14915,9 +14915,9 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 25008,
-                            bias: 27056,
-                            ahead: 108352,
+                            weights: 23088,
+                            bias: 25136,
+                            ahead: 100672,
                             ahead_bytes: 13824,
                         },
                     );
@@ -14930,9 +14930,9 @@ pub mod isa_neon {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 27088,
-                            bias: 30544,
-                            ahead: 122368,
+                            weights: 25168,
+                            bias: 28624,
+                            ahead: 114688,
                             ahead_bytes: 13824,
                         },
                     );
@@ -14945,9 +14945,9 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 30592,
-                            bias: 34048,
-                            ahead: 136384,
+                            weights: 28672,
+                            bias: 32128,
+                            ahead: 128704,
                             ahead_bytes: 9216,
                         },
                     );
@@ -14960,15 +14960,15 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: 1088,
-                            weights: 34096,
-                            bias: 36400,
-                            ahead: 146048,
+                            weights: 32176,
+                            bias: 34480,
+                            ahead: 138368,
                             ahead_bytes: 12288,
                         },
                     );
                 }
                 29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 36496, 3, 0.4f32, 864);
+                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
                 }
                 30 => {
                     rt::scale_add_act(
@@ -15013,9 +15013,9 @@ pub mod isa_neon {
                             out: 2208,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 36512,
-                            bias: 39584,
-                            ahead: 158464,
+                            weights: 34592,
+                            bias: 37664,
+                            ahead: 150784,
                             ahead_bytes: 13824,
                         },
                     );
@@ -15028,9 +15028,9 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 39616,
-                            bias: 43072,
-                            ahead: 172480,
+                            weights: 37696,
+                            bias: 41152,
+                            ahead: 164800,
                             ahead_bytes: 13824,
                         },
                     );
@@ -15043,9 +15043,9 @@ pub mod isa_neon {
                             out: 1728,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 43120,
-                            bias: 46576,
-                            ahead: 186496,
+                            weights: 41200,
+                            bias: 44656,
+                            ahead: 178816,
                             ahead_bytes: 9216,
                         },
                     );
@@ -15058,15 +15058,15 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: 1952,
-                            weights: 46624,
-                            bias: 48928,
-                            ahead: 196160,
+                            weights: 44704,
+                            bias: 47008,
+                            ahead: 188480,
                             ahead_bytes: 49152,
                         },
                     );
                 }
                 35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 49024, 3, 0.4f32, 1728);
+                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
                 }
                 36 => {
                     rt::scale_add_act(
@@ -15130,9 +15130,9 @@ pub mod isa_neon {
                             out: 1664,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 49040,
-                            bias: 61328,
-                            ahead: 245824,
+                            weights: 47120,
+                            bias: 59408,
+                            ahead: 238144,
                             ahead_bytes: 12288,
                         },
                     );
@@ -15145,9 +15145,9 @@ pub mod isa_neon {
                             out: 864,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 61456,
-                            bias: 64528,
-                            ahead: 258240,
+                            weights: 59536,
+                            bias: 62608,
+                            ahead: 250560,
                             ahead_bytes: 18432,
                         },
                     );
@@ -15160,9 +15160,9 @@ pub mod isa_neon {
                             out: 0,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 64560,
-                            bias: 69168,
-                            ahead: 276928,
+                            weights: 62640,
+                            bias: 67248,
+                            ahead: 269248,
                             ahead_bytes: 18432,
                         },
                     );
@@ -15175,9 +15175,9 @@ pub mod isa_neon {
                             out: 512,
                             pre: rt::NONE,
                             sums: rt::NONE,
-                            weights: 69232,
-                            bias: 73840,
-                            ahead: 295616,
+                            weights: 67312,
+                            bias: 71920,
+                            ahead: 287936,
                             ahead_bytes: 16384,
                         },
                     );
@@ -15190,15 +15190,15 @@ pub mod isa_neon {
                             out: 2176,
                             pre: rt::NONE,
                             sums: 0,
-                            weights: 73904,
-                            bias: 78000,
-                            ahead: 312576,
+                            weights: 71984,
+                            bias: 76080,
+                            ahead: 304896,
                             ahead_bytes: 98304,
                         },
                     );
                 }
                 44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 78128, 5, 0.4f32, 128);
+                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
                 }
                 45 => {
                     rt::scale_add_act(
@@ -15237,9 +15237,9 @@ pub mod isa_neon {
                             out: 768,
                             pre: 0,
                             sums: 1536,
-                            weights: 78144,
-                            bias: 102720,
-                            ahead: 411648,
+                            weights: 76224,
+                            bias: 100800,
+                            ahead: 403968,
                             ahead_bytes: 7680,
                         },
                     );
@@ -15248,7 +15248,7 @@ pub mod isa_neon {
                     rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
                 }
                 51 => {
-                    fc(ctx, 0, 192, 102912, 104832, 10, 192);
+                    fc(ctx, 0, 192, 100992, 102912, 10, 192);
                 }
                 _ => {}
             }

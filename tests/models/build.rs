@@ -54,7 +54,7 @@ fn main() {
     // And the tiny one with its conv weights stored in bf16 and f16; both with every eligible
     // conv as Winograd F(4x4, 3x3) (odd edges, few channels), and the tiny one with direct
     // convs only.
-    let (f32, auto) = (WeightDtype::F32, WinogradPolicy::Auto);
+    let (f32, auto) = (WeightDtype::F32, WinogradPolicy::default());
     let builds = [
         ("tiny", "tiny", None, f32, auto),
         ("tiny_variant_bf16", "tiny_variant_bf16", None, f32, auto),

@@ -4,7 +4,9 @@
 Each fixture directory holds `synth.json` (the `nfc synth` arguments that recreate its
 checkpoint deterministically, so no weights are committed), `input.npy`, and timm's float64
 outputs as float32 .npy. Large maps of the full-size model are stored as channel slices:
-`featureN.every{K}.npy` holds channels 0, K, 2K, ... of featureN.
+`featureN.every{K}.npy` holds channels 0, K, 2K, ... of featureN. `timm_f32/` holds timm's
+own float32 outputs on the same input, sliced the same way: the tests bound nfnet's error
+against float64 by a multiple of timm float32's.
 
     cargo build --release -p nfnet-compiler && python3 tools/reference/make_fixtures.py
 
@@ -66,16 +68,24 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([nfc, "synth"] + synth_args(case["synth"], tmp), check=True)
             x = np.random.default_rng(case["input_seed"]).standard_normal(case["input"]).astype(np.float32)
-            model = timm_reference.load_model(tmp, timm_reference.torch.float64)
-            outs, taps = timm_reference.run(model, timm_reference.torch.from_numpy(x).double())
+            torch = timm_reference.torch
+            model = timm_reference.load_model(tmp, torch.float64)
+            outs, taps = timm_reference.run(model, torch.from_numpy(x).double())
+            model32 = timm_reference.load_model(tmp, torch.float32)
+            outs32, _ = timm_reference.run(model32, torch.from_numpy(x))
         np.save(os.path.join(out, "input.npy"), x)
-        for k, t in outs.items():
-            a = t.numpy().astype(np.float32)
-            if k in case["every"]:
-                step = case["every"][k]
-                np.save(os.path.join(out, f"{k}.every{step}.npy"), np.ascontiguousarray(a[:, ::step]))
-            else:
-                np.save(os.path.join(out, k + ".npy"), a)
+        os.makedirs(os.path.join(out, "timm_f32"))
+        for d, o in ((out, outs), (os.path.join(out, "timm_f32"), outs32)):
+            for k, t in o.items():
+                a = t.numpy().astype(np.float32)
+                if k in case["every"]:
+                    step = case["every"][k]
+                    np.save(os.path.join(d, f"{k}.every{step}.npy"), np.ascontiguousarray(a[:, ::step]))
+                else:
+                    np.save(os.path.join(d, k + ".npy"), a)
+        for k in outs:
+            e = (outs32[k].double() - outs[k]).norm() / outs[k].norm()
+            print(f"  timm float32 {name}/{k}: relative L2 {e.item():.2e}")
         with open(os.path.join(out, "synth.json"), "w") as f:
             json.dump(dict(case["synth"], taps=taps, timm=timm_reference.timm.__version__,
                            torch=timm_reference.torch.__version__), f, indent=1)

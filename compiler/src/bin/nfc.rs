@@ -64,7 +64,7 @@ enum Command {
         #[arg(long)]
         stop_after_pass: Option<usize>,
         /// Winograd algorithms the 3x3 convs may take: auto, f2, off or f4.
-        #[arg(long, default_value = "auto", value_parser = parse_winograd)]
+        #[arg(long, default_value = "f2", value_parser = parse_winograd)]
         winograd: WinogradPolicy,
     },
     /// Write the generated Rust source and weight blob to a directory, to read.
@@ -80,7 +80,7 @@ enum Command {
         #[arg(long)]
         stop_after_pass: Option<usize>,
         /// Winograd algorithms the 3x3 convs may take: auto, f2, off or f4.
-        #[arg(long, default_value = "auto", value_parser = parse_winograd)]
+        #[arg(long, default_value = "f2", value_parser = parse_winograd)]
         winograd: WinogradPolicy,
     },
     /// Write a deterministic synthetic checkpoint (config.json + model.safetensors).
