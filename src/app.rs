@@ -7,9 +7,6 @@ use nfnet_runtime::preprocess::{EvalConfig, load_rgb};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-/// ImageNet-1k class descriptions, in index order (timm's ImageNetInfo).
-const IMAGENET: &str = include_str!("../runtime/imagenet_classes.txt");
-
 fn eval_config() -> EvalConfig {
     EvalConfig {
         size: (m::INPUT_H, m::INPUT_W),
@@ -22,7 +19,7 @@ fn eval_config() -> EvalConfig {
 }
 
 fn label(i: usize) -> String {
-    if m::NUM_CLASSES == 1000 { IMAGENET.lines().nth(i).unwrap_or("?").to_string() } else { format!("class {i}") }
+    nfnet_runtime::labels::label(i, m::NUM_CLASSES)
 }
 
 /// Image files named on the command line: files as given, directories' files sorted.
@@ -141,15 +138,6 @@ impl Progress {
     }
 }
 
-fn softmax_top(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]).then(a.cmp(&b)));
-    idx.into_iter().take(k).map(|i| (i, 100.0 * exps[i] / sum)).collect()
-}
-
 pub fn classify(paths: &[PathBuf], top: usize, json: bool, threads: Option<usize>) -> Result<(), String> {
     if top == 0 {
         return Err("--top must be at least 1".into());
@@ -172,7 +160,7 @@ pub fn classify(paths: &[PathBuf], top: usize, json: bool, threads: Option<usize
         let imgs: Vec<&[f32]> = pending.iter().map(|(_, t)| t.as_slice()).collect();
         let outs = runner.run(&imgs, false);
         for ((path, _), o) in pending.drain(..).zip(outs) {
-            results.push((path, softmax_top(&o.logits, top.min(m::CLASSES))));
+            results.push((path, nfnet_runtime::labels::top_k(&o.logits, top.min(m::CLASSES))));
         }
     };
     for (i, f) in files.iter().enumerate() {
@@ -207,10 +195,7 @@ pub fn classify(paths: &[PathBuf], top: usize, json: bool, threads: Option<usize
         println!("{}", serde_json::json!({"results": items, "failures": failed}));
     } else {
         for (p, t) in &results {
-            println!("{}", p.display());
-            for &(i, pr) in t {
-                println!("  {pr:7.3}%  {} ({i})", label(i));
-            }
+            print!("{}", nfnet_runtime::labels::format_top(&p.display().to_string(), t, m::NUM_CLASSES));
         }
     }
     if failures.is_empty() {

@@ -6,6 +6,7 @@
 
 pub mod isa;
 pub mod kernels;
+pub mod labels;
 pub mod neon_emu;
 pub mod npy;
 pub mod peak;

@@ -38,7 +38,15 @@ pub struct EvalConfig {
 /// clipped to 255 and 16-bit color reduced to its high byte. EXIF orientation is not applied
 /// (PIL does not either).
 pub fn load_rgb(path: &Path) -> Result<Rgb, String> {
-    let mut reader = ImageReader::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    decode(ImageReader::open(path).map_err(|e| format!("cannot open: {e}"))?)
+}
+
+/// As [`load_rgb`], from an encoded image in memory.
+pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
+    decode(ImageReader::new(std::io::Cursor::new(bytes)))
+}
+
+fn decode<R: std::io::BufRead + std::io::Seek>(mut reader: ImageReader<R>) -> Result<Rgb, String> {
     let mut limits = Limits::default();
     limits.max_alloc = Some(4 * MAX_PIXELS * 8);
     reader.limits(limits);
