@@ -22,15 +22,56 @@ fn label(i: usize) -> String {
     nfnet_runtime::labels::label(i, m::NUM_CLASSES)
 }
 
-/// Image files named on the command line: files as given, directories' files sorted.
+/// Extensions of the image files taken from a directory (compared case-insensitively): timm's
+/// (`.png`, `.jpg`, `.jpeg`) and the other formats preprocessing reads.
+const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"];
+
+/// timm's `natural_key`: lower-cased, runs of digits compared as numbers (`img2` before `img10`).
+fn natural_key(p: &Path) -> Vec<(u8, u128, String)> {
+    let s = p.to_string_lossy().to_lowercase();
+    let mut key = Vec::new();
+    let mut rest = s.as_str();
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits > 0 {
+            key.push((0, rest[..digits].parse().unwrap_or(u128::MAX), String::new()));
+            rest = &rest[digits..];
+        } else {
+            let text = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            key.push((1, 0, rest[..text].to_string()));
+            rest = &rest[text..];
+        }
+    }
+    key
+}
+
+/// The image files under `dir`, as timm's folder dataset finds them: every subdirectory walked,
+/// files taken by extension, sorted by `natural_key`.
+fn images_in(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            images_in(&p, out);
+        } else if p
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+        {
+            out.push(p);
+        }
+    }
+}
+
+/// Image files named on the command line: files as given (each is tried), directories' image
+/// files as timm's dataset takes them.
 fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.is_file()).collect())
-                .unwrap_or_default();
-            files.sort();
+            let mut files = Vec::new();
+            images_in(p, &mut files);
+            files.sort_by_cached_key(|f| natural_key(f));
             out.extend(files);
         } else {
             out.push(p.clone());
@@ -147,7 +188,7 @@ pub fn classify(paths: &[PathBuf], top: usize, json: bool, threads: Option<usize
     }
     let files = expand(paths);
     if files.is_empty() {
-        return Err("no image files found".into());
+        return Err(format!("no image files found (a directory gives its {} files)", IMAGE_EXTENSIONS.join(", ")));
     }
     let cfg = eval_config();
     cfg.check()?;

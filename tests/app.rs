@@ -49,6 +49,35 @@ fn classify_prints_top_k_and_goes_on_past_bad_images() {
     assert!(top[0]["label"].as_str().unwrap().len() > 2);
 }
 
+/// A directory gives its image files as timm's dataset finds them: by extension,
+/// case-insensitively, in subdirectories too, in natural order; other files are not images.
+/// A truncated JPEG is refused as Pillow refuses it, named, and the rest still classified.
+#[test]
+fn classify_a_directory_takes_its_image_files_and_refuses_truncated_jpegs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let jpeg = std::fs::read(fixture("q85_420_61x47.jpg")).unwrap();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::write(d.join("img10.JPG"), &jpeg).unwrap();
+    std::fs::write(d.join("img2.jpeg"), &jpeg).unwrap();
+    std::fs::write(d.join("sub/a.png"), std::fs::read(fixture("rgb_61x83.png")).unwrap()).unwrap();
+    std::fs::write(d.join("x.npy"), b"not an image").unwrap();
+    std::fs::write(d.join("notes.txt"), b"not an image").unwrap();
+    let o = nfnet(&["classify", d.to_str().unwrap(), "--top", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = stdout(&o).lines().filter(|l| !l.starts_with(' ')).map(str::to_string).collect();
+    let want: Vec<String> =
+        ["img2.jpeg", "img10.JPG", "sub/a.png"].iter().map(|f| d.join(f).display().to_string()).collect();
+    assert_eq!(names, want);
+
+    std::fs::write(d.join("img3.jpg"), &jpeg[..jpeg.len() - 2]).unwrap();
+    let o = nfnet(&["classify", d.to_str().unwrap(), "--top", "1"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("img3.jpg: image file is truncated") && err.contains("1 of 4 images failed"), "{err}");
+    assert_eq!(stdout(&o).lines().filter(|l| !l.starts_with(' ')).count(), 3);
+}
+
 #[test]
 fn features_embed_and_preprocess_write_the_model_card_shapes() {
     let dir = tempfile::tempdir().unwrap();

@@ -132,8 +132,18 @@ proptest! {
     }
 
     #[test]
-    fn image_loading_never_panics(which in 0usize..5, ms in mutations()) {
-        let seeds = ["rgb_61x83.png", "palette_40x70.png", "gray16_29x51.png", "rgb_52x38.bmp", "animated_24x31.gif"];
+    fn image_loading_never_panics(which in 0usize..9, ms in mutations()) {
+        let seeds = [
+            "rgb_61x83.png",
+            "palette_40x70.png",
+            "gray16_29x51.png",
+            "rgb_52x38.bmp",
+            "animated_24x31.gif",
+            "q85_420_61x47.jpg",
+            "q90_420_progressive_61x47.jpg",
+            "q90_cmyk_61x47.jpg",
+            "q70_gray_progressive_33x71.jpg",
+        ];
         let seed = std::fs::read(fixtures().join("preprocess").join(seeds[which])).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(seeds[which]);

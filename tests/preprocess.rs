@@ -1,10 +1,12 @@
-//! timm's eval transform (PIL resize, torchvision crop) reproduced exactly on lossless images:
-//! RGB, RGBA, grayscale, 16-bit grayscale, palette, 1x1, BMP and an animated GIF, at square and
-//! non-square sizes and three crop_pct values. Expected crops made by
-//! timm's `create_transform` (fixtures/preprocess/cases.json).
+//! timm's eval transform (PIL decode and resize, torchvision crop) reproduced exactly: RGB, RGBA,
+//! grayscale, 16-bit grayscale, palette, 1x1, BMP, an animated GIF and JPEGs (baseline and
+//! progressive, 4:4:4 / 4:2:2 / 4:2:0, grayscale, CMYK, restart markers, odd sizes), at square and
+//! non-square sizes and three crop_pct values. Expected crops made by timm's `create_transform`
+//! on Pillow (fixtures/preprocess/cases.json, tools/reference/make_jpeg_fixtures.py); damaged
+//! JPEGs are refused or decoded exactly as Pillow refuses or decodes them.
 
 use nfnet_runtime::npy;
-use nfnet_runtime::preprocess::{EvalConfig, load_rgb};
+use nfnet_runtime::preprocess::{EvalConfig, decode_rgb, load_rgb};
 use std::path::Path;
 
 #[test]
@@ -40,8 +42,8 @@ fn unreadable_images_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let bomb = bomb_png();
     let cases: [(&str, &[u8], &str); 5] = [
-        ("empty.png", b"", "cannot"),
-        ("text.jpg", b"hello, not an image", "cannot decode"),
+        ("empty.png", b"", "not an image"),
+        ("text.jpg", b"hello, not an image", "not an image"),
         ("notes.txt", b"hello, not an image", "not an image"),
         ("truncated.png", &[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, b'I', b'H'], "cannot decode"),
         ("bomb.png", &bomb, "limit"),
@@ -53,6 +55,63 @@ fn unreadable_images_are_errors_not_panics() {
         assert!(err.contains(want), "{name}: {err}");
     }
     assert!(load_rgb(&dir.path().join("missing.png")).unwrap_err().contains("cannot open"));
+}
+
+fn fnv1a(data: &[u8]) -> String {
+    let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("{h:016x}")
+}
+
+/// Every prefix of a baseline and a progressive JPEG and single overwritten bytes: where Pillow
+/// refuses the data we refuse it (truncation named as Pillow names it), where it decodes we give
+/// the same pixels; never a panic.
+#[test]
+fn damaged_jpegs_are_refused_or_decoded_as_pillow_does() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/preprocess");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("jpeg_damaged.json")).unwrap()).unwrap();
+    let mut failures = Vec::new();
+    for c in cases.as_array().unwrap() {
+        let src = std::fs::read(dir.join(c["source"].as_str().unwrap())).unwrap();
+        let at = c["at"].as_u64().unwrap() as usize;
+        let data = match c["damage"].as_str().unwrap() {
+            "prefix" => src[..at].to_vec(),
+            _ => {
+                let mut d = src.clone();
+                d[at] = c["value"].as_u64().unwrap() as u8;
+                d
+            }
+        };
+        let got = decode_rgb(&data);
+        if !nfnet_runtime::jpeg::SIMD && got.is_ok() && c["pixels"].is_string() {
+            // The portable C kernels differ from Pillow's SIMD ones on out-of-range coefficients.
+            continue;
+        }
+        let what = format!("{} {} {}", c["source"], c["damage"], at);
+        match (&got, c["pixels"].as_str(), c["error"].as_str()) {
+            (Ok(img), Some(want), _) if fnv1a(&img.data) != want => {
+                failures.push(format!("{what}: other pixels than Pillow's"))
+            }
+            (Ok(_), None, Some(e)) => failures.push(format!("{what}: decoded, Pillow refuses it ({e})")),
+            (Err(e), Some(_), _) => failures.push(format!("{what}: refused ({e}), Pillow decodes it")),
+            (Err(e), None, Some(pe))
+                if pe.contains("image file is truncated") && !e.contains("image file is truncated") =>
+            {
+                failures.push(format!("{what}: refused as `{e}`, Pillow says truncated"))
+            }
+            _ => {}
+        }
+    }
+    if !nfnet_runtime::jpeg::SIMD {
+        println!("pixels of damaged JPEGs not compared: libjpeg-turbo was built without SIMD (no nasm)");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases:\n{}",
+        failures.len(),
+        cases.as_array().unwrap().len(),
+        failures.join("\n")
+    );
 }
 
 /// A PNG that declares 100000 x 100000 pixels (a decompression bomb) and holds almost nothing.

@@ -5,6 +5,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod isa;
+#[cfg(feature = "images")]
+pub mod jpeg;
 pub mod kernels;
 pub mod labels;
 pub mod neon_emu;

@@ -38,11 +38,16 @@ pub struct EvalConfig {
 /// clipped to 255 and 16-bit color reduced to its high byte. EXIF orientation is not applied
 /// (PIL does not either).
 pub fn load_rgb(path: &Path) -> Result<Rgb, String> {
-    decode(ImageReader::open(path).map_err(|e| format!("cannot open: {e}"))?)
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot open: {e}"))?;
+    decode_rgb(&bytes)
 }
 
-/// As [`load_rgb`], from an encoded image in memory.
+/// As [`load_rgb`], from an encoded image in memory. The format is told by the content, as PIL
+/// tells it; JPEG goes through libjpeg-turbo's decoder as in Pillow (see [`crate::jpeg`]).
 pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
+    if image::guess_format(bytes).ok() == Some(image::ImageFormat::Jpeg) {
+        return crate::jpeg::decode(bytes);
+    }
     decode(ImageReader::new(std::io::Cursor::new(bytes)))
 }
 
@@ -184,61 +189,69 @@ fn clip8(v: i32) -> u8 {
     }
 }
 
-/// `Image.resize((w, h), filter)` of PIL for an RGB image: horizontal pass first (over the rows
-/// the vertical pass needs), then vertical, each rounded to 8 bits as PIL does.
+/// `Image.resize((w, h), filter)` of PIL for an RGB image: two passes, each rounded to 8 bits
+/// as PIL does. Pillow (13 and later) runs the vertical pass first when the height shrinks, by
+/// more than twice as many pixels as the width does, else the horizontal pass first.
 pub fn resize(img: &Rgb, w: usize, h: usize, filter: Filter) -> Rgb {
-    let need_h = w != img.width;
-    let need_v = h != img.height;
+    let (dh, dw) = (img.height as i64 - h as i64, img.width as i64 - w as i64);
+    let vertical_first = dh > 0 && dh > 2 * dw;
+    if vertical_first {
+        resize_horizontal(&resize_vertical(img, h, filter), w, filter)
+    } else {
+        resize_vertical(&resize_horizontal(img, w, filter), h, filter)
+    }
+}
+
+/// PIL's horizontal pass (`ImagingResampleHorizontal_8bpc`) to width `w`.
+fn resize_horizontal(img: &Rgb, w: usize, filter: Filter) -> Rgb {
+    if w == img.width {
+        return img.clone();
+    }
+    let (hb, hk, hks) = coeffs(img.width, w, filter);
+    let mut out = vec![0u8; img.height * w * 3];
+    for y in 0..img.height {
+        let src = &img.data[y * img.width * 3..][..img.width * 3];
+        for (xx, &(xmin, n)) in hb.iter().enumerate() {
+            let k = &hk[xx * hks..][..n];
+            let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
+            for (x, &kv) in k.iter().enumerate() {
+                let p = &src[(x + xmin) * 3..][..3];
+                for c in 0..3 {
+                    ss[c] += p[c] as i32 * kv;
+                }
+            }
+            for c in 0..3 {
+                out[(y * w + xx) * 3 + c] = clip8(ss[c]);
+            }
+        }
+    }
+    Rgb { width: w, height: img.height, data: out }
+}
+
+/// PIL's vertical pass (`ImagingResampleVertical_8bpc`) to height `h`.
+fn resize_vertical(img: &Rgb, h: usize, filter: Filter) -> Rgb {
+    if h == img.height {
+        return img.clone();
+    }
+    let w = img.width;
     let (vb, vk, vks) = coeffs(img.height, h, filter);
-    let mut cur = img.clone();
-    let mut vbounds = vb.clone();
-    if need_h {
-        let first = vb[0].0;
-        let last = vb[h - 1].0 + vb[h - 1].1;
-        let (hb, hk, hks) = coeffs(img.width, w, filter);
-        let rows = last - first;
-        let mut out = vec![0u8; rows * w * 3];
-        for y in 0..rows {
-            let src = &img.data[(y + first) * img.width * 3..][..img.width * 3];
-            for (xx, &(xmin, n)) in hb.iter().enumerate() {
-                let k = &hk[xx * hks..][..n];
-                let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
-                for (x, &kv) in k.iter().enumerate() {
-                    let p = &src[(x + xmin) * 3..][..3];
-                    for c in 0..3 {
-                        ss[c] += p[c] as i32 * kv;
-                    }
-                }
+    let mut out = vec![0u8; h * w * 3];
+    for (yy, &(ymin, n)) in vb.iter().enumerate() {
+        let k = &vk[yy * vks..][..n];
+        for x in 0..w {
+            let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
+            for (y, &kv) in k.iter().enumerate() {
+                let p = &img.data[((y + ymin) * w + x) * 3..][..3];
                 for c in 0..3 {
-                    out[(y * w + xx) * 3 + c] = clip8(ss[c]);
+                    ss[c] += p[c] as i32 * kv;
                 }
             }
-        }
-        for b in &mut vbounds {
-            b.0 -= first;
-        }
-        cur = Rgb { width: w, height: rows, data: out };
-    }
-    if need_v {
-        let mut out = vec![0u8; h * w * 3];
-        for (yy, &(ymin, n)) in vbounds.iter().enumerate() {
-            let k = &vk[yy * vks..][..n];
-            for x in 0..w {
-                let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
-                for (y, &kv) in k.iter().enumerate() {
-                    let p = &cur.data[((y + ymin) * w + x) * 3..][..3];
-                    for c in 0..3 {
-                        ss[c] += p[c] as i32 * kv;
-                    }
-                }
-                for c in 0..3 {
-                    out[(yy * w + x) * 3 + c] = clip8(ss[c]);
-                }
+            for c in 0..3 {
+                out[(yy * w + x) * 3 + c] = clip8(ss[c]);
             }
         }
-        cur = Rgb { width: w, height: h, data: out };
     }
-    cur
+    Rgb { width: w, height: h, data: out }
 }
 
 /// Python's `round` (half to even).

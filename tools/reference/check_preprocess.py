@@ -53,7 +53,7 @@ def main():
         worst = max(worst, float(d.max()))
         print(f"{os.path.basename(f):32} max diff {d.max():6.3f}/255, exact {100 * exact:6.2f}%, bitwise equal {np.array_equal(got, want)}")
     print(f"worst max diff {worst:.3f}/255")
-    sys.exit(0 if worst <= 2.0 + 1e-6 else 1)
+    sys.exit(0 if worst == 0.0 else 1)
 
 
 if __name__ == "__main__":
