@@ -131,3 +131,46 @@ fn builtin_l2_matches_timm_on_every_isa() {
     }
     check_model!(l2, "l2_320", [2]);
 }
+
+/// Every output of `$m` on fixture `$fixture`'s input, on `isa` with 2 threads, as the bytes of
+/// its f32 values.
+macro_rules! output_bits {
+    ($m:ident, $fixture:expr, $isa:expr) => {{
+        let input: Vec<f32> = load_input($fixture).data.iter().map(|&v| v as f32).collect();
+        let input: &[f32; $m::INPUT_LEN] = input.as_slice().try_into().unwrap();
+        let model = $m::Model::with_isa($isa).unwrap();
+        let mut ws = $m::Workspace::new(2).unwrap();
+        let mut o = all_outputs!($m);
+        model.infer(&mut ws, input, borrow_outputs!($m, &mut o));
+        let mut bytes = Vec::new();
+        for v in [&o.logits, &o.pre, &o.ff].into_iter().chain(o.f.iter()) {
+            bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        bytes
+    }};
+}
+
+/// The NEON kernels on aarch64 and on the x86 emulation of their intrinsics compute the same
+/// bits. `tools/aarch64/test.sh` writes the emulation's outputs on x86
+/// (`NFNET_NEON_OUTPUTS_WRITE=FILE`) and checks real NEON's against them under qemu-aarch64
+/// (`NFNET_NEON_OUTPUTS_CHECK=FILE`); without either, only the outputs are computed.
+#[test]
+fn neon_and_its_emulation_agree_bit_for_bit() {
+    let isa = if cfg!(target_arch = "aarch64") { Isa::Neon } else { Isa::NeonEmu };
+    let mut bits = output_bits!(tiny, "tiny", isa);
+    bits.extend(output_bits!(tiny_winograd_f4, "tiny", isa));
+    bits.extend(output_bits!(tiny_weights_f16, "tiny", isa));
+    bits.extend(output_bits!(variant, "tiny_variant_bf16", isa));
+    if let Some(path) = std::env::var_os("NFNET_NEON_OUTPUTS_WRITE") {
+        std::fs::write(&path, &bits).unwrap();
+    }
+    match std::env::var_os("NFNET_NEON_OUTPUTS_CHECK") {
+        Some(path) => {
+            let want = std::fs::read(&path).unwrap();
+            assert_eq!(want.len(), bits.len(), "{isa}: output lengths differ from {}", path.to_string_lossy());
+            let first = want.chunks(4).zip(bits.chunks(4)).position(|(a, b)| a != b);
+            assert!(first.is_none(), "{isa} differs from {} first at value {first:?}", path.to_string_lossy());
+        }
+        None => println!("{isa}: outputs computed; compared across architectures by tools/aarch64/test.sh"),
+    }
+}

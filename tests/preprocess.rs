@@ -71,6 +71,7 @@ fn damaged_jpegs_are_refused_or_decoded_as_pillow_does() {
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("jpeg_damaged.json")).unwrap()).unwrap();
     let mut failures = Vec::new();
+    let same_kernels = nfnet_runtime::jpeg::SIMD && cfg!(target_arch = "x86_64");
     for c in cases.as_array().unwrap() {
         let src = std::fs::read(dir.join(c["source"].as_str().unwrap())).unwrap();
         let at = c["at"].as_u64().unwrap() as usize;
@@ -83,8 +84,9 @@ fn damaged_jpegs_are_refused_or_decoded_as_pillow_does() {
             }
         };
         let got = decode_rgb(&data);
-        if !nfnet_runtime::jpeg::SIMD && got.is_ok() && c["pixels"].is_string() {
-            // The portable C kernels differ from Pillow's SIMD ones on out-of-range coefficients.
+        if !same_kernels && got.is_ok() && c["pixels"].is_string() {
+            // Out-of-range coefficients of damaged data round differently in the portable C
+            // kernels and in each architecture's SIMD ones; the fixture is Pillow's on x86-64.
             continue;
         }
         let what = format!("{} {} {}", c["source"], c["damage"], at);
@@ -102,8 +104,8 @@ fn damaged_jpegs_are_refused_or_decoded_as_pillow_does() {
             _ => {}
         }
     }
-    if !nfnet_runtime::jpeg::SIMD {
-        println!("pixels of damaged JPEGs not compared: libjpeg-turbo was built without SIMD (no nasm)");
+    if !same_kernels {
+        println!("pixels of damaged JPEGs not compared: Pillow's are from x86-64 SIMD kernels, these are not");
     }
     assert!(
         failures.is_empty(),

@@ -95,7 +95,7 @@ pub fn decode(bytes: &[u8]) -> Result<Rgb, String> {
 }
 
 /// Whether libjpeg-turbo's SIMD kernels are built in (see build.rs): then even damaged data
-/// decodes to Pillow's pixels, and decoding is about 1.6x faster.
+/// decodes to the pixels of Pillow on the same architecture, and decoding is about 1.6x faster.
 pub const SIMD: bool = cfg!(nfnet_jpeg_simd);
 
 const TRUNCATED: &str = "image file is truncated";
