@@ -19,7 +19,14 @@ compute-bound engine most (see the README's Benchmarks).
 
     cargo build --release
     python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 5]
-        [--peers torch,ort,ov] [--schedule blocks|calls] [--pause S]
+        [--peers torch,ort,ov,ov-default,torch-bf16] [--schedule blocks|calls] [--pause S]
+        [--nfnet BINARY] [--also NAME=BINARY ...]
+
+Peers: `torch` (PyTorch eager, float32), `ort` (ONNX Runtime), `ov` (OpenVINO with the f32
+precision hint), `ov-default` (OpenVINO with its default settings: bf16 on CPUs with AMX or
+AVX-512 BF16), `torch-bf16` (PyTorch eager, channels_last under `torch.autocast("cpu",
+bfloat16)`). `--also` times further nfnet builds of the same checkpoint in the same rounds
+(a build before and after a change, or another NFNET_WINOGRAD policy).
 
 --model must be the checkpoint the nfnet binary was compiled from, checked by its sha256 (default: the built-in
 synthetic eca_nfnet_l2, recreated with `nfc synth --arch eca_nfnet_l2 --seed 0`). The input
@@ -51,6 +58,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 import timm_reference  # noqa: E402
 
 NFNET = os.path.join(ROOT, "target", "release", "nfnet")
+PEERS = ("torch", "ort", "ov", "ov-default", "torch-bf16")
 NFC = os.path.join(ROOT, "target", "release", "nfc")
 
 
@@ -135,27 +143,39 @@ def standardized_copy(model):
 
 
 def main():
+    global NFNET
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=10, help="iterations per engine and round")
     p.add_argument("--rounds", type=int, default=5, help="rounds visiting every engine in turn (more rounds spread the load of a shared machine more evenly)")
     p.add_argument("--peers", default="torch,ort,ov")
+    p.add_argument("--nfnet", default=NFNET, help="the nfnet binary (default: target/release/nfnet)")
+    p.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
+                   help="another nfnet build of the same checkpoint to time in the same rounds")
     p.add_argument("--schedule", default="blocks", choices=["blocks", "calls"],
                    help="take turns in blocks of --iters calls per engine (default) or call by call")
     p.add_argument("--pause", type=float, default=0.1,
                    help="seconds of rest before each call (--schedule calls), so no engine's idle threads spin into the next one's time")
     a = p.parse_args()
+    NFNET = a.nfnet
     peers = [x for x in a.peers.split(",") if x]
-    unknown = [x for x in peers if x not in ("torch", "ort", "ov")]
+    unknown = [x for x in peers if x not in PEERS]
     if unknown:
-        sys.exit(f"--peers: unknown engine {', '.join(unknown)} (choose from torch, ort, ov)")
+        sys.exit(f"--peers: unknown engine {', '.join(unknown)} (choose from {', '.join(PEERS)})")
+    also = []
+    for spec in a.also:
+        name, _, path = spec.partition("=")
+        if not name or not os.access(path, os.X_OK):
+            sys.exit(f"--also {spec}: want NAME=BINARY with an executable nfnet binary")
+        also.append((name, path))
     if a.threads < 1 or a.iters < 1 or a.rounds < 1:
         sys.exit("--threads, --iters and --rounds must be at least 1")
     if not 0 <= a.pause <= 60:
         sys.exit("--pause must be between 0 and 60 seconds")
     # The optional peers: one line each for what is missing, then the rest run.
-    for peer, modules in (("ort", ["onnx", "onnxruntime"]), ("ov", ["onnx", "openvino"])):
+    for peer, modules in (("ort", ["onnx", "onnxruntime"]), ("ov", ["onnx", "openvino"]),
+                          ("ov-default", ["onnx", "openvino"])):
         if peer in peers:
             missing = [m for m in modules if importlib.util.find_spec(m) is None]
             if missing:
@@ -202,8 +222,16 @@ def main():
     with torch.no_grad():
         if "torch" in peers:
             engines.append(("pytorch eager (timm)", lambda: m32(xt), lambda: m32(xt).numpy()))
+        if "torch-bf16" in peers:
+            mcl = timm_reference.load_model(model_dir, torch.float32).to(memory_format=torch.channels_last)
+            xcl = xt.contiguous(memory_format=torch.channels_last)
+
+            def bf16_call():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return mcl(xcl)
+            engines.append(("pytorch bf16 autocast", bf16_call, lambda: bf16_call().float().numpy()))
         onnx_path = os.path.join(tmp, "m.onnx")
-        if any(p in peers for p in ("ort", "ov")):
+        if any(p in peers for p in ("ort", "ov", "ov-default")):
             torch.onnx.export(standardized_copy(m32), (xt,), onnx_path, dynamo=False, opset_version=17,
                               input_names=["x"], output_names=["y"])
     if "ort" in peers:
@@ -222,13 +250,25 @@ def main():
         req = cm.create_infer_request()
         engines.append((f"openvino {ov.__version__.split('-')[0]}", lambda: req.infer({0: x}),
                         lambda: req.infer({0: x})[cm.output(0)]))
+    if "ov-default" in peers:
+        import openvino as ov
+        cmd = ov.Core().compile_model(onnx_path, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+        reqd = cmd.create_infer_request()
+        hint = cmd.get_property("INFERENCE_PRECISION_HINT")
+        prec = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        engines.append((f"openvino default ({prec})", lambda: reqd.infer({0: x}),
+                        lambda: reqd.infer({0: x})[cmd.output(0)]))
     # nfnet: accuracy through `nfnet run`, speed through `nfnet bench` (its own process).
-    lp = os.path.join(tmp, "logits.npy")
-    subprocess.run([NFNET, "run", "--input", xp, "--output", lp, "--threads", str(a.threads)], check=True)
-    errors = {"nfnet": rel_l2(np.load(lp), ref)}
     nf_name = f"nfnet ({info['isa']})"
+    builds = [(nf_name, NFNET)] + [(f"nfnet {n}", path) for n, path in also]
+    errors = {}
+    for name, path in builds:
+        lp = os.path.join(tmp, "logits.npy")
+        subprocess.run([path, "run", "--input", xp, "--output", lp, "--threads", str(a.threads)], check=True)
+        errors[name] = rel_l2(np.load(lp), ref)
     # Per engine, the iterations' times of each round.
-    rounds = {nf_name: []}
+    rounds = {name: [] for name, _ in builds}
     with torch.no_grad():
         for name, _, logits in engines:
             errors[name] = rel_l2(logits(), ref)
@@ -240,10 +280,14 @@ def main():
                     rounds[name].append(timed(call, a.iters))
                 # After a pause: PyTorch's OpenMP threads spin for a while after its runs.
                 time.sleep(2)
-                out = subprocess.run([NFNET, "bench", "--iters", str(a.iters), "--threads", str(a.threads), "--json"],
-                                     check=True, capture_output=True, text=True)
-                rounds[nf_name].append(json.loads(out.stdout)["times_ms"])
+                for name, path in builds:
+                    out = subprocess.run([path, "bench", "--iters", str(a.iters), "--threads", str(a.threads), "--json"],
+                                         check=True, capture_output=True, text=True)
+                    rounds[name].append(json.loads(out.stdout)["times_ms"])
+                    time.sleep(1)
         else:
+            if also:
+                sys.exit("--also works with --schedule blocks only")
             server = NfnetServer(a.threads)
             try:
                 # nfnet times itself (the inference only, as `nfnet bench`); the peers are timed
@@ -263,7 +307,7 @@ def main():
             finally:
                 server.close()
     times = {n: [t for rt in rs for t in rt] for n, rs in rounds.items()}
-    rows = [(nf_name, statistics.median(times[nf_name]), min(times[nf_name]), errors["nfnet"])]
+    rows = [(n, statistics.median(times[n]), min(times[n]), errors[n]) for n, _ in builds]
     rows += [(n, statistics.median(times[n]), min(times[n]), errors[n]) for n, _, _ in engines]
     nf, nf_min = rows[0][1], rows[0][2]
     turns = "call by call" if a.schedule == "calls" else "in blocks"
