@@ -373,11 +373,6 @@ fn info() -> Result<(), String> {
 }
 
 fn schedule(json: bool) -> Result<(), String> {
-    if json {
-        println!("{}", m::SCHEDULE_JSON);
-        return Ok(());
-    }
-    let v: serde_json::Value = serde_json::from_str(m::SCHEDULE_JSON).map_err(|e| e.to_string())?;
-    println!("{}", nfnet_compiler::schedule::json_to_text(&v));
+    print!("{}", if json { m::SCHEDULE_JSON } else { m::SCHEDULE_TEXT });
     Ok(())
 }

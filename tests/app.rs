@@ -183,3 +183,21 @@ fn bench_serve_answers_each_line_with_its_times_and_names_a_bad_line() {
     let o = nfnet(&["bench", "--serve", "--iters", "3"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// The app links the runtime and the compiled model, not the compiler: no code generator,
+/// formatter or checkpoint reader ships inside an inference binary.
+#[test]
+fn the_app_does_not_link_the_compiler() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = Command::new(cargo)
+        .args(["tree", "-p", "nfnet", "-e", "normal", "--prefix", "none", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let tree = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(tree.contains("nfnet-model") && tree.contains("nfnet-runtime"), "{tree}");
+    for dep in ["nfnet-compiler", "prettyplease", "safetensors"] {
+        assert!(!tree.lines().any(|l| l.starts_with(dep)), "the app depends on {dep}:\n{tree}");
+    }
+}

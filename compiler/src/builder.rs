@@ -168,8 +168,9 @@ impl Builder {
         self
     }
 
-    /// Compiles: writes `nfnet_model.rs` and `nfnet_weights.bin` into the output directory
-    /// (only when their content changed) and returns the source's path.
+    /// Compiles: writes `nfnet_model.rs`, the weight blob `nfnet_weights.bin` and the schedule
+    /// (`nfnet_schedule.json`, `nfnet_schedule.txt`), which the source includes, into the
+    /// output directory (each only when its content changed) and returns the source's path.
     pub fn compile(&self) -> Result<PathBuf> {
         let out = self
             .out_dir
@@ -217,6 +218,8 @@ impl Builder {
         let src = out.join(emit::SOURCE_FILE);
         write_if_changed(&src, emitted.source.as_bytes())?;
         write_if_changed(&out.join(emit::WEIGHTS_FILE), &emitted.weights)?;
+        write_if_changed(&out.join(emit::SCHEDULE_JSON_FILE), emitted.schedule_json.as_bytes())?;
+        write_if_changed(&out.join(emit::SCHEDULE_TEXT_FILE), emitted.schedule_text.as_bytes())?;
         Ok(src)
     }
 }

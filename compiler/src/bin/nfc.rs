@@ -228,7 +228,12 @@ fn emit(
     }
     std::fs::create_dir_all(out).map_err(|e| Error::new(format!("{}: cannot create: {e}", out.display())))?;
     let src = b.compile()?;
-    println!("wrote {} and {}", src.display(), out.join(nfnet_compiler::emit::WEIGHTS_FILE).display());
+    let files = [
+        nfnet_compiler::emit::WEIGHTS_FILE,
+        nfnet_compiler::emit::SCHEDULE_JSON_FILE,
+        nfnet_compiler::emit::SCHEDULE_TEXT_FILE,
+    ];
+    println!("wrote {} and, beside it, {}", src.display(), files.join(", "));
     Ok(())
 }
 

@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 pub const WEIGHTS_FILE: &str = "nfnet_weights.bin";
 /// File name of the emitted source.
 pub const SOURCE_FILE: &str = "nfnet_model.rs";
+/// The schedule files the source includes, next to it.
+pub const SCHEDULE_JSON_FILE: &str = "nfnet_schedule.json";
+pub const SCHEDULE_TEXT_FILE: &str = "nfnet_schedule.txt";
 
 /// What the header and the constants record about the inputs, and how to store the weights.
 pub struct EmitInfo {
@@ -33,6 +36,11 @@ pub struct EmitInfo {
 pub struct Emitted {
     pub source: String,
     pub weights: Vec<u8>,
+    /// The schedule as `nfc schedule --json` prints it (the source includes it from
+    /// [`SCHEDULE_JSON_FILE`]).
+    pub schedule_json: String,
+    /// The schedule as `nfc schedule` prints it ([`SCHEDULE_TEXT_FILE`]).
+    pub schedule_text: String,
 }
 
 fn f32_lit(x: f64) -> Literal {
@@ -497,7 +505,6 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let ff_len = u(ff[1] * ff[2] * ff[3]);
     let ff_chw = ff[1..].iter().map(|&x| u(x));
     let arena = u(s.arena_len);
-    let json = serde_json::to_string(&s.to_json()).expect("JSON values serialize");
     let sha = &info.weights_sha256;
     let synthetic = match &info.synthetic {
         Some(t) => quote!(Some(#t)),
@@ -573,7 +580,9 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         pub const KERNEL_FLOPS: [u64; KERNELS] = [#(#kernel_flops),*];
         pub const KERNELS: usize = #n_kernels;
         /// The fused kernel schedule (`nfc schedule --json`).
-        pub const SCHEDULE_JSON: &str = #json;
+        pub const SCHEDULE_JSON: &str = include_str!("nfnet_schedule.json");
+        /// The same as a table (`nfc schedule`).
+        pub const SCHEDULE_TEXT: &str = include_str!("nfnet_schedule.txt");
 
         #[cfg(target_arch = "x86_64")]
         pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::NeonEmu];
@@ -799,5 +808,6 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         info.weight_dtype.name()
     );
     let weights = packed.bytes();
-    Emitted { source: header + &body, weights }
+    let schedule_json = serde_json::to_string_pretty(&s.to_json()).expect("JSON values serialize") + "\n";
+    Emitted { source: header + &body, weights, schedule_json, schedule_text: s.to_text() }
 }
