@@ -338,6 +338,7 @@ fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>, stat:
 
 fn info() -> Result<(), String> {
     let isa = m::Model::new().map(|m| m.isa().name().to_string()).unwrap_or_else(|e| format!("unavailable ({e})"));
+    println!("model          {}", m::MODEL_CONFIG);
     println!("architecture   {}", m::ARCHITECTURE);
     println!("input          {} x 3 x {} x {} (batch x channels x height x width)", m::BATCH, m::INPUT_H, m::INPUT_W);
     println!("classes        {}", m::NUM_CLASSES);

@@ -114,6 +114,7 @@ fn info_schedule_and_bench_report_the_compiled_model() {
     let o = nfnet(&["info"]);
     assert!(o.status.success() && stdout(&o).contains("eca_nfnet_l2") && stdout(&o).contains("synthetic"));
     assert!(stdout(&o).contains("as Winograd F(4x4, 3x3)") && stdout(&o).contains("f32 weights"), "{}", stdout(&o));
+    assert!(stdout(&o).lines().any(|l| l.starts_with("model ") && l.contains("eca_nfnet_l2")), "{}", stdout(&o));
     let o = nfnet(&["schedule", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["format"], "nfnet-schedule/1");

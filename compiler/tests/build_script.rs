@@ -89,6 +89,8 @@ fn relative_nfnet_model_is_found_from_the_workspace_root_and_reruns_on_change() 
     let first = emitted(&target);
     assert_eq!(first.len(), 1);
     assert!(first[0].1.contains("CROP_PCT: f32 = 0.9"), "the emitted source holds the config's crop_pct");
+    let config = model.join("config.json").display().to_string();
+    assert!(first[0].1.contains(&format!("MODEL_CONFIG: &str = {config:?}")), "MODEL_CONFIG names {config}");
 
     // A changed config reruns the build script.
     let cfg_path = model.join("config.json");

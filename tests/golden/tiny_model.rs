@@ -48,6 +48,8 @@ pub const WEIGHT_DTYPE: &str = "f32";
 const WEIGHTS16_OFFSET: usize = 411712;
 /// SHA-256 of model.safetensors.
 pub const WEIGHTS_SHA256: &str = "d60791b543e87cdfa324adc86c3513f3e62a86587600a85c11d1a6aca78967ec";
+/// The config.json the model was compiled from (or the built-in model's description).
+pub const MODEL_CONFIG: &str = "fixtures/tiny (nfc synth from fixtures/tiny/synth.json)";
 /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
 pub const SYNTHETIC: Option<&str> = Some("eca_nfnet_l0 seed 3");
 /// pretrained_cfg of the checkpoint (eval preprocessing); CROP_PCT is test_crop_pct when

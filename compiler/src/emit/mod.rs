@@ -506,6 +506,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let ff_chw = ff[1..].iter().map(|&x| u(x));
     let arena = u(s.arena_len);
     let sha = &info.weights_sha256;
+    let model_config = &info.config;
     let synthetic = match &info.synthetic {
         Some(t) => quote!(Some(#t)),
         None => quote!(None),
@@ -565,6 +566,8 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         const WEIGHTS16_OFFSET: usize = #w16_offset;
         /// SHA-256 of model.safetensors.
         pub const WEIGHTS_SHA256: &str = #sha;
+        /// The config.json the model was compiled from (or the built-in model's description).
+        pub const MODEL_CONFIG: &str = #model_config;
         /// The synthesizer's tag when the weights are synthetic, `None` for real weights.
         pub const SYNTHETIC: Option<&str> = #synthetic;
         /// pretrained_cfg of the checkpoint (eval preprocessing); CROP_PCT is test_crop_pct when
