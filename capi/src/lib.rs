@@ -246,23 +246,28 @@ pub unsafe extern "C" fn nfnet_feature_shape(i: usize, dims: *mut usize) -> c_in
     })
 }
 
-/// The input as the model's fixed-size array, checked.
-fn input_array<'a>(input: *const f32, input_len: usize) -> Result<&'a [f32; m::INPUT_LEN], Failure> {
-    check_buf("input", input, input_len, m::INPUT_LEN)?;
-    // SAFETY: checked not NULL, aligned and of the compiled length; the caller keeps it valid
-    // and unmodified during the call.
-    Ok(unsafe { &*(input as *const [f32; m::INPUT_LEN]) })
+/// As [`check_buf`] for an optional buffer: NULL passes.
+fn check_opt(name: &str, p: *const f32, len: usize, want: usize) -> Outcome {
+    if p.is_null() { Ok(()) } else { check_buf(name, p, len, want) }
 }
 
-/// An output buffer as a fixed-size array, checked; NULL gives `None`.
-fn out_array<'a, const N: usize>(name: &str, p: *mut f32, len: usize) -> Result<Option<&'a mut [f32; N]>, Failure> {
-    if p.is_null() {
-        return Ok(None);
-    }
-    check_buf(name, p, len, N)?;
-    // SAFETY: checked not NULL, aligned and of length N; disjointness from every other buffer
-    // of the call is checked by the caller of this function before the call runs.
-    Ok(Some(unsafe { &mut *(p as *mut [f32; N]) }))
+/// `p` as the model's array of `N` floats.
+///
+/// # Safety
+/// `p` passed [`check_buf`] for `N` floats and [`check_disjoint`] against every buffer it is
+/// used with, and the caller keeps it valid and unmodified during the call.
+unsafe fn array<'a, const N: usize>(p: *const f32) -> &'a [f32; N] {
+    // SAFETY: the function's contract.
+    unsafe { &*(p as *const [f32; N]) }
+}
+
+/// As [`array`], writable.
+///
+/// # Safety
+/// As [`array`]; nothing else reads or writes it during the call.
+unsafe fn array_mut<'a, const N: usize>(p: *mut f32) -> &'a mut [f32; N] {
+    // SAFETY: the function's contract.
+    unsafe { &mut *(p as *mut [f32; N]) }
 }
 
 /// Runs the batch `input` (normalized pixels, NCHW) and writes the logits
@@ -283,14 +288,22 @@ pub unsafe extern "C" fn nfnet_infer(
 ) -> c_int {
     guard(|| {
         let w = workspace(ws)?;
-        let x = input_array(input, input_len)?;
-        let lg = out_array::<{ m::LOGITS_LEN }>("logits", logits, logits_len)?;
-        let pre = out_array::<{ m::PRE_LOGITS_LEN }>("pre_logits", pre_logits, pre_logits_len)?;
+        check_buf("input", input, input_len, m::INPUT_LEN)?;
+        check_opt("logits", logits, logits_len, m::LOGITS_LEN)?;
+        check_opt("pre_logits", pre_logits, pre_logits_len, m::PRE_LOGITS_LEN)?;
         check_disjoint(&[
             ("input", Some(span(input, input_len))),
             ("logits", (!logits.is_null()).then(|| span(logits, logits_len))),
             ("pre_logits", (!pre_logits.is_null()).then(|| span(pre_logits, pre_logits_len))),
         ])?;
+        // SAFETY: every buffer checked above (the NULL ones are not used).
+        let (x, lg, pre) = unsafe {
+            (
+                array(input),
+                (!logits.is_null()).then(|| array_mut(logits)),
+                (!pre_logits.is_null()).then(|| array_mut(pre_logits)),
+            )
+        };
         run(w, x, |scratch| m::Outputs {
             logits: lg.unwrap_or(scratch),
             pre_logits: pre,
@@ -315,11 +328,17 @@ pub unsafe extern "C" fn nfnet_forward_features(
 ) -> c_int {
     guard(|| {
         let w = workspace(ws)?;
-        let x = input_array(input, input_len)?;
+        check_buf("input", input, input_len, m::INPUT_LEN)?;
         check_buf("out", out, out_len, m::FORWARD_FEATURES_LEN)?;
-        let ff = out_array::<{ m::FORWARD_FEATURES_LEN }>("out", out, out_len)?;
         check_disjoint(&[("input", Some(span(input, input_len))), ("out", Some(span(out, out_len)))])?;
-        run(w, x, |scratch| m::Outputs { logits: scratch, pre_logits: None, forward_features: ff, features: None })
+        // SAFETY: both buffers checked above.
+        let (x, ff) = unsafe { (array(input), array_mut(out)) };
+        run(w, x, |scratch| m::Outputs {
+            logits: scratch,
+            pre_logits: None,
+            forward_features: Some(ff),
+            features: None,
+        })
     })
 }
 
@@ -339,7 +358,7 @@ pub unsafe extern "C" fn nfnet_features(
 ) -> c_int {
     guard(|| {
         let w = workspace(ws)?;
-        let x = input_array(input, input_len)?;
+        check_buf("input", input, input_len, m::INPUT_LEN)?;
         if features.is_null() || lens.is_null() {
             return fail(NFNET_ERR_ARGUMENT, if features.is_null() { "features is NULL" } else { "lens is NULL" });
         }
@@ -358,15 +377,18 @@ pub unsafe extern "C" fn nfnet_features(
             span_of(3),
             span_of(4),
         ])?;
-        let f0 = out_array::<{ m::FEATURE0_LEN }>(NAMES[0], ptrs[0], lens[0])?;
-        let f1 = out_array::<{ m::FEATURE1_LEN }>(NAMES[1], ptrs[1], lens[1])?;
-        let f2 = out_array::<{ m::FEATURE2_LEN }>(NAMES[2], ptrs[2], lens[2])?;
-        let f3 = out_array::<{ m::FEATURE3_LEN }>(NAMES[3], ptrs[3], lens[3])?;
-        let f4 = out_array::<{ m::FEATURE4_LEN }>(NAMES[4], ptrs[4], lens[4])?;
-        let (Some(f0), Some(f1), Some(f2), Some(f3), Some(f4)) = (f0, f1, f2, f3, f4) else {
-            unreachable!("checked not NULL above")
+        // SAFETY: every buffer checked above.
+        let (x, features) = unsafe {
+            let [f0, f1, f2, f3, f4] = ptrs;
+            let features = m::Features {
+                f0: array_mut(f0),
+                f1: array_mut(f1),
+                f2: array_mut(f2),
+                f3: array_mut(f3),
+                f4: array_mut(f4),
+            };
+            (array(input), features)
         };
-        let features = m::Features { f0, f1, f2, f3, f4 };
         run(w, x, |scratch| m::Outputs {
             logits: scratch,
             pre_logits: None,

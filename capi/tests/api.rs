@@ -224,18 +224,38 @@ fn preprocessing_from_bytes_and_from_a_file_agree() {
     assert_eq!(a, b);
 }
 
+/// Buffers for every output of the compiled model.
+struct Outs {
+    logits: Vec<f32>,
+    pre: Vec<f32>,
+    ff: Vec<f32>,
+    maps: Vec<Vec<f32>>,
+}
+
+impl Outs {
+    fn new() -> Outs {
+        Outs {
+            logits: vec![0.0; m::LOGITS_LEN],
+            pre: vec![0.0; m::PRE_LOGITS_LEN],
+            ff: vec![0.0; m::FORWARD_FEATURES_LEN],
+            maps: (0..5).map(|i| vec![0.0; nfnet_feature_len(i)]).collect(),
+        }
+    }
+}
+
+/// `nfnet_features`' pointer and length arrays over `maps`.
+fn feature_args(maps: &mut [Vec<f32>]) -> ([*mut f32; 5], [usize; 5]) {
+    (std::array::from_fn(|i| maps[i].as_mut_ptr()), std::array::from_fn(|i| maps[i].len()))
+}
+
 #[test]
 fn inference_through_the_c_entry_points_allocates_nothing() {
     let _g = LOCK.lock().unwrap();
     for threads in [1, 2] {
         let ws = new_ws(threads);
         let input = vec![0.5f32; nfnet_input_len()];
-        let mut logits = vec![0.0f32; m::LOGITS_LEN];
-        let mut pre = vec![0.0f32; m::PRE_LOGITS_LEN];
-        let mut ff = vec![0.0f32; m::FORWARD_FEATURES_LEN];
-        let mut maps: Vec<Vec<f32>> = (0..5).map(|i| vec![0.0f32; nfnet_feature_len(i)]).collect();
-        let ptrs: [*mut f32; 5] = std::array::from_fn(|i| maps[i].as_mut_ptr());
-        let lens: [usize; 5] = std::array::from_fn(|i| nfnet_feature_len(i));
+        let Outs { mut logits, mut pre, mut ff, mut maps } = Outs::new();
+        let (ptrs, lens) = feature_args(&mut maps);
         let mut counts = vec![];
         for _ in 0..3 {
             let before = ALLOCS.load(Ordering::SeqCst);
@@ -283,12 +303,8 @@ fn builtin_model_matches_timm_through_the_c_api() {
     let load = |f: &str| npy::read(&fx.join(f)).unwrap().data;
     let input = load("input.npy");
     let ws = new_ws(2);
-    let mut logits = vec![0.0f32; m::LOGITS_LEN];
-    let mut pre = vec![0.0f32; m::PRE_LOGITS_LEN];
-    let mut ff = vec![0.0f32; m::FORWARD_FEATURES_LEN];
-    let mut maps: Vec<Vec<f32>> = (0..5).map(|i| vec![0.0f32; nfnet_feature_len(i)]).collect();
-    let ptrs: [*mut f32; 5] = std::array::from_fn(|i| maps[i].as_mut_ptr());
-    let lens: [usize; 5] = std::array::from_fn(|i| nfnet_feature_len(i));
+    let Outs { mut logits, mut pre, mut ff, mut maps } = Outs::new();
+    let (ptrs, lens) = feature_args(&mut maps);
     // SAFETY: valid buffers of the stated lengths, one thread on the workspace.
     unsafe {
         let (x, n) = (input.as_ptr(), input.len());
