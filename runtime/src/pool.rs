@@ -171,13 +171,33 @@ impl Pool {
             ranges: (0..threads).map(|_| Range(AtomicU64::new(0))).collect(),
             active: (0..threads).map(|_| Active(AtomicBool::new(false))).collect(),
         });
+        // Every worker has finished its thread start-up (which allocates) before `new`
+        // returns, so none of it can land inside a later job.
+        let started = Arc::new((Mutex::new(0usize), Condvar::new()));
         let mut workers = Vec::with_capacity(threads - 1);
         for t in 1..threads {
-            let shared = Arc::clone(&shared);
-            let handle =
-                std::thread::Builder::new().name(format!("nfnet-worker-{t}")).spawn(move || worker(&shared, t))?;
-            workers.push(handle);
+            let mine = Arc::clone(&shared);
+            let started = Arc::clone(&started);
+            let spawned = std::thread::Builder::new().name(format!("nfnet-worker-{t}")).spawn(move || {
+                *started.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                started.1.notify_one();
+                drop(started);
+                worker(&mine, t)
+            });
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                // Dropping the pool shuts down and joins the workers already spawned.
+                Err(e) => {
+                    drop(Pool { shared, workers });
+                    return Err(e);
+                }
+            }
         }
+        let mut count = started.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *count < threads - 1 {
+            count = started.1.wait(count).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(count);
         Ok(Pool { shared, workers })
     }
 
