@@ -33,7 +33,7 @@ use crate::arch::parse_input_size;
 use crate::emit::pack::WeightDtype;
 use crate::emit::{self, EmitInfo};
 use crate::error::{Error, Result};
-use crate::schedule::{Schedule, WinogradPolicy};
+use crate::schedule::{Policies, Schedule, WinogradPolicy};
 use crate::synth::{self, SynthSpec};
 use std::path::{Path, PathBuf};
 
@@ -197,19 +197,12 @@ impl Builder {
         let model = Model::load(&dir)?;
         let hw = self.input_size.unwrap_or(model.arch.config.pretrained.input_size);
         let graph = model.graph(hw, self.batch)?;
-        let mut schedule = Schedule::new(&graph, self.stop_after);
-        // 16-bit weights are asked for to halve the binary: F(4x4) would store 2.25x F(2x2)'s
-        // weights and, rounded to 16 bits, double their error (L2 logits: bf16 5.5e-2
-        // instead of 2.8e-2, f16 7.3e-3 instead of 3.4e-3).
-        schedule.winograd_policy = match (self.winograd, self.weight_dtype) {
-            (WinogradPolicy::Auto, WeightDtype::Bf16 | WeightDtype::F16) => WinogradPolicy::F2,
-            (policy, _) => policy,
-        };
+        let policies = Policies { winograd: self.winograd, weights: self.weight_dtype };
+        let schedule = Schedule::new(&graph, policies, self.stop_after);
         if self.weight_dtype == WeightDtype::F16 {
             check_f16_range(&graph)?;
         }
         let info = EmitInfo {
-            weight_dtype: self.weight_dtype,
             config: config_name,
             weights_sha256: model.checkpoint.sha256(),
             synthetic: synth::synthetic_tag(&model.checkpoint.metadata).map(str::to_string),

@@ -25,6 +25,8 @@ pub mod emit;
 pub mod error;
 pub mod graph;
 pub mod ops;
+pub mod passes;
+pub mod plan;
 pub mod reference;
 pub mod schedule;
 pub mod synth;

@@ -7,6 +7,10 @@
 //! Finally the memory plan gives every buffer a fixed arena offset by liveness.
 
 use crate::graph::{Graph, Op as GOp, ValueId};
+use crate::passes::PASSES;
+pub use crate::plan::Policies;
+use crate::plan::{self, Algorithm, ConvPlan};
+pub use crate::plan::{WeightDtype, WinogradPolicy};
 use serde_json::{Value as Json, json};
 
 pub type BufId = usize;
@@ -50,35 +54,8 @@ impl ConvGeom {
         self.rows.div_ceil(self.band)
     }
 }
-/// Cost of one product of a direct 3x3 conv, relative to an ideal one, and of the Winograd
-/// algorithms by output tile `m` (transforms, scratch traffic, short sums of 64 channels).
-/// Measured on L2's grouped convs (2 threads, AVX-512, per-kernel minimums): F(2x2) : F(4x4)
-/// 1.36 : 1 at 80x80, 1.06 : 1 at 20x20; F(2x2) : F(4x4) : direct 1 : 1.54 : 1.23 at 10x10
-/// (F(2x2) in items of 5 tiles).
-pub const DIRECT_OVERHEAD: f64 = 1.25;
-pub const WINOGRAD_OVERHEAD: [(usize, f64); 2] = [(2, 1.7), (4, 2.2)];
-
-/// The cost of one stored weight in products: a conv with `e` weights per input/output
-/// channel pair (9 direct, `(m + 2)^2` Winograd) over `n` pixels or tiles costs
-/// `e (n x overhead + WEIGHT_COST)`. The weights outgrow the caches and stream from DRAM on
-/// every inference, and F(4x4) stores 4x the direct conv's (F(2x2): 1.8x). At 40, F(4x4) stays
-/// off L2's 20x20 stage, where it measured 3-4% faster than F(2x2) on those convs (0.4 ms of
-/// 108 at 2 threads, within the noise of the whole model) for 66 MiB more weights (262 ->
-/// 328 MiB); the fit above needs 28 or more.
-pub const WEIGHT_COST: f64 = 40.0;
-
-/// Output tiles per Winograd work item at most (the micro-tile height of the 64-channel
-/// groups on AVX-512 (6 x 64), AVX2 and NEON (6 x 16)); the tiles are split evenly over the
-/// items (25 tiles: 5 items of 5), a last partial item still computes all of its tiles.
-pub const WINOGRAD_ITEM_TILES: usize = 6;
-
-/// Largest stack scratch of a Winograd work item, per array (input and products): groups of
-/// up to 341 channels for F(2x2), 151 for F(4x4); wider convs take the smaller tile or stay
-/// direct.
-pub const WINOGRAD_SCRATCH_BYTES: usize = 256 * 1024;
-
 /// Output channels per weight panel (the micro-kernel's width, on every ISA).
-pub const NR: usize = 16;
+pub use nfnet_runtime::kernels::NR;
 /// Arena alignment of every buffer, in floats (64 bytes).
 pub const ALIGN: usize = 16;
 
@@ -217,85 +194,54 @@ pub struct PassReport {
     pub declined: Vec<(String, String)>,
 }
 
+impl PassReport {
+    pub fn new(name: &'static str) -> PassReport {
+        PassReport { name, applied: Vec::new(), declined: Vec::new() }
+    }
+}
+
 pub struct Schedule<'g> {
     pub graph: &'g Graph,
-    /// Which Winograd algorithms the 3x3 stride-1 convs may take (default: [`WinogradPolicy::F2`]).
-    pub winograd_policy: WinogradPolicy,
+    /// The policies the plans follow (resolved, see [`Policies::resolved`]).
+    pub policies: Policies,
     pub buffers: Vec<Buffer>,
     pub kernels: Vec<Kernel>,
     pub passes: Vec<PassReport>,
     /// Arena floats needed (the peak of the memory plan).
     pub arena_len: usize,
+    /// How each conv kernel runs, indexed like `kernels` (`None` for other kernels).
+    pub plans: Vec<Option<ConvPlan>>,
 }
-
-/// Which Winograd algorithms the 3x3 stride-1 convs may take (`NFNET_WINOGRAD`): a trade of
-/// speed for exactness. The default, `F2`, keeps every output as close to timm's float64 as
-/// timm's own float32 is: F(2x2, 3x3) rounds about as a direct conv does, F(4x4, 3x3) about
-/// five times more per conv, and one F(4x4) conv ahead of a feature tap already spends more
-/// error than that tap's budget (1.25x timm float32's) leaves (see docs/design.md).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WinogradPolicy {
-    /// The cheapest of direct, F(2x2, 3x3) and F(4x4, 3x3) by the cost model: the fastest,
-    /// with outputs up to about twice as far from float64 as timm float32's.
-    Auto,
-    /// Direct or F(2x2, 3x3), by the cost model.
-    #[default]
-    F2,
-    /// Direct convs only.
-    Off,
-    /// F(4x4, 3x3) wherever its scratch fits, whatever the cost model says (exercises every
-    /// F(4x4) path on small test models).
-    F4,
-}
-
-impl WinogradPolicy {
-    /// As `NFNET_WINOGRAD` spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            WinogradPolicy::Auto => "auto",
-            WinogradPolicy::F2 => "f2",
-            WinogradPolicy::Off => "off",
-            WinogradPolicy::F4 => "f4",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<WinogradPolicy> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Some(WinogradPolicy::Auto),
-            "f2" => Some(WinogradPolicy::F2),
-            "off" => Some(WinogradPolicy::Off),
-            "f4" => Some(WinogradPolicy::F4),
-            _ => None,
-        }
-    }
-}
-
-/// The fusion passes in order.
-pub const PASSES: [&str; 5] =
-    ["conv_act", "conv_channel_sums", "scale_add_act_chain", "downsample_pool", "scale_add_act_in_place"];
 
 impl<'g> Schedule<'g> {
-    /// Lowers `graph`, runs the first `stop_after` fusion passes (all with `None`), and plans memory.
-    pub fn new(graph: &'g Graph, stop_after: Option<usize>) -> Schedule<'g> {
+    /// Lowers `graph`, runs the first `stop_after` fusion passes (all with `None`), plans
+    /// memory, and plans every conv by `policies`.
+    pub fn new(graph: &'g Graph, policies: Policies, stop_after: Option<usize>) -> Schedule<'g> {
         let mut s = lower(graph);
+        s.policies = policies.resolved();
         let n = stop_after.unwrap_or(PASSES.len()).min(PASSES.len());
-        for name in &PASSES[..n] {
-            let report = match *name {
-                "conv_act" => pass_conv_act(&mut s),
-                "conv_channel_sums" => pass_conv_channel_sums(&mut s),
-                "scale_add_act_chain" => pass_scale_add_act_chain(&mut s),
-                "downsample_pool" => pass_downsample_pool(&s),
-                _ => pass_scale_add_act_in_place(&mut s),
-            };
+        for pass in &PASSES[..n] {
+            let report = pass.run(&mut s);
             s.passes.push(report);
         }
         s.gc_buffers();
         s.plan_memory();
+        s.plans = plan::plan_convs(&s, s.policies);
         s
     }
 
+    /// The plan of a conv kernel (`None` for other kernels).
+    pub fn plan(&self, op: &Op) -> Option<&ConvPlan> {
+        let Op::Conv { node, .. } = op else { return None };
+        self.kernels
+            .iter()
+            .zip(&self.plans)
+            .find(|(k, _)| matches!(k.op, Op::Conv { node: n, .. } if n == *node))
+            .and_then(|(_, p)| p.as_ref())
+    }
+
     /// Indices of the kernels reading buffer `b`.
-    fn readers(&self, b: BufId) -> Vec<usize> {
+    pub(crate) fn readers(&self, b: BufId) -> Vec<usize> {
         (0..self.kernels.len()).filter(|&k| self.kernels[k].op.inputs().contains(&b)).collect()
     }
 
@@ -320,7 +266,7 @@ impl<'g> Schedule<'g> {
     }
 
     /// Replaces every buffer reference `b` of every kernel by `f(b)`.
-    fn remap(&mut self, f: impl Fn(BufId) -> BufId) {
+    pub(crate) fn remap(&mut self, f: impl Fn(BufId) -> BufId) {
         let m = |b: &mut BufId| *b = f(*b);
         let mo = |b: &mut Option<BufId>| {
             if let Some(x) = b {
@@ -419,60 +365,23 @@ impl<'g> Schedule<'g> {
         ConvGeom::new(lo.h, lo.w, flat)
     }
 
-    /// The output tile `m` of the Winograd F(m x m, 3x3) a conv kernel runs as, or `None` for
-    /// the direct conv. Eligible: 3x3, stride 1, padding 1, and no channel sums asked of it.
-    /// Products number `(m + 2)^2` per `m x m` output tile instead of `9 m^2` (F(2x2): 4/9 of
-    /// the multiply-adds, F(4x4): 1/4); the input and output transforms add and scale only, and
-    /// the weights are transformed at build time in f64, so the result differs from the
-    /// direct conv by rounding only (measured per conv, 64 input channels: direct 1.6e-7,
-    /// F(2x2) 2.7e-7, F(4x4) 8.3e-7 relative L2). Of the algorithms whose work item's stack
-    /// scratch fits ([`WINOGRAD_SCRATCH_BYTES`]) the cheapest by the cost model wins: products
-    /// of the tiles computed in items of up to [`WINOGRAD_ITEM_TILES`] times the measured
-    /// overhead ([`WINOGRAD_OVERHEAD`]) plus the weights' traffic ([`WEIGHT_COST`]), against
-    /// the direct conv's 9 products per pixel ([`DIRECT_OVERHEAD`]).
+    /// The output tile `m` of the Winograd F(m x m, 3x3) a conv kernel runs as, or `None`
+    /// (see [`ConvPlan::algorithm`]).
     pub fn winograd_tile(&self, op: &Op) -> Option<usize> {
-        let Op::Conv { node, out, sums: None, .. } = op else { return None };
-        let GOp::Conv(c) = &self.graph.nodes[*node].op else { return None };
-        if !(c.spec.k == 3 && c.spec.stride == 1 && c.spec.pad() == 1) {
-            return None;
+        match self.plan(op)?.algorithm {
+            Algorithm::Winograd { m } => Some(m),
+            Algorithm::Direct => None,
         }
-        let lo = self.buffers[*out].layout;
-        // Each work item keeps its transformed tiles on the stack: (m + 2)^2 x 12 tiles x channels.
-        let widest = (c.spec.cin / c.spec.groups).max((c.spec.cout / c.spec.groups).next_multiple_of(NR));
-        let fits = |m: usize| (m + 2) * (m + 2) * 12 * widest * 4 <= WINOGRAD_SCRATCH_BYTES;
-        let allowed: &[usize] = match self.winograd_policy {
-            WinogradPolicy::Off => return None,
-            WinogradPolicy::F4 if fits(4) => return Some(4),
-            WinogradPolicy::Auto => &[2, 4],
-            _ => &[2],
-        };
-        let mut best = (None, 9.0 * ((lo.h * lo.w) as f64 * DIRECT_OVERHEAD + WEIGHT_COST));
-        for (m, overhead) in WINOGRAD_OVERHEAD {
-            let a2 = (m + 2) * (m + 2);
-            let tiles = lo.h.div_ceil(m) * lo.w.div_ceil(m);
-            let items = tiles.div_ceil(WINOGRAD_ITEM_TILES);
-            let computed = items * tiles.div_ceil(items);
-            let cost = a2 as f64 * (computed as f64 * overhead + WEIGHT_COST);
-            if allowed.contains(&m) && fits(m) && cost < best.1 {
-                best = (Some(m), cost);
-            }
-        }
-        best.0
     }
 
-    /// Whether a conv kernel runs as Winograd (see [`Schedule::winograd_tile`]).
+    /// Whether a conv kernel runs as Winograd.
     pub fn winograd(&self, op: &Op) -> bool {
         self.winograd_tile(op).is_some()
     }
 
     /// The conv algorithm's name in the schedule (`None` for other kernels).
     pub fn algorithm(&self, op: &Op) -> Option<&'static str> {
-        match (op, self.winograd_tile(op)) {
-            (Op::Conv { .. }, Some(2)) => Some("winograd_f2x2_3x3"),
-            (Op::Conv { .. }, Some(_)) => Some("winograd_f4x4_3x3"),
-            (Op::Conv { .. }, None) => Some("direct"),
-            _ => None,
-        }
+        self.plan(op).map(|p| p.algorithm.name())
     }
 
     /// Bytes of all buffers side by side, without reuse.
@@ -534,6 +443,7 @@ impl<'g> Schedule<'g> {
                     "kind": k.op.kind(),
                     "modules": k.modules,
                     "algorithm": self.algorithm(&k.op),
+                    "plan": self.plans[i].as_ref().map(ConvPlan::to_json),
                     "inputs": k.op.inputs().iter().map(buf).collect::<Vec<_>>(),
                     "outputs": k.op.outputs().iter().map(buf).collect::<Vec<_>>(),
                     "flops": self.flops(k),
@@ -558,7 +468,8 @@ impl<'g> Schedule<'g> {
             "layout": "NHWC per image; the batch runs image by image through one arena",
             "total_flops_per_image": self.kernels.iter().map(|k| self.flops(k)).sum::<u64>(),
             "arena": {"peak_bytes": 4 * self.arena_len, "naive_bytes": 4 * self.naive_arena_len()},
-            "winograd": self.winograd_policy.name(),
+            "winograd": self.policies.winograd.name(),
+            "weights": self.policies.weights.name(),
             "passes": passes,
             "kernels": kernels,
         })
@@ -721,201 +632,13 @@ fn lower(g: &Graph) -> Schedule<'_> {
     }
     Schedule {
         graph: g,
-        winograd_policy: WinogradPolicy::default(),
+        policies: Policies::default(),
+        plans: Vec::new(),
         buffers,
         kernels,
         passes: Vec::new(),
         arena_len: 0,
     }
-}
-
-/// Conv followed by a SiLU of its output: SiLU in the conv's epilogue. The raw output is still
-/// stored (`preact`) when something else reads it (a feature tap).
-fn pass_conv_act(s: &mut Schedule) -> PassReport {
-    let mut r = PassReport { name: "conv_act", applied: vec![], declined: vec![] };
-    let mut k = 0;
-    while k < s.kernels.len() {
-        let Op::Conv { out, act: false, .. } = s.kernels[k].op else {
-            k += 1;
-            continue;
-        };
-        let readers = s.readers(out);
-        let silu = readers.iter().copied().find(|&j| {
-            matches!(s.kernels[j].op, Op::ScaleAddAct { r, gate: None, shortcut: None, y: None, act: Some(_) } if r == out)
-        });
-        let Some(j) = silu else {
-            r.declined.push((s.kernels[k].modules.join("+"), "no SiLU reads its output".into()));
-            k += 1;
-            continue;
-        };
-        let Op::ScaleAddAct { act: Some(a), .. } = s.kernels[j].op else { unreachable!("matched above") };
-        let keep_raw = readers.len() > 1;
-        let module = s.kernels[j].modules.clone();
-        if let Op::Conv { out, act, preact, .. } = &mut s.kernels[k].op {
-            *preact = keep_raw.then_some(*out);
-            *out = a;
-            *act = true;
-        }
-        s.kernels[k].modules.extend(module);
-        r.applied.push(s.kernels[k].modules.join("+"));
-        s.kernels.remove(j);
-        k += 1;
-    }
-    r
-}
-
-/// Conv whose output is summed per channel (ECA, global pool): the sums accumulate in the
-/// conv's epilogue, per block of output rows, in a fixed order.
-fn pass_conv_channel_sums(s: &mut Schedule) -> PassReport {
-    let mut r = PassReport { name: "conv_channel_sums", applied: vec![], declined: vec![] };
-    let mut j = 0;
-    while j < s.kernels.len() {
-        let Op::ChannelSums { input, sums } = s.kernels[j].op else {
-            j += 1;
-            continue;
-        };
-        let producer = (0..j).rev().find(|&k| s.kernels[k].op.outputs().contains(&input));
-        let Some(k) = producer.filter(|&k| matches!(s.kernels[k].op, Op::Conv { out, sums: None, .. } if out == input))
-        else {
-            r.declined.push((s.kernels[j].modules.join("+"), "its input is not the main output of a conv".into()));
-            j += 1;
-            continue;
-        };
-        let bands = s.conv_geom(&s.kernels[k].op).bands();
-        s.buffers[sums].layout = Layout { h: bands, w: 1, c: s.buffers[input].layout.c, pad: 0 };
-        if let Op::Conv { sums: slot, .. } = &mut s.kernels[k].op {
-            *slot = Some(sums);
-        }
-        let m = s.kernels[j].modules.clone();
-        for x in m {
-            if !s.kernels[k].modules.contains(&x) {
-                s.kernels[k].modules.push(x);
-            }
-        }
-        r.applied.push(s.kernels[k].modules.join("+"));
-        s.kernels.remove(j);
-    }
-    r
-}
-
-/// Chains of elementwise kernels (ECA gate apply -> residual add -> next block's SiLU) become
-/// one pass over the tensor that stores only what is read later.
-fn pass_scale_add_act_chain(s: &mut Schedule) -> PassReport {
-    let mut r = PassReport { name: "scale_add_act_chain", applied: vec![], declined: vec![] };
-    let mut k = 0;
-    while k < s.kernels.len() {
-        let Op::ScaleAddAct { r: kr, gate: kg, shortcut: ks, y: Some(y), act: None } = s.kernels[k].op else {
-            k += 1;
-            continue;
-        };
-        let readers = s.readers(y);
-        let mut merged = None;
-        for &j in &readers {
-            merged = match s.kernels[j].op {
-                // A residual add of y (either operand) when y has no shortcut yet and no other reader.
-                Op::ScaleAddAct { r: jr, gate: None, shortcut: Some(js), y: jy, act: None }
-                    if ks.is_none() && readers.len() == 1 && (jr == y) != (js == y) =>
-                {
-                    let other = if jr == y { js } else { jr };
-                    Some((j, Op::ScaleAddAct { r: kr, gate: kg, shortcut: Some(other), y: jy, act: None }))
-                }
-                // A SiLU of y: keep storing y only if something else reads it.
-                Op::ScaleAddAct { r: jr, gate: None, shortcut: None, y: None, act: Some(a) } if jr == y => {
-                    let y_out = (readers.len() > 1).then_some(y);
-                    Some((j, Op::ScaleAddAct { r: kr, gate: kg, shortcut: ks, y: y_out, act: Some(a) }))
-                }
-                _ => None,
-            };
-            if merged.is_some() {
-                break;
-            }
-        }
-        // The merged kernel runs at k: everything it reads must be ready there.
-        let ready =
-            |op: &Op| op.inputs().iter().all(|b| (0..k).any(|p| s.kernels[p].op.outputs().contains(b)) || *b == kr);
-        let why = match &merged {
-            None if readers.is_empty() => Some(None),
-            None => Some(Some("no elementwise reader it can absorb")),
-            Some((_, op)) if !ready(op) => Some(Some("an operand is produced later")),
-            Some(_) => None,
-        };
-        let (Some((j, op)), None) = (merged, why) else {
-            if let Some(Some(why)) = why {
-                r.declined.push((s.kernels[k].modules.join("+"), why.into()));
-            }
-            k += 1;
-            continue;
-        };
-        let mods = s.kernels[j].modules.clone();
-        s.kernels[k].op = op;
-        s.kernels[k].modules.extend(mods);
-        s.kernels.remove(j);
-        r.applied.push(s.kernels[k].modules.join("+"));
-        // k stays: the merged kernel may absorb the next one too.
-    }
-    r
-}
-
-/// Lets an elementwise `v = r * gate + shortcut` write `v` over `r` and `silu(v)` over the
-/// shortcut when this kernel is their last reader and the layouts agree: each element is read
-/// before it is written at the same place, so the kernel is unchanged, and its stores hit
-/// lines it has just read (no read-for-ownership of fresh lines): 4 streams of memory traffic
-/// instead of 6, and two fewer buffers in the arena.
-fn pass_scale_add_act_in_place(s: &mut Schedule) -> PassReport {
-    let mut rep = PassReport { name: "scale_add_act_in_place", applied: vec![], declined: vec![] };
-    for k in 0..s.kernels.len() {
-        let Op::ScaleAddAct { r, shortcut, y, act, .. } = s.kernels[k].op else { continue };
-        let last_reader = |s: &Schedule, b: BufId| s.readers(b).iter().all(|&j| j <= k);
-        let same = |s: &Schedule, a: BufId, b: BufId| s.buffers[a].layout == s.buffers[b].layout;
-        // (output, input it may overwrite)
-        let pairs = match (y, act) {
-            (Some(y), Some(a)) => [Some((y, r)), shortcut.map(|sc| (a, sc))],
-            (Some(y), None) => [Some((y, r)), None],
-            (None, Some(a)) => [Some((a, r)), None],
-            (None, None) => [None, None],
-        };
-        let mut done = Vec::new();
-        for (out, inp) in pairs.into_iter().flatten() {
-            let why = if !last_reader(s, inp) {
-                Some("a later kernel reads the input")
-            } else if !same(s, out, inp) {
-                Some("the layouts differ")
-            } else {
-                None
-            };
-            match why {
-                Some(w) => {
-                    rep.declined.push((format!("{} over {}", s.buffers[out].name, s.buffers[inp].name), w.into()))
-                }
-                None => {
-                    let name = format!("{} (over {})", s.buffers[out].name, s.buffers[inp].name);
-                    s.buffers[inp].name = name.clone();
-                    s.remap(|b| if b == out { inp } else { b });
-                    done.push(name);
-                }
-            }
-        }
-        if !done.is_empty() {
-            rep.applied.push(format!("{}: {}", s.kernels[k].modules.join("+"), done.join(", ")));
-        }
-    }
-    rep
-}
-
-/// Downsample pooling stays its own kernel: it reads the block's activation once more (a
-/// quarter of it is written), under 1% of the bytes of the block; folding it into the GEMM's
-/// packing would give the 1x1 conv a second input path for little gain.
-fn pass_downsample_pool(s: &Schedule) -> PassReport {
-    let mut r = PassReport { name: "downsample_pool", applied: vec![], declined: vec![] };
-    for k in &s.kernels {
-        if let Op::AvgPool { .. } = k.op {
-            r.declined.push((
-                k.modules.join("+"),
-                "kept as a separate pass: it moves well under 1% of the block's bytes".into(),
-            ));
-        }
-    }
-    r
 }
 
 #[cfg(test)]
@@ -964,7 +687,7 @@ mod tests {
     #[test]
     fn winograd_takes_the_stride_1_3x3_convs_that_win_and_fit() {
         let g = tiny_graph();
-        let s = Schedule::new(&g, None);
+        let s = Schedule::new(&g, Policies::default(), None);
         let wino: Vec<String> = s.kernels.iter().filter(|k| s.winograd(&k.op)).map(|k| k.modules[0].clone()).collect();
         // 41x35: the stem's stride-1 convs at 21x18 and stage 0's at 11x9 (30 tiles, five
         // items of 6) win as F(2x2) (F(4x4) would compute 30 and 10 tiles of 36 products);
@@ -974,10 +697,10 @@ mod tests {
         // Twice the size, `auto`: the stem's at 41x35 take F(4x4) (110 tiles of 36 products
         // against 441 of 16), stage 0's at 21x18 stay F(2x2). The default never takes F(4x4).
         let g2 = graph_with(TINY_ARGS, (81, 69));
-        let mut s2 = Schedule::new(&g2, None);
+        let with = |winograd| Schedule::new(&g2, Policies { winograd, ..Policies::default() }, None);
         let tile = |s: &Schedule, m: &str| s.winograd_tile(&s.kernels.iter().find(|k| k.modules[0] == m).unwrap().op);
-        assert_eq!(tile(&s2, "stem.conv3"), Some(2));
-        s2.winograd_policy = WinogradPolicy::Auto;
+        assert_eq!(tile(&with(WinogradPolicy::default()), "stem.conv3"), Some(2));
+        let s2 = with(WinogradPolicy::Auto);
         assert_eq!(tile(&s2, "stem.conv3"), Some(4));
         assert_eq!(tile(&s2, "stages.0.0.conv2"), Some(2));
         // The policies: direct only; F(2x2) at most; F(4x4) wherever eligible.
@@ -986,8 +709,7 @@ mod tests {
             (WinogradPolicy::F2, Some(2), Some(2)),
             (WinogradPolicy::F4, Some(4), Some(4)),
         ] {
-            let mut s = Schedule::new(&g2, None);
-            s.winograd_policy = policy;
+            let s = with(policy);
             assert_eq!((tile(&s, "stem.conv3"), tile(&s, "stages.1.1.conv2")), (stem, stage1), "{policy:?}");
             // Stride 2 is never Winograd.
             assert_eq!(tile(&s, "stages.1.0.conv2"), None);
@@ -1008,7 +730,7 @@ mod tests {
                     "group_size": {group}, "num_features": 64}}"#
             );
             let g = graph_with(&args, (160, 160));
-            let s = Schedule::new(&g, None);
+            let s = Schedule::new(&g, Policies::default(), None);
             let k = s.kernels.iter().find(|k| k.modules[0] == "stages.0.0.conv2").unwrap();
             assert_eq!(s.winograd(&k.op), want, "groups of {group}");
         }
@@ -1017,7 +739,7 @@ mod tests {
     #[test]
     fn passes_apply_where_timm_allows_and_say_why_not_elsewhere() {
         let g = tiny_graph();
-        let s = Schedule::new(&g, None);
+        let s = Schedule::new(&g, Policies::default(), None);
         let by_name = |n: &str| s.passes.iter().find(|p| p.name == n).unwrap();
         // Every conv a SiLU follows: the 4 stem convs (conv4 by the first block's act1), 3 per
         // block (conv1, conv2, conv2b), final_conv.
@@ -1025,20 +747,19 @@ mod tests {
         // ECA sums in each conv3 (5 blocks) and the global pool in final_conv.
         assert_eq!(by_name("conv_channel_sums").applied.len(), 5 + 1);
         assert!(by_name("conv_act").declined.iter().all(|(_, why)| why.contains("SiLU")));
-        assert!(by_name("downsample_pool").declined.len() == 3);
         // No SiLU or residual add is left on its own.
         for k in &s.kernels {
             if let Op::ScaleAddAct { gate, shortcut, .. } = k.op {
                 assert!(gate.is_some() || shortcut.is_some(), "lone elementwise kernel {:?}", k.modules);
             }
         }
-        let unfused = Schedule::new(&g, Some(0));
+        let unfused = Schedule::new(&g, Policies::default(), Some(0));
         assert!(unfused.passes.is_empty() && unfused.kernels.len() > s.kernels.len());
         // Every block's gated residual add (5) writes its sum over its conv3 output (and its
         // SiLU over the shortcut where the shortcut dies there).
         let in_place = &by_name("scale_add_act_in_place").applied;
         assert_eq!(in_place.len(), 5, "{in_place:?}");
-        let before = Schedule::new(&g, Some(PASSES.len() - 1));
+        let before = Schedule::new(&g, Policies::default(), Some(PASSES.len() - 1));
         assert!(s.arena_len < before.arena_len, "{} vs {}", s.arena_len, before.arena_len);
         for k in &s.kernels {
             if let Op::ScaleAddAct { r, y: Some(y), .. } = k.op {
@@ -1051,7 +772,7 @@ mod tests {
     fn buffers_live_at_the_same_time_never_overlap() {
         let g = tiny_graph();
         for stop in [Some(0), Some(2), None] {
-            let s = Schedule::new(&g, stop);
+            let s = Schedule::new(&g, Policies::default(), stop);
             let r = s.live_ranges();
             for a in 0..s.buffers.len() {
                 for b in a + 1..s.buffers.len() {

@@ -244,6 +244,13 @@ fn schedule_follows_the_winograd_policy_and_refuses_unknown_ones() {
         let out = nfc(&["schedule", "--model", m, "--input-size", "90x74", "--json", "--winograd", policy]);
         assert!(out.status.success(), "{policy}: {}", String::from_utf8_lossy(&out.stderr));
         let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for k in s["kernels"].as_array().unwrap().iter().filter(|k| k["kind"] == "conv") {
+            let plan = &k["plan"];
+            assert_eq!(plan["algorithm"], k["algorithm"], "{policy}: {k}");
+            for isa in ["scalar", "avx2", "avx512", "neon"] {
+                assert!(plan["micro_kernels"][isa]["items"].as_u64().unwrap() > 0, "{policy} {isa}: {plan}");
+            }
+        }
         let mut a: Vec<String> =
             s["kernels"].as_array().unwrap().iter().filter_map(|k| k["algorithm"].as_str().map(String::from)).collect();
         a.sort();

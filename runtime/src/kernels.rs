@@ -9,6 +9,11 @@ use crate::{Pool, SyncPtr};
 
 /// Output channels per weight panel, on every ISA.
 pub const NR: usize = 16;
+/// How a conv's weights are stored, as the micro-kernels' `WD` parameter: f32, or 16-bit
+/// values widened to f32 on load.
+pub const WEIGHTS_F32: usize = 0;
+pub const WEIGHTS_BF16: usize = 1;
+pub const WEIGHTS_F16: usize = 2;
 /// "No buffer" for optional arena offsets.
 pub const NONE: usize = usize::MAX;
 

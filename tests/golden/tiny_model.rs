@@ -1310,7 +1310,8 @@ pub mod isa_scalar {
                             prefetch(
                                 b
                                     .add(
-                                        (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
+                                        (bi + p * panel_len + B_AHEAD)
+                                            * if WD == rt::WEIGHTS_F32 { 4 } else { 2 },
                                     ) as *const f32,
                             );
                         }
@@ -1372,17 +1373,20 @@ pub mod isa_scalar {
     /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
     #[inline(always)]
     fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
-        if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+        if WD == rt::WEIGHTS_F32 {
+            ctx.w(at) as *const u8
+        } else {
+            ctx.w16(at) as *const u8
+        }
     }
-    /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
-    /// f16 (2).
+    /// One vector of weights at element `i` of a panel stored as `WD` (`rt::WEIGHTS_*`).
     #[inline(always)]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match WD {
-                0 => load((b as *const f32).add(i)),
-                1 => load_bf16((b as *const u16).add(i)),
+                rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
+                rt::WEIGHTS_BF16 => load_bf16((b as *const u16).add(i)),
                 _ => load_f16((b as *const u16).add(i)),
             }
         }
@@ -1601,7 +1605,8 @@ pub mod isa_scalar {
             } else {
                 core::ptr::null_mut()
             };
-            let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let unit_bytes = P * d.taps.len() * KC * 16
+                * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
             let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
             let (next, next_at) = if !rt::same_thread(
                 it,
@@ -1936,7 +1941,8 @@ pub mod isa_scalar {
             let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
-            let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let group_bytes = A2 * panels * KC * 16
+                * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
             let (next_g, next_lines) = if g + 1 < d.groups
                 && rt::same_thread(
                     it,
@@ -2126,34 +2132,54 @@ pub mod isa_scalar {
         }
     }
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 3;
+        const STEP: usize = 6;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STEM_CONV1, io, it)
+        }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
-                12,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 4;
+        const KC: usize = 2;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 128]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                4,
-                2,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -2165,30 +2191,37 @@ pub mod isa_scalar {
         }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 30;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                30,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 4;
+        const KC: usize = 4;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 256]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                4,
-                4,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -2200,30 +2233,45 @@ pub mod isa_scalar {
         }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 30;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                30,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 8;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STEM_CONV4, io, it)
+        }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
@@ -2234,59 +2282,85 @@ pub mod isa_scalar {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 4;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                4,
-                16,
-                16,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_0_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 4;
+        const KC: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 512]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                4,
-                8,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
@@ -2298,30 +2372,37 @@ pub mod isa_scalar {
         }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                8,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 4;
+        const KC: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 512]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                4,
-                8,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
@@ -2333,30 +2414,45 @@ pub mod isa_scalar {
         }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                8,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 8;
+        const STEP: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_0_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
@@ -2367,93 +2463,155 @@ pub mod isa_scalar {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 3;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                3,
-                32,
-                32,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
@@ -2464,127 +2622,217 @@ pub mod isa_scalar {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 3;
+        const KC: usize = 64;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                3,
-                64,
-                64,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 64;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 48;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 24;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 24, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_1_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_1_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
@@ -2595,110 +2843,186 @@ pub mod isa_scalar {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 4;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                4,
-                96,
-                96,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
-                8,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 96, 96, 1, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 2;
+        const KC: usize = 8;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 2;
+        const KC: usize = 8;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
-                8,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 128;
+        const STEP: usize = 128;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 128, 128, 1, 0>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_FINAL_CONV, io, it)
+        }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
-                12,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
@@ -2721,8 +3045,7 @@ pub mod isa_scalar {
         let k = TOK;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            ///pack_input: input
-            #[allow(unused_doc_comments)]
+            // pack_input: input
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::pack_input(
@@ -2740,8 +3063,7 @@ pub mod isa_scalar {
                     p[0] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv1+stem.act2
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv1+stem.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv1(
@@ -2761,8 +3083,7 @@ pub mod isa_scalar {
                     p[1] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv2+stem.act3
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv2+stem.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv2(
@@ -2782,8 +3103,7 @@ pub mod isa_scalar {
                     p[2] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv3+stem.act4
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv3+stem.act4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv3(
@@ -2803,8 +3123,7 @@ pub mod isa_scalar {
                     p[3] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature0
-            #[allow(unused_doc_comments)]
+            // copy_out: feature0
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -2824,8 +3143,7 @@ pub mod isa_scalar {
                     p[4] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv4+stages.0.0.act1
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv4+stages.0.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv4(
@@ -2845,8 +3163,7 @@ pub mod isa_scalar {
                     p[5] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_downsample_conv(
@@ -2866,8 +3183,7 @@ pub mod isa_scalar {
                     p[6] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv1+stages.0.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv1+stages.0.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv1(
@@ -2887,8 +3203,7 @@ pub mod isa_scalar {
                     p[7] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv2+stages.0.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv2+stages.0.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv2(
@@ -2908,8 +3223,7 @@ pub mod isa_scalar {
                     p[8] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv2b+stages.0.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv2b+stages.0.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv2b(
@@ -2929,8 +3243,7 @@ pub mod isa_scalar {
                     p[9] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv3+stages.0.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv3+stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv3(
@@ -2950,8 +3263,7 @@ pub mod isa_scalar {
                     p[10] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.0.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
@@ -2959,8 +3271,7 @@ pub mod isa_scalar {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -3000,8 +3311,7 @@ pub mod isa_scalar {
                     p[12] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature1
-            #[allow(unused_doc_comments)]
+            // copy_out: feature1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -3021,8 +3331,7 @@ pub mod isa_scalar {
                     p[13] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.1.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.1.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -3046,8 +3355,7 @@ pub mod isa_scalar {
                     p[14] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_downsample_conv(
@@ -3067,8 +3375,7 @@ pub mod isa_scalar {
                     p[15] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv1+stages.1.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv1+stages.1.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv1(
@@ -3088,8 +3395,7 @@ pub mod isa_scalar {
                     p[16] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv2+stages.1.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv2+stages.1.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv2(
@@ -3109,8 +3415,7 @@ pub mod isa_scalar {
                     p[17] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv2b+stages.1.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv2b+stages.1.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv2b(
@@ -3130,8 +3435,7 @@ pub mod isa_scalar {
                     p[18] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv3+stages.1.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv3+stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv3(
@@ -3151,8 +3455,7 @@ pub mod isa_scalar {
                     p[19] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.1.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
@@ -3160,8 +3463,7 @@ pub mod isa_scalar {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -3201,8 +3503,7 @@ pub mod isa_scalar {
                     p[21] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature2
-            #[allow(unused_doc_comments)]
+            // copy_out: feature2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -3222,8 +3523,7 @@ pub mod isa_scalar {
                     p[22] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.2.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.2.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -3247,8 +3547,7 @@ pub mod isa_scalar {
                     p[23] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_downsample_conv(
@@ -3268,8 +3567,7 @@ pub mod isa_scalar {
                     p[24] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv1+stages.2.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv1+stages.2.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv1(
@@ -3289,8 +3587,7 @@ pub mod isa_scalar {
                     p[25] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv2+stages.2.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv2+stages.2.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2(
@@ -3310,8 +3607,7 @@ pub mod isa_scalar {
                     p[26] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv2b+stages.2.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv2b+stages.2.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2b(
@@ -3331,8 +3627,7 @@ pub mod isa_scalar {
                     p[27] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv3+stages.2.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv3+stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv3(
@@ -3352,8 +3647,7 @@ pub mod isa_scalar {
                     p[28] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.2.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
@@ -3361,8 +3655,7 @@ pub mod isa_scalar {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -3402,8 +3695,7 @@ pub mod isa_scalar {
                     p[30] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv1+stages.2.1.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv1+stages.2.1.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_1_conv1(
@@ -3423,8 +3715,7 @@ pub mod isa_scalar {
                     p[31] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv2+stages.2.1.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv2+stages.2.1.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_1_conv2(
@@ -3444,8 +3735,7 @@ pub mod isa_scalar {
                     p[32] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv2b+stages.2.1.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv2b+stages.2.1.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2b(
@@ -3465,8 +3755,7 @@ pub mod isa_scalar {
                     p[33] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv3+stages.2.1.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv3+stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv3(
@@ -3486,8 +3775,7 @@ pub mod isa_scalar {
                     p[34] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.2.1.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
@@ -3495,8 +3783,7 @@ pub mod isa_scalar {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -3536,8 +3823,7 @@ pub mod isa_scalar {
                     p[36] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature3
-            #[allow(unused_doc_comments)]
+            // copy_out: feature3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -3557,8 +3843,7 @@ pub mod isa_scalar {
                     p[37] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.3.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.3.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -3582,8 +3867,7 @@ pub mod isa_scalar {
                     p[38] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_downsample_conv(
@@ -3603,8 +3887,7 @@ pub mod isa_scalar {
                     p[39] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv1+stages.3.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv1+stages.3.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv1(
@@ -3624,8 +3907,7 @@ pub mod isa_scalar {
                     p[40] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv2+stages.3.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv2+stages.3.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv2(
@@ -3645,8 +3927,7 @@ pub mod isa_scalar {
                     p[41] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv2b+stages.3.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv2b+stages.3.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv2b(
@@ -3666,8 +3947,7 @@ pub mod isa_scalar {
                     p[42] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv3+stages.3.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv3+stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv3(
@@ -3687,8 +3967,7 @@ pub mod isa_scalar {
                     p[43] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.3.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
@@ -3696,8 +3975,7 @@ pub mod isa_scalar {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.3.0.attn_last+stages.3.0
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.3.0.attn_last+stages.3.0
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -3731,8 +4009,7 @@ pub mod isa_scalar {
                     p[45] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: final_conv+final_act+head.global_pool
-            #[allow(unused_doc_comments)]
+            // conv: final_conv+final_act+head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_final_conv(
@@ -3752,8 +4029,7 @@ pub mod isa_scalar {
                     p[46] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature4
-            #[allow(unused_doc_comments)]
+            // copy_out: feature4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -3773,8 +4049,7 @@ pub mod isa_scalar {
                     p[47] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: forward_features
-            #[allow(unused_doc_comments)]
+            // copy_out: forward_features
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut forward_features {
@@ -3794,8 +4069,7 @@ pub mod isa_scalar {
                     p[48] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///mean_pool: head.global_pool
-            #[allow(unused_doc_comments)]
+            // mean_pool: head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
@@ -3803,8 +4077,7 @@ pub mod isa_scalar {
                     p[49] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: pre_logits
-            #[allow(unused_doc_comments)]
+            // copy_out: pre_logits
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut pre_logits {
@@ -3824,8 +4097,7 @@ pub mod isa_scalar {
                     p[50] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///fc: head.fc
-            #[allow(unused_doc_comments)]
+            // fc: head.fc
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 fc(ctx, 0, 192, 100992, 102912, 10, 192);
@@ -3833,8 +4105,7 @@ pub mod isa_scalar {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: logits
-            #[allow(unused_doc_comments)]
+            // copy_out: logits
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::copy_out(
@@ -4861,7 +5132,8 @@ pub mod isa_avx2 {
                             prefetch(
                                 b
                                     .add(
-                                        (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
+                                        (bi + p * panel_len + B_AHEAD)
+                                            * if WD == rt::WEIGHTS_F32 { 4 } else { 2 },
                                     ) as *const f32,
                             );
                         }
@@ -4924,18 +5196,21 @@ pub mod isa_avx2 {
     /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
     #[inline(always)]
     fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
-        if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+        if WD == rt::WEIGHTS_F32 {
+            ctx.w(at) as *const u8
+        } else {
+            ctx.w16(at) as *const u8
+        }
     }
-    /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
-    /// f16 (2).
+    /// One vector of weights at element `i` of a panel stored as `WD` (`rt::WEIGHTS_*`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match WD {
-                0 => load((b as *const f32).add(i)),
-                1 => load_bf16((b as *const u16).add(i)),
+                rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
+                rt::WEIGHTS_BF16 => load_bf16((b as *const u16).add(i)),
                 _ => load_f16((b as *const u16).add(i)),
             }
         }
@@ -5158,7 +5433,8 @@ pub mod isa_avx2 {
             } else {
                 core::ptr::null_mut()
             };
-            let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let unit_bytes = P * d.taps.len() * KC * 16
+                * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
             let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
             let (next, next_at) = if !rt::same_thread(
                 it,
@@ -5500,7 +5776,8 @@ pub mod isa_avx2 {
             let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
-            let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let group_bytes = A2 * panels * KC * 16
+                * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
             let (next_g, next_lines) = if g + 1 < d.groups
                 && rt::same_thread(
                     it,
@@ -5693,17 +5970,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 3;
+        const STEP: usize = 6;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STEM_CONV1, io, it)
+        }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
-                12,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
@@ -5711,17 +6002,23 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 6;
+        const KC: usize = 2;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
-                2,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -5733,13 +6030,14 @@ pub mod isa_avx2 {
         }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 20;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                20,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -5747,17 +6045,23 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 6;
+        const KC: usize = 4;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
-                4,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -5769,13 +6073,14 @@ pub mod isa_avx2 {
         }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 20;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                20,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -5783,17 +6088,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 8;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STEM_CONV4, io, it)
+        }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
@@ -5805,25 +6124,31 @@ pub mod isa_avx2 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 6;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                6,
-                16,
-                16,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
@@ -5831,17 +6156,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_0_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
@@ -5849,17 +6188,23 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 6;
+        const KC: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
-                8,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
@@ -5871,13 +6216,14 @@ pub mod isa_avx2 {
         }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 5;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                5,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
@@ -5885,17 +6231,23 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 6;
+        const KC: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
-                8,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
@@ -5907,13 +6259,14 @@ pub mod isa_avx2 {
         }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 5;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                5,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
@@ -5921,17 +6274,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 8;
+        const STEP: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_0_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
@@ -5943,25 +6310,31 @@ pub mod isa_avx2 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 6;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                6,
-                32,
-                32,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
@@ -5969,17 +6342,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
@@ -5987,17 +6374,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 8;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
@@ -6005,17 +6406,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 8;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
@@ -6023,17 +6438,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
@@ -6045,25 +6474,31 @@ pub mod isa_avx2 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 5;
+        const KC: usize = 64;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                5,
-                64,
-                64,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
@@ -6071,17 +6506,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 64;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
@@ -6089,17 +6538,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 48;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
@@ -6107,17 +6570,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
@@ -6125,17 +6602,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 24;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 24, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
@@ -6143,17 +6634,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_1_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
@@ -6161,17 +6666,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_1_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
@@ -6183,25 +6702,31 @@ pub mod isa_avx2 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 4;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                4,
-                96,
-                96,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
-                8,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
@@ -6209,17 +6734,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
@@ -6227,17 +6766,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 2;
+        const KC: usize = 8;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
@@ -6245,17 +6798,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 2;
+        const KC: usize = 8;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
@@ -6263,17 +6830,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
-                8,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
@@ -6281,17 +6862,31 @@ pub mod isa_avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 128;
+        const STEP: usize = 128;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 128, 128, 1, 0>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_FINAL_CONV, io, it)
+        }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
-                12,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
@@ -6314,8 +6909,7 @@ pub mod isa_avx2 {
         let k = TOK;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            ///pack_input: input
-            #[allow(unused_doc_comments)]
+            // pack_input: input
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::pack_input(
@@ -6333,8 +6927,7 @@ pub mod isa_avx2 {
                     p[0] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv1+stem.act2
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv1+stem.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv1(
@@ -6354,8 +6947,7 @@ pub mod isa_avx2 {
                     p[1] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv2+stem.act3
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv2+stem.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv2(
@@ -6375,8 +6967,7 @@ pub mod isa_avx2 {
                     p[2] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv3+stem.act4
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv3+stem.act4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv3(
@@ -6396,8 +6987,7 @@ pub mod isa_avx2 {
                     p[3] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature0
-            #[allow(unused_doc_comments)]
+            // copy_out: feature0
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -6417,8 +7007,7 @@ pub mod isa_avx2 {
                     p[4] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv4+stages.0.0.act1
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv4+stages.0.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv4(
@@ -6438,8 +7027,7 @@ pub mod isa_avx2 {
                     p[5] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_downsample_conv(
@@ -6459,8 +7047,7 @@ pub mod isa_avx2 {
                     p[6] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv1+stages.0.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv1+stages.0.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv1(
@@ -6480,8 +7067,7 @@ pub mod isa_avx2 {
                     p[7] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv2+stages.0.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv2+stages.0.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv2(
@@ -6501,8 +7087,7 @@ pub mod isa_avx2 {
                     p[8] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv2b+stages.0.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv2b+stages.0.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv2b(
@@ -6522,8 +7107,7 @@ pub mod isa_avx2 {
                     p[9] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv3+stages.0.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv3+stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv3(
@@ -6543,8 +7127,7 @@ pub mod isa_avx2 {
                     p[10] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.0.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
@@ -6552,8 +7135,7 @@ pub mod isa_avx2 {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -6593,8 +7175,7 @@ pub mod isa_avx2 {
                     p[12] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature1
-            #[allow(unused_doc_comments)]
+            // copy_out: feature1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -6614,8 +7195,7 @@ pub mod isa_avx2 {
                     p[13] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.1.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.1.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -6639,8 +7219,7 @@ pub mod isa_avx2 {
                     p[14] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_downsample_conv(
@@ -6660,8 +7239,7 @@ pub mod isa_avx2 {
                     p[15] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv1+stages.1.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv1+stages.1.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv1(
@@ -6681,8 +7259,7 @@ pub mod isa_avx2 {
                     p[16] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv2+stages.1.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv2+stages.1.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv2(
@@ -6702,8 +7279,7 @@ pub mod isa_avx2 {
                     p[17] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv2b+stages.1.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv2b+stages.1.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv2b(
@@ -6723,8 +7299,7 @@ pub mod isa_avx2 {
                     p[18] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv3+stages.1.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv3+stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv3(
@@ -6744,8 +7319,7 @@ pub mod isa_avx2 {
                     p[19] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.1.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
@@ -6753,8 +7327,7 @@ pub mod isa_avx2 {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -6794,8 +7367,7 @@ pub mod isa_avx2 {
                     p[21] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature2
-            #[allow(unused_doc_comments)]
+            // copy_out: feature2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -6815,8 +7387,7 @@ pub mod isa_avx2 {
                     p[22] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.2.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.2.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -6840,8 +7411,7 @@ pub mod isa_avx2 {
                     p[23] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_downsample_conv(
@@ -6861,8 +7431,7 @@ pub mod isa_avx2 {
                     p[24] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv1+stages.2.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv1+stages.2.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv1(
@@ -6882,8 +7451,7 @@ pub mod isa_avx2 {
                     p[25] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv2+stages.2.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv2+stages.2.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2(
@@ -6903,8 +7471,7 @@ pub mod isa_avx2 {
                     p[26] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv2b+stages.2.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv2b+stages.2.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2b(
@@ -6924,8 +7491,7 @@ pub mod isa_avx2 {
                     p[27] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv3+stages.2.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv3+stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv3(
@@ -6945,8 +7511,7 @@ pub mod isa_avx2 {
                     p[28] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.2.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
@@ -6954,8 +7519,7 @@ pub mod isa_avx2 {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -6995,8 +7559,7 @@ pub mod isa_avx2 {
                     p[30] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv1+stages.2.1.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv1+stages.2.1.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_1_conv1(
@@ -7016,8 +7579,7 @@ pub mod isa_avx2 {
                     p[31] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv2+stages.2.1.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv2+stages.2.1.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_1_conv2(
@@ -7037,8 +7599,7 @@ pub mod isa_avx2 {
                     p[32] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv2b+stages.2.1.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv2b+stages.2.1.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2b(
@@ -7058,8 +7619,7 @@ pub mod isa_avx2 {
                     p[33] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv3+stages.2.1.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv3+stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv3(
@@ -7079,8 +7639,7 @@ pub mod isa_avx2 {
                     p[34] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.2.1.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
@@ -7088,8 +7647,7 @@ pub mod isa_avx2 {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -7129,8 +7687,7 @@ pub mod isa_avx2 {
                     p[36] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature3
-            #[allow(unused_doc_comments)]
+            // copy_out: feature3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -7150,8 +7707,7 @@ pub mod isa_avx2 {
                     p[37] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.3.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.3.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -7175,8 +7731,7 @@ pub mod isa_avx2 {
                     p[38] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_downsample_conv(
@@ -7196,8 +7751,7 @@ pub mod isa_avx2 {
                     p[39] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv1+stages.3.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv1+stages.3.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv1(
@@ -7217,8 +7771,7 @@ pub mod isa_avx2 {
                     p[40] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv2+stages.3.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv2+stages.3.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv2(
@@ -7238,8 +7791,7 @@ pub mod isa_avx2 {
                     p[41] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv2b+stages.3.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv2b+stages.3.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv2b(
@@ -7259,8 +7811,7 @@ pub mod isa_avx2 {
                     p[42] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv3+stages.3.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv3+stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv3(
@@ -7280,8 +7831,7 @@ pub mod isa_avx2 {
                     p[43] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.3.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
@@ -7289,8 +7839,7 @@ pub mod isa_avx2 {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.3.0.attn_last+stages.3.0
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.3.0.attn_last+stages.3.0
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -7324,8 +7873,7 @@ pub mod isa_avx2 {
                     p[45] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: final_conv+final_act+head.global_pool
-            #[allow(unused_doc_comments)]
+            // conv: final_conv+final_act+head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_final_conv(
@@ -7345,8 +7893,7 @@ pub mod isa_avx2 {
                     p[46] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature4
-            #[allow(unused_doc_comments)]
+            // copy_out: feature4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -7366,8 +7913,7 @@ pub mod isa_avx2 {
                     p[47] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: forward_features
-            #[allow(unused_doc_comments)]
+            // copy_out: forward_features
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut forward_features {
@@ -7387,8 +7933,7 @@ pub mod isa_avx2 {
                     p[48] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///mean_pool: head.global_pool
-            #[allow(unused_doc_comments)]
+            // mean_pool: head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
@@ -7396,8 +7941,7 @@ pub mod isa_avx2 {
                     p[49] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: pre_logits
-            #[allow(unused_doc_comments)]
+            // copy_out: pre_logits
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut pre_logits {
@@ -7417,8 +7961,7 @@ pub mod isa_avx2 {
                     p[50] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///fc: head.fc
-            #[allow(unused_doc_comments)]
+            // fc: head.fc
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 fc(ctx, 0, 192, 100992, 102912, 10, 192);
@@ -7426,8 +7969,7 @@ pub mod isa_avx2 {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: logits
-            #[allow(unused_doc_comments)]
+            // copy_out: logits
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::copy_out(
@@ -8450,7 +8992,8 @@ pub mod isa_avx512 {
                             prefetch(
                                 b
                                     .add(
-                                        (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
+                                        (bi + p * panel_len + B_AHEAD)
+                                            * if WD == rt::WEIGHTS_F32 { 4 } else { 2 },
                                     ) as *const f32,
                             );
                         }
@@ -8513,18 +9056,21 @@ pub mod isa_avx512 {
     /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
     #[inline(always)]
     fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
-        if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+        if WD == rt::WEIGHTS_F32 {
+            ctx.w(at) as *const u8
+        } else {
+            ctx.w16(at) as *const u8
+        }
     }
-    /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
-    /// f16 (2).
+    /// One vector of weights at element `i` of a panel stored as `WD` (`rt::WEIGHTS_*`).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match WD {
-                0 => load((b as *const f32).add(i)),
-                1 => load_bf16((b as *const u16).add(i)),
+                rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
+                rt::WEIGHTS_BF16 => load_bf16((b as *const u16).add(i)),
                 _ => load_f16((b as *const u16).add(i)),
             }
         }
@@ -8747,7 +9293,8 @@ pub mod isa_avx512 {
             } else {
                 core::ptr::null_mut()
             };
-            let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let unit_bytes = P * d.taps.len() * KC * 16
+                * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
             let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
             let (next, next_at) = if !rt::same_thread(
                 it,
@@ -9089,7 +9636,8 @@ pub mod isa_avx512 {
             let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
-            let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let group_bytes = A2 * panels * KC * 16
+                * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
             let (next_g, next_lines) = if g + 1 < d.groups
                 && rt::same_thread(
                     it,
@@ -9282,17 +9830,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 10;
+        const KC: usize = 3;
+        const STEP: usize = 6;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<10, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STEM_CONV1, io, it)
+        }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
-                12,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
@@ -9300,17 +9862,23 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 12;
+        const KC: usize = 2;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                12,
-                2,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -9322,13 +9890,14 @@ pub mod isa_avx512 {
         }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 10;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                10,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
@@ -9336,17 +9905,23 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 12;
+        const KC: usize = 4;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                12,
-                4,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -9358,13 +9933,14 @@ pub mod isa_avx512 {
         }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 10;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                10,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
@@ -9372,17 +9948,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 10;
+        const KC: usize = 8;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<10, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STEM_CONV4, io, it)
+        }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
@@ -9394,25 +9984,31 @@ pub mod isa_avx512 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 12;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 2;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                12,
-                16,
-                16,
-                2,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
@@ -9420,17 +10016,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 12;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<12, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_0_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
@@ -9438,17 +10048,23 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 10;
+        const KC: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 80]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 160]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                10,
-                8,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
@@ -9460,13 +10076,14 @@ pub mod isa_avx512 {
         }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
@@ -9474,17 +10091,23 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 10;
+        const KC: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 80]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 160]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                10,
-                8,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
@@ -9496,13 +10119,14 @@ pub mod isa_avx512 {
         }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
@@ -9510,17 +10134,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 12;
+        const KC: usize = 8;
+        const STEP: usize = 8;
+        const PANELS: usize = 2;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<12, 8, 8, 2, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_0_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
@@ -9532,25 +10170,31 @@ pub mod isa_avx512 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 6;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 4;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                6,
-                32,
-                32,
-                4,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 1;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
-                1,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
@@ -9558,17 +10202,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 12;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<12, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
@@ -9576,17 +10234,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 8;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
@@ -9594,17 +10266,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 8;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
@@ -9612,17 +10298,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 4;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 16, 16, 4, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 1;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
-                1,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
@@ -9634,25 +10334,31 @@ pub mod isa_avx512 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 9;
+        const KC: usize = 64;
+        const STEP: usize = 64;
+        const PANELS: usize = 2;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                9,
-                64,
-                64,
-                2,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
@@ -9660,17 +10366,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 10;
+        const KC: usize = 64;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<10, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
@@ -9678,17 +10398,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 48;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
@@ -9696,17 +10430,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
@@ -9714,17 +10462,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 9;
+        const KC: usize = 24;
+        const STEP: usize = 24;
+        const PANELS: usize = 2;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<9, 24, 24, 2, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
@@ -9732,17 +10494,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 9;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<9, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_1_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
@@ -9750,17 +10526,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_1_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
@@ -9772,25 +10562,31 @@ pub mod isa_avx512 {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 4;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 4;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                4,
-                96,
-                96,
-                4,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
@@ -9798,17 +10594,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 9;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 2;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<9, 96, 96, 2, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 1;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
-                1,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
@@ -9816,17 +10626,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 2;
+        const KC: usize = 8;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
@@ -9834,17 +10658,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 2;
+        const KC: usize = 8;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
@@ -9852,17 +10690,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 4;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 32, 32, 4, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
@@ -9870,17 +10722,31 @@ pub mod isa_avx512 {
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 128;
+        const STEP: usize = 128;
+        const PANELS: usize = 4;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 128, 128, 4, 0>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_FINAL_CONV, io, it)
+        }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
@@ -9903,8 +10769,7 @@ pub mod isa_avx512 {
         let k = TOK;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            ///pack_input: input
-            #[allow(unused_doc_comments)]
+            // pack_input: input
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::pack_input(
@@ -9922,8 +10787,7 @@ pub mod isa_avx512 {
                     p[0] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv1+stem.act2
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv1+stem.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv1(
@@ -9943,8 +10807,7 @@ pub mod isa_avx512 {
                     p[1] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv2+stem.act3
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv2+stem.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv2(
@@ -9964,8 +10827,7 @@ pub mod isa_avx512 {
                     p[2] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv3+stem.act4
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv3+stem.act4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv3(
@@ -9985,8 +10847,7 @@ pub mod isa_avx512 {
                     p[3] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature0
-            #[allow(unused_doc_comments)]
+            // copy_out: feature0
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -10006,8 +10867,7 @@ pub mod isa_avx512 {
                     p[4] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv4+stages.0.0.act1
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv4+stages.0.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv4(
@@ -10027,8 +10887,7 @@ pub mod isa_avx512 {
                     p[5] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_downsample_conv(
@@ -10048,8 +10907,7 @@ pub mod isa_avx512 {
                     p[6] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv1+stages.0.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv1+stages.0.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv1(
@@ -10069,8 +10927,7 @@ pub mod isa_avx512 {
                     p[7] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv2+stages.0.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv2+stages.0.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv2(
@@ -10090,8 +10947,7 @@ pub mod isa_avx512 {
                     p[8] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv2b+stages.0.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv2b+stages.0.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv2b(
@@ -10111,8 +10967,7 @@ pub mod isa_avx512 {
                     p[9] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv3+stages.0.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv3+stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv3(
@@ -10132,8 +10987,7 @@ pub mod isa_avx512 {
                     p[10] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.0.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
@@ -10141,8 +10995,7 @@ pub mod isa_avx512 {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -10182,8 +11035,7 @@ pub mod isa_avx512 {
                     p[12] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature1
-            #[allow(unused_doc_comments)]
+            // copy_out: feature1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -10203,8 +11055,7 @@ pub mod isa_avx512 {
                     p[13] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.1.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.1.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -10228,8 +11079,7 @@ pub mod isa_avx512 {
                     p[14] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_downsample_conv(
@@ -10249,8 +11099,7 @@ pub mod isa_avx512 {
                     p[15] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv1+stages.1.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv1+stages.1.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv1(
@@ -10270,8 +11119,7 @@ pub mod isa_avx512 {
                     p[16] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv2+stages.1.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv2+stages.1.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv2(
@@ -10291,8 +11139,7 @@ pub mod isa_avx512 {
                     p[17] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv2b+stages.1.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv2b+stages.1.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv2b(
@@ -10312,8 +11159,7 @@ pub mod isa_avx512 {
                     p[18] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv3+stages.1.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv3+stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv3(
@@ -10333,8 +11179,7 @@ pub mod isa_avx512 {
                     p[19] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.1.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
@@ -10342,8 +11187,7 @@ pub mod isa_avx512 {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -10383,8 +11227,7 @@ pub mod isa_avx512 {
                     p[21] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature2
-            #[allow(unused_doc_comments)]
+            // copy_out: feature2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -10404,8 +11247,7 @@ pub mod isa_avx512 {
                     p[22] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.2.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.2.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -10429,8 +11271,7 @@ pub mod isa_avx512 {
                     p[23] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_downsample_conv(
@@ -10450,8 +11291,7 @@ pub mod isa_avx512 {
                     p[24] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv1+stages.2.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv1+stages.2.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv1(
@@ -10471,8 +11311,7 @@ pub mod isa_avx512 {
                     p[25] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv2+stages.2.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv2+stages.2.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2(
@@ -10492,8 +11331,7 @@ pub mod isa_avx512 {
                     p[26] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv2b+stages.2.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv2b+stages.2.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2b(
@@ -10513,8 +11351,7 @@ pub mod isa_avx512 {
                     p[27] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv3+stages.2.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv3+stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv3(
@@ -10534,8 +11371,7 @@ pub mod isa_avx512 {
                     p[28] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.2.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
@@ -10543,8 +11379,7 @@ pub mod isa_avx512 {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -10584,8 +11419,7 @@ pub mod isa_avx512 {
                     p[30] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv1+stages.2.1.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv1+stages.2.1.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_1_conv1(
@@ -10605,8 +11439,7 @@ pub mod isa_avx512 {
                     p[31] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv2+stages.2.1.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv2+stages.2.1.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_1_conv2(
@@ -10626,8 +11459,7 @@ pub mod isa_avx512 {
                     p[32] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv2b+stages.2.1.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv2b+stages.2.1.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2b(
@@ -10647,8 +11479,7 @@ pub mod isa_avx512 {
                     p[33] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv3+stages.2.1.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv3+stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv3(
@@ -10668,8 +11499,7 @@ pub mod isa_avx512 {
                     p[34] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.2.1.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
@@ -10677,8 +11507,7 @@ pub mod isa_avx512 {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -10718,8 +11547,7 @@ pub mod isa_avx512 {
                     p[36] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature3
-            #[allow(unused_doc_comments)]
+            // copy_out: feature3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -10739,8 +11567,7 @@ pub mod isa_avx512 {
                     p[37] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.3.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.3.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -10764,8 +11591,7 @@ pub mod isa_avx512 {
                     p[38] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_downsample_conv(
@@ -10785,8 +11611,7 @@ pub mod isa_avx512 {
                     p[39] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv1+stages.3.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv1+stages.3.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv1(
@@ -10806,8 +11631,7 @@ pub mod isa_avx512 {
                     p[40] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv2+stages.3.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv2+stages.3.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv2(
@@ -10827,8 +11651,7 @@ pub mod isa_avx512 {
                     p[41] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv2b+stages.3.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv2b+stages.3.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv2b(
@@ -10848,8 +11671,7 @@ pub mod isa_avx512 {
                     p[42] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv3+stages.3.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv3+stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv3(
@@ -10869,8 +11691,7 @@ pub mod isa_avx512 {
                     p[43] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.3.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
@@ -10878,8 +11699,7 @@ pub mod isa_avx512 {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.3.0.attn_last+stages.3.0
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.3.0.attn_last+stages.3.0
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -10913,8 +11733,7 @@ pub mod isa_avx512 {
                     p[45] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: final_conv+final_act+head.global_pool
-            #[allow(unused_doc_comments)]
+            // conv: final_conv+final_act+head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_final_conv(
@@ -10934,8 +11753,7 @@ pub mod isa_avx512 {
                     p[46] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature4
-            #[allow(unused_doc_comments)]
+            // copy_out: feature4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -10955,8 +11773,7 @@ pub mod isa_avx512 {
                     p[47] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: forward_features
-            #[allow(unused_doc_comments)]
+            // copy_out: forward_features
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut forward_features {
@@ -10976,8 +11793,7 @@ pub mod isa_avx512 {
                     p[48] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///mean_pool: head.global_pool
-            #[allow(unused_doc_comments)]
+            // mean_pool: head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
@@ -10985,8 +11801,7 @@ pub mod isa_avx512 {
                     p[49] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: pre_logits
-            #[allow(unused_doc_comments)]
+            // copy_out: pre_logits
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut pre_logits {
@@ -11006,8 +11821,7 @@ pub mod isa_avx512 {
                     p[50] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///fc: head.fc
-            #[allow(unused_doc_comments)]
+            // fc: head.fc
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 fc(ctx, 0, 192, 100992, 102912, 10, 192);
@@ -11015,8 +11829,7 @@ pub mod isa_avx512 {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: logits
-            #[allow(unused_doc_comments)]
+            // copy_out: logits
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::copy_out(
@@ -12018,7 +12831,8 @@ pub mod isa_neon {
                             prefetch(
                                 b
                                     .add(
-                                        (bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 },
+                                        (bi + p * panel_len + B_AHEAD)
+                                            * if WD == rt::WEIGHTS_F32 { 4 } else { 2 },
                                     ) as *const f32,
                             );
                         }
@@ -12080,17 +12894,20 @@ pub mod isa_neon {
     /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
     #[inline(always)]
     fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
-        if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+        if WD == rt::WEIGHTS_F32 {
+            ctx.w(at) as *const u8
+        } else {
+            ctx.w16(at) as *const u8
+        }
     }
-    /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
-    /// f16 (2).
+    /// One vector of weights at element `i` of a panel stored as `WD` (`rt::WEIGHTS_*`).
     #[inline(always)]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match WD {
-                0 => load((b as *const f32).add(i)),
-                1 => load_bf16((b as *const u16).add(i)),
+                rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
+                rt::WEIGHTS_BF16 => load_bf16((b as *const u16).add(i)),
                 _ => load_f16((b as *const u16).add(i)),
             }
         }
@@ -12309,7 +13126,8 @@ pub mod isa_neon {
             } else {
                 core::ptr::null_mut()
             };
-            let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let unit_bytes = P * d.taps.len() * KC * 16
+                * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
             let next_item = if d.panel_outer { (unit + 1) * bands } else { it + 1 };
             let (next, next_at) = if !rt::same_thread(
                 it,
@@ -12644,7 +13462,8 @@ pub mod isa_neon {
             let per_call = ahead_lines.div_ceil(A2 * units).min(KC);
             let ahead_shift = rt::spread_shift(per_call, KC);
             let mut ahead_done = 0;
-            let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+            let group_bytes = A2 * panels * KC * 16
+                * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
             let (next_g, next_lines) = if g + 1 < d.groups
                 && rt::same_thread(
                     it,
@@ -12834,34 +13653,54 @@ pub mod isa_neon {
         }
     }
     unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 3;
+        const STEP: usize = 6;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 3, 6, 1, 0>(ctx, &super::D_STEM_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STEM_CONV1, io, it)
+        }
     }
     unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV1,
                 io,
-                12,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 6;
+        const KC: usize = 2;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
-                2,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STEM_CONV2,
@@ -12873,30 +13712,37 @@ pub mod isa_neon {
         }
     }
     unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 20;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV2,
                 io,
-                20,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 6;
+        const KC: usize = 4;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
-                4,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STEM_CONV3,
@@ -12908,30 +13754,45 @@ pub mod isa_neon {
         }
     }
     unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 20;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV3,
                 io,
-                20,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 8;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STEM_CONV4, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STEM_CONV4, io, it)
+        }
     }
     unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STEM_CONV4,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stem_conv4(ctx, io, it) },
             )
@@ -12942,59 +13803,85 @@ pub mod isa_neon {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 6;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                6,
-                16,
-                16,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_0_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_0_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV1,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 6;
+        const KC: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
-                8,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
@@ -13006,30 +13893,37 @@ pub mod isa_neon {
         }
     }
     unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 5;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2,
                 io,
-                5,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILES: usize = 6;
+        const KC: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        const OUT_TILE: usize = 2;
+        const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             wino_item::<
-                6,
-                8,
-                1,
-                0,
-                2,
-                16,
+                TILES,
+                KC,
+                PANELS,
+                WEIGHTS,
+                OUT_TILE,
+                POINTS,
             >(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
@@ -13041,30 +13935,45 @@ pub mod isa_neon {
         }
     }
     unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 5;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV2B,
                 io,
-                5,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 8;
+        const STEP: usize = 8;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 8, 8, 1, 0>(ctx, &super::D_STAGES_0_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_0_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_0_0_CONV3,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
             )
@@ -13075,93 +13984,155 @@ pub mod isa_neon {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 6;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                6,
-                32,
-                32,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 32, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV1,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 8;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 32, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 8;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 8, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV2B,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 16, 16, 1, 0>(ctx, &super::D_STAGES_1_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_1_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_1_0_CONV3,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
             )
@@ -13172,127 +14143,217 @@ pub mod isa_neon {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 5;
+        const KC: usize = 64;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                5,
-                64,
-                64,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 6;
+        const KC: usize = 64;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<6, 64, 64, 1, 0>(ctx, &super::D_STAGES_2_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 48;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 48, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV2B,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 24;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 24, 24, 1, 0>(ctx, &super::D_STAGES_2_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_0_CONV3,
                 io,
-                6,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_2_1_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_1_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 3;
+        const KC: usize = 8;
+        const STEP: usize = 24;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<3, 8, 24, 1, 0>(ctx, &super::D_STAGES_2_1_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_2_1_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_2_1_CONV2,
                 io,
-                3,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
             )
@@ -13303,110 +14364,186 @@ pub mod isa_neon {
         io: &rt::ConvIo,
         it: usize,
     ) {
+        const TILE: usize = 4;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             conv_item::<
-                4,
-                96,
-                96,
-                1,
-                0,
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
             >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
         }
     }
     unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
                 io,
-                8,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 5;
+        const KC: usize = 96;
+        const STEP: usize = 96;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<5, 96, 96, 1, 0>(ctx, &super::D_STAGES_3_0_CONV1, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV1, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV1,
                 io,
-                2,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 2;
+        const KC: usize = 8;
+        const STEP: usize = 64;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<2, 8, 64, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV2, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 2;
+        const KC: usize = 8;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<2, 8, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV2B, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV2B, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV2B,
                 io,
-                4,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
             )
         }
     }
     unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 32;
+        const STEP: usize = 32;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 32, 32, 1, 0>(ctx, &super::D_STAGES_3_0_CONV3, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_STAGES_3_0_CONV3, io, it)
+        }
     }
     unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_STAGES_3_0_CONV3,
                 io,
-                8,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
             )
         }
     }
     unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 128;
+        const STEP: usize = 128;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe { conv_item::<4, 128, 128, 1, 0>(ctx, &super::D_FINAL_CONV, io, it) }
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::D_FINAL_CONV, io, it)
+        }
     }
     unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::D_FINAL_CONV,
                 io,
-                12,
+                ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                 &|it| unsafe { item_final_conv(ctx, io, it) },
             )
@@ -13429,8 +14566,7 @@ pub mod isa_neon {
         let k = TOK;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
-            ///pack_input: input
-            #[allow(unused_doc_comments)]
+            // pack_input: input
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::pack_input(
@@ -13448,8 +14584,7 @@ pub mod isa_neon {
                     p[0] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv1+stem.act2
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv1+stem.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv1(
@@ -13469,8 +14604,7 @@ pub mod isa_neon {
                     p[1] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv2+stem.act3
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv2+stem.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv2(
@@ -13490,8 +14624,7 @@ pub mod isa_neon {
                     p[2] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv3+stem.act4
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv3+stem.act4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv3(
@@ -13511,8 +14644,7 @@ pub mod isa_neon {
                     p[3] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature0
-            #[allow(unused_doc_comments)]
+            // copy_out: feature0
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -13532,8 +14664,7 @@ pub mod isa_neon {
                     p[4] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stem.conv4+stages.0.0.act1
-            #[allow(unused_doc_comments)]
+            // conv: stem.conv4+stages.0.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stem_conv4(
@@ -13553,8 +14684,7 @@ pub mod isa_neon {
                     p[5] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_downsample_conv(
@@ -13574,8 +14704,7 @@ pub mod isa_neon {
                     p[6] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv1+stages.0.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv1+stages.0.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv1(
@@ -13595,8 +14724,7 @@ pub mod isa_neon {
                     p[7] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv2+stages.0.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv2+stages.0.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv2(
@@ -13616,8 +14744,7 @@ pub mod isa_neon {
                     p[8] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv2b+stages.0.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv2b+stages.0.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv2b(
@@ -13637,8 +14764,7 @@ pub mod isa_neon {
                     p[9] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.0.0.conv3+stages.0.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.0.0.conv3+stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_0_0_conv3(
@@ -13658,8 +14784,7 @@ pub mod isa_neon {
                     p[10] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.0.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
@@ -13667,8 +14792,7 @@ pub mod isa_neon {
                     p[11] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -13708,8 +14832,7 @@ pub mod isa_neon {
                     p[12] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature1
-            #[allow(unused_doc_comments)]
+            // copy_out: feature1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -13729,8 +14852,7 @@ pub mod isa_neon {
                     p[13] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.1.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.1.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -13754,8 +14876,7 @@ pub mod isa_neon {
                     p[14] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_downsample_conv(
@@ -13775,8 +14896,7 @@ pub mod isa_neon {
                     p[15] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv1+stages.1.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv1+stages.1.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv1(
@@ -13796,8 +14916,7 @@ pub mod isa_neon {
                     p[16] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv2+stages.1.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv2+stages.1.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv2(
@@ -13817,8 +14936,7 @@ pub mod isa_neon {
                     p[17] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv2b+stages.1.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv2b+stages.1.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv2b(
@@ -13838,8 +14956,7 @@ pub mod isa_neon {
                     p[18] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.1.0.conv3+stages.1.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.1.0.conv3+stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_1_0_conv3(
@@ -13859,8 +14976,7 @@ pub mod isa_neon {
                     p[19] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.1.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
@@ -13868,8 +14984,7 @@ pub mod isa_neon {
                     p[20] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -13909,8 +15024,7 @@ pub mod isa_neon {
                     p[21] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature2
-            #[allow(unused_doc_comments)]
+            // copy_out: feature2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -13930,8 +15044,7 @@ pub mod isa_neon {
                     p[22] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.2.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.2.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -13955,8 +15068,7 @@ pub mod isa_neon {
                     p[23] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_downsample_conv(
@@ -13976,8 +15088,7 @@ pub mod isa_neon {
                     p[24] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv1+stages.2.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv1+stages.2.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv1(
@@ -13997,8 +15108,7 @@ pub mod isa_neon {
                     p[25] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv2+stages.2.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv2+stages.2.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2(
@@ -14018,8 +15128,7 @@ pub mod isa_neon {
                     p[26] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv2b+stages.2.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv2b+stages.2.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2b(
@@ -14039,8 +15148,7 @@ pub mod isa_neon {
                     p[27] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.0.conv3+stages.2.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.0.conv3+stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv3(
@@ -14060,8 +15168,7 @@ pub mod isa_neon {
                     p[28] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.2.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
@@ -14069,8 +15176,7 @@ pub mod isa_neon {
                     p[29] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -14110,8 +15216,7 @@ pub mod isa_neon {
                     p[30] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv1+stages.2.1.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv1+stages.2.1.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_1_conv1(
@@ -14131,8 +15236,7 @@ pub mod isa_neon {
                     p[31] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv2+stages.2.1.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv2+stages.2.1.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_1_conv2(
@@ -14152,8 +15256,7 @@ pub mod isa_neon {
                     p[32] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv2b+stages.2.1.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv2b+stages.2.1.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv2b(
@@ -14173,8 +15276,7 @@ pub mod isa_neon {
                     p[33] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.2.1.conv3+stages.2.1.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.2.1.conv3+stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_2_0_conv3(
@@ -14194,8 +15296,7 @@ pub mod isa_neon {
                     p[34] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.2.1.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
@@ -14203,8 +15304,7 @@ pub mod isa_neon {
                     p[35] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -14244,8 +15344,7 @@ pub mod isa_neon {
                     p[36] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature3
-            #[allow(unused_doc_comments)]
+            // copy_out: feature3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -14265,8 +15364,7 @@ pub mod isa_neon {
                     p[37] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///avg_pool: stages.3.0.downsample.pool
-            #[allow(unused_doc_comments)]
+            // avg_pool: stages.3.0.downsample.pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::avg_pool(
@@ -14290,8 +15388,7 @@ pub mod isa_neon {
                     p[38] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.downsample.conv
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_downsample_conv(
@@ -14311,8 +15408,7 @@ pub mod isa_neon {
                     p[39] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv1+stages.3.0.act2
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv1+stages.3.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv1(
@@ -14332,8 +15428,7 @@ pub mod isa_neon {
                     p[40] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv2+stages.3.0.act2b
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv2+stages.3.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv2(
@@ -14353,8 +15448,7 @@ pub mod isa_neon {
                     p[41] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv2b+stages.3.0.act3
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv2b+stages.3.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv2b(
@@ -14374,8 +15468,7 @@ pub mod isa_neon {
                     p[42] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: stages.3.0.conv3+stages.3.0.attn_last
-            #[allow(unused_doc_comments)]
+            // conv: stages.3.0.conv3+stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_stages_3_0_conv3(
@@ -14395,8 +15488,7 @@ pub mod isa_neon {
                     p[43] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///eca_gate: stages.3.0.attn_last
-            #[allow(unused_doc_comments)]
+            // eca_gate: stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
@@ -14404,8 +15496,7 @@ pub mod isa_neon {
                     p[44] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///scale_add_act: stages.3.0.attn_last+stages.3.0
-            #[allow(unused_doc_comments)]
+            // scale_add_act: stages.3.0.attn_last+stages.3.0
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::scale_add_act(
@@ -14439,8 +15530,7 @@ pub mod isa_neon {
                     p[45] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///conv: final_conv+final_act+head.global_pool
-            #[allow(unused_doc_comments)]
+            // conv: final_conv+final_act+head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 conv_final_conv(
@@ -14460,8 +15550,7 @@ pub mod isa_neon {
                     p[46] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: feature4
-            #[allow(unused_doc_comments)]
+            // copy_out: feature4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut features {
@@ -14481,8 +15570,7 @@ pub mod isa_neon {
                     p[47] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: forward_features
-            #[allow(unused_doc_comments)]
+            // copy_out: forward_features
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut forward_features {
@@ -14502,8 +15590,7 @@ pub mod isa_neon {
                     p[48] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///mean_pool: head.global_pool
-            #[allow(unused_doc_comments)]
+            // mean_pool: head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
@@ -14511,8 +15598,7 @@ pub mod isa_neon {
                     p[49] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: pre_logits
-            #[allow(unused_doc_comments)]
+            // copy_out: pre_logits
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 if let Some(d) = &mut pre_logits {
@@ -14532,8 +15618,7 @@ pub mod isa_neon {
                     p[50] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///fc: head.fc
-            #[allow(unused_doc_comments)]
+            // fc: head.fc
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 fc(ctx, 0, 192, 100992, 102912, 10, 192);
@@ -14541,8 +15626,7 @@ pub mod isa_neon {
                     p[51] += t0.elapsed().as_nanos() as u64;
                 }
             }
-            ///copy_out: logits
-            #[allow(unused_doc_comments)]
+            // copy_out: logits
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 rt::copy_out(

@@ -6,7 +6,7 @@ use nfnet_compiler::builder::{Builder, MAX_BATCH};
 use nfnet_compiler::graph::{Graph, Op};
 use nfnet_compiler::ops::Tensor;
 use nfnet_compiler::reference::Outputs;
-use nfnet_compiler::schedule::{Schedule, WinogradPolicy};
+use nfnet_compiler::schedule::{Policies, Schedule, WinogradPolicy};
 use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
 use nfnet_compiler::{Error, Model, Result};
 use nfnet_runtime::npy;
@@ -189,8 +189,7 @@ fn schedule(
     let model = Model::load(dir)?;
     let hw = input_size.unwrap_or(model.arch.config.pretrained.input_size);
     let graph = model.graph(hw, batch)?;
-    let mut s = Schedule::new(&graph, stop_after);
-    s.winograd_policy = winograd;
+    let s = Schedule::new(&graph, Policies { winograd, ..Policies::default() }, stop_after);
     if json {
         println!("{}", serde_json::to_string_pretty(&s.to_json()).expect("JSON values serialize"));
     } else {

@@ -2,6 +2,7 @@
 //! `madd`, `add`, `sub`, `mul`, `div`, `max`, `min`, `floor`, `scale2`, ...) that each ISA module
 //! defines with its own intrinsics. The kernel bodies are the same tokens in every module.
 
+use crate::plan::{ISA_KERNELS, IsaKernels};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
@@ -19,15 +20,8 @@ pub struct IsaSpec {
     /// The target-feature attribute alone (for the per-shape entry points).
     pub feature: TokenStream,
     pub prelude: TokenStream,
-    /// Lanes per vector.
-    pub lanes: usize,
-    /// Micro-kernel shapes: (weight panels of 16 channels, pixels per tile at most). A conv
-    /// takes the first the emitter allows it (see `conv_entry_points`) whose panel count
-    /// divides its group's (all panels full). AVX-512 computes 8 x 48 for the 1x1 convs over
-    /// up to 1536 input channels on 192+ pixels, else 6 x 64 (24 accumulators: each
-    /// broadcast input feeds four FMAs, measured 2-3% faster than 12 x 32 on L2), else
-    /// 12 x 32, else 12 x 16.
-    pub shapes: &'static [(usize, usize)],
+    /// Its micro-kernels (lanes, tile shapes), as the plans choose from.
+    pub kernels: &'static IsaKernels,
     pub vocab: TokenStream,
 }
 
@@ -46,8 +40,7 @@ fn scalar() -> IsaSpec {
         prelude: quote!(
             pub type V = f32;
         ),
-        lanes: 1,
-        shapes: &[(1, 4)],
+        kernels: &ISA_KERNELS[0],
         vocab: quote! {
             #[inline(always)] unsafe fn splat(x: f32) -> V { x }
             #[inline(always)] unsafe fn load(p: *const f32) -> V { unsafe { *p } }
@@ -102,8 +95,7 @@ fn avx2() -> IsaSpec {
             use core::arch::x86_64::*;
             pub type V = __m256;
         ),
-        lanes: 8,
-        shapes: &[(1, 6)],
+        kernels: &ISA_KERNELS[1],
         vocab: quote! {
             #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn splat(x: f32) -> V { unsafe { _mm256_set1_ps(x) } }
             #[inline] #[target_feature(enable = "avx2,fma,f16c")] unsafe fn load(p: *const f32) -> V { unsafe { _mm256_loadu_ps(p) } }
@@ -157,8 +149,7 @@ fn avx512() -> IsaSpec {
             use core::arch::x86_64::*;
             pub type V = __m512;
         ),
-        lanes: 16,
-        shapes: &[(3, 8), (4, 6), (2, 12), (1, 12)],
+        kernels: &ISA_KERNELS[2],
         vocab: quote! {
             #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn splat(x: f32) -> V { unsafe { _mm512_set1_ps(x) } }
             #[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")] unsafe fn load(p: *const f32) -> V { unsafe { _mm512_loadu_ps(p) } }
@@ -220,8 +211,7 @@ fn neon() -> IsaSpec {
             use nfnet_runtime::neon_emu::*;
             pub type V = float32x4_t;
         ),
-        lanes: 4,
-        shapes: &[(1, 6)],
+        kernels: &ISA_KERNELS[3],
         vocab: quote! {
             #[inline(always)] unsafe fn splat(x: f32) -> V { unsafe { vdupq_n_f32(x) } }
             #[inline(always)] unsafe fn load(p: *const f32) -> V { unsafe { vld1q_f32(p) } }
@@ -406,7 +396,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                             // The weight panels stream through L1 once per tile: fetch ahead
                             // (with `BPF`: see each ISA's `WINO_BPF`).
                             for p in 0..if BPF { P } else { 0 } {
-                                prefetch(b.add((bi + p * panel_len + B_AHEAD) * if WD == 0 { 4 } else { 2 }) as *const f32);
+                                prefetch(b.add((bi + p * panel_len + B_AHEAD) * if WD == rt::WEIGHTS_F32 { 4 } else { 2 }) as *const f32);
                             }
                             let mut bv = [[splat(0.0f32); NV]; P];
                             for p in 0..P {
@@ -458,17 +448,16 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
         /// Element `at` of the conv weights stored as `WD` (f32 region, or the 16-bit one).
         #[inline(always)]
         fn weights_at<const WD: usize>(ctx: &rt::Ctx, at: usize) -> *const u8 {
-            if WD == 0 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
+            if WD == rt::WEIGHTS_F32 { ctx.w(at) as *const u8 } else { ctx.w16(at) as *const u8 }
         }
 
-        /// One vector of weights at element `i` of a panel stored as f32 (`WD` 0), bf16 (1) or
-        /// f16 (2).
+        /// One vector of weights at element `i` of a panel stored as `WD` (`rt::WEIGHTS_*`).
         #attrs
         unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
             unsafe {
                 match WD {
-                    0 => load((b as *const f32).add(i)),
-                    1 => load_bf16((b as *const u16).add(i)),
+                    rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
+                    rt::WEIGHTS_BF16 => load_bf16((b as *const u16).add(i)),
                     _ => load_f16((b as *const u16).add(i)),
                 }
             }
@@ -646,7 +635,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 // the model's weights outgrow the caches; band-outer ones: all units' weights
                 // outgrow L2) and from L2 on the rest: those fetch the next unit's into L2
                 // meanwhile, spread over them.
-                let unit_bytes = P * d.taps.len() * KC * 16 * if WD == 0 { 4 } else { 2 };
+                let unit_bytes = P * d.taps.len() * KC * 16 * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
                 // The unit the thread likely runs next: the next panels, or after a band's last
                 // unit (band-outer) the first unit again, for the next band; none when the
                 // items of that unit fall to another thread (it runs them meanwhile).
@@ -909,7 +898,7 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
                 let mut ahead_done = 0;
                 // And its share of the next group's weights when this thread likely runs that
                 // group next, likewise (not when another thread does: it runs it meanwhile).
-                let group_bytes = A2 * panels * KC * 16 * if WD == 0 { 4 } else { 2 };
+                let group_bytes = A2 * panels * KC * 16 * if WD == rt::WEIGHTS_F32 { 4 } else { 2 };
                 let (next_g, next_lines) = if g + 1 < d.groups
                     && rt::same_thread(it, (g + 1) * chunks, d.groups * chunks, ctx.pool.threads())
                 {
@@ -1083,7 +1072,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
 pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_arms: &TokenStream) -> TokenStream {
     let module = format_ident!("{}", isa.module);
     let token = format_ident!("{}", isa.token);
-    let IsaSpec { cfg, attrs, prelude, vocab, lanes, shapes, .. } = isa;
+    let IsaSpec { cfg, attrs, prelude, vocab, kernels: micro, .. } = isa;
+    let IsaKernels { lanes, shapes, .. } = micro;
     let lit = proc_macro2::Literal::usize_unsuffixed;
     let (lanes_l, nv) = (lit(*lanes), lit(16 / lanes));
     let body = kernels(attrs, &isa.feature);

@@ -9,7 +9,8 @@ pub mod isa;
 pub mod pack;
 
 use crate::graph::Op as GOp;
-use crate::schedule::{Buffer, Layout, M_BLOCK, NR, Op, Schedule, Tap};
+use crate::plan::{Algorithm, ConvPlan};
+use crate::schedule::{Buffer, Layout, Op, Schedule, Tap};
 use pack::Packed;
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
@@ -25,7 +26,6 @@ pub const SCHEDULE_TEXT_FILE: &str = "nfnet_schedule.txt";
 
 /// What the header and the constants record about the inputs, and how to store the weights.
 pub struct EmitInfo {
-    pub weight_dtype: pack::WeightDtype,
     /// How the config was named to the compiler (a path, or "built-in").
     pub config: String,
     pub weights_sha256: String,
@@ -77,27 +77,13 @@ fn offset(s: &Schedule, b: Option<usize>) -> TokenStream {
     }
 }
 
-/// One unique conv shape: its descriptor constant and what the per-ISA entry points need.
+/// One unique conv shape: its descriptor constant and the plan its entry points follow.
 struct ConvShape {
     /// `stages_2_1_conv1`: the first module using it.
     name: String,
     desc: TokenStream,
     doc: String,
-    kc: usize,
-    taps: usize,
-    /// Output pixels.
-    pixels: usize,
-    /// Floats between consecutive pixels of a tile in the input.
-    step: usize,
-    /// Pixels of the longest row a tile may cover (the tile height is at most this).
-    max_tile: usize,
-    cout_g: usize,
-    groups: usize,
-    bands: usize,
-    /// Runs as Winograd F(m x m, 3x3) (see `Schedule::winograd_tile`): `wino_m` = m (0:
-    /// direct); `tiles` m x m output tiles.
-    wino_m: usize,
-    tiles: usize,
+    plan: ConvPlan,
 }
 
 /// Unique conv shapes in first-use order, and the shape index of every conv kernel.
@@ -113,22 +99,14 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
     let li = s.buffers[*input].layout;
     let lo = s.buffers[*out].layout;
     let lp = preact.map(|p| s.buffers[p].layout);
-    let geom = s.conv_geom(op);
+    let plan = s.plan(op).expect("every conv kernel is planned").clone();
+    let geom = plan.geom;
     let wp = (li.w + 2 * li.pad) as isize;
     let cin = li.c as isize;
     let taps: Vec<isize> =
         (0..sp.k).flat_map(|ky| (0..sp.k).map(move |kx| (ky as isize * wp + kx as isize) * cin)).collect();
-    let kc = sp.cin / sp.groups;
-    let cout_g = sp.cout / sp.groups;
-    let step = if geom.flat { li.c } else { sp.stride * li.c };
-    // Keep the weights in cache when they outweigh the activations on a small image: with
-    // few bands each band's pass over the weights (from L3 or DRAM: L2's convs hold 2.4 MB
-    // and more) costs more than the panel-outer order's re-reads of the activations (L2's
-    // 10x10 stage: panel-outer 2-18% faster). From 192 pixels on the weights' stream per
-    // band hides behind the band's work, fetched ahead a unit at a time, and band-outer
-    // keeps each thread's pixels its own from one kernel to the next (20x20: 3-7% faster).
-    let panel_outer = taps.len() * kc * sp.cout > li.h * li.w * li.c && lo.h * lo.w < 4 * M_BLOCK;
-    let wino_m = s.winograd_tile(op).unwrap_or(0);
+    let (kc, cout_g, panel_outer) = (plan.kc, plan.cout_g, plan.panel_outer);
+    let wino_m = plan.algorithm.winograd_m();
     let winograd = wino_m > 0;
     let key = format!(
         "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}|{geom:?}|{wino_m}",
@@ -170,29 +148,7 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
         if has_sums { ", accumulates channel sums" } else { "" },
         if winograd { format!(", as Winograd F({wino_m}x{wino_m}, 3x3)") } else { String::new() },
     );
-    let max_tile = geom.row_len.max(geom.last_row_len).min(lo.h * lo.w);
-    let (groups, bands) = (sp.groups, geom.bands());
-    let tiles = if winograd { lo.h.div_ceil(wino_m) * lo.w.div_ceil(wino_m) } else { 0 };
-    let ntaps = taps.len();
-    let pixels = lo.h * lo.w;
-    (
-        key,
-        ConvShape {
-            name: String::new(),
-            desc,
-            doc,
-            kc,
-            taps: ntaps,
-            pixels,
-            step,
-            max_tile,
-            cout_g,
-            groups,
-            bands,
-            wino_m,
-            tiles,
-        },
-    )
+    (key, ConvShape { name: String::new(), desc, doc, plan })
 }
 
 fn collect_convs(s: &Schedule) -> Convs {
@@ -232,92 +188,54 @@ fn conv_consts(convs: &Convs) -> TokenStream {
 }
 
 /// The per-shape entry points inside one ISA module.
-fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec, wd: pack::WeightDtype) -> TokenStream {
-    let narrow = wd != pack::WeightDtype::F32;
-    let wd = u(wd.code());
+fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
     let feature = &isa.feature;
     let items = convs.shapes.iter().map(|c| {
         let d = format_ident!("D_{}", c.name.to_uppercase());
         let item = format_ident!("item_{}", c.name);
         let run = format_ident!("conv_{}", c.name);
-        // The widest micro-kernel whose panel count divides the group's (all panels full).
-        let panels_g = c.cout_g.div_ceil(NR);
-        let (p, mr) = isa
-            .shapes
-            .iter()
-            .copied()
-            // Over 1024 products per output the weights of four panels (256 KB and more) stream
-            // from L2 per tile of 6 pixels: two panels over 12 pixels halve that (5% faster on
-            // L2's 20x20 convs over 1536 channels; on 10x10 the taller tile's waste in the
-            // short last row costs more). 16-bit weights always take two panels: each weight
-            // vector is widened on the FMA ports, and 12 x 32 widens half as many per FMA
-            // (bf16 L2 5.6-5.7% faster on 1 and 2 threads, every conv class).
-            // 8 x 48 for the 1x1 convs over up to 1536 channels on 192+ pixels: their
-            // weights stream from L2 once per tile, and three panels per 24 FMAs instead of
-            // four make L2's 20x20 conv3 (384 -> 1536) 2-4% faster; over 1536 channels (conv1,
-            // 1536 -> 384) it was 3% slower than 12 x 32 until the next unit's weights and the
-            // next tile's input were prefetched, and is 2-3% faster since (1 and 2 threads).
-            .filter(|&(p, _)| {
-                let k = c.kc * if c.wino_m > 0 { 1 } else { c.taps };
-                match p {
-                    3 => !narrow && c.wino_m == 0 && c.taps == 1 && k <= 1536 && c.pixels >= 4 * M_BLOCK,
-                    4 => !narrow && (k < 1024 || c.pixels < 4 * M_BLOCK),
-                    _ => true,
-                }
-            })
-            .find(|&(p, _)| p == 1 || (c.cout_g % NR == 0 && panels_g % p == 0))
-            .unwrap_or((1, 1));
-        // Tiles of equal height that cover a row exactly where possible (a row of 20 pixels
-        // is two tiles of 10, not 12 + an overlapping 12).
-        let row = c.max_tile;
-        let even = row.div_ceil(row.div_ceil(mr)).min(mr);
-        // Or, of the heights above 2/3 of the widest, the tallest that wastes no pixel (an
-        // 80-pixel row: 16 tiles of 5, not 14 of 6 computing 84; L2's stem.conv4 4-5% faster
-        // on AVX-512, neutral on AVX2).
-        let t =
-            if row % even == 0 { even } else { (mr * 2 / 3 + 1..=mr).rev().find(|&t| row % t == 0).unwrap_or(even) };
-        let t = u(t);
-        let (kc, step) = (u(c.kc), u(c.step));
-        if c.wino_m > 0 {
-            // One micro-tile of output tiles per item (measured 1-3% faster than two or four:
-            // the scratch stays in L1), the tiles split evenly (25 tiles: 5 items of 5, not
-            // 5 of 6); scratch on the stack in vectors (aligned): the transformed input and
-            // the products.
-            let t = c.tiles.div_ceil(c.tiles.div_ceil(mr)).min(mr);
-            let a2 = (c.wino_m + 2) * (c.wino_m + 2);
-            let items = u(c.groups * c.tiles.div_ceil(t));
-            let (v_len, m_len) = (
-                u((a2 * t * c.kc).div_ceil(isa.lanes)),
-                u((a2 * t * c.cout_g.next_multiple_of(NR)).div_ceil(isa.lanes)),
-            );
-            let (t, p, wm, a2) = (u(t), u(p), u(c.wino_m), u(a2));
-            return quote! {
-                #feature
-                unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        let plan = &c.plan;
+        let mk = plan.micro(isa.kernels.isa);
+        let (kc, step, t, p, items) = (u(plan.kc), u(plan.step), u(mk.tile), u(mk.panels), u(mk.items));
+        let wd = format_ident!("WEIGHTS_{}", plan.weights.name().to_uppercase());
+        let body = match plan.algorithm {
+            Algorithm::Winograd { m } => {
+                let (v_len, m_len) = (u(mk.scratch_vectors.0), u(mk.scratch_vectors.1));
+                let (wm, a2) = (u(m), u((m + 2) * (m + 2)));
+                quote! {
+                    const TILES: usize = #t;
+                    const KC: usize = #kc;
+                    const PANELS: usize = #p;
+                    const WEIGHTS: usize = rt::#wd;
+                    const OUT_TILE: usize = #wm;
+                    const POINTS: usize = #a2;
                     let mut v = core::mem::MaybeUninit::<[V; #v_len]>::uninit();
                     let mut m = core::mem::MaybeUninit::<[V; #m_len]>::uninit();
                     unsafe {
-                        wino_item::<#t, #kc, #p, #wd, #wm, #a2>(
+                        wino_item::<TILES, KC, PANELS, WEIGHTS, OUT_TILE, POINTS>(
                             ctx, &super::#d, io, it, v.as_mut_ptr() as *mut f32, m.as_mut_ptr() as *mut f32,
                         )
                     }
                 }
-
-                unsafe fn #run(ctx: &rt::Ctx, io: &rt::ConvIo) {
-                    unsafe { rt::conv_run(ctx, &super::#d, io, #items, &|it| unsafe { #item(ctx, io, it) }) }
-                }
-            };
-        }
-        let items = u(c.bands * c.groups * panels_g / p);
-        let p = u(p);
+            }
+            Algorithm::Direct => quote! {
+                const TILE: usize = #t;
+                const KC: usize = #kc;
+                const STEP: usize = #step;
+                const PANELS: usize = #p;
+                const WEIGHTS: usize = rt::#wd;
+                unsafe { conv_item::<TILE, KC, STEP, PANELS, WEIGHTS>(ctx, &super::#d, io, it) }
+            },
+        };
         quote! {
             #feature
             unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-                unsafe { conv_item::<#t, #kc, #step, #p, #wd>(ctx, &super::#d, io, it) }
+                #body
             }
 
             unsafe fn #run(ctx: &rt::Ctx, io: &rt::ConvIo) {
-                unsafe { rt::conv_run(ctx, &super::#d, io, #items, &|it| unsafe { #item(ctx, io, it) }) }
+                const ITEMS: usize = #items;
+                unsafe { rt::conv_run(ctx, &super::#d, io, ITEMS, &|it| unsafe { #item(ctx, io, it) }) }
             }
         }
     });
@@ -331,14 +249,9 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
     let mut calls = Vec::new();
     let mut arms = Vec::new();
     // Each conv fetches the weights of the next conv or classifier (see `rt::ConvIo::ahead`).
-    let mut ahead = vec![None; s.kernels.len()];
-    let mut next = None;
-    for (i, k) in s.kernels.iter().enumerate().rev() {
-        ahead[i] = next.clone();
-        if matches!(k.op, Op::Conv { .. } | Op::Fc { .. }) {
-            next = Some(packed.slots[i].byte_range(packed));
-        }
-    }
+    let ahead: Vec<_> = (0..s.kernels.len())
+        .map(|i| s.plans[i].as_ref().and_then(|p| p.ahead).map(|k| packed.slots[k].byte_range(packed)))
+        .collect();
     for (i, k) in s.kernels.iter().enumerate() {
         let slot = packed.slots[i];
         let doc = format!("{}: {}", k.op.kind(), k.modules.join("+"));
@@ -419,9 +332,9 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
         if !matches!(k.op, Op::PackInput { .. } | Op::CopyOut { .. }) {
             arms.push(quote!(#idx => { #call }));
         }
+        let label = format!("{STEP_LABEL}{doc}");
         calls.push(quote! {
-            #[doc = #doc]
-            #[allow(unused_doc_comments)]
+            #[doc = #label]
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
                 #call
@@ -432,6 +345,29 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
         });
     }
     (quote!(#(#calls)*), quote!(#(#arms)*))
+}
+
+/// Marks the doc attribute `emit_forward` puts on each step's block; [`step_comments`] turns
+/// it into a plain comment (`quote!` cannot carry comments, and a doc comment on a block
+/// is not one Rust accepts without an `allow`).
+const STEP_LABEL: &str = "nfnet-step: ";
+
+/// Each step label (`///nfnet-step: conv: stem.conv1+stem.act2`) as a line comment.
+fn step_comments(source: &str) -> String {
+    let marker = format!("///{STEP_LABEL}");
+    let mut out = String::with_capacity(source.len());
+    for line in source.lines() {
+        match line.split_once(&marker) {
+            Some((indent, label)) if indent.trim().is_empty() => {
+                out.push_str(indent);
+                out.push_str("// ");
+                out.push_str(label);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `quote!` cannot carry comments, so the argument for every emitted `unsafe` block is stated
@@ -458,15 +394,14 @@ fn safety_comments(source: &str) -> String {
 
 /// Emits the whole model.
 pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
-    let packed = pack::pack(s, info.weight_dtype);
+    let packed = pack::pack(s);
     let convs = collect_convs(s);
     let (forward, kernel_arms) = emit_forward(s, &packed, &convs);
     let descs = conv_consts(&convs);
     let g = s.graph;
     let a = &g.arch;
     let isas = isa::isas();
-    let modules =
-        isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i, info.weight_dtype), &forward, &kernel_arms));
+    let modules = isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i), &forward, &kernel_arms));
     let kernel_dispatch = isas.iter().map(|i| {
         let (cfg, variants, module) = (&i.cfg, &i.variants, format_ident!("{}", i.module));
         quote! {
@@ -521,7 +456,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let (interp, crop_mode) = (&p.interpolation, &p.crop_mode);
     let weights_bytes = u(packed.data.len() * 4 + packed.data16.len() * 2);
     let w16_offset = u(packed.data.len() * 4);
-    let wd_name = info.weight_dtype.name();
+    let wd_name = s.policies.weights.name();
     let kernel_names: Vec<String> =
         s.kernels.iter().map(|k| format!("{} {}", k.op.kind(), k.modules.join("+"))).collect();
     let kernel_flops: Vec<Literal> = s.kernels.iter().map(|k| Literal::u64_unsuffixed(s.flops(k))).collect();
@@ -796,7 +731,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         }
     };
     let file: syn::File = syn::parse2(tokens).expect("emitted tokens form a Rust file");
-    let body = safety_comments(&prettyplease::unparse(&file));
+    let body = safety_comments(&step_comments(&prettyplease::unparse(&file)));
     let header = format!(
         "// @generated by nfnet-compiler {} — do not edit.\n// config: {}\n// weights: model.safetensors, sha256 {}{}\n// architecture {}, input {}x{}x{}, batch {}, conv weights stored as {}\n\n",
         env!("CARGO_PKG_VERSION"),
@@ -808,7 +743,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         g.input_hw.0,
         g.input_hw.1,
         g.batch,
-        info.weight_dtype.name()
+        s.policies.weights.name()
     );
     let weights = packed.bytes();
     let schedule_json = serde_json::to_string_pretty(&s.to_json()).expect("JSON values serialize") + "\n";

@@ -22,38 +22,7 @@ impl Slot {
     }
 }
 
-/// How the conv weights are stored (`NFNET_WEIGHT_DTYPE`); everything else is f32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WeightDtype {
-    #[default]
-    F32,
-    Bf16,
-    F16,
-}
-
-impl WeightDtype {
-    pub fn parse(s: &str) -> Option<WeightDtype> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Some(WeightDtype::F32),
-            "bf16" | "bfloat16" => Some(WeightDtype::Bf16),
-            "f16" | "float16" => Some(WeightDtype::F16),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightDtype::F32 => "f32",
-            WeightDtype::Bf16 => "bf16",
-            WeightDtype::F16 => "f16",
-        }
-    }
-
-    /// The kernels' code for it (`WD`).
-    pub fn code(self) -> usize {
-        self as usize
-    }
-}
+pub use crate::plan::WeightDtype;
 
 /// The blob: f32 values (`data`), then the 16-bit conv weights (`data16`) when the weights
 /// are stored in 16 bits; one slot per kernel (default when none). Conv weight slots index
@@ -187,14 +156,19 @@ fn align(data: &mut Vec<f32>) {
     data.resize(data.len().next_multiple_of(16), 0.0);
 }
 
-pub fn pack(s: &Schedule, wd: WeightDtype) -> Packed {
+/// Packs the weights of every kernel of `s` as its plan stores them.
+pub fn pack(s: &Schedule) -> Packed {
     let mut data = Vec::new();
     let mut data16 = Vec::new();
     let mut slots = Vec::with_capacity(s.kernels.len());
     for k in &s.kernels {
         let slot = match &k.op {
             Op::Conv { node, .. } => match &s.graph.nodes[*node].op {
-                GOp::Conv(c) => pack_conv(c, s.winograd_tile(&k.op), wd, &mut data, &mut data16),
+                GOp::Conv(c) => {
+                    let plan = s.plan(&k.op).expect("every conv kernel is planned");
+                    let m = Some(plan.algorithm.winograd_m()).filter(|&m| m > 0);
+                    pack_conv(c, m, plan.weights, &mut data, &mut data16)
+                }
                 _ => unreachable!("conv kernels come from conv nodes"),
             },
             Op::EcaGate { node, .. } => match &s.graph.nodes[*node].op {
