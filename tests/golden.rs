@@ -65,11 +65,11 @@ fn the_emitted_kernels_run_the_schedules_plans() {
                 let module = section(&source, &format!("pub mod isa_{isa} {{"), "\n}\n");
                 // The forward pass names the entry point after the step's comment.
                 let step = section(module, &format!("// conv: {}\n", modules.join("+")), "rt::ConvIo");
-                let call = step.lines().map(str::trim).find(|l| l.starts_with("conv_"));
+                let call = step.lines().map(str::trim).find(|l| l.starts_with("conv") && l.ends_with('('));
                 let call = call.unwrap_or_else(|| panic!("{isa} {modules:?}: no conv call in\n{step}"));
-                let name = call.trim_start_matches("conv_").trim_end_matches('(');
-                let item = section(module, &format!("unsafe fn item_{name}("), "\n    }\n");
-                let entry = section(module, &format!("unsafe fn conv_{name}("), "\n    }\n");
+                let name = call.trim_end_matches('(');
+                let item = section(module, &format!("unsafe fn {name}_item("), "\n    }\n");
+                let entry = section(module, &format!("unsafe fn {name}("), "\n    }\n");
                 let tile = if plan["algorithm"] == "direct" { "TILE" } else { "TILES" };
                 let want = |c: &str, v: &serde_json::Value| format!("const {c}: usize = {v};");
                 assert!(item.contains(&want(tile, &mk["tile"])), "{isa} {modules:?}: {mk} vs\n{item}");

@@ -139,7 +139,7 @@ static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("nfnet_weights.bin"));
 /**3x3 conv, 3 -> 2 channels + SiLU, 45x37 -> 23x19, stride 2.
 
 Implements: stem.conv1+stem.act2.*/
-const D_STEM_CONV1: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_3X2_S2_23X19_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 45,
@@ -173,7 +173,7 @@ const D_STEM_CONV1: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1, as Winograd F(2x2, 3x3).
 
 Implements: stem.conv2+stem.act3.*/
-const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_2X4_23X19_WINOGRAD2_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 23,
@@ -207,7 +207,7 @@ const D_STEM_CONV2: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation, as Winograd F(2x2, 3x3).
 
 Implements: stem.conv3+stem.act4.*/
-const D_STEM_CONV3: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 23,
@@ -247,7 +247,7 @@ const D_STEM_CONV3: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv, 8 -> 16 channels + SiLU, 23x19 -> 12x10, stride 2.
 
 Implements: stem.conv4+stages.0.0.act1.*/
-const D_STEM_CONV4: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_8X16_S2_12X10_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 23,
@@ -281,7 +281,7 @@ const D_STEM_CONV4: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 16 -> 32 channels, 12x10 -> 12x10, stride 1.
 
 Implements: stages.0.0.downsample.conv.*/
-const D_STAGES_0_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_16X32_12X10: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 12,
@@ -315,7 +315,7 @@ const D_STAGES_0_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 16 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
 
 Implements: stages.0.0.conv1+stages.0.0.act2.*/
-const D_STAGES_0_0_CONV1: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_16X8_12X10_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 12,
@@ -349,7 +349,7 @@ const D_STAGES_0_0_CONV1: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1, as Winograd F(2x2, 3x3).
 
 Implements: stages.0.0.conv2+stages.0.0.act2b.*/
-const D_STAGES_0_0_CONV2: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_8X8_12X10_WINOGRAD2_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 12,
@@ -383,7 +383,7 @@ const D_STAGES_0_0_CONV2: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1, as Winograd F(2x2, 3x3).
 
 Implements: stages.0.0.conv2b+stages.0.0.act3.*/
-const D_STAGES_0_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 12,
@@ -417,7 +417,7 @@ const D_STAGES_0_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 8 -> 32 channels, 12x10 -> 12x10, stride 1, accumulates channel sums.
 
 Implements: stages.0.0.conv3+stages.0.0.attn_last.*/
-const D_STAGES_0_0_CONV3: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_8X32_12X10_SUMS: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 12,
@@ -451,7 +451,7 @@ const D_STAGES_0_0_CONV3: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 32 -> 64 channels, 6x5 -> 6x5, stride 1.
 
 Implements: stages.1.0.downsample.conv.*/
-const D_STAGES_1_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_32X64_6X5: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 6,
@@ -485,7 +485,7 @@ const D_STAGES_1_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 32 -> 16 channels + SiLU, 12x10 -> 12x10, stride 1.
 
 Implements: stages.1.0.conv1+stages.1.0.act2.*/
-const D_STAGES_1_0_CONV1: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_32X16_12X10_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 12,
@@ -519,7 +519,7 @@ const D_STAGES_1_0_CONV1: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv in 2 groups, 16 -> 16 channels + SiLU, 12x10 -> 6x5, stride 2.
 
 Implements: stages.1.0.conv2+stages.1.0.act2b.*/
-const D_STAGES_1_0_CONV2: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_16X16_G2_S2_6X5_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 12,
@@ -553,7 +553,7 @@ const D_STAGES_1_0_CONV2: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv in 2 groups, 16 -> 16 channels + SiLU, 6x5 -> 6x5, stride 1.
 
 Implements: stages.1.0.conv2b+stages.1.0.act3.*/
-const D_STAGES_1_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_16X16_G2_6X5_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 6,
@@ -587,7 +587,7 @@ const D_STAGES_1_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 16 -> 64 channels, 6x5 -> 6x5, stride 1, accumulates channel sums.
 
 Implements: stages.1.0.conv3+stages.1.0.attn_last.*/
-const D_STAGES_1_0_CONV3: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_16X64_6X5_SUMS: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 6,
@@ -621,7 +621,7 @@ const D_STAGES_1_0_CONV3: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 64 -> 96 channels, 3x3 -> 3x3, stride 1.
 
 Implements: stages.2.0.downsample.conv.*/
-const D_STAGES_2_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_64X96_3X3: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 3,
@@ -655,7 +655,7 @@ const D_STAGES_2_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 64 -> 24 channels + SiLU, 6x5 -> 6x5, stride 1.
 
 Implements: stages.2.0.conv1+stages.2.0.act2.*/
-const D_STAGES_2_0_CONV1: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_64X24_6X5_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 6,
@@ -689,7 +689,7 @@ const D_STAGES_2_0_CONV1: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 6x5 -> 3x3, stride 2.
 
 Implements: stages.2.0.conv2+stages.2.0.act2b.*/
-const D_STAGES_2_0_CONV2: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_24X24_G3_S2_3X3_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 6,
@@ -723,7 +723,7 @@ const D_STAGES_2_0_CONV2: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
 
 Implements: stages.2.0.conv2b+stages.2.0.act3, stages.2.1.conv2b+stages.2.1.act3.*/
-const D_STAGES_2_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_24X24_G3_3X3_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 3,
@@ -757,7 +757,7 @@ const D_STAGES_2_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 24 -> 96 channels, 3x3 -> 3x3, stride 1, accumulates channel sums.
 
 Implements: stages.2.0.conv3+stages.2.0.attn_last, stages.2.1.conv3+stages.2.1.attn_last.*/
-const D_STAGES_2_0_CONV3: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_24X96_3X3_SUMS: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 3,
@@ -791,7 +791,7 @@ const D_STAGES_2_0_CONV3: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 96 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
 
 Implements: stages.2.1.conv1+stages.2.1.act2.*/
-const D_STAGES_2_1_CONV1: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_96X24_3X3_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 3,
@@ -825,7 +825,7 @@ const D_STAGES_2_1_CONV1: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
 
 Implements: stages.2.1.conv2+stages.2.1.act2b.*/
-const D_STAGES_2_1_CONV2: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_24X24_G3_3X3_SILU_V2: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 3,
@@ -859,7 +859,7 @@ const D_STAGES_2_1_CONV2: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 96 -> 128 channels, 2x2 -> 2x2, stride 1.
 
 Implements: stages.3.0.downsample.conv.*/
-const D_STAGES_3_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_96X128_2X2: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 2,
@@ -893,7 +893,7 @@ const D_STAGES_3_0_DOWNSAMPLE_CONV: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 96 -> 32 channels + SiLU, 3x3 -> 3x3, stride 1.
 
 Implements: stages.3.0.conv1+stages.3.0.act2.*/
-const D_STAGES_3_0_CONV1: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_96X32_3X3_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 3,
@@ -927,7 +927,7 @@ const D_STAGES_3_0_CONV1: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv in 4 groups, 32 -> 32 channels + SiLU, 3x3 -> 2x2, stride 2.
 
 Implements: stages.3.0.conv2+stages.3.0.act2b.*/
-const D_STAGES_3_0_CONV2: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_32X32_G4_S2_2X2_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 3,
@@ -961,7 +961,7 @@ const D_STAGES_3_0_CONV2: rt::ConvDesc = rt::ConvDesc {
 /**3x3 conv in 4 groups, 32 -> 32 channels + SiLU, 2x2 -> 2x2, stride 1.
 
 Implements: stages.3.0.conv2b+stages.3.0.act3.*/
-const D_STAGES_3_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
+const CONV3X3_32X32_G4_2X2_SILU: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 2,
@@ -995,7 +995,7 @@ const D_STAGES_3_0_CONV2B: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 32 -> 128 channels, 2x2 -> 2x2, stride 1, accumulates channel sums.
 
 Implements: stages.3.0.conv3+stages.3.0.attn_last.*/
-const D_STAGES_3_0_CONV3: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_32X128_2X2_SUMS: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 2,
@@ -1029,7 +1029,7 @@ const D_STAGES_3_0_CONV3: rt::ConvDesc = rt::ConvDesc {
 /**1x1 conv, 128 -> 192 channels + SiLU, 2x2 -> 2x2, stride 1, also stores the pre-activation, accumulates channel sums.
 
 Implements: final_conv+final_act+head.global_pool.*/
-const D_FINAL_CONV: rt::ConvDesc = rt::ConvDesc {
+const CONV1X1_128X192_2X2_SILU_PRE_SUMS: rt::ConvDesc = rt::ConvDesc {
     input: rt::Buf {
         offset: 0,
         h: 2,
@@ -2131,7 +2131,7 @@ pub mod isa_scalar {
             }
         }
     }
-    unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_3x2_s2_23x19_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 3;
         const STEP: usize = 6;
@@ -2145,24 +2145,28 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STEM_CONV1, io, it)
+            >(ctx, &super::CONV3X3_3X2_S2_23X19_SILU, io, it)
         }
     }
-    unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_3x2_s2_23x19_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV1,
+                &super::CONV3X3_3X2_S2_23X19_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv1(ctx, io, it) },
+                &|it| unsafe { conv3x3_3x2_s2_23x19_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 4;
         const KC: usize = 2;
         const PANELS: usize = 1;
@@ -2182,7 +2186,7 @@ pub mod isa_scalar {
                 POINTS,
             >(
                 ctx,
-                &super::D_STEM_CONV2,
+                &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -2190,21 +2194,25 @@ pub mod isa_scalar {
             )
         }
     }
-    unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 30;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV2,
+                &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_2x4_23x19_winograd2_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 4;
         const KC: usize = 4;
         const PANELS: usize = 1;
@@ -2224,7 +2232,7 @@ pub mod isa_scalar {
                 POINTS,
             >(
                 ctx,
-                &super::D_STEM_CONV3,
+                &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -2232,58 +2240,27 @@ pub mod isa_scalar {
             )
         }
     }
-    unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 30;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV3,
+                &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv3(ctx, io, it) },
+                &|it| unsafe { conv3x3_4x8_23x19_winograd2_silu_pre_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
-        const TILE: usize = 4;
-        const KC: usize = 8;
-        const STEP: usize = 16;
-        const PANELS: usize = 1;
-        const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe {
-            conv_item::<
-                TILE,
-                KC,
-                STEP,
-                PANELS,
-                WEIGHTS,
-            >(ctx, &super::D_STEM_CONV4, io, it)
-        }
-    }
-    unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
-        const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-        unsafe {
-            rt::conv_run(
-                ctx,
-                &super::D_STEM_CONV4,
-                io,
-                ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv4(ctx, io, it) },
-            )
-        }
-    }
-    unsafe fn item_stages_0_0_downsample_conv(
+    unsafe fn conv3x3_8x16_s2_12x10_silu_item(
         ctx: &rt::Ctx,
         io: &rt::ConvIo,
         it: usize,
     ) {
         const TILE: usize = 4;
-        const KC: usize = 16;
+        const KC: usize = 8;
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
@@ -2295,24 +2272,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV3X3_8X16_S2_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
-        const ITEMS: usize = 6;
+    unsafe fn conv3x3_8x16_s2_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
+                &super::CONV3X3_8X16_S2_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x16_s2_12x10_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_16x32_12x10_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -2326,24 +2303,59 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_16X32_12X10, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x32_12x10(ctx: &rt::Ctx, io: &rt::ConvIo) {
+        const ITEMS: usize = 6;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            rt::conv_run(
+                ctx,
+                &super::CONV1X1_16X32_12X10,
+                io,
+                ITEMS,
+                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                &|it| unsafe { conv1x1_16x32_12x10_item(ctx, io, it) },
+            )
+        }
+    }
+    unsafe fn conv1x1_16x8_12x10_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+        const TILE: usize = 4;
+        const KC: usize = 16;
+        const STEP: usize = 16;
+        const PANELS: usize = 1;
+        const WEIGHTS: usize = rt::WEIGHTS_F32;
+        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        unsafe {
+            conv_item::<
+                TILE,
+                KC,
+                STEP,
+                PANELS,
+                WEIGHTS,
+            >(ctx, &super::CONV1X1_16X8_12X10_SILU, io, it)
+        }
+    }
+    unsafe fn conv1x1_16x8_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV1,
+                &super::CONV1X1_16X8_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x8_12x10_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 4;
         const KC: usize = 8;
         const PANELS: usize = 1;
@@ -2363,7 +2375,7 @@ pub mod isa_scalar {
                 POINTS,
             >(
                 ctx,
-                &super::D_STAGES_0_0_CONV2,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -2371,21 +2383,25 @@ pub mod isa_scalar {
             )
         }
     }
-    unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV2,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 4;
         const KC: usize = 8;
         const PANELS: usize = 1;
@@ -2405,7 +2421,7 @@ pub mod isa_scalar {
                 POINTS,
             >(
                 ctx,
-                &super::D_STAGES_0_0_CONV2B,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -2413,21 +2429,21 @@ pub mod isa_scalar {
             )
         }
     }
-    unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV2B,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_v2_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_8x32_12x10_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 8;
         const STEP: usize = 8;
@@ -2441,28 +2457,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_8X32_12X10_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_8x32_12x10_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV3,
+                &super::CONV1X1_8X32_12X10_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_8x32_12x10_sums_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_32x64_6x5_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -2476,24 +2488,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_32X64_6X5, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x64_6x5(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_32X64_6X5,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x64_6x5_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_32x16_12x10_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -2507,24 +2519,28 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_32X16_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x16_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV1,
+                &super::CONV1X1_32X16_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x16_12x10_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 32;
@@ -2538,24 +2554,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_16X16_G2_S2_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV2,
+                &super::CONV3X3_16X16_G2_S2_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_16x16_g2_s2_6x5_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_16x16_g2_6x5_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 16;
@@ -2569,24 +2585,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_16X16_G2_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_16x16_g2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV2B,
+                &super::CONV3X3_16X16_G2_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_16x16_g2_6x5_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_16x64_6x5_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -2600,28 +2616,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_16X64_6X5_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x64_6x5_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV3,
+                &super::CONV1X1_16X64_6X5_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x64_6x5_sums_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_64x96_3x3_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 64;
         const STEP: usize = 64;
@@ -2635,24 +2647,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_64X96_3X3, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_64x96_3x3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_64X96_3X3,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_64x96_3x3_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_64x24_6x5_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 64;
         const STEP: usize = 64;
@@ -2666,24 +2678,28 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_64X24_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_64x24_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV1,
+                &super::CONV1X1_64X24_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_64x24_6x5_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 48;
@@ -2697,24 +2713,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_S2_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV2,
+                &super::CONV3X3_24X24_G3_S2_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_s2_3x3_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 24;
@@ -2728,24 +2744,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV2B,
+                &super::CONV3X3_24X24_G3_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_3x3_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_24x96_3x3_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 24;
         const STEP: usize = 24;
@@ -2759,24 +2775,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_24X96_3X3_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_24x96_3x3_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV3,
+                &super::CONV1X1_24X96_3X3_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_24x96_3x3_sums_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_96x24_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -2790,24 +2806,28 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_1_CONV1, io, it)
+            >(ctx, &super::CONV1X1_96X24_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x24_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_1_CONV1,
+                &super::CONV1X1_96X24_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x24_3x3_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 24;
@@ -2821,28 +2841,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_1_CONV2, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_3X3_SILU_V2, io, it)
         }
     }
-    unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_1_CONV2,
+                &super::CONV3X3_24X24_G3_3X3_SILU_V2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_3x3_silu_v2_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_96x128_2x2_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -2856,24 +2872,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_96X128_2X2, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x128_2x2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_96X128_2X2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x128_2x2_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_96x32_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -2887,24 +2903,28 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_96X32_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x32_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV1,
+                &super::CONV1X1_96X32_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x32_3x3_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 2;
         const KC: usize = 8;
         const STEP: usize = 64;
@@ -2918,24 +2938,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_32X32_G4_S2_2X2_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV2,
+                &super::CONV3X3_32X32_G4_S2_2X2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_32x32_g4_s2_2x2_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_32x32_g4_2x2_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 2;
         const KC: usize = 8;
         const STEP: usize = 32;
@@ -2949,24 +2969,24 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_32X32_G4_2X2_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_32x32_g4_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV2B,
+                &super::CONV3X3_32X32_G4_2X2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_32x32_g4_2x2_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_32x128_2x2_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -2980,24 +3000,28 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_32X128_2X2_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x128_2x2_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV3,
+                &super::CONV1X1_32X128_2X2_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x128_2x2_sums_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 4;
         const KC: usize = 128;
         const STEP: usize = 128;
@@ -3011,20 +3035,20 @@ pub mod isa_scalar {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_FINAL_CONV, io, it)
+            >(ctx, &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS, io, it)
         }
     }
-    unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_FINAL_CONV,
+                &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_final_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_128x192_2x2_silu_pre_sums_item(ctx, io, it) },
             )
         }
     }
@@ -3066,7 +3090,7 @@ pub mod isa_scalar {
             // conv: stem.conv1+stem.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv1(
+                conv3x3_3x2_s2_23x19_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -3086,7 +3110,7 @@ pub mod isa_scalar {
             // conv: stem.conv2+stem.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv2(
+                conv3x3_2x4_23x19_winograd2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 5504,
@@ -3106,7 +3130,7 @@ pub mod isa_scalar {
             // conv: stem.conv3+stem.act4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv3(
+                conv3x3_4x8_23x19_winograd2_silu_pre(
                     ctx,
                     &rt::ConvIo {
                         input: 7712,
@@ -3146,7 +3170,7 @@ pub mod isa_scalar {
             // conv: stem.conv4+stages.0.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv4(
+                conv3x3_8x16_s2_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -3166,7 +3190,7 @@ pub mod isa_scalar {
             // conv: stages.0.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_downsample_conv(
+                conv1x1_16x32_12x10(
                     ctx,
                     &rt::ConvIo {
                         input: 4208,
@@ -3186,7 +3210,7 @@ pub mod isa_scalar {
             // conv: stages.0.0.conv1+stages.0.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv1(
+                conv1x1_16x8_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 4208,
@@ -3206,7 +3230,7 @@ pub mod isa_scalar {
             // conv: stages.0.0.conv2+stages.0.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv2(
+                conv3x3_8x8_12x10_winograd2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 6128,
@@ -3226,7 +3250,7 @@ pub mod isa_scalar {
             // conv: stages.0.0.conv2b+stages.0.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv2b(
+                conv3x3_8x8_12x10_winograd2_silu_v2(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -3246,7 +3270,7 @@ pub mod isa_scalar {
             // conv: stages.0.0.conv3+stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv3(
+                conv1x1_8x32_12x10_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 7680,
@@ -3358,7 +3382,7 @@ pub mod isa_scalar {
             // conv: stages.1.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_downsample_conv(
+                conv1x1_32x64_6x5(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -3378,7 +3402,7 @@ pub mod isa_scalar {
             // conv: stages.1.0.conv1+stages.1.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv1(
+                conv1x1_32x16_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -3398,7 +3422,7 @@ pub mod isa_scalar {
             // conv: stages.1.0.conv2+stages.1.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv2(
+                conv3x3_16x16_g2_s2_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -3418,7 +3442,7 @@ pub mod isa_scalar {
             // conv: stages.1.0.conv2b+stages.1.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv2b(
+                conv3x3_16x16_g2_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -3438,7 +3462,7 @@ pub mod isa_scalar {
             // conv: stages.1.0.conv3+stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv3(
+                conv1x1_16x64_6x5_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 1920,
@@ -3550,7 +3574,7 @@ pub mod isa_scalar {
             // conv: stages.2.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_downsample_conv(
+                conv1x1_64x96_3x3(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -3570,7 +3594,7 @@ pub mod isa_scalar {
             // conv: stages.2.0.conv1+stages.2.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv1(
+                conv1x1_64x24_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 6528,
@@ -3590,7 +3614,7 @@ pub mod isa_scalar {
             // conv: stages.2.0.conv2+stages.2.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2(
+                conv3x3_24x24_g3_s2_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -3610,7 +3634,7 @@ pub mod isa_scalar {
             // conv: stages.2.0.conv2b+stages.2.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2b(
+                conv3x3_24x24_g3_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 2208,
@@ -3630,7 +3654,7 @@ pub mod isa_scalar {
             // conv: stages.2.0.conv3+stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv3(
+                conv1x1_24x96_3x3_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -3698,7 +3722,7 @@ pub mod isa_scalar {
             // conv: stages.2.1.conv1+stages.2.1.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_1_conv1(
+                conv1x1_96x24_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 1344,
@@ -3718,7 +3742,7 @@ pub mod isa_scalar {
             // conv: stages.2.1.conv2+stages.2.1.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_1_conv2(
+                conv3x3_24x24_g3_3x3_silu_v2(
                     ctx,
                     &rt::ConvIo {
                         input: 2208,
@@ -3738,7 +3762,7 @@ pub mod isa_scalar {
             // conv: stages.2.1.conv2b+stages.2.1.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2b(
+                conv3x3_24x24_g3_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -3758,7 +3782,7 @@ pub mod isa_scalar {
             // conv: stages.2.1.conv3+stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv3(
+                conv1x1_24x96_3x3_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 1728,
@@ -3870,7 +3894,7 @@ pub mod isa_scalar {
             // conv: stages.3.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_downsample_conv(
+                conv1x1_96x128_2x2(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -3890,7 +3914,7 @@ pub mod isa_scalar {
             // conv: stages.3.0.conv1+stages.3.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv1(
+                conv1x1_96x32_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -3910,7 +3934,7 @@ pub mod isa_scalar {
             // conv: stages.3.0.conv2+stages.3.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv2(
+                conv3x3_32x32_g4_s2_2x2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -3930,7 +3954,7 @@ pub mod isa_scalar {
             // conv: stages.3.0.conv2b+stages.3.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv2b(
+                conv3x3_32x32_g4_2x2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -3950,7 +3974,7 @@ pub mod isa_scalar {
             // conv: stages.3.0.conv3+stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv3(
+                conv1x1_32x128_2x2_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 512,
@@ -4012,7 +4036,7 @@ pub mod isa_scalar {
             // conv: final_conv+final_act+head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_final_conv(
+                conv1x1_128x192_2x2_silu_pre_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 2176,
@@ -4136,7 +4160,7 @@ pub mod isa_scalar {
         unsafe {
             match index {
                 1 => {
-                    conv_stem_conv1(
+                    conv3x3_3x2_s2_23x19_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -4151,7 +4175,7 @@ pub mod isa_scalar {
                     );
                 }
                 2 => {
-                    conv_stem_conv2(
+                    conv3x3_2x4_23x19_winograd2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 5504,
@@ -4166,7 +4190,7 @@ pub mod isa_scalar {
                     );
                 }
                 3 => {
-                    conv_stem_conv3(
+                    conv3x3_4x8_23x19_winograd2_silu_pre(
                         ctx,
                         &rt::ConvIo {
                             input: 7712,
@@ -4181,7 +4205,7 @@ pub mod isa_scalar {
                     );
                 }
                 5 => {
-                    conv_stem_conv4(
+                    conv3x3_8x16_s2_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -4196,7 +4220,7 @@ pub mod isa_scalar {
                     );
                 }
                 6 => {
-                    conv_stages_0_0_downsample_conv(
+                    conv1x1_16x32_12x10(
                         ctx,
                         &rt::ConvIo {
                             input: 4208,
@@ -4211,7 +4235,7 @@ pub mod isa_scalar {
                     );
                 }
                 7 => {
-                    conv_stages_0_0_conv1(
+                    conv1x1_16x8_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 4208,
@@ -4226,7 +4250,7 @@ pub mod isa_scalar {
                     );
                 }
                 8 => {
-                    conv_stages_0_0_conv2(
+                    conv3x3_8x8_12x10_winograd2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 6128,
@@ -4241,7 +4265,7 @@ pub mod isa_scalar {
                     );
                 }
                 9 => {
-                    conv_stages_0_0_conv2b(
+                    conv3x3_8x8_12x10_winograd2_silu_v2(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -4256,7 +4280,7 @@ pub mod isa_scalar {
                     );
                 }
                 10 => {
-                    conv_stages_0_0_conv3(
+                    conv1x1_8x32_12x10_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 7680,
@@ -4328,7 +4352,7 @@ pub mod isa_scalar {
                     );
                 }
                 15 => {
-                    conv_stages_1_0_downsample_conv(
+                    conv1x1_32x64_6x5(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -4343,7 +4367,7 @@ pub mod isa_scalar {
                     );
                 }
                 16 => {
-                    conv_stages_1_0_conv1(
+                    conv1x1_32x16_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -4358,7 +4382,7 @@ pub mod isa_scalar {
                     );
                 }
                 17 => {
-                    conv_stages_1_0_conv2(
+                    conv3x3_16x16_g2_s2_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -4373,7 +4397,7 @@ pub mod isa_scalar {
                     );
                 }
                 18 => {
-                    conv_stages_1_0_conv2b(
+                    conv3x3_16x16_g2_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -4388,7 +4412,7 @@ pub mod isa_scalar {
                     );
                 }
                 19 => {
-                    conv_stages_1_0_conv3(
+                    conv1x1_16x64_6x5_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 1920,
@@ -4460,7 +4484,7 @@ pub mod isa_scalar {
                     );
                 }
                 24 => {
-                    conv_stages_2_0_downsample_conv(
+                    conv1x1_64x96_3x3(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -4475,7 +4499,7 @@ pub mod isa_scalar {
                     );
                 }
                 25 => {
-                    conv_stages_2_0_conv1(
+                    conv1x1_64x24_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 6528,
@@ -4490,7 +4514,7 @@ pub mod isa_scalar {
                     );
                 }
                 26 => {
-                    conv_stages_2_0_conv2(
+                    conv3x3_24x24_g3_s2_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -4505,7 +4529,7 @@ pub mod isa_scalar {
                     );
                 }
                 27 => {
-                    conv_stages_2_0_conv2b(
+                    conv3x3_24x24_g3_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 2208,
@@ -4520,7 +4544,7 @@ pub mod isa_scalar {
                     );
                 }
                 28 => {
-                    conv_stages_2_0_conv3(
+                    conv1x1_24x96_3x3_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -4573,7 +4597,7 @@ pub mod isa_scalar {
                     );
                 }
                 31 => {
-                    conv_stages_2_1_conv1(
+                    conv1x1_96x24_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 1344,
@@ -4588,7 +4612,7 @@ pub mod isa_scalar {
                     );
                 }
                 32 => {
-                    conv_stages_2_1_conv2(
+                    conv3x3_24x24_g3_3x3_silu_v2(
                         ctx,
                         &rt::ConvIo {
                             input: 2208,
@@ -4603,7 +4627,7 @@ pub mod isa_scalar {
                     );
                 }
                 33 => {
-                    conv_stages_2_0_conv2b(
+                    conv3x3_24x24_g3_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -4618,7 +4642,7 @@ pub mod isa_scalar {
                     );
                 }
                 34 => {
-                    conv_stages_2_0_conv3(
+                    conv1x1_24x96_3x3_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 1728,
@@ -4690,7 +4714,7 @@ pub mod isa_scalar {
                     );
                 }
                 39 => {
-                    conv_stages_3_0_downsample_conv(
+                    conv1x1_96x128_2x2(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -4705,7 +4729,7 @@ pub mod isa_scalar {
                     );
                 }
                 40 => {
-                    conv_stages_3_0_conv1(
+                    conv1x1_96x32_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -4720,7 +4744,7 @@ pub mod isa_scalar {
                     );
                 }
                 41 => {
-                    conv_stages_3_0_conv2(
+                    conv3x3_32x32_g4_s2_2x2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -4735,7 +4759,7 @@ pub mod isa_scalar {
                     );
                 }
                 42 => {
-                    conv_stages_3_0_conv2b(
+                    conv3x3_32x32_g4_2x2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -4750,7 +4774,7 @@ pub mod isa_scalar {
                     );
                 }
                 43 => {
-                    conv_stages_3_0_conv3(
+                    conv1x1_32x128_2x2_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 512,
@@ -4797,7 +4821,7 @@ pub mod isa_scalar {
                     );
                 }
                 46 => {
-                    conv_final_conv(
+                    conv1x1_128x192_2x2_silu_pre_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 2176,
@@ -5969,7 +5993,7 @@ pub mod isa_avx2 {
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_3x2_s2_23x19_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 3;
         const STEP: usize = 6;
@@ -5983,25 +6007,29 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STEM_CONV1, io, it)
+            >(ctx, &super::CONV3X3_3X2_S2_23X19_SILU, io, it)
         }
     }
-    unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_3x2_s2_23x19_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV1,
+                &super::CONV3X3_3X2_S2_23X19_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv1(ctx, io, it) },
+                &|it| unsafe { conv3x3_3x2_s2_23x19_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 6;
         const KC: usize = 2;
         const PANELS: usize = 1;
@@ -6021,7 +6049,7 @@ pub mod isa_avx2 {
                 POINTS,
             >(
                 ctx,
-                &super::D_STEM_CONV2,
+                &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -6029,22 +6057,26 @@ pub mod isa_avx2 {
             )
         }
     }
-    unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 20;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV2,
+                &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_2x4_23x19_winograd2_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 6;
         const KC: usize = 4;
         const PANELS: usize = 1;
@@ -6064,7 +6096,7 @@ pub mod isa_avx2 {
                 POINTS,
             >(
                 ctx,
-                &super::D_STEM_CONV3,
+                &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -6072,22 +6104,26 @@ pub mod isa_avx2 {
             )
         }
     }
-    unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 20;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV3,
+                &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv3(ctx, io, it) },
+                &|it| unsafe { conv3x3_4x8_23x19_winograd2_silu_pre_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x16_s2_12x10_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 5;
         const KC: usize = 8;
         const STEP: usize = 16;
@@ -6101,29 +6137,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STEM_CONV4, io, it)
+            >(ctx, &super::CONV3X3_8X16_S2_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x16_s2_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV4,
+                &super::CONV3X3_8X16_S2_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv4(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x16_s2_12x10_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_16x32_12x10_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -6137,25 +6169,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_16X32_12X10, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x32_12x10(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_16X32_12X10,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x32_12x10_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_16x8_12x10_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -6169,25 +6201,29 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_16X8_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x8_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV1,
+                &super::CONV1X1_16X8_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x8_12x10_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 6;
         const KC: usize = 8;
         const PANELS: usize = 1;
@@ -6207,7 +6243,7 @@ pub mod isa_avx2 {
                 POINTS,
             >(
                 ctx,
-                &super::D_STAGES_0_0_CONV2,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -6215,22 +6251,26 @@ pub mod isa_avx2 {
             )
         }
     }
-    unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 5;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV2,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 6;
         const KC: usize = 8;
         const PANELS: usize = 1;
@@ -6250,7 +6290,7 @@ pub mod isa_avx2 {
                 POINTS,
             >(
                 ctx,
-                &super::D_STAGES_0_0_CONV2B,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -6258,22 +6298,22 @@ pub mod isa_avx2 {
             )
         }
     }
-    unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 5;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV2B,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_v2_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_8x32_12x10_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 8;
         const STEP: usize = 8;
@@ -6287,29 +6327,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_8X32_12X10_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_8x32_12x10_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV3,
+                &super::CONV1X1_8X32_12X10_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_8x32_12x10_sums_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_32x64_6x5_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -6323,25 +6359,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_32X64_6X5, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x64_6x5(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_32X64_6X5,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x64_6x5_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_32x16_12x10_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -6355,25 +6391,29 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_32X16_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x16_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV1,
+                &super::CONV1X1_32X16_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x16_12x10_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 5;
         const KC: usize = 8;
         const STEP: usize = 32;
@@ -6387,25 +6427,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_16X16_G2_S2_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV2,
+                &super::CONV3X3_16X16_G2_S2_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_16x16_g2_s2_6x5_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_16x16_g2_6x5_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 8;
         const STEP: usize = 16;
@@ -6419,25 +6459,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_16X16_G2_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_16x16_g2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV2B,
+                &super::CONV3X3_16X16_G2_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_16x16_g2_6x5_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_16x64_6x5_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -6451,29 +6491,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_16X64_6X5_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x64_6x5_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV3,
+                &super::CONV1X1_16X64_6X5_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x64_6x5_sums_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_64x96_3x3_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 64;
         const STEP: usize = 64;
@@ -6487,25 +6523,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_64X96_3X3, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_64x96_3x3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_64X96_3X3,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_64x96_3x3_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_64x24_6x5_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 64;
         const STEP: usize = 64;
@@ -6519,25 +6555,29 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_64X24_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_64x24_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV1,
+                &super::CONV1X1_64X24_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_64x24_6x5_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 48;
@@ -6551,25 +6591,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_S2_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV2,
+                &super::CONV3X3_24X24_G3_S2_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_s2_3x3_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 24;
@@ -6583,25 +6623,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV2B,
+                &super::CONV3X3_24X24_G3_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_3x3_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_24x96_3x3_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 24;
         const STEP: usize = 24;
@@ -6615,25 +6655,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_24X96_3X3_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_24x96_3x3_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV3,
+                &super::CONV1X1_24X96_3X3_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_24x96_3x3_sums_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_96x24_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -6647,25 +6687,29 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_1_CONV1, io, it)
+            >(ctx, &super::CONV1X1_96X24_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x24_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_1_CONV1,
+                &super::CONV1X1_96X24_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x24_3x3_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 24;
@@ -6679,29 +6723,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_1_CONV2, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_3X3_SILU_V2, io, it)
         }
     }
-    unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_1_CONV2,
+                &super::CONV3X3_24X24_G3_3X3_SILU_V2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_3x3_silu_v2_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_96x128_2x2_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -6715,25 +6755,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_96X128_2X2, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x128_2x2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_96X128_2X2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x128_2x2_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_96x32_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -6747,25 +6787,29 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_96X32_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x32_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV1,
+                &super::CONV1X1_96X32_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x32_3x3_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 2;
         const KC: usize = 8;
         const STEP: usize = 64;
@@ -6779,25 +6823,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_32X32_G4_S2_2X2_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV2,
+                &super::CONV3X3_32X32_G4_S2_2X2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_32x32_g4_s2_2x2_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_32x32_g4_2x2_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 2;
         const KC: usize = 8;
         const STEP: usize = 32;
@@ -6811,25 +6855,25 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_32X32_G4_2X2_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_32x32_g4_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV2B,
+                &super::CONV3X3_32X32_G4_2X2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_32x32_g4_2x2_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_32x128_2x2_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -6843,25 +6887,29 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_32X128_2X2_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x128_2x2_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV3,
+                &super::CONV1X1_32X128_2X2_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x128_2x2_sums_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 4;
         const KC: usize = 128;
         const STEP: usize = 128;
@@ -6875,20 +6923,20 @@ pub mod isa_avx2 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_FINAL_CONV, io, it)
+            >(ctx, &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS, io, it)
         }
     }
-    unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_FINAL_CONV,
+                &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_final_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_128x192_2x2_silu_pre_sums_item(ctx, io, it) },
             )
         }
     }
@@ -6930,7 +6978,7 @@ pub mod isa_avx2 {
             // conv: stem.conv1+stem.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv1(
+                conv3x3_3x2_s2_23x19_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -6950,7 +6998,7 @@ pub mod isa_avx2 {
             // conv: stem.conv2+stem.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv2(
+                conv3x3_2x4_23x19_winograd2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 5504,
@@ -6970,7 +7018,7 @@ pub mod isa_avx2 {
             // conv: stem.conv3+stem.act4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv3(
+                conv3x3_4x8_23x19_winograd2_silu_pre(
                     ctx,
                     &rt::ConvIo {
                         input: 7712,
@@ -7010,7 +7058,7 @@ pub mod isa_avx2 {
             // conv: stem.conv4+stages.0.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv4(
+                conv3x3_8x16_s2_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -7030,7 +7078,7 @@ pub mod isa_avx2 {
             // conv: stages.0.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_downsample_conv(
+                conv1x1_16x32_12x10(
                     ctx,
                     &rt::ConvIo {
                         input: 4208,
@@ -7050,7 +7098,7 @@ pub mod isa_avx2 {
             // conv: stages.0.0.conv1+stages.0.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv1(
+                conv1x1_16x8_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 4208,
@@ -7070,7 +7118,7 @@ pub mod isa_avx2 {
             // conv: stages.0.0.conv2+stages.0.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv2(
+                conv3x3_8x8_12x10_winograd2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 6128,
@@ -7090,7 +7138,7 @@ pub mod isa_avx2 {
             // conv: stages.0.0.conv2b+stages.0.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv2b(
+                conv3x3_8x8_12x10_winograd2_silu_v2(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -7110,7 +7158,7 @@ pub mod isa_avx2 {
             // conv: stages.0.0.conv3+stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv3(
+                conv1x1_8x32_12x10_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 7680,
@@ -7222,7 +7270,7 @@ pub mod isa_avx2 {
             // conv: stages.1.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_downsample_conv(
+                conv1x1_32x64_6x5(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -7242,7 +7290,7 @@ pub mod isa_avx2 {
             // conv: stages.1.0.conv1+stages.1.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv1(
+                conv1x1_32x16_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -7262,7 +7310,7 @@ pub mod isa_avx2 {
             // conv: stages.1.0.conv2+stages.1.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv2(
+                conv3x3_16x16_g2_s2_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -7282,7 +7330,7 @@ pub mod isa_avx2 {
             // conv: stages.1.0.conv2b+stages.1.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv2b(
+                conv3x3_16x16_g2_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -7302,7 +7350,7 @@ pub mod isa_avx2 {
             // conv: stages.1.0.conv3+stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv3(
+                conv1x1_16x64_6x5_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 1920,
@@ -7414,7 +7462,7 @@ pub mod isa_avx2 {
             // conv: stages.2.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_downsample_conv(
+                conv1x1_64x96_3x3(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -7434,7 +7482,7 @@ pub mod isa_avx2 {
             // conv: stages.2.0.conv1+stages.2.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv1(
+                conv1x1_64x24_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 6528,
@@ -7454,7 +7502,7 @@ pub mod isa_avx2 {
             // conv: stages.2.0.conv2+stages.2.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2(
+                conv3x3_24x24_g3_s2_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -7474,7 +7522,7 @@ pub mod isa_avx2 {
             // conv: stages.2.0.conv2b+stages.2.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2b(
+                conv3x3_24x24_g3_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 2208,
@@ -7494,7 +7542,7 @@ pub mod isa_avx2 {
             // conv: stages.2.0.conv3+stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv3(
+                conv1x1_24x96_3x3_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -7562,7 +7610,7 @@ pub mod isa_avx2 {
             // conv: stages.2.1.conv1+stages.2.1.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_1_conv1(
+                conv1x1_96x24_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 1344,
@@ -7582,7 +7630,7 @@ pub mod isa_avx2 {
             // conv: stages.2.1.conv2+stages.2.1.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_1_conv2(
+                conv3x3_24x24_g3_3x3_silu_v2(
                     ctx,
                     &rt::ConvIo {
                         input: 2208,
@@ -7602,7 +7650,7 @@ pub mod isa_avx2 {
             // conv: stages.2.1.conv2b+stages.2.1.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2b(
+                conv3x3_24x24_g3_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -7622,7 +7670,7 @@ pub mod isa_avx2 {
             // conv: stages.2.1.conv3+stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv3(
+                conv1x1_24x96_3x3_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 1728,
@@ -7734,7 +7782,7 @@ pub mod isa_avx2 {
             // conv: stages.3.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_downsample_conv(
+                conv1x1_96x128_2x2(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -7754,7 +7802,7 @@ pub mod isa_avx2 {
             // conv: stages.3.0.conv1+stages.3.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv1(
+                conv1x1_96x32_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -7774,7 +7822,7 @@ pub mod isa_avx2 {
             // conv: stages.3.0.conv2+stages.3.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv2(
+                conv3x3_32x32_g4_s2_2x2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -7794,7 +7842,7 @@ pub mod isa_avx2 {
             // conv: stages.3.0.conv2b+stages.3.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv2b(
+                conv3x3_32x32_g4_2x2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -7814,7 +7862,7 @@ pub mod isa_avx2 {
             // conv: stages.3.0.conv3+stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv3(
+                conv1x1_32x128_2x2_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 512,
@@ -7876,7 +7924,7 @@ pub mod isa_avx2 {
             // conv: final_conv+final_act+head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_final_conv(
+                conv1x1_128x192_2x2_silu_pre_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 2176,
@@ -8000,7 +8048,7 @@ pub mod isa_avx2 {
         unsafe {
             match index {
                 1 => {
-                    conv_stem_conv1(
+                    conv3x3_3x2_s2_23x19_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -8015,7 +8063,7 @@ pub mod isa_avx2 {
                     );
                 }
                 2 => {
-                    conv_stem_conv2(
+                    conv3x3_2x4_23x19_winograd2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 5504,
@@ -8030,7 +8078,7 @@ pub mod isa_avx2 {
                     );
                 }
                 3 => {
-                    conv_stem_conv3(
+                    conv3x3_4x8_23x19_winograd2_silu_pre(
                         ctx,
                         &rt::ConvIo {
                             input: 7712,
@@ -8045,7 +8093,7 @@ pub mod isa_avx2 {
                     );
                 }
                 5 => {
-                    conv_stem_conv4(
+                    conv3x3_8x16_s2_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -8060,7 +8108,7 @@ pub mod isa_avx2 {
                     );
                 }
                 6 => {
-                    conv_stages_0_0_downsample_conv(
+                    conv1x1_16x32_12x10(
                         ctx,
                         &rt::ConvIo {
                             input: 4208,
@@ -8075,7 +8123,7 @@ pub mod isa_avx2 {
                     );
                 }
                 7 => {
-                    conv_stages_0_0_conv1(
+                    conv1x1_16x8_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 4208,
@@ -8090,7 +8138,7 @@ pub mod isa_avx2 {
                     );
                 }
                 8 => {
-                    conv_stages_0_0_conv2(
+                    conv3x3_8x8_12x10_winograd2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 6128,
@@ -8105,7 +8153,7 @@ pub mod isa_avx2 {
                     );
                 }
                 9 => {
-                    conv_stages_0_0_conv2b(
+                    conv3x3_8x8_12x10_winograd2_silu_v2(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -8120,7 +8168,7 @@ pub mod isa_avx2 {
                     );
                 }
                 10 => {
-                    conv_stages_0_0_conv3(
+                    conv1x1_8x32_12x10_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 7680,
@@ -8192,7 +8240,7 @@ pub mod isa_avx2 {
                     );
                 }
                 15 => {
-                    conv_stages_1_0_downsample_conv(
+                    conv1x1_32x64_6x5(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -8207,7 +8255,7 @@ pub mod isa_avx2 {
                     );
                 }
                 16 => {
-                    conv_stages_1_0_conv1(
+                    conv1x1_32x16_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -8222,7 +8270,7 @@ pub mod isa_avx2 {
                     );
                 }
                 17 => {
-                    conv_stages_1_0_conv2(
+                    conv3x3_16x16_g2_s2_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -8237,7 +8285,7 @@ pub mod isa_avx2 {
                     );
                 }
                 18 => {
-                    conv_stages_1_0_conv2b(
+                    conv3x3_16x16_g2_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -8252,7 +8300,7 @@ pub mod isa_avx2 {
                     );
                 }
                 19 => {
-                    conv_stages_1_0_conv3(
+                    conv1x1_16x64_6x5_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 1920,
@@ -8324,7 +8372,7 @@ pub mod isa_avx2 {
                     );
                 }
                 24 => {
-                    conv_stages_2_0_downsample_conv(
+                    conv1x1_64x96_3x3(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -8339,7 +8387,7 @@ pub mod isa_avx2 {
                     );
                 }
                 25 => {
-                    conv_stages_2_0_conv1(
+                    conv1x1_64x24_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 6528,
@@ -8354,7 +8402,7 @@ pub mod isa_avx2 {
                     );
                 }
                 26 => {
-                    conv_stages_2_0_conv2(
+                    conv3x3_24x24_g3_s2_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -8369,7 +8417,7 @@ pub mod isa_avx2 {
                     );
                 }
                 27 => {
-                    conv_stages_2_0_conv2b(
+                    conv3x3_24x24_g3_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 2208,
@@ -8384,7 +8432,7 @@ pub mod isa_avx2 {
                     );
                 }
                 28 => {
-                    conv_stages_2_0_conv3(
+                    conv1x1_24x96_3x3_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -8437,7 +8485,7 @@ pub mod isa_avx2 {
                     );
                 }
                 31 => {
-                    conv_stages_2_1_conv1(
+                    conv1x1_96x24_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 1344,
@@ -8452,7 +8500,7 @@ pub mod isa_avx2 {
                     );
                 }
                 32 => {
-                    conv_stages_2_1_conv2(
+                    conv3x3_24x24_g3_3x3_silu_v2(
                         ctx,
                         &rt::ConvIo {
                             input: 2208,
@@ -8467,7 +8515,7 @@ pub mod isa_avx2 {
                     );
                 }
                 33 => {
-                    conv_stages_2_0_conv2b(
+                    conv3x3_24x24_g3_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -8482,7 +8530,7 @@ pub mod isa_avx2 {
                     );
                 }
                 34 => {
-                    conv_stages_2_0_conv3(
+                    conv1x1_24x96_3x3_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 1728,
@@ -8554,7 +8602,7 @@ pub mod isa_avx2 {
                     );
                 }
                 39 => {
-                    conv_stages_3_0_downsample_conv(
+                    conv1x1_96x128_2x2(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -8569,7 +8617,7 @@ pub mod isa_avx2 {
                     );
                 }
                 40 => {
-                    conv_stages_3_0_conv1(
+                    conv1x1_96x32_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -8584,7 +8632,7 @@ pub mod isa_avx2 {
                     );
                 }
                 41 => {
-                    conv_stages_3_0_conv2(
+                    conv3x3_32x32_g4_s2_2x2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -8599,7 +8647,7 @@ pub mod isa_avx2 {
                     );
                 }
                 42 => {
-                    conv_stages_3_0_conv2b(
+                    conv3x3_32x32_g4_2x2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -8614,7 +8662,7 @@ pub mod isa_avx2 {
                     );
                 }
                 43 => {
-                    conv_stages_3_0_conv3(
+                    conv1x1_32x128_2x2_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 512,
@@ -8661,7 +8709,7 @@ pub mod isa_avx2 {
                     );
                 }
                 46 => {
-                    conv_final_conv(
+                    conv1x1_128x192_2x2_silu_pre_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 2176,
@@ -9829,7 +9877,7 @@ pub mod isa_avx512 {
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_3x2_s2_23x19_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 10;
         const KC: usize = 3;
         const STEP: usize = 6;
@@ -9843,25 +9891,29 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STEM_CONV1, io, it)
+            >(ctx, &super::CONV3X3_3X2_S2_23X19_SILU, io, it)
         }
     }
-    unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_3x2_s2_23x19_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV1,
+                &super::CONV3X3_3X2_S2_23X19_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv1(ctx, io, it) },
+                &|it| unsafe { conv3x3_3x2_s2_23x19_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 12;
         const KC: usize = 2;
         const PANELS: usize = 1;
@@ -9881,7 +9933,7 @@ pub mod isa_avx512 {
                 POINTS,
             >(
                 ctx,
-                &super::D_STEM_CONV2,
+                &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -9889,22 +9941,26 @@ pub mod isa_avx512 {
             )
         }
     }
-    unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 10;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV2,
+                &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_2x4_23x19_winograd2_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 12;
         const KC: usize = 4;
         const PANELS: usize = 1;
@@ -9924,7 +9980,7 @@ pub mod isa_avx512 {
                 POINTS,
             >(
                 ctx,
-                &super::D_STEM_CONV3,
+                &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -9932,22 +9988,26 @@ pub mod isa_avx512 {
             )
         }
     }
-    unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 10;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV3,
+                &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv3(ctx, io, it) },
+                &|it| unsafe { conv3x3_4x8_23x19_winograd2_silu_pre_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x16_s2_12x10_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 10;
         const KC: usize = 8;
         const STEP: usize = 16;
@@ -9961,29 +10021,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STEM_CONV4, io, it)
+            >(ctx, &super::CONV3X3_8X16_S2_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x16_s2_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV4,
+                &super::CONV3X3_8X16_S2_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv4(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x16_s2_12x10_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_16x32_12x10_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 12;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -9997,25 +10053,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_16X32_12X10, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x32_12x10(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_16X32_12X10,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x32_12x10_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_16x8_12x10_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 12;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -10029,25 +10085,29 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_16X8_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x8_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV1,
+                &super::CONV1X1_16X8_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x8_12x10_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 10;
         const KC: usize = 8;
         const PANELS: usize = 1;
@@ -10067,7 +10127,7 @@ pub mod isa_avx512 {
                 POINTS,
             >(
                 ctx,
-                &super::D_STAGES_0_0_CONV2,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -10075,22 +10135,26 @@ pub mod isa_avx512 {
             )
         }
     }
-    unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV2,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 10;
         const KC: usize = 8;
         const PANELS: usize = 1;
@@ -10110,7 +10174,7 @@ pub mod isa_avx512 {
                 POINTS,
             >(
                 ctx,
-                &super::D_STAGES_0_0_CONV2B,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -10118,22 +10182,22 @@ pub mod isa_avx512 {
             )
         }
     }
-    unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV2B,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_v2_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_8x32_12x10_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 12;
         const KC: usize = 8;
         const STEP: usize = 8;
@@ -10147,29 +10211,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_8X32_12X10_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_8x32_12x10_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV3,
+                &super::CONV1X1_8X32_12X10_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_8x32_12x10_sums_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_32x64_6x5_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -10183,25 +10243,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_32X64_6X5, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x64_6x5(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 1;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_32X64_6X5,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x64_6x5_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_32x16_12x10_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 12;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -10215,25 +10275,29 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_32X16_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x16_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV1,
+                &super::CONV1X1_32X16_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x16_12x10_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 5;
         const KC: usize = 8;
         const STEP: usize = 32;
@@ -10247,25 +10311,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_16X16_G2_S2_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV2,
+                &super::CONV3X3_16X16_G2_S2_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_16x16_g2_s2_6x5_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_16x16_g2_6x5_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 8;
         const STEP: usize = 16;
@@ -10279,25 +10343,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_16X16_G2_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_16x16_g2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV2B,
+                &super::CONV3X3_16X16_G2_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_16x16_g2_6x5_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_16x64_6x5_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -10311,29 +10375,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_16X64_6X5_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x64_6x5_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 1;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV3,
+                &super::CONV1X1_16X64_6X5_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x64_6x5_sums_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_64x96_3x3_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 9;
         const KC: usize = 64;
         const STEP: usize = 64;
@@ -10347,25 +10407,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_64X96_3X3, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_64x96_3x3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_64X96_3X3,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_64x96_3x3_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_64x24_6x5_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 10;
         const KC: usize = 64;
         const STEP: usize = 64;
@@ -10379,25 +10439,29 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_64X24_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_64x24_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV1,
+                &super::CONV1X1_64X24_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_64x24_6x5_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 48;
@@ -10411,25 +10475,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_S2_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV2,
+                &super::CONV3X3_24X24_G3_S2_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_s2_3x3_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 24;
@@ -10443,25 +10507,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV2B,
+                &super::CONV3X3_24X24_G3_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_3x3_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_24x96_3x3_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 9;
         const KC: usize = 24;
         const STEP: usize = 24;
@@ -10475,25 +10539,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_24X96_3X3_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_24x96_3x3_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV3,
+                &super::CONV1X1_24X96_3X3_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_24x96_3x3_sums_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_96x24_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 9;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -10507,25 +10571,29 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_1_CONV1, io, it)
+            >(ctx, &super::CONV1X1_96X24_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x24_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_1_CONV1,
+                &super::CONV1X1_96X24_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x24_3x3_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 24;
@@ -10539,29 +10607,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_1_CONV2, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_3X3_SILU_V2, io, it)
         }
     }
-    unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_1_CONV2,
+                &super::CONV3X3_24X24_G3_3X3_SILU_V2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_3x3_silu_v2_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_96x128_2x2_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -10575,25 +10639,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_96X128_2X2, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x128_2x2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_96X128_2X2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x128_2x2_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_96x32_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 9;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -10607,25 +10671,29 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_96X32_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x32_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 1;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV1,
+                &super::CONV1X1_96X32_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x32_3x3_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 2;
         const KC: usize = 8;
         const STEP: usize = 64;
@@ -10639,25 +10707,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_32X32_G4_S2_2X2_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV2,
+                &super::CONV3X3_32X32_G4_S2_2X2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_32x32_g4_s2_2x2_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_32x32_g4_2x2_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 2;
         const KC: usize = 8;
         const STEP: usize = 32;
@@ -10671,25 +10739,25 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_32X32_G4_2X2_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_32x32_g4_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV2B,
+                &super::CONV3X3_32X32_G4_2X2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_32x32_g4_2x2_silu_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_32x128_2x2_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -10703,25 +10771,29 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_32X128_2X2_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x128_2x2_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV3,
+                &super::CONV1X1_32X128_2X2_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x128_2x2_sums_item(ctx, io, it) },
             )
         }
     }
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 4;
         const KC: usize = 128;
         const STEP: usize = 128;
@@ -10735,20 +10807,20 @@ pub mod isa_avx512 {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_FINAL_CONV, io, it)
+            >(ctx, &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS, io, it)
         }
     }
-    unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_FINAL_CONV,
+                &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_final_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_128x192_2x2_silu_pre_sums_item(ctx, io, it) },
             )
         }
     }
@@ -10790,7 +10862,7 @@ pub mod isa_avx512 {
             // conv: stem.conv1+stem.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv1(
+                conv3x3_3x2_s2_23x19_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -10810,7 +10882,7 @@ pub mod isa_avx512 {
             // conv: stem.conv2+stem.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv2(
+                conv3x3_2x4_23x19_winograd2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 5504,
@@ -10830,7 +10902,7 @@ pub mod isa_avx512 {
             // conv: stem.conv3+stem.act4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv3(
+                conv3x3_4x8_23x19_winograd2_silu_pre(
                     ctx,
                     &rt::ConvIo {
                         input: 7712,
@@ -10870,7 +10942,7 @@ pub mod isa_avx512 {
             // conv: stem.conv4+stages.0.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv4(
+                conv3x3_8x16_s2_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -10890,7 +10962,7 @@ pub mod isa_avx512 {
             // conv: stages.0.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_downsample_conv(
+                conv1x1_16x32_12x10(
                     ctx,
                     &rt::ConvIo {
                         input: 4208,
@@ -10910,7 +10982,7 @@ pub mod isa_avx512 {
             // conv: stages.0.0.conv1+stages.0.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv1(
+                conv1x1_16x8_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 4208,
@@ -10930,7 +11002,7 @@ pub mod isa_avx512 {
             // conv: stages.0.0.conv2+stages.0.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv2(
+                conv3x3_8x8_12x10_winograd2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 6128,
@@ -10950,7 +11022,7 @@ pub mod isa_avx512 {
             // conv: stages.0.0.conv2b+stages.0.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv2b(
+                conv3x3_8x8_12x10_winograd2_silu_v2(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -10970,7 +11042,7 @@ pub mod isa_avx512 {
             // conv: stages.0.0.conv3+stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv3(
+                conv1x1_8x32_12x10_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 7680,
@@ -11082,7 +11154,7 @@ pub mod isa_avx512 {
             // conv: stages.1.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_downsample_conv(
+                conv1x1_32x64_6x5(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -11102,7 +11174,7 @@ pub mod isa_avx512 {
             // conv: stages.1.0.conv1+stages.1.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv1(
+                conv1x1_32x16_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -11122,7 +11194,7 @@ pub mod isa_avx512 {
             // conv: stages.1.0.conv2+stages.1.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv2(
+                conv3x3_16x16_g2_s2_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -11142,7 +11214,7 @@ pub mod isa_avx512 {
             // conv: stages.1.0.conv2b+stages.1.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv2b(
+                conv3x3_16x16_g2_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -11162,7 +11234,7 @@ pub mod isa_avx512 {
             // conv: stages.1.0.conv3+stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv3(
+                conv1x1_16x64_6x5_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 1920,
@@ -11274,7 +11346,7 @@ pub mod isa_avx512 {
             // conv: stages.2.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_downsample_conv(
+                conv1x1_64x96_3x3(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -11294,7 +11366,7 @@ pub mod isa_avx512 {
             // conv: stages.2.0.conv1+stages.2.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv1(
+                conv1x1_64x24_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 6528,
@@ -11314,7 +11386,7 @@ pub mod isa_avx512 {
             // conv: stages.2.0.conv2+stages.2.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2(
+                conv3x3_24x24_g3_s2_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -11334,7 +11406,7 @@ pub mod isa_avx512 {
             // conv: stages.2.0.conv2b+stages.2.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2b(
+                conv3x3_24x24_g3_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 2208,
@@ -11354,7 +11426,7 @@ pub mod isa_avx512 {
             // conv: stages.2.0.conv3+stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv3(
+                conv1x1_24x96_3x3_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -11422,7 +11494,7 @@ pub mod isa_avx512 {
             // conv: stages.2.1.conv1+stages.2.1.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_1_conv1(
+                conv1x1_96x24_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 1344,
@@ -11442,7 +11514,7 @@ pub mod isa_avx512 {
             // conv: stages.2.1.conv2+stages.2.1.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_1_conv2(
+                conv3x3_24x24_g3_3x3_silu_v2(
                     ctx,
                     &rt::ConvIo {
                         input: 2208,
@@ -11462,7 +11534,7 @@ pub mod isa_avx512 {
             // conv: stages.2.1.conv2b+stages.2.1.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2b(
+                conv3x3_24x24_g3_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -11482,7 +11554,7 @@ pub mod isa_avx512 {
             // conv: stages.2.1.conv3+stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv3(
+                conv1x1_24x96_3x3_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 1728,
@@ -11594,7 +11666,7 @@ pub mod isa_avx512 {
             // conv: stages.3.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_downsample_conv(
+                conv1x1_96x128_2x2(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -11614,7 +11686,7 @@ pub mod isa_avx512 {
             // conv: stages.3.0.conv1+stages.3.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv1(
+                conv1x1_96x32_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -11634,7 +11706,7 @@ pub mod isa_avx512 {
             // conv: stages.3.0.conv2+stages.3.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv2(
+                conv3x3_32x32_g4_s2_2x2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -11654,7 +11726,7 @@ pub mod isa_avx512 {
             // conv: stages.3.0.conv2b+stages.3.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv2b(
+                conv3x3_32x32_g4_2x2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -11674,7 +11746,7 @@ pub mod isa_avx512 {
             // conv: stages.3.0.conv3+stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv3(
+                conv1x1_32x128_2x2_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 512,
@@ -11736,7 +11808,7 @@ pub mod isa_avx512 {
             // conv: final_conv+final_act+head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_final_conv(
+                conv1x1_128x192_2x2_silu_pre_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 2176,
@@ -11860,7 +11932,7 @@ pub mod isa_avx512 {
         unsafe {
             match index {
                 1 => {
-                    conv_stem_conv1(
+                    conv3x3_3x2_s2_23x19_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -11875,7 +11947,7 @@ pub mod isa_avx512 {
                     );
                 }
                 2 => {
-                    conv_stem_conv2(
+                    conv3x3_2x4_23x19_winograd2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 5504,
@@ -11890,7 +11962,7 @@ pub mod isa_avx512 {
                     );
                 }
                 3 => {
-                    conv_stem_conv3(
+                    conv3x3_4x8_23x19_winograd2_silu_pre(
                         ctx,
                         &rt::ConvIo {
                             input: 7712,
@@ -11905,7 +11977,7 @@ pub mod isa_avx512 {
                     );
                 }
                 5 => {
-                    conv_stem_conv4(
+                    conv3x3_8x16_s2_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -11920,7 +11992,7 @@ pub mod isa_avx512 {
                     );
                 }
                 6 => {
-                    conv_stages_0_0_downsample_conv(
+                    conv1x1_16x32_12x10(
                         ctx,
                         &rt::ConvIo {
                             input: 4208,
@@ -11935,7 +12007,7 @@ pub mod isa_avx512 {
                     );
                 }
                 7 => {
-                    conv_stages_0_0_conv1(
+                    conv1x1_16x8_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 4208,
@@ -11950,7 +12022,7 @@ pub mod isa_avx512 {
                     );
                 }
                 8 => {
-                    conv_stages_0_0_conv2(
+                    conv3x3_8x8_12x10_winograd2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 6128,
@@ -11965,7 +12037,7 @@ pub mod isa_avx512 {
                     );
                 }
                 9 => {
-                    conv_stages_0_0_conv2b(
+                    conv3x3_8x8_12x10_winograd2_silu_v2(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -11980,7 +12052,7 @@ pub mod isa_avx512 {
                     );
                 }
                 10 => {
-                    conv_stages_0_0_conv3(
+                    conv1x1_8x32_12x10_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 7680,
@@ -12052,7 +12124,7 @@ pub mod isa_avx512 {
                     );
                 }
                 15 => {
-                    conv_stages_1_0_downsample_conv(
+                    conv1x1_32x64_6x5(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -12067,7 +12139,7 @@ pub mod isa_avx512 {
                     );
                 }
                 16 => {
-                    conv_stages_1_0_conv1(
+                    conv1x1_32x16_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -12082,7 +12154,7 @@ pub mod isa_avx512 {
                     );
                 }
                 17 => {
-                    conv_stages_1_0_conv2(
+                    conv3x3_16x16_g2_s2_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -12097,7 +12169,7 @@ pub mod isa_avx512 {
                     );
                 }
                 18 => {
-                    conv_stages_1_0_conv2b(
+                    conv3x3_16x16_g2_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -12112,7 +12184,7 @@ pub mod isa_avx512 {
                     );
                 }
                 19 => {
-                    conv_stages_1_0_conv3(
+                    conv1x1_16x64_6x5_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 1920,
@@ -12184,7 +12256,7 @@ pub mod isa_avx512 {
                     );
                 }
                 24 => {
-                    conv_stages_2_0_downsample_conv(
+                    conv1x1_64x96_3x3(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -12199,7 +12271,7 @@ pub mod isa_avx512 {
                     );
                 }
                 25 => {
-                    conv_stages_2_0_conv1(
+                    conv1x1_64x24_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 6528,
@@ -12214,7 +12286,7 @@ pub mod isa_avx512 {
                     );
                 }
                 26 => {
-                    conv_stages_2_0_conv2(
+                    conv3x3_24x24_g3_s2_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -12229,7 +12301,7 @@ pub mod isa_avx512 {
                     );
                 }
                 27 => {
-                    conv_stages_2_0_conv2b(
+                    conv3x3_24x24_g3_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 2208,
@@ -12244,7 +12316,7 @@ pub mod isa_avx512 {
                     );
                 }
                 28 => {
-                    conv_stages_2_0_conv3(
+                    conv1x1_24x96_3x3_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -12297,7 +12369,7 @@ pub mod isa_avx512 {
                     );
                 }
                 31 => {
-                    conv_stages_2_1_conv1(
+                    conv1x1_96x24_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 1344,
@@ -12312,7 +12384,7 @@ pub mod isa_avx512 {
                     );
                 }
                 32 => {
-                    conv_stages_2_1_conv2(
+                    conv3x3_24x24_g3_3x3_silu_v2(
                         ctx,
                         &rt::ConvIo {
                             input: 2208,
@@ -12327,7 +12399,7 @@ pub mod isa_avx512 {
                     );
                 }
                 33 => {
-                    conv_stages_2_0_conv2b(
+                    conv3x3_24x24_g3_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -12342,7 +12414,7 @@ pub mod isa_avx512 {
                     );
                 }
                 34 => {
-                    conv_stages_2_0_conv3(
+                    conv1x1_24x96_3x3_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 1728,
@@ -12414,7 +12486,7 @@ pub mod isa_avx512 {
                     );
                 }
                 39 => {
-                    conv_stages_3_0_downsample_conv(
+                    conv1x1_96x128_2x2(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -12429,7 +12501,7 @@ pub mod isa_avx512 {
                     );
                 }
                 40 => {
-                    conv_stages_3_0_conv1(
+                    conv1x1_96x32_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -12444,7 +12516,7 @@ pub mod isa_avx512 {
                     );
                 }
                 41 => {
-                    conv_stages_3_0_conv2(
+                    conv3x3_32x32_g4_s2_2x2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -12459,7 +12531,7 @@ pub mod isa_avx512 {
                     );
                 }
                 42 => {
-                    conv_stages_3_0_conv2b(
+                    conv3x3_32x32_g4_2x2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -12474,7 +12546,7 @@ pub mod isa_avx512 {
                     );
                 }
                 43 => {
-                    conv_stages_3_0_conv3(
+                    conv1x1_32x128_2x2_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 512,
@@ -12521,7 +12593,7 @@ pub mod isa_avx512 {
                     );
                 }
                 46 => {
-                    conv_final_conv(
+                    conv1x1_128x192_2x2_silu_pre_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 2176,
@@ -13652,7 +13724,7 @@ pub mod isa_neon {
             }
         }
     }
-    unsafe fn item_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_3x2_s2_23x19_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 3;
         const STEP: usize = 6;
@@ -13666,24 +13738,28 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STEM_CONV1, io, it)
+            >(ctx, &super::CONV3X3_3X2_S2_23X19_SILU, io, it)
         }
     }
-    unsafe fn conv_stem_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_3x2_s2_23x19_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV1,
+                &super::CONV3X3_3X2_S2_23X19_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv1(ctx, io, it) },
+                &|it| unsafe { conv3x3_3x2_s2_23x19_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 6;
         const KC: usize = 2;
         const PANELS: usize = 1;
@@ -13703,7 +13779,7 @@ pub mod isa_neon {
                 POINTS,
             >(
                 ctx,
-                &super::D_STEM_CONV2,
+                &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -13711,21 +13787,25 @@ pub mod isa_neon {
             )
         }
     }
-    unsafe fn conv_stem_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 20;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV2,
+                &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_2x4_23x19_winograd2_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 6;
         const KC: usize = 4;
         const PANELS: usize = 1;
@@ -13745,7 +13825,7 @@ pub mod isa_neon {
                 POINTS,
             >(
                 ctx,
-                &super::D_STEM_CONV3,
+                &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -13753,21 +13833,25 @@ pub mod isa_neon {
             )
         }
     }
-    unsafe fn conv_stem_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 20;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV3,
+                &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv3(ctx, io, it) },
+                &|it| unsafe { conv3x3_4x8_23x19_winograd2_silu_pre_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x16_s2_12x10_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 5;
         const KC: usize = 8;
         const STEP: usize = 16;
@@ -13781,28 +13865,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STEM_CONV4, io, it)
+            >(ctx, &super::CONV3X3_8X16_S2_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stem_conv4(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x16_s2_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STEM_CONV4,
+                &super::CONV3X3_8X16_S2_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stem_conv4(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x16_s2_12x10_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_16x32_12x10_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -13816,24 +13896,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_16X32_12X10, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x32_12x10(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_16X32_12X10,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x32_12x10_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_16x8_12x10_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -13847,24 +13927,28 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_16X8_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x8_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV1,
+                &super::CONV1X1_16X8_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x8_12x10_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 6;
         const KC: usize = 8;
         const PANELS: usize = 1;
@@ -13884,7 +13968,7 @@ pub mod isa_neon {
                 POINTS,
             >(
                 ctx,
-                &super::D_STAGES_0_0_CONV2,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -13892,21 +13976,25 @@ pub mod isa_neon {
             )
         }
     }
-    unsafe fn conv_stages_0_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 5;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV2,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILES: usize = 6;
         const KC: usize = 8;
         const PANELS: usize = 1;
@@ -13926,7 +14014,7 @@ pub mod isa_neon {
                 POINTS,
             >(
                 ctx,
-                &super::D_STAGES_0_0_CONV2B,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 it,
                 v.as_mut_ptr() as *mut f32,
@@ -13934,21 +14022,21 @@ pub mod isa_neon {
             )
         }
     }
-    unsafe fn conv_stages_0_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 5;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV2B,
+                &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_v2_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_8x32_12x10_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 8;
         const STEP: usize = 8;
@@ -13962,28 +14050,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_0_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_8X32_12X10_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_0_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_8x32_12x10_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_0_0_CONV3,
+                &super::CONV1X1_8X32_12X10_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_0_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_8x32_12x10_sums_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_32x64_6x5_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -13997,24 +14081,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_32X64_6X5, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x64_6x5(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_32X64_6X5,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x64_6x5_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_32x16_12x10_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -14028,24 +14112,28 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_32X16_12X10_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x16_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV1,
+                &super::CONV1X1_32X16_12X10_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x16_12x10_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 5;
         const KC: usize = 8;
         const STEP: usize = 32;
@@ -14059,24 +14147,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_16X16_G2_S2_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV2,
+                &super::CONV3X3_16X16_G2_S2_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_16x16_g2_s2_6x5_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_16x16_g2_6x5_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 8;
         const STEP: usize = 16;
@@ -14090,24 +14178,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_16X16_G2_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_16x16_g2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV2B,
+                &super::CONV3X3_16X16_G2_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_16x16_g2_6x5_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_16x64_6x5_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 16;
         const STEP: usize = 16;
@@ -14121,28 +14209,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_1_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_16X64_6X5_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_1_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_16x64_6x5_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_1_0_CONV3,
+                &super::CONV1X1_16X64_6X5_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_1_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_16x64_6x5_sums_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_64x96_3x3_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 64;
         const STEP: usize = 64;
@@ -14156,24 +14240,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_64X96_3X3, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_64x96_3x3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_64X96_3X3,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_64x96_3x3_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_64x24_6x5_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 6;
         const KC: usize = 64;
         const STEP: usize = 64;
@@ -14187,24 +14271,28 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_64X24_6X5_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_64x24_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV1,
+                &super::CONV1X1_64X24_6X5_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_64x24_6x5_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 48;
@@ -14218,24 +14306,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_S2_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV2,
+                &super::CONV3X3_24X24_G3_S2_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_s2_3x3_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 24;
@@ -14249,24 +14337,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV2B,
+                &super::CONV3X3_24X24_G3_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_3x3_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_24x96_3x3_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 24;
         const STEP: usize = 24;
@@ -14280,24 +14368,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_24X96_3X3_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_2_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_24x96_3x3_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_0_CONV3,
+                &super::CONV1X1_24X96_3X3_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_24x96_3x3_sums_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_96x24_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -14311,24 +14399,28 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_1_CONV1, io, it)
+            >(ctx, &super::CONV1X1_96X24_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_2_1_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x24_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_1_CONV1,
+                &super::CONV1X1_96X24_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_1_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x24_3x3_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 3;
         const KC: usize = 8;
         const STEP: usize = 24;
@@ -14342,28 +14434,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_2_1_CONV2, io, it)
+            >(ctx, &super::CONV3X3_24X24_G3_3X3_SILU_V2, io, it)
         }
     }
-    unsafe fn conv_stages_2_1_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_2_1_CONV2,
+                &super::CONV3X3_24X24_G3_3X3_SILU_V2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_2_1_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_24x24_g3_3x3_silu_v2_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_downsample_conv(
-        ctx: &rt::Ctx,
-        io: &rt::ConvIo,
-        it: usize,
-    ) {
+    unsafe fn conv1x1_96x128_2x2_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -14377,24 +14465,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_DOWNSAMPLE_CONV, io, it)
+            >(ctx, &super::CONV1X1_96X128_2X2, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_downsample_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x128_2x2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_DOWNSAMPLE_CONV,
+                &super::CONV1X1_96X128_2X2,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_downsample_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x128_2x2_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_96x32_3x3_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 5;
         const KC: usize = 96;
         const STEP: usize = 96;
@@ -14408,24 +14496,28 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV1, io, it)
+            >(ctx, &super::CONV1X1_96X32_3X3_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv1(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_96x32_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV1,
+                &super::CONV1X1_96X32_3X3_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv1(ctx, io, it) },
+                &|it| unsafe { conv1x1_96x32_3x3_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 2;
         const KC: usize = 8;
         const STEP: usize = 64;
@@ -14439,24 +14531,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV2, io, it)
+            >(ctx, &super::CONV3X3_32X32_G4_S2_2X2_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv2(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV2,
+                &super::CONV3X3_32X32_G4_S2_2X2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv2(ctx, io, it) },
+                &|it| unsafe { conv3x3_32x32_g4_s2_2x2_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv3x3_32x32_g4_2x2_silu_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 2;
         const KC: usize = 8;
         const STEP: usize = 32;
@@ -14470,24 +14562,24 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV2B, io, it)
+            >(ctx, &super::CONV3X3_32X32_G4_2X2_SILU, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv2b(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv3x3_32x32_g4_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV2B,
+                &super::CONV3X3_32X32_G4_2X2_SILU,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv2b(ctx, io, it) },
+                &|it| unsafe { conv3x3_32x32_g4_2x2_silu_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_32x128_2x2_sums_item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
         const TILE: usize = 4;
         const KC: usize = 32;
         const STEP: usize = 32;
@@ -14501,24 +14593,28 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_STAGES_3_0_CONV3, io, it)
+            >(ctx, &super::CONV1X1_32X128_2X2_SUMS, io, it)
         }
     }
-    unsafe fn conv_stages_3_0_conv3(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_32x128_2x2_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_STAGES_3_0_CONV3,
+                &super::CONV1X1_32X128_2X2_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_stages_3_0_conv3(ctx, io, it) },
+                &|it| unsafe { conv1x1_32x128_2x2_sums_item(ctx, io, it) },
             )
         }
     }
-    unsafe fn item_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums_item(
+        ctx: &rt::Ctx,
+        io: &rt::ConvIo,
+        it: usize,
+    ) {
         const TILE: usize = 4;
         const KC: usize = 128;
         const STEP: usize = 128;
@@ -14532,20 +14628,20 @@ pub mod isa_neon {
                 STEP,
                 PANELS,
                 WEIGHTS,
-            >(ctx, &super::D_FINAL_CONV, io, it)
+            >(ctx, &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS, io, it)
         }
     }
-    unsafe fn conv_final_conv(ctx: &rt::Ctx, io: &rt::ConvIo) {
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             rt::conv_run(
                 ctx,
-                &super::D_FINAL_CONV,
+                &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS,
                 io,
                 ITEMS,
                 // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
-                &|it| unsafe { item_final_conv(ctx, io, it) },
+                &|it| unsafe { conv1x1_128x192_2x2_silu_pre_sums_item(ctx, io, it) },
             )
         }
     }
@@ -14587,7 +14683,7 @@ pub mod isa_neon {
             // conv: stem.conv1+stem.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv1(
+                conv3x3_3x2_s2_23x19_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -14607,7 +14703,7 @@ pub mod isa_neon {
             // conv: stem.conv2+stem.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv2(
+                conv3x3_2x4_23x19_winograd2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 5504,
@@ -14627,7 +14723,7 @@ pub mod isa_neon {
             // conv: stem.conv3+stem.act4
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv3(
+                conv3x3_4x8_23x19_winograd2_silu_pre(
                     ctx,
                     &rt::ConvIo {
                         input: 7712,
@@ -14667,7 +14763,7 @@ pub mod isa_neon {
             // conv: stem.conv4+stages.0.0.act1
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stem_conv4(
+                conv3x3_8x16_s2_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -14687,7 +14783,7 @@ pub mod isa_neon {
             // conv: stages.0.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_downsample_conv(
+                conv1x1_16x32_12x10(
                     ctx,
                     &rt::ConvIo {
                         input: 4208,
@@ -14707,7 +14803,7 @@ pub mod isa_neon {
             // conv: stages.0.0.conv1+stages.0.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv1(
+                conv1x1_16x8_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 4208,
@@ -14727,7 +14823,7 @@ pub mod isa_neon {
             // conv: stages.0.0.conv2+stages.0.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv2(
+                conv3x3_8x8_12x10_winograd2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 6128,
@@ -14747,7 +14843,7 @@ pub mod isa_neon {
             // conv: stages.0.0.conv2b+stages.0.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv2b(
+                conv3x3_8x8_12x10_winograd2_silu_v2(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -14767,7 +14863,7 @@ pub mod isa_neon {
             // conv: stages.0.0.conv3+stages.0.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_0_0_conv3(
+                conv1x1_8x32_12x10_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 7680,
@@ -14879,7 +14975,7 @@ pub mod isa_neon {
             // conv: stages.1.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_downsample_conv(
+                conv1x1_32x64_6x5(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -14899,7 +14995,7 @@ pub mod isa_neon {
             // conv: stages.1.0.conv1+stages.1.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv1(
+                conv1x1_32x16_12x10_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -14919,7 +15015,7 @@ pub mod isa_neon {
             // conv: stages.1.0.conv2+stages.1.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv2(
+                conv3x3_16x16_g2_s2_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 3840,
@@ -14939,7 +15035,7 @@ pub mod isa_neon {
             // conv: stages.1.0.conv2b+stages.1.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv2b(
+                conv3x3_16x16_g2_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -14959,7 +15055,7 @@ pub mod isa_neon {
             // conv: stages.1.0.conv3+stages.1.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_1_0_conv3(
+                conv1x1_16x64_6x5_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 1920,
@@ -15071,7 +15167,7 @@ pub mod isa_neon {
             // conv: stages.2.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_downsample_conv(
+                conv1x1_64x96_3x3(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -15091,7 +15187,7 @@ pub mod isa_neon {
             // conv: stages.2.0.conv1+stages.2.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv1(
+                conv1x1_64x24_6x5_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 6528,
@@ -15111,7 +15207,7 @@ pub mod isa_neon {
             // conv: stages.2.0.conv2+stages.2.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2(
+                conv3x3_24x24_g3_s2_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -15131,7 +15227,7 @@ pub mod isa_neon {
             // conv: stages.2.0.conv2b+stages.2.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2b(
+                conv3x3_24x24_g3_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 2208,
@@ -15151,7 +15247,7 @@ pub mod isa_neon {
             // conv: stages.2.0.conv3+stages.2.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv3(
+                conv1x1_24x96_3x3_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -15219,7 +15315,7 @@ pub mod isa_neon {
             // conv: stages.2.1.conv1+stages.2.1.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_1_conv1(
+                conv1x1_96x24_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 1344,
@@ -15239,7 +15335,7 @@ pub mod isa_neon {
             // conv: stages.2.1.conv2+stages.2.1.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_1_conv2(
+                conv3x3_24x24_g3_3x3_silu_v2(
                     ctx,
                     &rt::ConvIo {
                         input: 2208,
@@ -15259,7 +15355,7 @@ pub mod isa_neon {
             // conv: stages.2.1.conv2b+stages.2.1.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv2b(
+                conv3x3_24x24_g3_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -15279,7 +15375,7 @@ pub mod isa_neon {
             // conv: stages.2.1.conv3+stages.2.1.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_2_0_conv3(
+                conv1x1_24x96_3x3_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 1728,
@@ -15391,7 +15487,7 @@ pub mod isa_neon {
             // conv: stages.3.0.downsample.conv
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_downsample_conv(
+                conv1x1_96x128_2x2(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -15411,7 +15507,7 @@ pub mod isa_neon {
             // conv: stages.3.0.conv1+stages.3.0.act2
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv1(
+                conv1x1_96x32_3x3_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -15431,7 +15527,7 @@ pub mod isa_neon {
             // conv: stages.3.0.conv2+stages.3.0.act2b
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv2(
+                conv3x3_32x32_g4_s2_2x2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 864,
@@ -15451,7 +15547,7 @@ pub mod isa_neon {
             // conv: stages.3.0.conv2b+stages.3.0.act3
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv2b(
+                conv3x3_32x32_g4_2x2_silu(
                     ctx,
                     &rt::ConvIo {
                         input: 0,
@@ -15471,7 +15567,7 @@ pub mod isa_neon {
             // conv: stages.3.0.conv3+stages.3.0.attn_last
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_stages_3_0_conv3(
+                conv1x1_32x128_2x2_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 512,
@@ -15533,7 +15629,7 @@ pub mod isa_neon {
             // conv: final_conv+final_act+head.global_pool
             {
                 let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv_final_conv(
+                conv1x1_128x192_2x2_silu_pre_sums(
                     ctx,
                     &rt::ConvIo {
                         input: 2176,
@@ -15657,7 +15753,7 @@ pub mod isa_neon {
         unsafe {
             match index {
                 1 => {
-                    conv_stem_conv1(
+                    conv3x3_3x2_s2_23x19_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -15672,7 +15768,7 @@ pub mod isa_neon {
                     );
                 }
                 2 => {
-                    conv_stem_conv2(
+                    conv3x3_2x4_23x19_winograd2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 5504,
@@ -15687,7 +15783,7 @@ pub mod isa_neon {
                     );
                 }
                 3 => {
-                    conv_stem_conv3(
+                    conv3x3_4x8_23x19_winograd2_silu_pre(
                         ctx,
                         &rt::ConvIo {
                             input: 7712,
@@ -15702,7 +15798,7 @@ pub mod isa_neon {
                     );
                 }
                 5 => {
-                    conv_stem_conv4(
+                    conv3x3_8x16_s2_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -15717,7 +15813,7 @@ pub mod isa_neon {
                     );
                 }
                 6 => {
-                    conv_stages_0_0_downsample_conv(
+                    conv1x1_16x32_12x10(
                         ctx,
                         &rt::ConvIo {
                             input: 4208,
@@ -15732,7 +15828,7 @@ pub mod isa_neon {
                     );
                 }
                 7 => {
-                    conv_stages_0_0_conv1(
+                    conv1x1_16x8_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 4208,
@@ -15747,7 +15843,7 @@ pub mod isa_neon {
                     );
                 }
                 8 => {
-                    conv_stages_0_0_conv2(
+                    conv3x3_8x8_12x10_winograd2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 6128,
@@ -15762,7 +15858,7 @@ pub mod isa_neon {
                     );
                 }
                 9 => {
-                    conv_stages_0_0_conv2b(
+                    conv3x3_8x8_12x10_winograd2_silu_v2(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -15777,7 +15873,7 @@ pub mod isa_neon {
                     );
                 }
                 10 => {
-                    conv_stages_0_0_conv3(
+                    conv1x1_8x32_12x10_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 7680,
@@ -15849,7 +15945,7 @@ pub mod isa_neon {
                     );
                 }
                 15 => {
-                    conv_stages_1_0_downsample_conv(
+                    conv1x1_32x64_6x5(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -15864,7 +15960,7 @@ pub mod isa_neon {
                     );
                 }
                 16 => {
-                    conv_stages_1_0_conv1(
+                    conv1x1_32x16_12x10_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -15879,7 +15975,7 @@ pub mod isa_neon {
                     );
                 }
                 17 => {
-                    conv_stages_1_0_conv2(
+                    conv3x3_16x16_g2_s2_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 3840,
@@ -15894,7 +15990,7 @@ pub mod isa_neon {
                     );
                 }
                 18 => {
-                    conv_stages_1_0_conv2b(
+                    conv3x3_16x16_g2_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -15909,7 +16005,7 @@ pub mod isa_neon {
                     );
                 }
                 19 => {
-                    conv_stages_1_0_conv3(
+                    conv1x1_16x64_6x5_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 1920,
@@ -15981,7 +16077,7 @@ pub mod isa_neon {
                     );
                 }
                 24 => {
-                    conv_stages_2_0_downsample_conv(
+                    conv1x1_64x96_3x3(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -15996,7 +16092,7 @@ pub mod isa_neon {
                     );
                 }
                 25 => {
-                    conv_stages_2_0_conv1(
+                    conv1x1_64x24_6x5_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 6528,
@@ -16011,7 +16107,7 @@ pub mod isa_neon {
                     );
                 }
                 26 => {
-                    conv_stages_2_0_conv2(
+                    conv3x3_24x24_g3_s2_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -16026,7 +16122,7 @@ pub mod isa_neon {
                     );
                 }
                 27 => {
-                    conv_stages_2_0_conv2b(
+                    conv3x3_24x24_g3_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 2208,
@@ -16041,7 +16137,7 @@ pub mod isa_neon {
                     );
                 }
                 28 => {
-                    conv_stages_2_0_conv3(
+                    conv1x1_24x96_3x3_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -16094,7 +16190,7 @@ pub mod isa_neon {
                     );
                 }
                 31 => {
-                    conv_stages_2_1_conv1(
+                    conv1x1_96x24_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 1344,
@@ -16109,7 +16205,7 @@ pub mod isa_neon {
                     );
                 }
                 32 => {
-                    conv_stages_2_1_conv2(
+                    conv3x3_24x24_g3_3x3_silu_v2(
                         ctx,
                         &rt::ConvIo {
                             input: 2208,
@@ -16124,7 +16220,7 @@ pub mod isa_neon {
                     );
                 }
                 33 => {
-                    conv_stages_2_0_conv2b(
+                    conv3x3_24x24_g3_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -16139,7 +16235,7 @@ pub mod isa_neon {
                     );
                 }
                 34 => {
-                    conv_stages_2_0_conv3(
+                    conv1x1_24x96_3x3_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 1728,
@@ -16211,7 +16307,7 @@ pub mod isa_neon {
                     );
                 }
                 39 => {
-                    conv_stages_3_0_downsample_conv(
+                    conv1x1_96x128_2x2(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -16226,7 +16322,7 @@ pub mod isa_neon {
                     );
                 }
                 40 => {
-                    conv_stages_3_0_conv1(
+                    conv1x1_96x32_3x3_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -16241,7 +16337,7 @@ pub mod isa_neon {
                     );
                 }
                 41 => {
-                    conv_stages_3_0_conv2(
+                    conv3x3_32x32_g4_s2_2x2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 864,
@@ -16256,7 +16352,7 @@ pub mod isa_neon {
                     );
                 }
                 42 => {
-                    conv_stages_3_0_conv2b(
+                    conv3x3_32x32_g4_2x2_silu(
                         ctx,
                         &rt::ConvIo {
                             input: 0,
@@ -16271,7 +16367,7 @@ pub mod isa_neon {
                     );
                 }
                 43 => {
-                    conv_stages_3_0_conv3(
+                    conv1x1_32x128_2x2_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 512,
@@ -16318,7 +16414,7 @@ pub mod isa_neon {
                     );
                 }
                 46 => {
-                    conv_final_conv(
+                    conv1x1_128x192_2x2_silu_pre_sums(
                         ctx,
                         &rt::ConvIo {
                             input: 2176,

@@ -79,7 +79,7 @@ fn offset(s: &Schedule, b: Option<usize>) -> TokenStream {
 
 /// One unique conv shape: its descriptor constant and the plan its entry points follow.
 struct ConvShape {
-    /// `stages_2_1_conv1`: the first module using it.
+    /// What it computes (`conv1x1_1536x384_20x20_silu`).
     name: String,
     desc: TokenStream,
     doc: String,
@@ -148,7 +148,24 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
         if has_sums { ", accumulates channel sums" } else { "" },
         if winograd { format!(", as Winograd F({wino_m}x{wino_m}, 3x3)") } else { String::new() },
     );
-    (key, ConvShape { name: String::new(), desc, doc, plan })
+    // Named for what it computes: `conv3x3_128x128_g2_s2_20x20_silu`.
+    let mut name = format!("conv{}x{}_{}x{}", sp.k, sp.k, sp.cin, sp.cout);
+    if sp.groups > 1 {
+        name += &format!("_g{}", sp.groups);
+    }
+    if sp.stride > 1 {
+        name += &format!("_s{}", sp.stride);
+    }
+    name += &format!("_{}x{}", lo.h, lo.w);
+    if winograd {
+        name += &format!("_winograd{wino_m}");
+    }
+    for (on, tag) in [(*act, "_silu"), (preact.is_some(), "_pre"), (has_sums, "_sums")] {
+        if on {
+            name += tag;
+        }
+    }
+    (key, ConvShape { name, desc, doc, plan })
 }
 
 fn collect_convs(s: &Schedule) -> Convs {
@@ -159,7 +176,12 @@ fn collect_convs(s: &Schedule) -> Convs {
         if let Op::Conv { .. } = k.op {
             let (key, mut shape) = conv_shape(s, &k.op);
             let at = *index.entry(key).or_insert_with(|| {
-                shape.name = k.modules[0].replace('.', "_");
+                // Shapes differing only in what the name leaves out (borders, tiling) are
+                // numbered in first-use order.
+                let same = convs.shapes.iter().filter(|c| c.name.split("_v").next() == Some(&shape.name)).count();
+                if same > 0 {
+                    shape.name = format!("{}_v{}", shape.name, same + 1);
+                }
                 convs.shapes.push(shape);
                 users.push(Vec::new());
                 convs.shapes.len() - 1
@@ -177,7 +199,7 @@ fn collect_convs(s: &Schedule) -> Convs {
 /// The descriptor constants (shared by every ISA).
 fn conv_consts(convs: &Convs) -> TokenStream {
     let items = convs.shapes.iter().map(|c| {
-        let name = format_ident!("D_{}", c.name.to_uppercase());
+        let name = format_ident!("{}", c.name.to_uppercase());
         let (desc, doc) = (&c.desc, &c.doc);
         quote! {
             #[doc = #doc]
@@ -191,9 +213,9 @@ fn conv_consts(convs: &Convs) -> TokenStream {
 fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
     let feature = &isa.feature;
     let items = convs.shapes.iter().map(|c| {
-        let d = format_ident!("D_{}", c.name.to_uppercase());
-        let item = format_ident!("item_{}", c.name);
-        let run = format_ident!("conv_{}", c.name);
+        let d = format_ident!("{}", c.name.to_uppercase());
+        let item = format_ident!("{}_item", c.name);
+        let run = format_ident!("{}", c.name);
         let plan = &c.plan;
         let mk = plan.micro(isa.kernels.isa);
         let (kc, step, t, p, items) = (u(plan.kc), u(plan.step), u(mk.tile), u(mk.panels), u(mk.items));
@@ -261,7 +283,7 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
                 quote!(rt::pack_input(ctx, image, &#o);)
             }
             Op::Conv { input, out, preact, sums, .. } => {
-                let name = format_ident!("conv_{}", convs.shapes[convs.of_kernel[&i]].name);
+                let name = format_ident!("{}", convs.shapes[convs.of_kernel[&i]].name);
                 let (i_, o_, p_, s_) =
                     (offset(s, Some(*input)), offset(s, Some(*out)), offset(s, *preact), offset(s, *sums));
                 let (w, b) = (u(slot.weights), u(slot.bias));
