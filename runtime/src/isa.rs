@@ -1,6 +1,6 @@
 //! Instruction sets the generated code is emitted for, detected once at run time.
 //!
-//! `NFNET_ISA` forces one (`scalar`, `avx2`, `avx512`, `neon`, `neon-emu`); forcing one the
+//! `NFNET_ISA` forces one (`scalar`, `avx2`, `avx512`, `amx`, `neon`, `neon-emu`); forcing one the
 //! CPU lacks is an error, never a silent fallback.
 
 use std::fmt;
@@ -13,6 +13,9 @@ pub enum Isa {
     Avx2,
     /// x86_64 AVX-512F (with AVX2 + FMA).
     Avx512,
+    /// x86_64 AVX-512 with AMX tiles: the AVX-512 kernels, the bf16 convs on AMX
+    /// (`tdpbf16ps`). Detected with the kernel's grant of the tile state.
+    Amx,
     /// aarch64 NEON.
     Neon,
     /// The NEON kernels compiled on another architecture against the runtime's emulation of
@@ -21,13 +24,14 @@ pub enum Isa {
 }
 
 impl Isa {
-    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonEmu];
+    pub const ALL: [Isa; 6] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon, Isa::NeonEmu];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
             Isa::Neon => "neon",
             Isa::NeonEmu => "neon-emu",
         }
@@ -52,6 +56,8 @@ impl Isa {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Isa::Avx512.is_available() && crate::bf16::amx_available(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,
             #[cfg(not(target_arch = "aarch64"))]
@@ -63,7 +69,7 @@ impl Isa {
 
     /// The fastest ISA this CPU runs, among `supported` (those the model was emitted for).
     pub fn best(supported: &[Isa]) -> Isa {
-        let order = [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar];
+        let order = [Isa::Amx, Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar];
         order.into_iter().find(|i| supported.contains(i) && i.is_available()).unwrap_or(Isa::Scalar)
     }
 

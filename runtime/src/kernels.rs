@@ -51,6 +51,9 @@ pub struct Ctx<'a> {
     pub weights: SyncPtr<f32>,
     pub weights16: SyncPtr<u16>,
     pub pool: &'a Pool,
+    /// The bf16 convs run on AMX tiles (the model runs as `Isa::Amx`, which detection
+    /// granted); else on the portable kernel.
+    pub amx: bool,
 }
 
 /// An NHWC buffer in the arena: `offset` floats in, `h x w x c` inside a `pad` border.

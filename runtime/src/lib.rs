@@ -4,6 +4,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bf16;
 pub mod isa;
 #[cfg(feature = "images")]
 pub mod jpeg;

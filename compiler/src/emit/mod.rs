@@ -604,13 +604,14 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
                 self.pool.threads()
             }
 
-            /// Arena `lane`, the weight blob and a pool, as the kernels see them.
-            fn ctx<'p>(&self, lane: usize, pool: &'p Pool) -> rt::Ctx<'p> {
+            /// Arena `lane`, the weight blob and a pool, as the kernels of `isa` see them.
+            fn ctx<'p>(&self, lane: usize, pool: &'p Pool, isa: Isa) -> rt::Ctx<'p> {
                 rt::Ctx {
                     arena: self.arena_ptrs[lane],
                     weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
                     weights16: SyncPtr(WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16),
                     pool,
+                    amx: isa == Isa::Amx,
                 }
             }
         }
@@ -657,7 +658,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             /// and later inferences are unaffected. Packing and copy-out kernels do nothing.
             pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
                 assert!(index < KERNELS, "kernel index {index} out of range");
-                let ctx = ws.ctx(0, &ws.pool);
+                let ctx = ws.ctx(0, &ws.pool, self.isa);
                 // SAFETY: as in `run`: the ISA was checked, the arena is ours for this call.
                 unsafe {
                     match self.isa {
@@ -714,12 +715,12 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
                 for round in (0..solo_images).step_by(lanes.max(1)) {
                     ws.pool.run(lanes, &|lane| {
                         // SAFETY: image `round + lane` runs once, alone on arena `lane`.
-                        unsafe { self.image(&ws.ctx(lane, &ws.solo), input, raw, round + lane, None) }
+                        unsafe { self.image(&ws.ctx(lane, &ws.solo, self.isa), input, raw, round + lane, None) }
                     });
                 }
                 for b in solo_images..BATCH {
                     // SAFETY: one image at a time on arena 0.
-                    unsafe { self.image(&ws.ctx(0, &ws.pool), input, raw, b, prof.as_mut().map(|p| &mut p[..])) }
+                    unsafe { self.image(&ws.ctx(0, &ws.pool, self.isa), input, raw, b, prof.as_mut().map(|p| &mut p[..])) }
                 }
             }
 

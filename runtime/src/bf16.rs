@@ -1,0 +1,725 @@
+//! Convolutions in bf16: inputs and weights rounded to bf16 (round to nearest even),
+//! products accumulated in f32, the epilogue (bias, pre-activation, SiLU, channel sums) in
+//! f32 over the accumulators, activations stored as f32.
+//!
+//! Every conv is an implicit GEMM per group: A (pixels x K) gathers each output pixel's taps
+//! from the f32 input and rounds them to bf16 into a scratch block; B (K x columns) is packed
+//! at build time as AMX reads it ([`b_index`]): per 16 output channels and 32 K, one 1 KiB
+//! tile of 16 rows of K pairs. On AMX (`tdpbf16ps`) a block of 32 pixels x 32 channels is
+//! four 16 x 16 f32 tiles; elsewhere [`block_portable`] computes the same products.
+//!
+//! Work items are (band of rows, group, range of column tiles): the band's channel sums are
+//! written by its items alone, in a fixed order, so results do not depend on the threads.
+
+use crate::kernels::{Buf, ConvDesc, ConvIo, Ctx, NONE, NR};
+
+/// Rows (pixels) and columns (channels) of one f32 result tile.
+pub const TILE: usize = 16;
+/// K per tile step: 32 bf16 (16 pairs) per A row.
+pub const KSTEP: usize = 32;
+/// Pixels per block: two row tiles.
+pub const MBLOCK: usize = 2 * TILE;
+
+/// The bf16 shape of a conv, next to its [`ConvDesc`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bf16Desc {
+    /// K = taps x input channels per group, rounded up to [`KSTEP`].
+    pub kpad: usize,
+    /// Column tiles per group (output channels per group rounded up to 16, over 16).
+    pub ntiles: usize,
+    /// Ranges the column tiles of a group and band are split into, one per work item.
+    pub splits: usize,
+    /// Pixels gathered at a time (a multiple of [`MBLOCK`]): the scratch holds `chunk x kpad`.
+    pub chunk: usize,
+}
+
+impl Bf16Desc {
+    pub const fn items(&self, d: &ConvDesc) -> usize {
+        d.bands() * d.groups * self.splits
+    }
+
+    /// bf16 values of the gather scratch.
+    pub const fn scratch_len(&self) -> usize {
+        self.chunk * self.kpad
+    }
+
+    /// u16 values of the packed weights of all groups.
+    pub const fn weights_len(&self, groups: usize) -> usize {
+        groups * self.ntiles * TILE * self.kpad
+    }
+}
+
+/// `x` rounded to bf16, to nearest even (NaN stays NaN, quiet).
+#[inline(always)]
+pub fn round(x: f32) -> u16 {
+    let b = x.to_bits();
+    let r = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() { ((b >> 16) as u16) | 0x40 } else { r }
+}
+
+/// A bf16 value as f32 (exact).
+#[inline(always)]
+pub fn widen(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// Index, in the packed weights, of element (`k`, `n`) of group `g`'s K x columns matrix:
+/// group-major, then column tile, then K step; inside a tile 16 rows of K pairs, each row
+/// the 16 columns' pairs (`[k even, k odd]`).
+#[inline(always)]
+pub fn b_index(kpad: usize, ntiles: usize, g: usize, k: usize, n: usize) -> usize {
+    let (j, c) = (n / TILE, n % TILE);
+    let (s, kk) = (k / KSTEP, k % KSTEP);
+    (((g * ntiles + j) * (kpad / KSTEP) + s) * TILE + kk / 2) * (2 * TILE) + c * 2 + kk % 2
+}
+
+/// `x * sigmoid(x)` without a library call (it vectorizes): `exp` by a power of two times a
+/// polynomial on `[-ln2/2, ln2/2]`, about 2 ulp.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    let t = (-x).clamp(-87.0, 88.0);
+    let n = (t * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = t - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_4 + r * (0.008_333_8 + r * 0.001_394_3)))));
+    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    x / (1.0 + e)
+}
+
+/// Whether this process may run AMX bf16 tiles: the CPU has them, the OS saves their state,
+/// and the kernel granted this process the tile data (asked once).
+pub fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *GRANTED.get_or_init(amx::request)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
+
+/// Work item `it` of a bf16 conv.
+///
+/// # Safety
+/// `d`, `b` and `io` describe a conv of the model whose weights and arena `ctx` holds (the
+/// compiler's memory plan and packing); `SCRATCH >= b.scratch_len()`; with `ctx.amx`, AMX
+/// was granted ([`amx_available`]). Items write disjoint parts of the outputs.
+pub unsafe fn conv_item<const SCRATCH: usize>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize) {
+    let mut a = std::mem::MaybeUninit::<Aligned<[u16; SCRATCH]>>::uninit();
+    let a = a.as_mut_ptr() as *mut u16;
+    #[cfg(target_arch = "x86_64")]
+    if ctx.amx {
+        // SAFETY: as this function's; AMX is granted (caller), and AMX CPUs have AVX-512.
+        return unsafe { amx::item(ctx, d, b, io, it, a) };
+    }
+    // SAFETY: as this function's.
+    unsafe { item::<false>(ctx, d, b, io, it, a) }
+}
+
+#[repr(C, align(64))]
+struct Aligned<T>(T);
+
+/// The body of a work item; `AMX` chooses the block product.
+///
+/// # Safety
+/// As [`conv_item`], `a` the scratch (64-byte aligned, `b.scratch_len()` values).
+#[inline(always)]
+unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
+    let per_band = d.groups * b.splits;
+    let (bi, g, sp) = (it / per_band, it % per_band / b.splits, it % b.splits);
+    let (j0, j1) = (sp * b.ntiles / b.splits, (sp + 1) * b.ntiles / b.splits);
+    let r0 = bi * d.band;
+    let r1 = (r0 + d.band).min(d.rows);
+    let row_start = |r: usize| if d.flat { r * d.row_len } else { r * d.out.w };
+    let row_end = |r: usize| row_start(r) + if d.flat && r + 1 == d.rows { d.last_row_len } else { d.row_len };
+    let (p0, p1) = (row_start(r0), row_end(r1 - 1));
+    let k_real = d.taps.len() * d.kc;
+    let ksteps = b.kpad / KSTEP;
+    let bias = ctx.w(io.bias + g * b.ntiles * TILE);
+    let sums = if d.sums { ctx.ptr(io.sums + bi * d.out.c + g * d.cout_g) } else { std::ptr::null_mut() };
+    let col_end = |j: usize| ((j + 1) * TILE).min(d.cout_g);
+    if !sums.is_null() {
+        for c in j0 * TILE..col_end(j1 - 1) {
+            // SAFETY: the band's row of sums, this item's columns (disjoint from others').
+            unsafe { *sums.add(c) = 0.0 };
+        }
+    }
+    let inp = &d.input;
+    let shift = inp.pad - d.conv_pad;
+    let wp = inp.w + 2 * inp.pad;
+    let mut c = Aligned([0.0f32; 4 * TILE * TILE]);
+    let mut m0 = p0;
+    while m0 < p1 {
+        let m1 = (m0 + b.chunk).min(p1);
+        // Gather and round: row i of A is pixel m0 + i's taps, K padded with zeros, and the
+        // rows up to a whole block zero.
+        let rows = (m1 - m0).next_multiple_of(MBLOCK);
+        for i in 0..rows {
+            // SAFETY: row i of the scratch (rows <= chunk).
+            let dst = unsafe { std::slice::from_raw_parts_mut(a.add(i * b.kpad), b.kpad) };
+            if m0 + i >= m1 {
+                dst.fill(0);
+                continue;
+            }
+            let (y, x) = ((m0 + i) / d.out.w, (m0 + i) % d.out.w);
+            let base = io.input + ((y * d.stride + shift) * wp + x * d.stride + shift) * inp.c + g * d.kc;
+            for (t, &off) in d.taps.iter().enumerate() {
+                // SAFETY: the tap's input pixel lies in the padded input buffer (the conv's
+                // border is inside the buffer's), kc channels of group g.
+                let src = unsafe { std::slice::from_raw_parts(ctx.ptr(base.wrapping_add_signed(off)), d.kc) };
+                for (o, &v) in dst[t * d.kc..(t + 1) * d.kc].iter_mut().zip(src) {
+                    *o = round(v);
+                }
+            }
+            dst[k_real..].fill(0);
+        }
+        let mut mb = m0;
+        while mb < m1 {
+            let mut j = j0;
+            while j < j1 {
+                let pair = j + 1 < j1;
+                let w = |jj: usize| ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, jj * TILE));
+                let (b0, b1) = (w(j), if pair { w(j + 1) } else { w(j) });
+                // SAFETY: the scratch's block at mb (32 rows of kpad), the group's tiles j and
+                // j + 1 (or j twice) of ksteps tiles each, 4 result tiles in `c`.
+                unsafe {
+                    let ab = a.add((mb - m0) * b.kpad);
+                    if AMX {
+                        #[cfg(target_arch = "x86_64")]
+                        amx::block(ab, b.kpad * 2, b0, b1, ksteps, c.0.as_mut_ptr());
+                    } else {
+                        block_portable(ab, b.kpad, b0, b1, ksteps, &mut c.0);
+                    }
+                }
+                for (ni, jj) in [(0, j), (1, j + 1)] {
+                    if ni == 1 && !pair {
+                        break;
+                    }
+                    let n0 = jj * TILE;
+                    let ncols = col_end(jj) - n0;
+                    let mut colsum = [0.0f32; TILE];
+                    for r in 0..MBLOCK {
+                        let p = mb + r;
+                        if p >= m1 {
+                            break;
+                        }
+                        let acc = &c.0[((r / TILE) * 2 + ni) * TILE * TILE + (r % TILE) * TILE..][..TILE];
+                        let (y, x) = (p / d.out.w, p % d.out.w);
+                        let mut v = [0.0f32; TILE];
+                        for k in 0..TILE {
+                            // SAFETY: the group's padded bias row (ntiles x 16 floats).
+                            v[k] = acc[k] + unsafe { *bias.add(n0 + k) };
+                        }
+                        let ch = g * d.cout_g + n0;
+                        // SAFETY: pixel (y, x) of the outputs, this item's channels.
+                        unsafe {
+                            if io.pre != NONE {
+                                let pre = ctx.ptr(Buf { offset: io.pre, ..d.pre }.at(y, x) + ch);
+                                std::ptr::copy_nonoverlapping(v.as_ptr(), pre, ncols);
+                            }
+                            if d.act {
+                                for e in &mut v {
+                                    *e = silu(*e);
+                                }
+                            }
+                            let out = ctx.ptr(Buf { offset: io.out, ..d.out }.at(y, x) + ch);
+                            std::ptr::copy_nonoverlapping(v.as_ptr(), out, ncols);
+                        }
+                        for k in 0..TILE {
+                            colsum[k] += v[k];
+                        }
+                    }
+                    if !sums.is_null() {
+                        for k in 0..ncols {
+                            // SAFETY: as the zeroing above.
+                            unsafe { *sums.add(n0 + k) += colsum[k] };
+                        }
+                    }
+                }
+                j += 2;
+            }
+            mb += MBLOCK;
+        }
+        m0 = m1;
+    }
+}
+
+/// The block product without AMX, and the twin the AMX kernel is tested against: the four
+/// 16 x 16 tiles of `C = A B` over `ksteps` steps of 32 K, A two row tiles of `a_stride`
+/// values apart rows, B tiles `b0` and `b1` as packed ([`b_index`]); per K pair the two
+/// products are added, then accumulated in f32, as `tdpbf16ps` does.
+///
+/// # Safety
+/// `a` holds 32 rows of `ksteps x 32` values, `a_stride` apart; `b0` and `b1` hold `ksteps`
+/// tiles of 512 values each.
+pub unsafe fn block_portable(
+    a: *const u16,
+    a_stride: usize,
+    b0: *const u16,
+    b1: *const u16,
+    ksteps: usize,
+    c: &mut [f32; 4 * TILE * TILE],
+) {
+    c.fill(0.0);
+    for s in 0..ksteps {
+        for (t, c) in c.chunks_exact_mut(TILE * TILE).enumerate() {
+            let (mi, bt) = (t / 2, if t % 2 == 0 { b0 } else { b1 });
+            for r in 0..TILE {
+                // SAFETY: row mi * 16 + r of A, step s; tile s of B (caller).
+                let (ar, bs) = unsafe {
+                    (
+                        std::slice::from_raw_parts(a.add((mi * TILE + r) * a_stride + s * KSTEP), KSTEP),
+                        std::slice::from_raw_parts(bt.add(s * 2 * TILE * TILE), 2 * TILE * TILE),
+                    )
+                };
+                let row = &mut c[r * TILE..][..TILE];
+                for kp in 0..TILE {
+                    let (x0, x1) = (widen(ar[2 * kp]), widen(ar[2 * kp + 1]));
+                    let bp = &bs[kp * 2 * TILE..][..2 * TILE];
+                    for n in 0..TILE {
+                        row[n] += x0 * widen(bp[2 * n]) + x1 * widen(bp[2 * n + 1]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output channels per group padded to whole tiles equal the f32 panels' (`NR`).
+const _: () = assert!(TILE == NR);
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::*;
+    use std::arch::asm;
+
+    /// Palette 1; tiles 0-7 all 16 rows of 64 bytes: 0-3 the f32 results, 4-5 A, 6-7 B.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    static CONFIG: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        TileConfig(c)
+    };
+
+    /// Asks Linux for the AMX tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`) once the CPU reports AMX-TILE and AMX-BF16 and the OS enables
+    /// the tile state in XCR0.
+    pub(super) fn request() -> bool {
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
+        // Bit 27 of leaf 1 ECX: XGETBV may run.
+        let osxsave = std::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0;
+        if !(amx_bf16 && amx_tile && osxsave && std::is_x86_feature_detected!("avx512f")) {
+            return false;
+        }
+        let xcr0: u64;
+        // SAFETY: XGETBV(0) with OSXSAVE set reads XCR0 only.
+        unsafe {
+            let (lo, hi): (u32, u32);
+            asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
+            xcr0 = (hi as u64) << 32 | lo as u64;
+        }
+        if xcr0 & (3 << 17) != 3 << 17 {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a syscall that only changes this process's permitted state components.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    /// [`item`] with AVX-512 for the gather, rounding and epilogue.
+    ///
+    /// # Safety
+    /// As [`super::conv_item`], AMX granted.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub(super) unsafe fn item(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
+        // SAFETY: as this function's.
+        unsafe { super::item::<true>(ctx, d, b, io, it, a) }
+    }
+
+    /// The four result tiles of [`block_portable`] on AMX, stored to `c` (tile t at 256 t).
+    ///
+    /// # Safety
+    /// As [`block_portable`], `a_stride` in bytes; AMX granted to this process.
+    #[inline(always)]
+    pub(super) unsafe fn block(
+        a: *const u16,
+        a_stride: usize,
+        b0: *const u16,
+        b1: *const u16,
+        ksteps: usize,
+        c: *mut f32,
+    ) {
+        // SAFETY: loads stay inside A's 32 rows and B's ksteps tiles, stores inside c's
+        // 4 KiB (caller); the tile registers are clobbered and released before the block ends.
+        unsafe {
+            asm!(
+                "ldtilecfg [{cfg}]",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a0} + {sa}]",
+                "tileloadd tmm6, [{b0} + {sb}]",
+                "tileloadd tmm5, [{a1} + {sa}]",
+                "tileloadd tmm7, [{b1} + {sb}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a0}, 64",
+                "add {a1}, 64",
+                "add {b0}, 1024",
+                "add {b1}, 1024",
+                "dec {k}",
+                "jnz 2b",
+                "tilestored [{c} + {sb}], tmm0",
+                "tilestored [{c} + {sb} + 1024], tmm1",
+                "tilestored [{c} + {sb} + 2048], tmm2",
+                "tilestored [{c} + {sb} + 3072], tmm3",
+                "tilerelease",
+                cfg = in(reg) &CONFIG,
+                a0 = inout(reg) a => _,
+                a1 = inout(reg) (a as *const u8).add(TILE * a_stride) => _,
+                sa = in(reg) a_stride,
+                b0 = inout(reg) b0 => _,
+                b1 = inout(reg) b1 => _,
+                sb = in(reg) 64usize,
+                k = inout(reg) ksteps => _,
+                c = in(reg) c,
+                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+                out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+                options(nostack),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        for (x, want) in [
+            (1.0f32, 0x3f80u16),
+            (f32::from_bits(0x3f80_8000), 0x3f80), // tie, even stays
+            (f32::from_bits(0x3f81_8000), 0x3f82), // tie, odd rounds up
+            (f32::from_bits(0x3f80_8001), 0x3f81),
+            (f32::MAX, 0x7f80),
+            (f32::INFINITY, 0x7f80),
+            (-0.0, 0x8000),
+        ] {
+            assert_eq!(round(x), want, "{x:e}");
+        }
+        assert!(widen(round(f32::NAN)).is_nan());
+        for i in 0..10_000u32 {
+            let x = f32::from_bits(i.wrapping_mul(2_654_435_761));
+            if x.is_normal() && x.abs() < 1e38 {
+                let r = widen(round(x));
+                assert!((r - x).abs() <= x.abs() * (1.0 / 256.0), "{x:e} -> {r:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn silu_is_accurate() {
+        for i in -20_000..20_000 {
+            let x = i as f32 * 0.005;
+            let want = x as f64 / (1.0 + (-x as f64).exp());
+            let got = silu(x) as f64;
+            assert!((got - want).abs() <= 3e-7 * want.abs().max(1e-3), "{x}: {got} vs {want}");
+        }
+        assert!(silu(-200.0) <= 0.0 && silu(-200.0) > -1e-30);
+        assert_eq!(silu(200.0), 200.0);
+    }
+
+    /// A deterministic pseudo-random bf16-representable f32 in [-1, 1).
+    fn rnd(state: &mut u64) -> f32 {
+        *state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        widen(round(((*state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0))
+    }
+
+    #[test]
+    fn amx_blocks_equal_the_portable_twin() {
+        if !amx_available() {
+            assert!(!cpu_reports_amx(), "the CPU reports AMX but this process was not granted it");
+            eprintln!("skipped: no AMX");
+            return;
+        }
+        let mut st = 7;
+        for ksteps in [1, 2, 18, 48] {
+            let kpad = ksteps * KSTEP;
+            let a: Vec<u16> = (0..MBLOCK * kpad).map(|_| round(rnd(&mut st))).collect();
+            let b: Vec<u16> = (0..2 * TILE * kpad).map(|_| round(rnd(&mut st))).collect();
+            let (b0, b1) = (b.as_ptr(), b[TILE * kpad..].as_ptr());
+            let mut want = [0.0f32; 4 * TILE * TILE];
+            let mut got = Aligned([f32::NAN; 4 * TILE * TILE]);
+            // SAFETY: sizes as the functions require; AMX granted above.
+            unsafe {
+                block_portable(a.as_ptr(), kpad, b0, b1, ksteps, &mut want);
+                #[cfg(target_arch = "x86_64")]
+                amx::block(a.as_ptr(), 2 * kpad, b0, b1, ksteps, got.0.as_mut_ptr());
+            }
+            for (i, (g, w)) in got.0.iter().zip(&want).enumerate() {
+                // Same products (exact in f32), sums in another order: a few ulp of the
+                // sum of magnitudes.
+                assert!((g - w).abs() <= 1e-6 * (kpad as f32), "ksteps {ksteps}, element {i}: {g} vs {w}");
+            }
+        }
+    }
+
+    /// One conv case: input h x w x cin (border `pad`), k x k taps, stride, groups, cout.
+    struct Case {
+        h: usize,
+        w: usize,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        groups: usize,
+        flat: bool,
+        band: usize,
+        splits: usize,
+        chunk: usize,
+    }
+
+    /// Runs a conv through `conv_item` (every item, one thread) and compares each output,
+    /// pre-activation and channel sum with the same conv in f64 over the same bf16 values.
+    fn check(case: &Case, amx: bool) {
+        let Case { h, w, cin, cout, k, stride, groups, flat, band, splits, chunk } = *case;
+        let pad = k / 2;
+        let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        let (kc, cout_g) = (cin / groups, cout / groups);
+        let ntiles = cout_g.div_ceil(TILE);
+        let kpad = (k * k * kc).next_multiple_of(KSTEP);
+        let mut st = (h * 31 + w * 7 + cin + cout * 3 + k + stride + groups) as u64;
+        let input = Buf { offset: 0, h, w, c: cin, pad };
+        let in_len = (h + 2 * pad) * (w + 2 * pad) * cin;
+        let out = Buf { offset: 0, h: oh, w: ow, c: cout, pad: 1 };
+        let out_len = (oh + 2) * (ow + 2) * cout;
+        let (rows, row_len, last_row_len) = if flat {
+            let m = oh * ow;
+            let rl = 20;
+            (m.div_ceil(rl), rl, m - rl * (m.div_ceil(rl) - 1))
+        } else {
+            (oh, ow, ow)
+        };
+        let bands = rows.div_ceil(band);
+        let mut arena = vec![0.0f32; in_len + 2 * out_len + bands * cout];
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..cin {
+                    arena[input.at(y, x) + c] = rnd(&mut st) * 4.0;
+                }
+            }
+        }
+        let wts: Vec<f32> = (0..cout * kc * k * k).map(|_| rnd(&mut st)).collect();
+        let bias: Vec<f32> = (0..groups * ntiles * TILE).map(|_| rnd(&mut st)).collect();
+        let b = Bf16Desc { kpad, ntiles, splits, chunk };
+        let mut packed = vec![0u16; b.weights_len(groups)];
+        for g in 0..groups {
+            for n in 0..cout_g {
+                for t in 0..k * k {
+                    for c in 0..kc {
+                        let v = wts[(((g * cout_g + n) * kc + c) * k * k) + t];
+                        packed[b_index(kpad, ntiles, g, t * kc + c, n)] = round(v);
+                    }
+                }
+            }
+        }
+        let wp = (w + 2 * pad) as isize;
+        let taps: Vec<isize> =
+            (0..k).flat_map(|ky| (0..k).map(move |kx| (ky as isize * wp + kx as isize) * cin as isize)).collect();
+        let d = ConvDesc {
+            input,
+            out,
+            pre: out,
+            stride,
+            conv_pad: pad,
+            taps: Box::leak(taps.into_boxed_slice()),
+            kc,
+            groups,
+            cout_g,
+            act: true,
+            sums: true,
+            panel_outer: false,
+            flat,
+            rows,
+            row_len,
+            last_row_len,
+            band,
+        };
+        let io = ConvIo {
+            input: 0,
+            out: in_len,
+            pre: in_len + out_len,
+            sums: in_len + 2 * out_len,
+            weights: 0,
+            bias: 0,
+            ahead: NONE,
+            ahead_bytes: 0,
+        };
+        let pool = crate::Pool::new(2).unwrap();
+        let ctx = Ctx {
+            arena: crate::SyncPtr(arena.as_mut_ptr()),
+            weights: crate::SyncPtr(bias.as_ptr() as *mut f32),
+            weights16: crate::SyncPtr(packed.as_ptr() as *mut u16),
+            pool: &pool,
+            amx,
+        };
+        // SAFETY: the buffers above hold every offset the descriptors name.
+        unsafe {
+            crate::kernels::conv_run(&ctx, &d, &io, b.items(&d), &|it| conv_item::<{ 1 << 16 }>(&ctx, &d, &b, &io, it));
+        }
+        let what = format!("{h}x{w}x{cin} -> {cout}, {k}x{k}/{stride}, {groups} groups, flat {flat}, amx {amx}");
+        let mut sums = vec![0.0f64; bands * cout];
+        for y in 0..oh {
+            for x in 0..ow {
+                let p = y * ow + x;
+                let bi = if flat { p / row_len } else { y } / band;
+                for n in 0..cout {
+                    let (g, nn) = (n / cout_g, n % cout_g);
+                    let mut v = bias[g * ntiles * TILE + nn] as f64;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (iy, ix) = (y * stride + ky, x * stride + kx);
+                            for c in 0..kc {
+                                let xv = widen(round(
+                                    arena[input.at(0, 0) + ((iy * (w + 2 * pad) + ix) * cin)
+                                        - (pad * (w + 2 * pad) + pad) * cin
+                                        + g * kc
+                                        + c],
+                                ));
+                                let wv = widen(round(wts[((n * kc + c) * k + ky) * k + kx]));
+                                v += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    let pre = arena[in_len + out_len + out.at(y, x) + n] as f64;
+                    let got = arena[in_len + out.at(y, x) + n] as f64;
+                    let act = v / (1.0 + (-v).exp());
+                    let tol = 1e-5 * (1.0 + v.abs());
+                    assert!((pre - v).abs() <= tol, "{what}: pre ({y}, {x}, {n}) {pre} vs {v}");
+                    assert!((got - act).abs() <= tol, "{what}: out ({y}, {x}, {n}) {got} vs {act}");
+                    sums[bi * cout + n] += act;
+                }
+            }
+        }
+        for (i, want) in sums.iter().enumerate() {
+            let got = arena[in_len + 2 * out_len + i] as f64;
+            assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{what}: sum {i}: {got} vs {want}");
+        }
+        // Borders of the outputs are zero.
+        for x in 0..ow + 2 {
+            assert_eq!(arena[in_len + x * cout], 0.0, "{what}: border");
+        }
+    }
+
+    #[test]
+    fn bf16_convs_equal_the_f64_conv_of_the_same_bf16_values() {
+        let cases = [
+            // 1x1 flat, K not a multiple of 32, one column tile of 16 (odd), rows of 20
+            // pixels with a short last row, chunks smaller than a band.
+            Case {
+                h: 7,
+                w: 9,
+                cin: 40,
+                cout: 16,
+                k: 1,
+                stride: 1,
+                groups: 1,
+                flat: true,
+                band: 2,
+                splits: 1,
+                chunk: 32,
+            },
+            // 1x1 with channels not a multiple of 16 (tile edge), split columns.
+            Case {
+                h: 5,
+                w: 13,
+                cin: 96,
+                cout: 72,
+                k: 1,
+                stride: 1,
+                groups: 1,
+                flat: true,
+                band: 1,
+                splits: 2,
+                chunk: 64,
+            },
+            // Grouped 3x3 (64 channels per group as L2), pixels not a multiple of 32.
+            Case {
+                h: 6,
+                w: 7,
+                cin: 128,
+                cout: 128,
+                k: 3,
+                stride: 1,
+                groups: 2,
+                flat: false,
+                band: 3,
+                splits: 1,
+                chunk: 64,
+            },
+            // Strided grouped 3x3, groups of 8 channels (half a tile).
+            Case {
+                h: 9,
+                w: 11,
+                cin: 16,
+                cout: 16,
+                k: 3,
+                stride: 2,
+                groups: 2,
+                flat: false,
+                band: 2,
+                splits: 1,
+                chunk: 32,
+            },
+            // The stem: 3 input channels, stride 2, 3 column tiles split three ways.
+            Case {
+                h: 12,
+                w: 10,
+                cin: 3,
+                cout: 48,
+                k: 3,
+                stride: 2,
+                groups: 1,
+                flat: false,
+                band: 1,
+                splits: 3,
+                chunk: 32,
+            },
+        ];
+        for case in &cases {
+            check(case, false);
+            if amx_available() {
+                check(case, true);
+            }
+        }
+        if !amx_available() {
+            assert!(!cpu_reports_amx(), "the CPU reports AMX but this process was not granted it");
+            eprintln!("skipped on AMX: no AMX");
+        }
+    }
+
+    /// Whether CPUID lists AMX-TILE and AMX-BF16.
+    fn cpu_reports_amx() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
