@@ -206,7 +206,8 @@ fn bench(iters: usize, t: Option<usize>, json: bool) -> Result<(), String> {
     if json {
         let v = serde_json::json!({
             "min_ms": min, "median_ms": median, "p90_ms": p90, "images_per_s": ips, "iters": iters,
-            "threads": threads, "isa": model.isa().name(), "input_size": [m::INPUT_H, m::INPUT_W],
+            "threads": threads, "isa": model.isa().name(), "precision": m::PRECISION,
+            "input_size": [m::INPUT_H, m::INPUT_W],
             "batch": m::BATCH, "architecture": m::ARCHITECTURE, "times_ms": times,
         });
         println!("{v}");
@@ -300,9 +301,10 @@ fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>, stat:
     );
     match peak {
         Some(p) => println!(
-            "peak: {p:.1} GFLOP/s ({} threads x {:.1}, best round of an FMA loop); whole model at {:.1}% of it",
+            "peak: {p:.1} GFLOP/s ({} threads x {:.1}, best round of {}); whole model at {:.1}% of it",
             threads,
             p / threads as f64,
+            if model.isa() == nfnet_runtime::Isa::Amx { "a loop of AMX bf16 tile products" } else { "an FMA loop" },
             100.0 * all_flops / (total_ms * 1e6).max(1.0) / p
         ),
         None => println!("peak: not measured for {}", model.isa()),
@@ -344,6 +346,15 @@ fn info() -> Result<(), String> {
     println!("classes        {}", m::NUM_CLASSES);
     println!("features       {}", m::NUM_FEATURES);
     println!("isa            {isa} (compiled: {})", m::ISAS.iter().map(|i| i.name()).collect::<Vec<_>>().join(", "));
+    println!(
+        "precision      {}{}",
+        m::PRECISION,
+        if m::PRECISION == "bf16" {
+            " (conv inputs and weights rounded to bf16, f32 accumulation; NFNET_PRECISION)"
+        } else {
+            " (NFNET_PRECISION)"
+        }
+    );
     let arena = (m::ARENA_LEN * 4) as f64 / (1 << 20) as f64;
     if m::BATCH > 1 {
         println!(

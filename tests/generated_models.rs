@@ -14,8 +14,8 @@ use nfnet_compiler::ops::Tensor;
 use nfnet_model as l2;
 use nfnet_runtime::Isa;
 use nfnet_test_models::{
-    tiny, tiny_passes_0, tiny_passes_1, tiny_passes_2, tiny_weights_bf16, tiny_weights_f16, tiny_winograd_f4,
-    tiny_winograd_off, variant, variant_winograd_f4,
+    tiny, tiny_bf16, tiny_passes_0, tiny_passes_1, tiny_passes_2, tiny_weights_bf16, tiny_weights_f16,
+    tiny_winograd_f4, tiny_winograd_off, variant, variant_bf16, variant_winograd_f4,
 };
 
 /// The bound of models compiled with a non-default Winograd policy: relative L2 a few times
@@ -114,6 +114,15 @@ fn winograd_policies_match_timm_on_every_isa() {
         assert!(tiny_winograd_f4::WEIGHTS_BYTES > tiny::WEIGHTS_BYTES);
         assert!(tiny_winograd_off::WEIGHTS_BYTES < tiny::WEIGHTS_BYTES);
     }
+}
+
+/// bf16 precision: every conv's inputs and weights rounded to bf16, f32 accumulation, on AMX
+/// where detection grants it and on the portable kernel under every other ISA.
+#[test]
+fn bf16_models_stay_close_to_timm_on_every_isa() {
+    check_model!(tiny_bf16, "tiny", [1, 3], Bound { tol: 5e-2, vs_f32: None });
+    check_model!(variant_bf16, "tiny_variant_bf16", [1, 3], Bound { tol: 5e-2, vs_f32: None });
+    assert!(tiny_bf16::ISAS.contains(&Isa::Amx) == cfg!(target_arch = "x86_64") && !tiny::ISAS.contains(&Isa::Amx));
 }
 
 #[test]

@@ -33,7 +33,7 @@ use crate::arch::parse_input_size;
 use crate::emit::pack::WeightDtype;
 use crate::emit::{self, EmitInfo};
 use crate::error::{Error, Result};
-use crate::schedule::{Policies, Schedule, WinogradPolicy};
+use crate::schedule::{Policies, Precision, Schedule, WinogradPolicy};
 use crate::synth::{self, SynthSpec};
 use std::path::{Path, PathBuf};
 
@@ -51,8 +51,10 @@ pub struct Builder {
     batch: usize,
     out_dir: Option<PathBuf>,
     stop_after: Option<usize>,
-    weight_dtype: WeightDtype,
-    winograd: WinogradPolicy,
+    /// As given (`None`: the default, or what the precision implies).
+    weight_dtype: Option<WeightDtype>,
+    winograd: Option<WinogradPolicy>,
+    precision: Precision,
     /// Print cargo directives (set by `from_env`).
     cargo: bool,
 }
@@ -107,12 +109,20 @@ impl Builder {
             );
         }
         if let Some(s) = env("NFNET_WEIGHT_DTYPE", true)? {
-            b.weight_dtype = WeightDtype::parse(&s)
-                .ok_or_else(|| Error::new(format!("NFNET_WEIGHT_DTYPE='{s}' is not one of f32, bf16, f16")))?;
+            b.weight_dtype = Some(
+                WeightDtype::parse(&s)
+                    .ok_or_else(|| Error::new(format!("NFNET_WEIGHT_DTYPE='{s}' is not one of f32, bf16, f16")))?,
+            );
         }
         if let Some(s) = env("NFNET_WINOGRAD", true)? {
-            b.winograd = WinogradPolicy::parse(&s)
-                .ok_or_else(|| Error::new(format!("NFNET_WINOGRAD='{s}' is not one of auto, f2, off, f4")))?;
+            b.winograd = Some(
+                WinogradPolicy::parse(&s)
+                    .ok_or_else(|| Error::new(format!("NFNET_WINOGRAD='{s}' is not one of auto, f2, off, f4")))?,
+            );
+        }
+        if let Some(s) = env("NFNET_PRECISION", true)? {
+            b.precision = Precision::parse(&s)
+                .ok_or_else(|| Error::new(format!("NFNET_PRECISION='{s}' is not one of f32, bf16")))?;
         }
         b.out_dir = env("OUT_DIR", false)?.map(PathBuf::from);
         Ok(b)
@@ -150,7 +160,16 @@ impl Builder {
 
     /// Stores the conv weights as f32 (default), bf16 or f16: half the binary for 16 bits.
     pub fn weight_dtype(mut self, wd: WeightDtype) -> Self {
-        self.weight_dtype = wd;
+        self.weight_dtype = Some(wd);
+        self
+    }
+
+    /// The convs' arithmetic: f32 (default, as exact as timm's float32) or bf16 (inputs and
+    /// weights rounded to bf16, f32 accumulation; on AMX where the CPU has it). bf16 convs
+    /// store bf16 weights and run direct: a weight dtype or Winograd policy other than those
+    /// is refused.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
 
@@ -158,7 +177,7 @@ impl Builder {
     /// `F2` and `Off` trade speed for exactness (see [`WinogradPolicy`]). With 16-bit
     /// weights `Auto` means `F2`.
     pub fn winograd(mut self, policy: WinogradPolicy) -> Self {
-        self.winograd = policy;
+        self.winograd = Some(policy);
         self
     }
 
@@ -197,9 +216,9 @@ impl Builder {
         let model = Model::load(&dir)?;
         let hw = self.input_size.unwrap_or(model.arch.config.pretrained.input_size);
         let graph = model.graph(hw, self.batch)?;
-        let policies = Policies { winograd: self.winograd, weights: self.weight_dtype };
+        let policies = self.policies()?;
         let schedule = Schedule::new(&graph, policies, self.stop_after);
-        if self.weight_dtype == WeightDtype::F16 {
+        if policies.weights == WeightDtype::F16 {
             check_f16_range(&graph)?;
         }
         let info = EmitInfo {
@@ -218,6 +237,11 @@ impl Builder {
 }
 
 impl Builder {
+    /// The policies asked for (see [`Policies::checked`]).
+    fn policies(&self) -> Result<Policies> {
+        Policies::checked(self.winograd, self.weight_dtype, self.precision).map_err(Error::new)
+    }
+
     /// A missing directory or file is named with the absolute path tried and what it was
     /// resolved from, in one line.
     fn check_model_dir(&self, dir: &Path) -> Result<()> {

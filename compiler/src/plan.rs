@@ -6,6 +6,7 @@
 
 use crate::graph::Op as GOp;
 use crate::schedule::{ConvGeom, M_BLOCK, NR, Op, Schedule};
+use nfnet_runtime::bf16::{self, Bf16Desc};
 use serde_json::{Value as Json, json};
 
 /// Which Winograd algorithms the 3x3 stride-1 convs may take (`NFNET_WINOGRAD`): a trade of
@@ -84,18 +85,76 @@ impl WeightDtype {
     }
 }
 
+/// The arithmetic of the convs (`NFNET_PRECISION`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout, as exact as timm's own float32.
+    #[default]
+    F32,
+    /// Conv inputs and weights rounded to bf16, products accumulated in f32, every epilogue
+    /// and everything between the convs in f32: on AMX tiles where the CPU has them.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Some(Precision::F32),
+            "bf16" | "bfloat16" => Some(Precision::Bf16),
+            _ => None,
+        }
+    }
+}
+
 /// What the schedule is asked to optimize for: inputs of the plan, never changed after it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Policies {
     pub winograd: WinogradPolicy,
     pub weights: WeightDtype,
+    pub precision: Precision,
 }
 
 impl Policies {
     /// The policies as planned: 16-bit weights are asked for to halve the binary, and F(4x4)
     /// would store 2.25x F(2x2)'s weights and, rounded to 16 bits, double their error, so
     /// `Auto` plans as `F2` with them.
+    /// The policies for what was asked (`None`: not given): a weight dtype or Winograd policy
+    /// that bf16 convs cannot follow is an error, never silently changed.
+    pub fn checked(
+        winograd: Option<WinogradPolicy>,
+        weights: Option<WeightDtype>,
+        precision: Precision,
+    ) -> Result<Policies, String> {
+        if precision == Precision::Bf16 {
+            if let Some(w) = weights.filter(|&w| w != WeightDtype::Bf16) {
+                return Err(format!(
+                    "weight dtype {} does not apply with precision bf16 (its weights are bf16)",
+                    w.name()
+                ));
+            }
+            if let Some(w) = winograd.filter(|&w| w != WinogradPolicy::Off) {
+                return Err(format!(
+                    "Winograd policy {} does not apply with precision bf16 (its convs run direct)",
+                    w.name()
+                ));
+            }
+        }
+        Ok(Policies { winograd: winograd.unwrap_or_default(), weights: weights.unwrap_or_default(), precision })
+    }
+
+    /// bf16 convs store bf16 weights (in the tiles' layout) and run direct: their products
+    /// are cheap, and Winograd's transforms would round their inputs twice.
     pub fn resolved(self) -> Policies {
+        if self.precision == Precision::Bf16 {
+            return Policies { winograd: WinogradPolicy::Off, weights: WeightDtype::Bf16, ..self };
+        }
         let winograd = match (self.winograd, self.weights) {
             (WinogradPolicy::Auto, WeightDtype::Bf16 | WeightDtype::F16) => WinogradPolicy::F2,
             (w, _) => w,
@@ -192,6 +251,8 @@ pub struct ConvPlan {
     pub micro: Vec<MicroKernel>,
     /// The kernel whose weights this conv's work items fetch ahead into the cache.
     pub ahead: Option<usize>,
+    /// bf16 convs: the implicit GEMM's shape (`None`: f32).
+    pub bf16: Option<Bf16Desc>,
 }
 
 impl ConvPlan {
@@ -219,10 +280,16 @@ impl ConvPlan {
                 (m.isa.to_string(), v)
             })
             .collect();
-        json!({
+        let (products, layout) = match self.bf16 {
+            Some(_) => ("bf16", "tile_pairs"),
+            None => ("f32", "panels"),
+        };
+        let mut v = json!({
             "algorithm": self.algorithm.name(),
+            "precision": if self.bf16.is_some() { "bf16" } else { "f32" },
             "weights": self.weights.name(),
-            "products": "f32",
+            "weights_layout": layout,
+            "products": products,
             "accumulation": "f32",
             "tiling": {"flat": g.flat, "rows": g.rows, "row_len": g.row_len, "last_row_len": g.last_row_len,
                        "rows_per_band": g.band, "bands": g.bands(), "winograd_tiles": self.tiles},
@@ -230,7 +297,15 @@ impl ConvPlan {
             "micro_kernels": micro,
             "split": "each thread a contiguous range of the items, idle threads take the rest",
             "fetch_ahead": self.ahead.map(|k| json!({"kernel": k})),
-        })
+        });
+        if let Some(b) = &self.bf16 {
+            v["bf16"] = json!({
+                "amx_block": "32 pixels x 32 channels: 2 x 2 tiles of 16 x 16 f32",
+                "k_padded": b.kpad, "column_tiles_per_group": b.ntiles, "splits": b.splits, "parts": b.parts,
+                "pixels_per_gather": b.chunk, "scratch_bytes": 2 * b.scratch_len(),
+            });
+        }
+        v
     }
 }
 
@@ -268,7 +343,9 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     // weights' stream per band hides behind the band's work, fetched ahead a unit at a
     // time, and band-outer keeps each thread's pixels its own from one kernel to the next.
     let panel_outer = taps * kc * sp.cout > li.h * li.w * li.c && pixels < 4 * M_BLOCK;
+    let bf16 = (p.precision == Precision::Bf16).then(|| bf16_desc(&geom, kc * taps, cout_g, sp.groups, lo.w));
     let mut plan = ConvPlan {
+        bf16,
         algorithm,
         weights: p.weights,
         kc,
@@ -287,8 +364,50 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     Some(plan)
 }
 
+/// Largest gather scratch of a bf16 work item (a band's pixels are gathered in chunks).
+pub const BF16_SCRATCH_BYTES: usize = 256 * 1024;
+
+/// Work items a bf16 conv is split into at least (when its columns allow), so that two or
+/// more threads share it evenly; each split of a group's columns gathers its pixels again.
+pub const BF16_MIN_ITEMS: usize = 4;
+
+/// Most bytes of weights one bf16 work item runs: they stay in a core's L2 while its
+/// pixels pass by in chunks.
+pub const BF16_ITEM_WEIGHT_BYTES: usize = 512 * 1024;
+
+/// The implicit GEMM of a bf16 conv: `k` = taps x input channels per group.
+fn bf16_desc(geom: &ConvGeom, k: usize, cout_g: usize, groups: usize, out_w: usize) -> Bf16Desc {
+    let kpad = k.next_multiple_of(bf16::KSTEP);
+    let ntiles = cout_g.div_ceil(bf16::TILE);
+    let pixels = geom_pixels(geom, out_w);
+    let fit = (BF16_SCRATCH_BYTES / (2 * kpad)) / bf16::MBLOCK * bf16::MBLOCK;
+    let chunk = pixels.next_multiple_of(bf16::MBLOCK).min(fit.max(bf16::MBLOCK)).min(bf16::MAX_CHUNK);
+    let pairs = ntiles.div_ceil(2);
+    let weight_bytes = kpad * ntiles * bf16::TILE * 2;
+    let splits = BF16_MIN_ITEMS.div_ceil(groups).max(weight_bytes.div_ceil(BF16_ITEM_WEIGHT_BYTES)).clamp(1, pairs);
+    let parts = BF16_MIN_ITEMS.div_ceil(groups * splits).clamp(1, geom.bands());
+    Bf16Desc { kpad, ntiles, splits, parts, chunk }
+}
+
+/// Output pixels of a conv's tiling.
+fn geom_pixels(g: &ConvGeom, out_w: usize) -> usize {
+    if g.flat { g.row_len * (g.rows - 1) + g.last_row_len } else { g.rows * out_w }
+}
+
 /// The micro-kernel and tiling one ISA runs a planned conv with.
 pub fn micro_kernel(c: &ConvPlan, isa: &IsaKernels) -> MicroKernel {
+    if let Some(b) = &c.bf16 {
+        // One kernel on every ISA (AMX tiles or its portable twin): 2 x 2 tiles of 16 x 16.
+        let items = c.groups * b.splits * b.parts;
+        return MicroKernel {
+            isa: isa.isa,
+            panels: 2,
+            mr: bf16::MBLOCK,
+            tile: bf16::MBLOCK,
+            items,
+            scratch_vectors: (0, 0),
+        };
+    }
     let narrow = c.weights != WeightDtype::F32;
     let wino_m = c.algorithm.winograd_m();
     let panels_g = c.cout_g.div_ceil(NR);

@@ -10,7 +10,7 @@ use crate::graph::{Graph, Op as GOp, ValueId};
 use crate::passes::PASSES;
 pub use crate::plan::Policies;
 use crate::plan::{self, Algorithm, ConvPlan};
-pub use crate::plan::{WeightDtype, WinogradPolicy};
+pub use crate::plan::{Precision, WeightDtype, WinogradPolicy};
 use serde_json::{Value as Json, json};
 
 pub type BufId = usize;
@@ -470,6 +470,7 @@ impl<'g> Schedule<'g> {
             "arena": {"peak_bytes": 4 * self.arena_len, "naive_bytes": 4 * self.naive_arena_len()},
             "winograd": self.policies.winograd.name(),
             "weights": self.policies.weights.name(),
+            "precision": self.policies.precision.name(),
             "passes": passes,
             "kernels": kernels,
         })

@@ -8,8 +8,10 @@
 //! tile of 16 rows of K pairs. On AMX (`tdpbf16ps`) a block of 32 pixels x 32 channels is
 //! four 16 x 16 f32 tiles; elsewhere [`block_portable`] computes the same products.
 //!
-//! Work items are (band of rows, group, range of column tiles): the band's channel sums are
-//! written by its items alone, in a fixed order, so results do not depend on the threads.
+//! Work items are (group, range of column tiles) over all pixels, so each weight is read
+//! from memory once per inference; the pixels are gathered in chunks that stay in cache
+//! across the item's columns. Each item writes its own channels' sums, in pixel order, so
+//! results do not depend on the threads.
 
 use crate::kernels::{Buf, ConvDesc, ConvIo, Ctx, NONE, NR};
 
@@ -27,15 +29,21 @@ pub struct Bf16Desc {
     pub kpad: usize,
     /// Column tiles per group (output channels per group rounded up to 16, over 16).
     pub ntiles: usize,
-    /// Ranges the column tiles of a group and band are split into, one per work item.
+    /// Ranges the column tiles of a group are split into.
     pub splits: usize,
-    /// Pixels gathered at a time (a multiple of [`MBLOCK`]): the scratch holds `chunk x kpad`.
+    /// Ranges of bands the pixels are split into (work items: groups x splits x parts).
+    pub parts: usize,
+    /// Pixels gathered at a time (a multiple of [`MBLOCK`], at most [`MAX_CHUNK`]): the
+    /// scratch holds `chunk x kpad`.
     pub chunk: usize,
 }
 
+/// Most pixels gathered at a time.
+pub const MAX_CHUNK: usize = 1024;
+
 impl Bf16Desc {
     pub const fn items(&self, d: &ConvDesc) -> usize {
-        d.bands() * d.groups * self.splits
+        d.groups * self.splits * self.parts
     }
 
     /// bf16 values of the gather scratch.
@@ -73,15 +81,19 @@ pub fn b_index(kpad: usize, ntiles: usize, g: usize, k: usize, n: usize) -> usiz
     (((g * ntiles + j) * (kpad / KSTEP) + s) * TILE + kk / 2) * (2 * TILE) + c * 2 + kk % 2
 }
 
-/// `x * sigmoid(x)` without a library call (it vectorizes): `exp` by a power of two times a
-/// polynomial on `[-ln2/2, ln2/2]`, about 2 ulp.
+/// `x * sigmoid(x)` without a library call or a float-to-int conversion (it vectorizes):
+/// `exp(-x)` as `2^n p(r)`, `n` rounded by adding 1.5 x 2^23 (its low mantissa bits are
+/// then `n`, which become the exponent bits of `2^n`), `p` a polynomial on
+/// `[-ln2/2, ln2/2]`; about 2 ulp.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
     let t = (-x).clamp(-87.0, 88.0);
-    let n = (t * std::f32::consts::LOG2_E + 0.5).floor();
+    let z = t * std::f32::consts::LOG2_E + ROUND;
+    let n = z - ROUND;
     let r = t - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_4 + r * (0.008_333_8 + r * 0.001_394_3)))));
-    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let e = p * f32::from_bits(z.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23);
     x / (1.0 + e)
 }
 
@@ -124,29 +136,35 @@ struct Aligned<T>(T);
 /// As [`conv_item`], `a` the scratch (64-byte aligned, `b.scratch_len()` values).
 #[inline(always)]
 unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
-    let per_band = d.groups * b.splits;
-    let (bi, g, sp) = (it / per_band, it % per_band / b.splits, it % b.splits);
+    let (g, sp, part) = (it / (b.splits * b.parts), it / b.parts % b.splits, it % b.parts);
     let (j0, j1) = (sp * b.ntiles / b.splits, (sp + 1) * b.ntiles / b.splits);
-    let r0 = bi * d.band;
-    let r1 = (r0 + d.band).min(d.rows);
+    let bands = d.bands();
+    let (band0, band1) = (part * bands / b.parts, (part + 1) * bands / b.parts);
     let row_start = |r: usize| if d.flat { r * d.row_len } else { r * d.out.w };
-    let row_end = |r: usize| row_start(r) + if d.flat && r + 1 == d.rows { d.last_row_len } else { d.row_len };
-    let (p0, p1) = (row_start(r0), row_end(r1 - 1));
+    let pixels = d.out.h * d.out.w;
+    let (p0, p1) = (row_start(band0 * d.band), if band1 == bands { pixels } else { row_start(band1 * d.band) });
+    let band_of = |p: usize| if d.flat { p / d.row_len } else { p / d.out.w } / d.band;
     let k_real = d.taps.len() * d.kc;
     let ksteps = b.kpad / KSTEP;
-    let bias = ctx.w(io.bias + g * b.ntiles * TILE);
-    let sums = if d.sums { ctx.ptr(io.sums + bi * d.out.c + g * d.cout_g) } else { std::ptr::null_mut() };
     let col_end = |j: usize| ((j + 1) * TILE).min(d.cout_g);
+    let sums = if d.sums { ctx.ptr(io.sums + g * d.cout_g) } else { std::ptr::null_mut() };
     if !sums.is_null() {
-        for c in j0 * TILE..col_end(j1 - 1) {
-            // SAFETY: the band's row of sums, this item's columns (disjoint from others').
-            unsafe { *sums.add(c) = 0.0 };
+        for bi in band0..band1 {
+            for c in j0 * TILE..col_end(j1 - 1) {
+                // SAFETY: band bi's row of sums, this item's bands and columns (disjoint
+                // from the other items').
+                unsafe { *sums.add(bi * d.out.c + c) = 0.0 };
+            }
         }
     }
     let inp = &d.input;
     let shift = inp.pad - d.conv_pad;
     let wp = inp.w + 2 * inp.pad;
+    let (out, pre) = (Buf { offset: io.out, ..d.out }, Buf { offset: io.pre, ..d.pre });
     let mut c = Aligned([0.0f32; 4 * TILE * TILE]);
+    // Per pixel of the chunk: its offsets in the output and pre-activation (channel 0 of
+    // the group) and its band.
+    let mut at = [(0u32, 0u32, 0u32); MAX_CHUNK];
     let mut m0 = p0;
     while m0 < p1 {
         let m1 = (m0 + b.chunk).min(p1);
@@ -161,6 +179,12 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
                 continue;
             }
             let (y, x) = ((m0 + i) / d.out.w, (m0 + i) % d.out.w);
+            let pre_at = if io.pre != NONE { pre.at(y, x) - pre.offset } else { 0 };
+            at[i] = (
+                (out.at(y, x) - out.offset + g * d.cout_g) as u32,
+                (pre_at + g * d.cout_g) as u32,
+                band_of(m0 + i) as u32,
+            );
             let base = io.input + ((y * d.stride + shift) * wp + x * d.stride + shift) * inp.c + g * d.kc;
             for (t, &off) in d.taps.iter().enumerate() {
                 // SAFETY: the tap's input pixel lies in the padded input buffer (the conv's
@@ -172,13 +196,15 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
             }
             dst[k_real..].fill(0);
         }
-        let mut mb = m0;
-        while mb < m1 {
-            let mut j = j0;
-            while j < j1 {
-                let pair = j + 1 < j1;
-                let w = |jj: usize| ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, jj * TILE));
-                let (b0, b1) = (w(j), if pair { w(j + 1) } else { w(j) });
+        // Each pair of column tiles over the chunk's blocks: the pair's weights stay in
+        // cache across the blocks, the chunk across the pairs.
+        let mut j = j0;
+        while j < j1 {
+            let pair = j + 1 < j1;
+            let w = |jj: usize| ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, jj * TILE));
+            let (b0, b1) = (w(j), if pair { w(j + 1) } else { w(j) });
+            let mut mb = m0;
+            while mb < m1 {
                 // SAFETY: the scratch's block at mb (32 rows of kpad), the group's tiles j and
                 // j + 1 (or j twice) of ksteps tiles each, 4 result tiles in `c`.
                 unsafe {
@@ -195,51 +221,84 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
                         break;
                     }
                     let n0 = jj * TILE;
-                    let ncols = col_end(jj) - n0;
+                    let full = col_end(jj) - n0 == TILE;
+                    // SAFETY: the group's padded bias row (ntiles x 16 floats).
+                    let bias: [f32; TILE] =
+                        unsafe { *(ctx.w(io.bias + g * b.ntiles * TILE + n0) as *const [f32; TILE]) };
+                    let rows = (m1 - mb).min(MBLOCK);
                     let mut colsum = [0.0f32; TILE];
-                    for r in 0..MBLOCK {
-                        let p = mb + r;
-                        if p >= m1 {
-                            break;
-                        }
-                        let acc = &c.0[((r / TILE) * 2 + ni) * TILE * TILE + (r % TILE) * TILE..][..TILE];
-                        let (y, x) = (p / d.out.w, p % d.out.w);
+                    let mut band = at[mb - m0].2;
+                    for r in 0..rows {
+                        let (o, po, bi) = at[mb - m0 + r];
+                        let acc: &[f32; TILE] =
+                            c.0[((r / TILE) * 2 + ni) * TILE * TILE + (r % TILE) * TILE..][..TILE].try_into().unwrap();
                         let mut v = [0.0f32; TILE];
                         for k in 0..TILE {
-                            // SAFETY: the group's padded bias row (ntiles x 16 floats).
-                            v[k] = acc[k] + unsafe { *bias.add(n0 + k) };
+                            v[k] = acc[k] + bias[k];
                         }
-                        let ch = g * d.cout_g + n0;
-                        // SAFETY: pixel (y, x) of the outputs, this item's channels.
+                        // SAFETY: the pixel's outputs, this item's channels (n0.. of the
+                        // group's; whole tiles unless the group's last is partial), and its
+                        // band's sums.
                         unsafe {
                             if io.pre != NONE {
-                                let pre = ctx.ptr(Buf { offset: io.pre, ..d.pre }.at(y, x) + ch);
-                                std::ptr::copy_nonoverlapping(v.as_ptr(), pre, ncols);
+                                store(ctx.ptr(pre.offset + po as usize + n0), &v, full, col_end(jj) - n0);
                             }
                             if d.act {
                                 for e in &mut v {
                                     *e = silu(*e);
                                 }
                             }
-                            let out = ctx.ptr(Buf { offset: io.out, ..d.out }.at(y, x) + ch);
-                            std::ptr::copy_nonoverlapping(v.as_ptr(), out, ncols);
-                        }
-                        for k in 0..TILE {
-                            colsum[k] += v[k];
+                            store(ctx.ptr(out.offset + o as usize + n0), &v, full, col_end(jj) - n0);
+                            if !sums.is_null() {
+                                if bi != band {
+                                    add_sums(sums.add(band as usize * d.out.c + n0), &colsum, col_end(jj) - n0);
+                                    colsum = [0.0; TILE];
+                                    band = bi;
+                                }
+                                for k in 0..TILE {
+                                    colsum[k] += v[k];
+                                }
+                            }
                         }
                     }
                     if !sums.is_null() {
-                        for k in 0..ncols {
-                            // SAFETY: as the zeroing above.
-                            unsafe { *sums.add(n0 + k) += colsum[k] };
-                        }
+                        // SAFETY: as above.
+                        unsafe { add_sums(sums.add(band as usize * d.out.c + n0), &colsum, col_end(jj) - n0) };
                     }
                 }
-                j += 2;
+                mb += MBLOCK;
             }
-            mb += MBLOCK;
+            j += 2;
         }
         m0 = m1;
+    }
+}
+
+/// Stores the first `n` of 16 values (`full`: all 16, as one vector).
+///
+/// # Safety
+/// `p` is valid for `n` floats (16 when `full`).
+#[inline(always)]
+unsafe fn store(p: *mut f32, v: &[f32; TILE], full: bool, n: usize) {
+    // SAFETY: as this function's.
+    unsafe {
+        if full {
+            (p as *mut [f32; TILE]).write_unaligned(*v);
+        } else {
+            std::ptr::copy_nonoverlapping(v.as_ptr(), p, n);
+        }
+    }
+}
+
+/// Adds the first `n` column sums to the band's row at `s`.
+///
+/// # Safety
+/// `s` is valid for `n` floats.
+#[inline(always)]
+unsafe fn add_sums(s: *mut f32, colsum: &[f32; TILE], n: usize) {
+    for k in 0..n {
+        // SAFETY: as this function's.
+        unsafe { *s.add(k) += colsum[k] };
     }
 }
 
@@ -288,7 +347,7 @@ pub unsafe fn block_portable(
 const _: () = assert!(TILE == NR);
 
 #[cfg(target_arch = "x86_64")]
-mod amx {
+pub(crate) mod amx {
     use super::*;
     use std::arch::asm;
 
@@ -333,6 +392,45 @@ mod amx {
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: a syscall that only changes this process's permitted state components.
         unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    /// Runs `iters` x 4 independent `tdpbf16ps` (16 x 16 x 32 products each) on zero tiles:
+    /// the peak of [`crate::peak`].
+    ///
+    /// # Safety
+    /// AMX granted to this process.
+    pub(crate) unsafe fn peak_loop(iters: usize) {
+        let zeros = Aligned([0u8; 1024]);
+        // SAFETY: loads from a 1 KiB buffer (16 rows of 64 bytes); tiles clobbered and
+        // released before the block ends.
+        unsafe {
+            asm!(
+                "ldtilecfg [{cfg}]",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tileloadd tmm4, [{z} + {s}]",
+                "tileloadd tmm5, [{z} + {s}]",
+                "tileloadd tmm6, [{z} + {s}]",
+                "tileloadd tmm7, [{z} + {s}]",
+                "2:",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "dec {k}",
+                "jnz 2b",
+                "tilerelease",
+                cfg = in(reg) &CONFIG,
+                z = in(reg) zeros.0.as_ptr(),
+                s = in(reg) 64usize,
+                k = inout(reg) iters.max(1) => _,
+                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+                out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+                options(nostack),
+            );
+        }
     }
 
     /// [`item`] with AVX-512 for the gather, rounding and epilogue.
@@ -490,13 +588,14 @@ mod tests {
         flat: bool,
         band: usize,
         splits: usize,
+        parts: usize,
         chunk: usize,
     }
 
     /// Runs a conv through `conv_item` (every item, one thread) and compares each output,
     /// pre-activation and channel sum with the same conv in f64 over the same bf16 values.
     fn check(case: &Case, amx: bool) {
-        let Case { h, w, cin, cout, k, stride, groups, flat, band, splits, chunk } = *case;
+        let Case { h, w, cin, cout, k, stride, groups, flat, band, splits, parts, chunk } = *case;
         let pad = k / 2;
         let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
         let (kc, cout_g) = (cin / groups, cout / groups);
@@ -507,6 +606,8 @@ mod tests {
         let in_len = (h + 2 * pad) * (w + 2 * pad) * cin;
         let out = Buf { offset: 0, h: oh, w: ow, c: cout, pad: 1 };
         let out_len = (oh + 2) * (ow + 2) * cout;
+        // The pre-activation without a border (as a feature tap's).
+        let pre = Buf { pad: 0, ..out };
         let (rows, row_len, last_row_len) = if flat {
             let m = oh * ow;
             let rl = 20;
@@ -525,7 +626,7 @@ mod tests {
         }
         let wts: Vec<f32> = (0..cout * kc * k * k).map(|_| rnd(&mut st)).collect();
         let bias: Vec<f32> = (0..groups * ntiles * TILE).map(|_| rnd(&mut st)).collect();
-        let b = Bf16Desc { kpad, ntiles, splits, chunk };
+        let b = Bf16Desc { kpad, ntiles, splits, parts, chunk };
         let mut packed = vec![0u16; b.weights_len(groups)];
         for g in 0..groups {
             for n in 0..cout_g {
@@ -543,7 +644,7 @@ mod tests {
         let d = ConvDesc {
             input,
             out,
-            pre: out,
+            pre,
             stride,
             conv_pad: pad,
             taps: Box::leak(taps.into_boxed_slice()),
@@ -605,7 +706,7 @@ mod tests {
                             }
                         }
                     }
-                    let pre = arena[in_len + out_len + out.at(y, x) + n] as f64;
+                    let pre = arena[in_len + out_len + pre.at(y, x) + n] as f64;
                     let got = arena[in_len + out.at(y, x) + n] as f64;
                     let act = v / (1.0 + (-v).exp());
                     let tol = 1e-5 * (1.0 + v.abs());
@@ -641,6 +742,7 @@ mod tests {
                 flat: true,
                 band: 2,
                 splits: 1,
+                parts: 2,
                 chunk: 32,
             },
             // 1x1 with channels not a multiple of 16 (tile edge), split columns.
@@ -655,6 +757,7 @@ mod tests {
                 flat: true,
                 band: 1,
                 splits: 2,
+                parts: 1,
                 chunk: 64,
             },
             // Grouped 3x3 (64 channels per group as L2), pixels not a multiple of 32.
@@ -669,6 +772,7 @@ mod tests {
                 flat: false,
                 band: 3,
                 splits: 1,
+                parts: 3,
                 chunk: 64,
             },
             // Strided grouped 3x3, groups of 8 channels (half a tile).
@@ -683,6 +787,7 @@ mod tests {
                 flat: false,
                 band: 2,
                 splits: 1,
+                parts: 2,
                 chunk: 32,
             },
             // The stem: 3 input channels, stride 2, 3 column tiles split three ways.
@@ -697,6 +802,7 @@ mod tests {
                 flat: false,
                 band: 1,
                 splits: 3,
+                parts: 4,
                 chunk: 32,
             },
         ];

@@ -1,7 +1,8 @@
 //! The multiply-add peak of one core, measured: the yardstick of `nfnet profile`'s share of
 //! peak. A loop of independent fused multiply-adds (enough chains to cover the FMA latency on
-//! two ports) runs for a few milliseconds; the best of several rounds is kept, since on a
-//! shared machine anything else running only slows a round down.
+//! two ports), or on AMX of independent `tdpbf16ps` tile products, runs for a few
+//! milliseconds; the best of several rounds is kept, since on a shared machine anything else
+//! running only slows a round down.
 
 use crate::Isa;
 use std::hint::black_box;
@@ -13,24 +14,41 @@ const STEPS: usize = 1_000_000;
 /// with the two operands they fit in the 16 registers of AVX2).
 const CHAINS: usize = 12;
 
-/// Peak GFLOP/s of one core running `isa`'s vector FMAs (a multiply-add counts two), best of
-/// `rounds` rounds; `None` where no vector FMA is measured (scalar, the NEON emulation) or
-/// when `isa` is not available on this CPU.
+/// Peak GFLOP/s of one core running `isa`'s vector FMAs (a multiply-add counts two), or for
+/// `Isa::Amx` its bf16 tile products, best of `rounds` rounds; `None` where no vector FMA is
+/// measured (scalar, the NEON emulation) or when `isa` is not available on this CPU.
 pub fn fma_peak_gflops(isa: Isa, rounds: usize) -> Option<f64> {
     if !isa.is_available() {
         return None;
     }
     let round = || -> Option<f64> {
         let start = Instant::now();
-        let lanes = run(isa)?;
+        let flops = run(isa)?;
         let s = start.elapsed().as_secs_f64();
-        Some((2 * STEPS * CHAINS * lanes) as f64 / s / 1e9)
+        Some(flops / s / 1e9)
     };
     (0..rounds.max(1)).filter_map(|_| round()).reduce(f64::max)
 }
 
-/// One round; returns the lanes per vector.
-fn run(isa: Isa) -> Option<usize> {
+/// Tile-product steps of an AMX round (4 products of 16 x 16 x 32 each).
+const AMX_STEPS: usize = 100_000;
+
+/// One round; returns the FLOPs it ran.
+fn run(isa: Isa) -> Option<f64> {
+    let fma = |lanes: Option<usize>| lanes.map(|l| (2 * STEPS * CHAINS * l) as f64);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => {
+            // SAFETY: AMX is available (checked by the caller), so granted.
+            unsafe { crate::bf16::amx::peak_loop(AMX_STEPS) };
+            Some((AMX_STEPS * 4 * 2 * 16 * 16 * 32) as f64)
+        }
+        _ => fma(run_fma(isa)),
+    }
+}
+
+/// One FMA round; returns the lanes per vector.
+fn run_fma(isa: Isa) -> Option<usize> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` is available (checked by the caller).
@@ -112,6 +130,11 @@ mod tests {
                 // Any CPU with these ISAs does between 1 and 1000 GFLOP/s per core.
                 assert!((1.0..1000.0).contains(&p), "{isa}: {p} GFLOP/s");
             }
+        }
+        if Isa::Amx.is_available() {
+            let (amx, avx512) = (fma_peak_gflops(Isa::Amx, 2).unwrap(), fma_peak_gflops(Isa::Avx512, 2).unwrap());
+            // Tiles do several times the vector FMAs' products per cycle.
+            assert!(amx > 3.0 * avx512, "AMX {amx} GFLOP/s vs AVX-512 {avx512}");
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use nfnet_compiler::builder::Builder;
 use nfnet_compiler::emit::pack::WeightDtype;
-use nfnet_compiler::schedule::WinogradPolicy;
+use nfnet_compiler::schedule::{Precision, WinogradPolicy};
 use nfnet_compiler::synth::{self, SynthSpec};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +15,7 @@ fn compile(
     stop_after: Option<usize>,
     wd: WeightDtype,
     winograd: WinogradPolicy,
+    precision: Precision,
     out: &Path,
 ) -> nfnet_compiler::Result<()> {
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(fixture);
@@ -25,13 +26,11 @@ fn compile(
     let x = nfnet_runtime_npy_shape(&fx.join("input.npy"));
     let model = out.join(name).join("model");
     synth::write(&spec, &model)?;
-    let mut b = Builder::new()
-        .model_dir(&model)
-        .input_size(x[2], x[3])
-        .batch(x[0])
-        .weight_dtype(wd)
-        .winograd(winograd)
-        .out_dir(out.join(name));
+    let mut b = Builder::new().model_dir(&model).input_size(x[2], x[3]).batch(x[0]).out_dir(out.join(name));
+    b = match precision {
+        Precision::F32 => b.weight_dtype(wd).winograd(winograd),
+        Precision::Bf16 => b.precision(precision),
+    };
     if let Some(n) = stop_after {
         b = b.stop_after_pass(n);
     }
@@ -54,21 +53,24 @@ fn main() {
     // And the tiny one with its conv weights stored in bf16 and f16; both with every eligible
     // conv as Winograd F(4x4, 3x3) (odd edges, few channels), and the tiny one with direct
     // convs only.
-    let (f32, auto) = (WeightDtype::F32, WinogradPolicy::default());
+    // And both in bf16 precision.
+    let (f32, auto, f32p) = (WeightDtype::F32, WinogradPolicy::default(), Precision::F32);
     let builds = [
-        ("tiny", "tiny", None, f32, auto),
-        ("tiny_variant_bf16", "tiny_variant_bf16", None, f32, auto),
-        ("tiny", "tiny_passes_0", Some(0), f32, auto),
-        ("tiny", "tiny_passes_1", Some(1), f32, auto),
-        ("tiny", "tiny_passes_2", Some(2), f32, auto),
-        ("tiny", "tiny_weights_bf16", None, WeightDtype::Bf16, auto),
-        ("tiny", "tiny_weights_f16", None, WeightDtype::F16, auto),
-        ("tiny", "tiny_winograd_f4", None, f32, WinogradPolicy::F4),
-        ("tiny_variant_bf16", "variant_winograd_f4", None, f32, WinogradPolicy::F4),
-        ("tiny", "tiny_winograd_off", None, f32, WinogradPolicy::Off),
+        ("tiny", "tiny_bf16", None, f32, auto, Precision::Bf16),
+        ("tiny_variant_bf16", "variant_bf16", None, f32, auto, Precision::Bf16),
+        ("tiny", "tiny", None, f32, auto, f32p),
+        ("tiny_variant_bf16", "tiny_variant_bf16", None, f32, auto, f32p),
+        ("tiny", "tiny_passes_0", Some(0), f32, auto, f32p),
+        ("tiny", "tiny_passes_1", Some(1), f32, auto, f32p),
+        ("tiny", "tiny_passes_2", Some(2), f32, auto, f32p),
+        ("tiny", "tiny_weights_bf16", None, WeightDtype::Bf16, auto, f32p),
+        ("tiny", "tiny_weights_f16", None, WeightDtype::F16, auto, f32p),
+        ("tiny", "tiny_winograd_f4", None, f32, WinogradPolicy::F4, f32p),
+        ("tiny_variant_bf16", "variant_winograd_f4", None, f32, WinogradPolicy::F4, f32p),
+        ("tiny", "tiny_winograd_off", None, f32, WinogradPolicy::Off, f32p),
     ];
-    for (f, name, stop, wd, winograd) in builds {
-        if let Err(e) = compile(f, name, stop, wd, winograd, &out) {
+    for (f, name, stop, wd, winograd, precision) in builds {
+        if let Err(e) = compile(f, name, stop, wd, winograd, precision, &out) {
             for p in &e.problems {
                 eprintln!("error: {p}");
             }

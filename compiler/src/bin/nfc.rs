@@ -6,7 +6,7 @@ use nfnet_compiler::builder::{Builder, MAX_BATCH};
 use nfnet_compiler::graph::{Graph, Op};
 use nfnet_compiler::ops::Tensor;
 use nfnet_compiler::reference::Outputs;
-use nfnet_compiler::schedule::{Policies, Schedule, WinogradPolicy};
+use nfnet_compiler::schedule::{Policies, Precision, Schedule, WinogradPolicy};
 use nfnet_compiler::synth::{self, StorageDtype, SynthSpec};
 use nfnet_compiler::{Error, Model, Result};
 use nfnet_runtime::npy;
@@ -63,9 +63,12 @@ enum Command {
         /// Run only the first N fusion passes.
         #[arg(long)]
         stop_after_pass: Option<usize>,
-        /// Winograd algorithms the 3x3 convs may take: auto, f2, off or f4.
-        #[arg(long, default_value = "f2", value_parser = parse_winograd)]
-        winograd: WinogradPolicy,
+        /// Winograd algorithms the 3x3 stride-1 convs may take: auto, f2 (default), off, f4.
+        #[arg(long, value_parser = parse_winograd)]
+        winograd: Option<WinogradPolicy>,
+        /// The convs' arithmetic: f32 (default) or bf16.
+        #[arg(long, default_value = "f32", value_parser = parse_precision)]
+        precision: Precision,
     },
     /// Write the generated Rust source and weight blob to a directory, to read.
     Emit {
@@ -79,9 +82,12 @@ enum Command {
         batch: usize,
         #[arg(long)]
         stop_after_pass: Option<usize>,
-        /// Winograd algorithms the 3x3 convs may take: auto, f2, off or f4.
-        #[arg(long, default_value = "f2", value_parser = parse_winograd)]
-        winograd: WinogradPolicy,
+        /// Winograd algorithms the 3x3 stride-1 convs may take: auto, f2 (default), off, f4.
+        #[arg(long, value_parser = parse_winograd)]
+        winograd: Option<WinogradPolicy>,
+        /// The convs' arithmetic: f32 (default) or bf16.
+        #[arg(long, default_value = "f32", value_parser = parse_precision)]
+        precision: Precision,
     },
     /// Write a deterministic synthetic checkpoint (config.json + model.safetensors).
     Synth {
@@ -112,11 +118,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { model, input_size } => check(&model, input_size),
         Command::Reference { model, input, out_dir, folded } => reference(&model, &input, &out_dir, folded),
-        Command::Schedule { model, input_size, batch, json, stop_after_pass, winograd } => {
-            schedule(&model, input_size, batch, json, stop_after_pass, winograd)
+        Command::Schedule { model, input_size, batch, json, stop_after_pass, winograd, precision } => {
+            schedule(&model, input_size, batch, json, stop_after_pass, winograd, precision)
         }
-        Command::Emit { model, out, input_size, batch, stop_after_pass, winograd } => {
-            emit(&model, &out, input_size, batch, stop_after_pass, winograd)
+        Command::Emit { model, out, input_size, batch, stop_after_pass, winograd, precision } => {
+            emit(&model, &out, input_size, batch, stop_after_pass, winograd, precision)
         }
         Command::Synth { arch, seed, out, num_classes, model_args, input_size, dtype } => {
             synth_cmd(arch, seed, &out, num_classes, model_args, input_size, dtype)
@@ -183,19 +189,25 @@ fn schedule(
     batch: usize,
     json: bool,
     stop_after: Option<usize>,
-    winograd: WinogradPolicy,
+    winograd: Option<WinogradPolicy>,
+    precision: Precision,
 ) -> Result<()> {
     check_batch(batch)?;
+    let policies = Policies::checked(winograd, None, precision).map_err(Error::new)?;
     let model = Model::load(dir)?;
     let hw = input_size.unwrap_or(model.arch.config.pretrained.input_size);
     let graph = model.graph(hw, batch)?;
-    let s = Schedule::new(&graph, Policies { winograd, ..Policies::default() }, stop_after);
+    let s = Schedule::new(&graph, policies, stop_after);
     if json {
         println!("{}", serde_json::to_string_pretty(&s.to_json()).expect("JSON values serialize"));
     } else {
         print!("{}", s.to_text());
     }
     Ok(())
+}
+
+fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    Precision::parse(s).ok_or_else(|| format!("'{s}' is not one of f32, bf16"))
 }
 
 fn parse_winograd(s: &str) -> std::result::Result<WinogradPolicy, String> {
@@ -215,10 +227,14 @@ fn emit(
     input_size: Option<(usize, usize)>,
     batch: usize,
     stop_after: Option<usize>,
-    winograd: WinogradPolicy,
+    winograd: Option<WinogradPolicy>,
+    precision: Precision,
 ) -> Result<()> {
     check_batch(batch)?;
-    let mut b = Builder::new().model_dir(dir).batch(batch).out_dir(out).winograd(winograd);
+    let mut b = Builder::new().model_dir(dir).batch(batch).out_dir(out).precision(precision);
+    if let Some(w) = winograd {
+        b = b.winograd(w);
+    }
     if let Some((h, w)) = input_size {
         b = b.input_size(h, w);
     }

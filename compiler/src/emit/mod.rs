@@ -109,12 +109,13 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
     let wino_m = plan.algorithm.winograd_m();
     let winograd = wino_m > 0;
     let key = format!(
-        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}|{geom:?}|{wino_m}",
+        "{li:?}|{lo:?}|{lp:?}|{}|{}|{}|{kc}|{}|{cout_g}|{act}|{}|{panel_outer}|{geom:?}|{wino_m}|{:?}",
         sp.k,
         sp.stride,
         sp.pad(),
         sp.groups,
-        sums.is_some()
+        sums.is_some(),
+        plan.bf16
     );
     let b = |l: Layout| layout_tokens(l, 0);
     let (bi, bo) = (b(li), b(lo));
@@ -147,7 +148,7 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
         if preact.is_some() { ", also stores the pre-activation" } else { "" },
         if has_sums { ", accumulates channel sums" } else { "" },
         if winograd { format!(", as Winograd F({wino_m}x{wino_m}, 3x3)") } else { String::new() },
-    );
+    ) + if plan.bf16.is_some() { ", in bf16 (f32 accumulation)" } else { "" };
     // Named for what it computes: `conv3x3_128x128_g2_s2_20x20_silu`.
     let mut name = format!("conv{}x{}_{}x{}", sp.k, sp.k, sp.cin, sp.cout);
     if sp.groups > 1 {
@@ -159,6 +160,9 @@ fn conv_shape(s: &Schedule, op: &Op) -> (String, ConvShape) {
     name += &format!("_{}x{}", lo.h, lo.w);
     if winograd {
         name += &format!("_winograd{wino_m}");
+    }
+    if plan.bf16.is_some() {
+        name += "_bf16";
     }
     for (on, tag) in [(*act, "_silu"), (preact.is_some(), "_pre"), (has_sums, "_sums")] {
         if on {
@@ -201,9 +205,19 @@ fn conv_consts(convs: &Convs) -> TokenStream {
     let items = convs.shapes.iter().map(|c| {
         let name = format_ident!("{}", c.name.to_uppercase());
         let (desc, doc) = (&c.desc, &c.doc);
+        let bf16 = c.plan.bf16.map(|b| {
+            let name = format_ident!("{}_BF16", c.name.to_uppercase());
+            let (kpad, ntiles, splits, parts, chunk) = (u(b.kpad), u(b.ntiles), u(b.splits), u(b.parts), u(b.chunk));
+            quote! {
+                const #name: nfnet_runtime::bf16::Bf16Desc = nfnet_runtime::bf16::Bf16Desc {
+                    kpad: #kpad, ntiles: #ntiles, splits: #splits, parts: #parts, chunk: #chunk,
+                };
+            }
+        });
         quote! {
             #[doc = #doc]
             const #name: rt::ConvDesc = #desc;
+            #bf16
         }
     });
     quote!(#(#items)*)
@@ -221,6 +235,14 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
         let (kc, step, t, p, items) = (u(plan.kc), u(plan.step), u(mk.tile), u(mk.panels), u(mk.items));
         let wd = format_ident!("WEIGHTS_{}", plan.weights.name().to_uppercase());
         let body = match plan.algorithm {
+            _ if plan.bf16.is_some() => {
+                let b = plan.bf16.expect("checked");
+                let (scratch, bd) = (u(b.scratch_len()), format_ident!("{}_BF16", c.name.to_uppercase()));
+                quote! {
+                    const SCRATCH: usize = #scratch;
+                    unsafe { nfnet_runtime::bf16::conv_item::<SCRATCH>(ctx, &super::#d, &super::#bd, io, it) }
+                }
+            }
             Algorithm::Winograd { m } => {
                 let (v_len, m_len) = (u(mk.scratch_vectors.0), u(mk.scratch_vectors.1));
                 let (wm, a2) = (u(m), u((m + 2) * (m + 2)));
@@ -479,6 +501,9 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let weights_bytes = u(packed.data.len() * 4 + packed.data16.len() * 2);
     let w16_offset = u(packed.data.len() * 4);
     let wd_name = s.policies.weights.name();
+    let precision_name = s.policies.precision.name();
+    // AMX runs the bf16 convs; a model without them has no use for it.
+    let amx = if s.plans.iter().flatten().any(|p| p.bf16.is_some()) { quote!(Isa::Amx,) } else { quote!() };
     let kernel_names: Vec<String> =
         s.kernels.iter().map(|k| format!("{} {}", k.op.kind(), k.modules.join("+"))).collect();
     let kernel_flops: Vec<Literal> = s.kernels.iter().map(|k| Literal::u64_unsuffixed(s.flops(k))).collect();
@@ -519,6 +544,9 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         pub const WEIGHTS_BYTES: usize = #weights_bytes;
         /// Storage of the conv weights: f32, bf16 or f16 (NFNET_WEIGHT_DTYPE).
         pub const WEIGHT_DTYPE: &str = #wd_name;
+        /// The convs' arithmetic: f32, or bf16 (inputs and weights rounded to bf16, f32
+        /// accumulation; NFNET_PRECISION).
+        pub const PRECISION: &str = #precision_name;
         /// Where the 16-bit conv weights start in the blob (bytes).
         const WEIGHTS16_OFFSET: usize = #w16_offset;
         /// SHA-256 of model.safetensors.
@@ -545,7 +573,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         pub const SCHEDULE_TEXT: &str = include_str!("nfnet_schedule.txt");
 
         #[cfg(target_arch = "x86_64")]
-        pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::NeonEmu];
+        pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Avx2, Isa::Avx512, #amx Isa::NeonEmu];
         #[cfg(target_arch = "aarch64")]
         pub const ISAS: &[Isa] = &[Isa::Scalar, Isa::Neon];
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

@@ -2,6 +2,7 @@
 
 use crate::graph::{FoldedConv, Op as GOp};
 use crate::schedule::{NR, Op, Schedule};
+use nfnet_runtime::bf16::{self, Bf16Desc};
 
 /// Where a kernel's weights start in the blob (floats).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -120,6 +121,37 @@ pub fn pack_conv(
     Slot { weights, bias, len: panel_values.len(), half: wd != WeightDtype::F32 }
 }
 
+/// A bf16 conv's weights in the tiles' layout (`nfnet_runtime::bf16::b_index`: K = tap x
+/// input channel, zero where K or the columns are padded), rounded to nearest even from
+/// f64; the bias in f32, per group padded to whole column tiles.
+fn pack_conv_bf16(c: &FoldedConv, b: &Bf16Desc, data: &mut Vec<f32>, data16: &mut Vec<u16>) -> Slot {
+    let s = &c.spec;
+    let (cin_g, cout_g, kk) = (s.cin / s.groups, s.cout / s.groups, s.k * s.k);
+    data16.resize(data16.len().next_multiple_of(32), 0);
+    let weights = data16.len();
+    let len = b.weights_len(s.groups);
+    data16.resize(weights + len, 0);
+    for g in 0..s.groups {
+        for n in 0..cout_g {
+            for ci in 0..cin_g {
+                for t in 0..kk {
+                    let v = c.weight[((g * cout_g + n) * cin_g + ci) * kk + t];
+                    data16[weights + bf16::b_index(b.kpad, b.ntiles, g, t * cin_g + ci, n)] =
+                        half::bf16::from_f64(v).to_bits();
+                }
+            }
+        }
+    }
+    align(data);
+    let bias = data.len();
+    for g in 0..s.groups {
+        for n in 0..b.ntiles * bf16::TILE {
+            data.push(if n < cout_g { c.bias[g * cout_g + n] as f32 } else { 0.0 });
+        }
+    }
+    Slot { weights, bias, len, half: true }
+}
+
 /// Lavin and Gray's `G` of F(2x2, 3x3), points 0, 1, -1 and infinity.
 const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
 
@@ -167,7 +199,10 @@ pub fn pack(s: &Schedule) -> Packed {
                 GOp::Conv(c) => {
                     let plan = s.plan(&k.op).expect("every conv kernel is planned");
                     let m = Some(plan.algorithm.winograd_m()).filter(|&m| m > 0);
-                    pack_conv(c, m, plan.weights, &mut data, &mut data16)
+                    match &plan.bf16 {
+                        Some(b) => pack_conv_bf16(c, b, &mut data, &mut data16),
+                        None => pack_conv(c, m, plan.weights, &mut data, &mut data16),
+                    }
                 }
                 _ => unreachable!("conv kernels come from conv nodes"),
             },

@@ -49,3 +49,13 @@ pub mod variant_winograd_f4 {
 pub mod tiny_winograd_off {
     include!(concat!(env!("OUT_DIR"), "/tiny_winograd_off/nfnet_model.rs"));
 }
+
+/// `fixtures/tiny` in bf16 precision.
+pub mod tiny_bf16 {
+    include!(concat!(env!("OUT_DIR"), "/tiny_bf16/nfnet_model.rs"));
+}
+
+/// `fixtures/tiny_variant_bf16` in bf16 precision.
+pub mod variant_bf16 {
+    include!(concat!(env!("OUT_DIR"), "/variant_bf16/nfnet_model.rs"));
+}
