@@ -367,9 +367,10 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
 /// Largest gather scratch of a bf16 work item (a band's pixels are gathered in chunks).
 pub const BF16_SCRATCH_BYTES: usize = 256 * 1024;
 
-/// Work items a bf16 conv is split into at least (when its columns allow), so that two or
-/// more threads share it evenly; each split of a group's columns gathers its pixels again.
-pub const BF16_MIN_ITEMS: usize = 4;
+/// Work items a bf16 conv is split into at least (when its bands allow), so that two or
+/// more threads share it evenly: ranges of bands, which each read the weights again (from
+/// cache when they are small) but gather each pixel once.
+pub const BF16_MIN_ITEMS: usize = 8;
 
 /// Most bytes of weights one bf16 work item runs: they stay in a core's L2 while its
 /// pixels pass by in chunks.
@@ -384,7 +385,8 @@ fn bf16_desc(geom: &ConvGeom, k: usize, cout_g: usize, groups: usize, out_w: usi
     let chunk = pixels.next_multiple_of(bf16::MBLOCK).min(fit.max(bf16::MBLOCK)).min(bf16::MAX_CHUNK);
     let pairs = ntiles.div_ceil(2);
     let weight_bytes = kpad * ntiles * bf16::TILE * 2;
-    let splits = BF16_MIN_ITEMS.div_ceil(groups).max(weight_bytes.div_ceil(BF16_ITEM_WEIGHT_BYTES)).clamp(1, pairs);
+    // Columns are split only to keep an item's weights in L2: each split gathers the pixels again.
+    let splits = weight_bytes.div_ceil(BF16_ITEM_WEIGHT_BYTES).clamp(1, pairs);
     let parts = BF16_MIN_ITEMS.div_ceil(groups * splits).clamp(1, geom.bands());
     Bf16Desc { kpad, ntiles, splits, parts, chunk }
 }

@@ -162,6 +162,15 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
     let wp = inp.w + 2 * inp.pad;
     let (out, pre) = (Buf { offset: io.out, ..d.out }, Buf { offset: io.pre, ..d.pre });
     let mut c = Aligned([0.0f32; 4 * TILE * TILE]);
+    // Weights come from memory on their first use: each block asks for a share of the
+    // pair after next (its item's split, contiguous) and of the item's share of the next
+    // kernel's weights, into L2.
+    let pair_lines = 2 * ksteps * TILE;
+    let split_end = ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, j1 * TILE)) as *const u8;
+    let (ahead, ahead_lines) = io.ahead_share(ctx, it, b.items(d));
+    let item_blocks = (p1 - p0).div_ceil(MBLOCK) * (j1 - j0).div_ceil(2);
+    let ahead_per_block = ahead_lines.div_ceil(item_blocks.max(1));
+    let mut ahead_done = 0;
     // Per pixel of the chunk: its offsets in the output and pre-activation (channel 0 of
     // the group) and its band.
     let mut at = [(0u32, 0u32, 0u32); MAX_CHUNK];
@@ -190,21 +199,39 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
                 // SAFETY: the tap's input pixel lies in the padded input buffer (the conv's
                 // border is inside the buffer's), kc channels of group g.
                 let src = unsafe { std::slice::from_raw_parts(ctx.ptr(base.wrapping_add_signed(off)), d.kc) };
-                for (o, &v) in dst[t * d.kc..(t + 1) * d.kc].iter_mut().zip(src) {
+                let dst = &mut dst[t * d.kc..(t + 1) * d.kc];
+                #[cfg(target_arch = "x86_64")]
+                if AMX {
+                    // SAFETY: AMX CPUs have AVX512-BF16 (this body runs inside `amx::item`).
+                    unsafe { amx::round_into(src, dst) };
+                    continue;
+                }
+                for (o, &v) in dst.iter_mut().zip(src) {
                     *o = round(v);
                 }
             }
             dst[k_real..].fill(0);
         }
-        // Each pair of column tiles over the chunk's blocks: the pair's weights stay in
-        // cache across the blocks, the chunk across the pairs.
-        let mut j = j0;
-        while j < j1 {
-            let pair = j + 1 < j1;
-            let w = |jj: usize| ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, jj * TILE));
-            let (b0, b1) = (w(j), if pair { w(j + 1) } else { w(j) });
-            let mut mb = m0;
-            while mb < m1 {
+        // Each block of pixels over all the item's column pairs: a pixel's output channels
+        // are written together, the block's A stays in L1 and the split's weights in L2.
+        let mut mb = m0;
+        while mb < m1 {
+            let mut j = j0;
+            while j < j1 {
+                let pair = j + 1 < j1;
+                let w = |jj: usize| ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, jj * TILE));
+                let (b0, b1) = (w(j), if pair { w(j + 1) } else { w(j) });
+                if mb == p0 {
+                    // The first block meets the weights first: the pair after next is
+                    // fetched while this one computes.
+                    let next = (b0 as *const u8).wrapping_add(2 * pair_lines * 64);
+                    if next < split_end {
+                        prefetch_l2(next, pair_lines);
+                    }
+                }
+                let n = ahead_per_block.min(ahead_lines - ahead_done);
+                prefetch_l2(ahead.wrapping_add(ahead_done * 64), n);
+                ahead_done += n;
                 // SAFETY: the scratch's block at mb (32 rows of kpad), the group's tiles j and
                 // j + 1 (or j twice) of ksteps tiles each, 4 result tiles in `c`.
                 unsafe {
@@ -266,12 +293,26 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
                         unsafe { add_sums(sums.add(band as usize * d.out.c + n0), &colsum, col_end(jj) - n0) };
                     }
                 }
-                mb += MBLOCK;
+                j += 2;
             }
-            j += 2;
+            mb += MBLOCK;
         }
         m0 = m1;
     }
+}
+
+/// Asks for `lines` cache lines from `p` into L2 (a hint: never faults).
+#[inline(always)]
+fn prefetch_l2(p: *const u8, lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for l in 0..lines {
+        // SAFETY: a prefetch hint has no effect on memory and never faults.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.wrapping_add(l * 64) as *const i8)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, lines);
 }
 
 /// Stores the first `n` of 16 values (`full`: all 16, as one vector).
@@ -375,7 +416,7 @@ pub(crate) mod amx {
         let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
         // Bit 27 of leaf 1 ECX: XGETBV may run.
         let osxsave = std::arch::x86_64::__cpuid(1).ecx & (1 << 27) != 0;
-        if !(amx_bf16 && amx_tile && osxsave && std::is_x86_feature_detected!("avx512f")) {
+        if !(amx_bf16 && amx_tile && osxsave && std::is_x86_feature_detected!("avx512bf16")) {
             return false;
         }
         let xcr0: u64;
@@ -433,11 +474,35 @@ pub(crate) mod amx {
         }
     }
 
+    /// `dst[i] = round(src[i])`, 32 at a time with `vcvtne2ps2bf16` (which also rounds to
+    /// nearest even; it flushes denormal inputs to zero).
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16; `dst` as long as `src`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn round_into(src: &[f32], dst: &mut [u16]) {
+        use std::arch::x86_64::*;
+        let n = src.len() / 32 * 32;
+        for i in (0..n).step_by(32) {
+            // SAFETY: 32 values at i of both slices (i + 32 <= n <= len).
+            unsafe {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(i));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
+                let r: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(i) as *mut __m512i, r);
+            }
+        }
+        for i in n..src.len() {
+            dst[i] = super::round(src[i]);
+        }
+    }
+
     /// [`item`] with AVX-512 for the gather, rounding and epilogue.
     ///
     /// # Safety
     /// As [`super::conv_item`], AMX granted.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
     pub(super) unsafe fn item(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
         // SAFETY: as this function's.
         unsafe { super::item::<true>(ctx, d, b, io, it, a) }
