@@ -3,7 +3,7 @@
 //! one thread gets.
 
 use nfnet_model as l2;
-use nfnet_test_models::tiny;
+use nfnet_test_models::{tiny, tiny_bf16};
 
 macro_rules! logits_with {
     ($m:ident, $ws:expr, $input:expr) => {{
@@ -37,6 +37,12 @@ fn any_thread_count_gives_bit_identical_results() {
     for threads in [2, 3, 5, 8] {
         let many = logits_with!(tiny, &mut tiny::Workspace::new(threads).unwrap(), x);
         assert!(one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads differ");
+    }
+    // bf16 (AMX where granted): each item writes its own channels and band sums in order.
+    let one = logits_with!(tiny_bf16, &mut tiny_bf16::Workspace::new(1).unwrap(), x);
+    for threads in [2, 3, 5] {
+        let many = logits_with!(tiny_bf16, &mut tiny_bf16::Workspace::new(threads).unwrap(), x);
+        assert!(one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()), "bf16: {threads} threads differ");
     }
     let y = input(l2::INPUT_LEN, 3);
     let y: &[f32; l2::INPUT_LEN] = y.as_slice().try_into().unwrap();

@@ -123,6 +123,12 @@ fn bf16_models_stay_close_to_timm_on_every_isa() {
     check_model!(tiny_bf16, "tiny", [1, 3], Bound { tol: 5e-2, vs_f32: None });
     check_model!(variant_bf16, "tiny_variant_bf16", [1, 3], Bound { tol: 5e-2, vs_f32: None });
     assert!(tiny_bf16::ISAS.contains(&Isa::Amx) == cfg!(target_arch = "x86_64") && !tiny::ISAS.contains(&Isa::Amx));
+    // A CPU that reports AMX runs it (the kernel granted the tiles): never a silent fallback.
+    if nfnet_runtime::bf16::cpu_reports_amx() {
+        assert!(Isa::Amx.is_available(), "the CPU reports AMX but this process cannot use it");
+    } else {
+        println!("skipped: no AMX (CPUID lacks it); bf16 ran on the portable kernel only");
+    }
 }
 
 #[test]

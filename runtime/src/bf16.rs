@@ -109,6 +109,19 @@ pub fn amx_available() -> bool {
     false
 }
 
+/// Whether CPUID lists AMX-TILE and AMX-BF16 (whether or not the OS lets this process use
+/// them): a machine where this holds and [`amx_available`] does not is misconfigured, and
+/// tests that need AMX fail there instead of skipping.
+pub fn cpu_reports_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Work item `it` of a bf16 conv.
 ///
 /// # Safety
@@ -881,16 +894,5 @@ mod tests {
             assert!(!cpu_reports_amx(), "the CPU reports AMX but this process was not granted it");
             eprintln!("skipped on AMX: no AMX");
         }
-    }
-
-    /// Whether CPUID lists AMX-TILE and AMX-BF16.
-    fn cpu_reports_amx() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
-            leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
     }
 }
