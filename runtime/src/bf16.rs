@@ -517,14 +517,58 @@ pub(crate) mod amx {
     /// As [`super::conv_item`], AMX granted.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
     pub(super) unsafe fn item(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
-        // SAFETY: as this function's.
-        unsafe { super::item::<true>(ctx, d, b, io, it, a) }
+        // SAFETY: as this function's; the tiles are configured for the item's blocks and
+        // released when it ends (no other code in between uses them).
+        unsafe {
+            configure();
+            super::item::<true>(ctx, d, b, io, it, a);
+            release();
+        }
+    }
+
+    /// Loads the tile configuration of [`block`] on this thread.
+    ///
+    /// # Safety
+    /// AMX granted to this process; [`release`] before the thread does anything else.
+    #[inline(always)]
+    pub(super) unsafe fn configure() {
+        // SAFETY: reads the 64-byte configuration; the tiles it zeroes are clobbered.
+        unsafe {
+            asm!(
+                "ldtilecfg [{cfg}]",
+                cfg = in(reg) &CONFIG,
+                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+                out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+                options(nostack, readonly),
+            );
+        }
+    }
+
+    /// Returns the tile state to its initial state, so that context switches and signal
+    /// frames stay small.
+    ///
+    /// # Safety
+    /// AMX granted to this process.
+    #[inline(always)]
+    pub(super) unsafe fn release() {
+        // SAFETY: only the tile state changes.
+        unsafe {
+            asm!(
+                "tilerelease",
+                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+                out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+                options(nostack, nomem),
+            );
+        }
     }
 
     /// The four result tiles of [`block_portable`] on AMX, stored to `c` (tile t at 256 t).
+    /// A's rows and B should be 64-byte aligned: a tile row split over two cache lines
+    /// loads at a third of the rate.
     ///
     /// # Safety
-    /// As [`block_portable`], `a_stride` in bytes; AMX granted to this process.
+    /// As [`block_portable`], `a_stride` in bytes; the tiles configured ([`configure`]) on this
+    /// thread.
     #[inline(always)]
     pub(super) unsafe fn block(
         a: *const u16,
@@ -535,10 +579,9 @@ pub(crate) mod amx {
         c: *mut f32,
     ) {
         // SAFETY: loads stay inside A's 32 rows and B's ksteps tiles, stores inside c's
-        // 4 KiB (caller); the tile registers are clobbered and released before the block ends.
+        // 4 KiB (caller); the tile registers are clobbered.
         unsafe {
             asm!(
-                "ldtilecfg [{cfg}]",
                 "tilezero tmm0",
                 "tilezero tmm1",
                 "tilezero tmm2",
@@ -562,8 +605,6 @@ pub(crate) mod amx {
                 "tilestored [{c} + {sb} + 1024], tmm1",
                 "tilestored [{c} + {sb} + 2048], tmm2",
                 "tilestored [{c} + {sb} + 3072], tmm3",
-                "tilerelease",
-                cfg = in(reg) &CONFIG,
                 a0 = inout(reg) a => _,
                 a1 = inout(reg) (a as *const u8).add(TILE * a_stride) => _,
                 sa = in(reg) a_stride,
@@ -644,7 +685,11 @@ mod tests {
             unsafe {
                 block_portable(a.as_ptr(), kpad, b0, b1, ksteps, &mut want);
                 #[cfg(target_arch = "x86_64")]
-                amx::block(a.as_ptr(), 2 * kpad, b0, b1, ksteps, got.0.as_mut_ptr());
+                {
+                    amx::configure();
+                    amx::block(a.as_ptr(), 2 * kpad, b0, b1, ksteps, got.0.as_mut_ptr());
+                    amx::release();
+                }
             }
             for (i, (g, w)) in got.0.iter().zip(&want).enumerate() {
                 // Same products (exact in f32), sums in another order: a few ulp of the
