@@ -261,56 +261,111 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
                         break;
                     }
                     let n0 = jj * TILE;
-                    let full = col_end(jj) - n0 == TILE;
-                    // SAFETY: the group's padded bias row (ntiles x 16 floats).
-                    let bias: [f32; TILE] =
-                        unsafe { *(ctx.w(io.bias + g * b.ntiles * TILE + n0) as *const [f32; TILE]) };
-                    let rows = (m1 - mb).min(MBLOCK);
-                    let mut colsum = [0.0f32; TILE];
-                    let mut band = at[mb - m0].2;
-                    for r in 0..rows {
-                        let (o, po, bi) = at[mb - m0 + r];
-                        let acc: &[f32; TILE] =
-                            c.0[((r / TILE) * 2 + ni) * TILE * TILE + (r % TILE) * TILE..][..TILE].try_into().unwrap();
-                        let mut v = [0.0f32; TILE];
-                        for k in 0..TILE {
-                            v[k] = acc[k] + bias[k];
-                        }
-                        // SAFETY: the pixel's outputs, this item's channels (n0.. of the
-                        // group's; whole tiles unless the group's last is partial), and its
-                        // band's sums.
-                        unsafe {
-                            if io.pre != NONE {
-                                store(ctx.ptr(pre.offset + po as usize + n0), &v, full, col_end(jj) - n0);
-                            }
-                            if d.act {
-                                for e in &mut v {
-                                    *e = silu(*e);
-                                }
-                            }
-                            store(ctx.ptr(out.offset + o as usize + n0), &v, full, col_end(jj) - n0);
-                            if !sums.is_null() {
-                                if bi != band {
-                                    add_sums(sums.add(band as usize * d.out.c + n0), &colsum, col_end(jj) - n0);
-                                    colsum = [0.0; TILE];
-                                    band = bi;
-                                }
-                                for k in 0..TILE {
-                                    colsum[k] += v[k];
-                                }
-                            }
-                        }
-                    }
-                    if !sums.is_null() {
-                        // SAFETY: as above.
-                        unsafe { add_sums(sums.add(band as usize * d.out.c + n0), &colsum, col_end(jj) - n0) };
-                    }
+                    let ep = Epilogue {
+                        // SAFETY: the group's padded bias row (ntiles x 16 floats).
+                        bias: unsafe { *(ctx.w(io.bias + g * b.ntiles * TILE + n0) as *const [f32; TILE]) },
+                        acc: &c.0,
+                        ni,
+                        at: &at[mb - m0..(m1 - m0).min(mb - m0 + MBLOCK)],
+                        out: ctx.ptr(out.offset + n0),
+                        pre: if io.pre != NONE { ctx.ptr(pre.offset + n0) } else { std::ptr::null_mut() },
+                        sums: if sums.is_null() { sums } else { sums.wrapping_add(n0) },
+                        sums_stride: d.out.c,
+                        ncols: col_end(jj) - n0,
+                    };
+                    // SAFETY: the pixels' outputs and bands' sums, this item's channels.
+                    unsafe { ep.dispatch(io.pre != NONE, d.act, !sums.is_null()) };
                 }
                 j += 2;
             }
             mb += MBLOCK;
         }
         m0 = m1;
+    }
+}
+
+/// The f32 epilogue of one result tile column of a block: bias, pre-activation, SiLU,
+/// output and channel sums, for each pixel row.
+struct Epilogue<'a> {
+    bias: [f32; TILE],
+    /// The block's four result tiles; this column's are `ni` and `2 + ni`.
+    acc: &'a [f32; 4 * TILE * TILE],
+    ni: usize,
+    /// Per pixel row: output and pre-activation offsets (from `out` and `pre`) and band.
+    at: &'a [(u32, u32, u32)],
+    out: *mut f32,
+    /// Null when not stored.
+    pre: *mut f32,
+    /// This column's sums of band 0 (null: none); band `i` at `sums_stride * i`.
+    sums: *mut f32,
+    sums_stride: usize,
+    /// Valid columns (16 unless the group's last tile is partial).
+    ncols: usize,
+}
+
+impl Epilogue<'_> {
+    /// # Safety
+    /// `out` (and `pre`, `sums` when not null) valid at every offset of `at` for `ncols`.
+    #[inline(always)]
+    unsafe fn run<const PRE: bool, const ACT: bool, const SUMS: bool>(&self) {
+        let full = self.ncols == TILE;
+        let mut colsum = [0.0f32; TILE];
+        let mut band = self.at.first().map_or(0, |a| a.2);
+        for (r, &(o, po, bi)) in self.at.iter().enumerate() {
+            let acc: &[f32; TILE] =
+                self.acc[((r / TILE) * 2 + self.ni) * TILE * TILE + (r % TILE) * TILE..][..TILE].try_into().unwrap();
+            let mut v = [0.0f32; TILE];
+            for k in 0..TILE {
+                v[k] = acc[k] + self.bias[k];
+            }
+            // SAFETY: as this function's.
+            unsafe {
+                if PRE {
+                    store(self.pre.add(po as usize), &v, full, self.ncols);
+                }
+                if ACT {
+                    for e in &mut v {
+                        *e = silu(*e);
+                    }
+                }
+                store(self.out.add(o as usize), &v, full, self.ncols);
+                if SUMS {
+                    if bi != band {
+                        add_sums(self.sums.add(band as usize * self.sums_stride), &colsum, self.ncols);
+                        colsum = [0.0; TILE];
+                        band = bi;
+                    }
+                    for k in 0..TILE {
+                        colsum[k] += v[k];
+                    }
+                }
+            }
+        }
+        if SUMS {
+            // SAFETY: as this function's.
+            unsafe { add_sums(self.sums.add(band as usize * self.sums_stride), &colsum, self.ncols) };
+        }
+    }
+
+    /// [`Epilogue::run`] specialized for what the conv stores.
+    ///
+    /// # Safety
+    /// As [`Epilogue::run`].
+    #[inline(always)]
+    unsafe fn dispatch(&self, pre: bool, act: bool, sums: bool) {
+        // SAFETY: as this function's.
+        unsafe {
+            match (pre, act, sums) {
+                (true, true, true) => self.run::<true, true, true>(),
+                (true, false, true) => self.run::<true, false, true>(),
+                (true, false, false) => self.run::<true, false, false>(),
+                (true, true, false) => self.run::<true, true, false>(),
+                (false, true, true) => self.run::<false, true, true>(),
+                (false, true, false) => self.run::<false, true, false>(),
+                (false, false, true) => self.run::<false, false, true>(),
+                (false, false, false) => self.run::<false, false, false>(),
+            }
+        }
     }
 }
 
