@@ -144,7 +144,13 @@ fn builtin_l2_matches_timm_on_every_isa() {
         eprintln!("nfnet-model was built from NFNET_MODEL (not the built-in model): fixture comparison skipped");
         return;
     }
-    check_model!(l2, "l2_320", [2]);
+    if l2::PRECISION == "bf16" {
+        // NFNET_PRECISION=bf16: observed up to 3.1e-2 relative L2 (logits; OpenVINO's default
+        // bf16: 3.5e-2 on the same input).
+        check_model!(l2, "l2_320", [2], Bound { tol: 6e-2, vs_f32: None });
+    } else {
+        check_model!(l2, "l2_320", [2]);
+    }
 }
 
 /// Every output of `$m` on fixture `$fixture`'s input, on `isa` with 2 threads, as the bytes of
