@@ -20,7 +20,7 @@ use nfnet_test_models::{
 
 /// The bound of models compiled with a non-default Winograd policy: relative L2 a few times
 /// the observed error (F(4x4) everywhere: up to 6e-6 on the tiny models).
-const TOL: Bound = Bound { tol: 2e-5, vs_f32: None };
+const TOL: Bound = Bound::rel(2e-5);
 
 fn runnable(isas: &[Isa]) -> Vec<Isa> {
     let v: Vec<Isa> = isas.iter().copied().filter(|i| i.is_available()).collect();
@@ -98,8 +98,8 @@ fn partially_fused_schedules_match_timm_on_every_isa() {
 /// relative L2 on the logits; the bounds allow about four times that.
 #[test]
 fn weights_stored_in_16_bits_stay_close_to_timm_on_every_isa() {
-    check_model!(tiny_weights_bf16, "tiny", [2], Bound { tol: 5e-2, vs_f32: None });
-    check_model!(tiny_weights_f16, "tiny", [2], Bound { tol: 5e-3, vs_f32: None });
+    check_model!(tiny_weights_bf16, "tiny", [2], Bound::rel(5e-2));
+    check_model!(tiny_weights_f16, "tiny", [2], Bound::rel(5e-3));
     const { assert!(tiny_weights_bf16::WEIGHTS_BYTES < tiny::WEIGHTS_BYTES * 3 / 4) };
 }
 
@@ -120,8 +120,8 @@ fn winograd_policies_match_timm_on_every_isa() {
 /// where detection grants it and on the portable kernel under every other ISA.
 #[test]
 fn bf16_models_stay_close_to_timm_on_every_isa() {
-    check_model!(tiny_bf16, "tiny", [1, 3], Bound { tol: 5e-2, vs_f32: None });
-    check_model!(variant_bf16, "tiny_variant_bf16", [1, 3], Bound { tol: 5e-2, vs_f32: None });
+    check_model!(tiny_bf16, "tiny", [1, 3], Bound::rel(5e-2));
+    check_model!(variant_bf16, "tiny_variant_bf16", [1, 3], Bound::rel(5e-2));
     assert!(tiny_bf16::ISAS.contains(&Isa::Amx) == cfg!(target_arch = "x86_64") && !tiny::ISAS.contains(&Isa::Amx));
     // A CPU that reports AMX runs it (the kernel granted the tiles): never a silent fallback.
     if nfnet_runtime::bf16::cpu_reports_amx() {
@@ -145,9 +145,16 @@ fn builtin_l2_matches_timm_on_every_isa() {
         return;
     }
     if l2::PRECISION == "bf16" {
-        // NFNET_PRECISION=bf16: observed up to 3.1e-2 relative L2 (logits; OpenVINO's default
-        // bf16: 3.5e-2 on the same input).
-        check_model!(l2, "l2_320", [2], Bound { tol: 6e-2, vs_f32: None });
+        // NFNET_PRECISION=bf16 (observed, L2 at 320): logits 3.0e-2 (OpenVINO's default bf16:
+        // 3.5e-2 on the same input), pre-logits 3.1e-2, feature0-2 5e-3 to 2.5e-2; the deep
+        // maps, whose pixels' errors do not average out, feature3 9.2e-2, feature4 and
+        // forward_features 1.75e-1. Bounds twice those.
+        const BF16: Bound = Bound {
+            tol: 6e-2,
+            vs_f32: None,
+            overrides: &[("feature3", 0.2), ("feature4", 0.35), ("forward_features", 0.35)],
+        };
+        check_model!(l2, "l2_320", [2], BF16);
     } else {
         check_model!(l2, "l2_320", [2]);
     }
