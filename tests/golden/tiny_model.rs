@@ -44,6 +44,9 @@ pub const ARENA_LEN: usize = 9824;
 pub const WEIGHTS_BYTES: usize = 411712;
 /// Storage of the conv weights: f32, bf16 or f16 (NFNET_WEIGHT_DTYPE).
 pub const WEIGHT_DTYPE: &str = "f32";
+/// The convs' arithmetic: f32, or bf16 (inputs and weights rounded to bf16, f32
+/// accumulation; NFNET_PRECISION).
+pub const PRECISION: &str = "f32";
 /// Where the 16-bit conv weights start in the blob (bytes).
 const WEIGHTS16_OFFSET: usize = 411712;
 /// SHA-256 of model.safetensors.
@@ -16509,8 +16512,8 @@ impl Workspace {
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }
-    /// Arena `lane`, the weight blob and a pool, as the kernels see them.
-    fn ctx<'p>(&self, lane: usize, pool: &'p Pool) -> rt::Ctx<'p> {
+    /// Arena `lane`, the weight blob and a pool, as the kernels of `isa` see them.
+    fn ctx<'p>(&self, lane: usize, pool: &'p Pool, isa: Isa) -> rt::Ctx<'p> {
         rt::Ctx {
             arena: self.arena_ptrs[lane],
             weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
@@ -16518,6 +16521,7 @@ impl Workspace {
                 WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16,
             ),
             pool,
+            amx: isa == Isa::Amx,
         }
     }
 }
@@ -16559,7 +16563,7 @@ pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
                 rt::Kernels::scale_add_act(Avx2(()), n, n.max(1), r, none, none, none, o)
             }
             #[cfg(target_arch = "x86_64")]
-            nfnet_runtime::Isa::Avx512 => {
+            nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
                 rt::Kernels::scale_add_act(
                     Avx512(()),
                     n,
@@ -16592,7 +16596,7 @@ impl Model {
     /// and later inferences are unaffected. Packing and copy-out kernels do nothing.
     pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
         assert!(index < KERNELS, "kernel index {index} out of range");
-        let ctx = ws.ctx(0, &ws.pool);
+        let ctx = ws.ctx(0, &ws.pool, self.isa);
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match self.isa {
@@ -16601,7 +16605,9 @@ impl Model {
                 #[cfg(target_arch = "x86_64")]
                 nfnet_runtime::Isa::Avx2 => isa_avx2::run_kernel(&ctx, index),
                 #[cfg(target_arch = "x86_64")]
-                nfnet_runtime::Isa::Avx512 => isa_avx512::run_kernel(&ctx, index),
+                nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
+                    isa_avx512::run_kernel(&ctx, index)
+                }
                 #[cfg(all())]
                 nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu => {
                     isa_neon::run_kernel(&ctx, index)
@@ -16675,7 +16681,7 @@ impl Model {
                         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
                         unsafe {
                             self.image(
-                                &ws.ctx(lane, &ws.solo),
+                                &ws.ctx(lane, &ws.solo, self.isa),
                                 input,
                                 raw,
                                 round + lane,
@@ -16689,7 +16695,7 @@ impl Model {
             // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
             unsafe {
                 self.image(
-                    &ws.ctx(0, &ws.pool),
+                    &ws.ctx(0, &ws.pool, self.isa),
                     input,
                     raw,
                     b,
@@ -16759,7 +16765,7 @@ impl Model {
                     )
                 }
                 #[cfg(target_arch = "x86_64")]
-                nfnet_runtime::Isa::Avx512 => {
+                nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
                     isa_avx512::forward_image(
                         ctx,
                         image,
