@@ -1085,7 +1085,6 @@ pub mod isa_scalar {
     pub const NV: usize = 16;
     /// How far ahead (floats) the conv kernel prefetches its weight panel.
     const B_AHEAD: usize = 16 * 16;
-    const TOK: super::Scalar = super::Scalar(());
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
         x
@@ -3055,12 +3054,14 @@ pub mod isa_scalar {
             )
         }
     }
-    /// One image through the network with this ISA's kernels.
+    /// One image through the network with this ISA's kernels (`k` proves the CPU runs
+    /// them).
     ///
     /// # Safety
-    /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+    /// `ctx.arena` holds ARENA_LEN floats owned by this call.
     #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
     pub unsafe fn forward_image(
+        k: super::Scalar,
         ctx: &rt::Ctx,
         image: &[f32],
         logits: &mut [f32],
@@ -3069,7 +3070,6 @@ pub mod isa_scalar {
         mut features: Option<[&mut [f32]; 5]>,
         mut prof: Option<&mut [u64]>,
     ) {
-        let k = TOK;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             // pack_input: input
@@ -4157,8 +4157,7 @@ pub mod isa_scalar {
     /// # Safety
     /// As `forward_image`.
     #[allow(unused_variables)]
-    pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
-        let k = TOK;
+    pub unsafe fn run_kernel(k: super::Scalar, ctx: &rt::Ctx, index: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match index {
@@ -4849,10 +4848,21 @@ pub mod isa_scalar {
         }
     }
 }
-/// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(all())]
-#[derive(Clone, Copy)]
-pub struct Scalar(());
+mod token_scalar {
+    ///Proof that the CPU runs this ISA: only [`Scalar::detect`] makes one.
+    #[derive(Clone, Copy)]
+    pub struct Scalar(());
+    impl Scalar {
+        /// The token, when `isa` is one this module serves and this CPU runs it.
+        pub fn detect(isa: nfnet_runtime::Isa) -> Option<Scalar> {
+            (matches!(isa, nfnet_runtime::Isa::Scalar) && isa.is_available())
+                .then_some(Scalar(()))
+        }
+    }
+}
+#[cfg(all())]
+pub use token_scalar::Scalar;
 #[cfg(all())]
 unsafe impl nfnet_runtime::kernels::Kernels for Scalar {
     unsafe fn scale_add_act(
@@ -4886,7 +4896,6 @@ pub mod isa_avx2 {
     pub const NV: usize = 2;
     /// How far ahead (floats) the conv kernel prefetches its weight panel.
     const B_AHEAD: usize = 16 * 16;
-    const TOK: super::Avx2 = super::Avx2(());
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn splat(x: f32) -> V {
@@ -6943,12 +6952,14 @@ pub mod isa_avx2 {
             )
         }
     }
-    /// One image through the network with this ISA's kernels.
+    /// One image through the network with this ISA's kernels (`k` proves the CPU runs
+    /// them).
     ///
     /// # Safety
-    /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+    /// `ctx.arena` holds ARENA_LEN floats owned by this call.
     #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
     pub unsafe fn forward_image(
+        k: super::Avx2,
         ctx: &rt::Ctx,
         image: &[f32],
         logits: &mut [f32],
@@ -6957,7 +6968,6 @@ pub mod isa_avx2 {
         mut features: Option<[&mut [f32]; 5]>,
         mut prof: Option<&mut [u64]>,
     ) {
-        let k = TOK;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             // pack_input: input
@@ -8045,8 +8055,7 @@ pub mod isa_avx2 {
     /// # Safety
     /// As `forward_image`.
     #[allow(unused_variables)]
-    pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
-        let k = TOK;
+    pub unsafe fn run_kernel(k: super::Avx2, ctx: &rt::Ctx, index: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match index {
@@ -8737,10 +8746,21 @@ pub mod isa_avx2 {
         }
     }
 }
-/// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-pub struct Avx2(());
+mod token_avx2 {
+    ///Proof that the CPU runs this ISA: only [`Avx2::detect`] makes one.
+    #[derive(Clone, Copy)]
+    pub struct Avx2(());
+    impl Avx2 {
+        /// The token, when `isa` is one this module serves and this CPU runs it.
+        pub fn detect(isa: nfnet_runtime::Isa) -> Option<Avx2> {
+            (matches!(isa, nfnet_runtime::Isa::Avx2) && isa.is_available())
+                .then_some(Avx2(()))
+        }
+    }
+}
+#[cfg(target_arch = "x86_64")]
+pub use token_avx2::Avx2;
 #[cfg(target_arch = "x86_64")]
 unsafe impl nfnet_runtime::kernels::Kernels for Avx2 {
     unsafe fn scale_add_act(
@@ -8774,7 +8794,6 @@ pub mod isa_avx512 {
     pub const NV: usize = 1;
     /// How far ahead (floats) the conv kernel prefetches its weight panel.
     const B_AHEAD: usize = 16 * 16;
-    const TOK: super::Avx512 = super::Avx512(());
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn splat(x: f32) -> V {
@@ -10827,12 +10846,14 @@ pub mod isa_avx512 {
             )
         }
     }
-    /// One image through the network with this ISA's kernels.
+    /// One image through the network with this ISA's kernels (`k` proves the CPU runs
+    /// them).
     ///
     /// # Safety
-    /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+    /// `ctx.arena` holds ARENA_LEN floats owned by this call.
     #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
     pub unsafe fn forward_image(
+        k: super::Avx512,
         ctx: &rt::Ctx,
         image: &[f32],
         logits: &mut [f32],
@@ -10841,7 +10862,6 @@ pub mod isa_avx512 {
         mut features: Option<[&mut [f32]; 5]>,
         mut prof: Option<&mut [u64]>,
     ) {
-        let k = TOK;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             // pack_input: input
@@ -11929,8 +11949,7 @@ pub mod isa_avx512 {
     /// # Safety
     /// As `forward_image`.
     #[allow(unused_variables)]
-    pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
-        let k = TOK;
+    pub unsafe fn run_kernel(k: super::Avx512, ctx: &rt::Ctx, index: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match index {
@@ -12621,10 +12640,22 @@ pub mod isa_avx512 {
         }
     }
 }
-/// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-pub struct Avx512(());
+mod token_avx512 {
+    ///Proof that the CPU runs this ISA: only [`Avx512::detect`] makes one.
+    #[derive(Clone, Copy)]
+    pub struct Avx512(());
+    impl Avx512 {
+        /// The token, when `isa` is one this module serves and this CPU runs it.
+        pub fn detect(isa: nfnet_runtime::Isa) -> Option<Avx512> {
+            (matches!(isa, nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx)
+                && isa.is_available())
+                .then_some(Avx512(()))
+        }
+    }
+}
+#[cfg(target_arch = "x86_64")]
+pub use token_avx512::Avx512;
 #[cfg(target_arch = "x86_64")]
 unsafe impl nfnet_runtime::kernels::Kernels for Avx512 {
     unsafe fn scale_add_act(
@@ -12661,7 +12692,6 @@ pub mod isa_neon {
     pub const NV: usize = 4;
     /// How far ahead (floats) the conv kernel prefetches its weight panel.
     const B_AHEAD: usize = 16 * 16;
-    const TOK: super::Neon = super::Neon(());
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
@@ -14648,12 +14678,14 @@ pub mod isa_neon {
             )
         }
     }
-    /// One image through the network with this ISA's kernels.
+    /// One image through the network with this ISA's kernels (`k` proves the CPU runs
+    /// them).
     ///
     /// # Safety
-    /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+    /// `ctx.arena` holds ARENA_LEN floats owned by this call.
     #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
     pub unsafe fn forward_image(
+        k: super::Neon,
         ctx: &rt::Ctx,
         image: &[f32],
         logits: &mut [f32],
@@ -14662,7 +14694,6 @@ pub mod isa_neon {
         mut features: Option<[&mut [f32]; 5]>,
         mut prof: Option<&mut [u64]>,
     ) {
-        let k = TOK;
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             // pack_input: input
@@ -15750,8 +15781,7 @@ pub mod isa_neon {
     /// # Safety
     /// As `forward_image`.
     #[allow(unused_variables)]
-    pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
-        let k = TOK;
+    pub unsafe fn run_kernel(k: super::Neon, ctx: &rt::Ctx, index: usize) {
         // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
         unsafe {
             match index {
@@ -16442,10 +16472,22 @@ pub mod isa_neon {
         }
     }
 }
-/// Proof that the CPU runs this ISA (made only after detection).
 #[cfg(all())]
-#[derive(Clone, Copy)]
-pub struct Neon(());
+mod token_neon {
+    ///Proof that the CPU runs this ISA: only [`Neon::detect`] makes one.
+    #[derive(Clone, Copy)]
+    pub struct Neon(());
+    impl Neon {
+        /// The token, when `isa` is one this module serves and this CPU runs it.
+        pub fn detect(isa: nfnet_runtime::Isa) -> Option<Neon> {
+            (matches!(isa, nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu)
+                && isa.is_available())
+                .then_some(Neon(()))
+        }
+    }
+}
+#[cfg(all())]
+pub use token_neon::Neon;
 #[cfg(all())]
 unsafe impl nfnet_runtime::kernels::Kernels for Neon {
     unsafe fn scale_add_act(
@@ -16548,7 +16590,8 @@ pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
             #[cfg(all())]
             nfnet_runtime::Isa::Scalar => {
                 rt::Kernels::scale_add_act(
-                    Scalar(()),
+                    Scalar::detect(isa)
+                        .expect("the ISA was checked when the model was made"),
                     n,
                     n.max(1),
                     r,
@@ -16560,12 +16603,23 @@ pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
             }
             #[cfg(target_arch = "x86_64")]
             nfnet_runtime::Isa::Avx2 => {
-                rt::Kernels::scale_add_act(Avx2(()), n, n.max(1), r, none, none, none, o)
+                rt::Kernels::scale_add_act(
+                    Avx2::detect(isa)
+                        .expect("the ISA was checked when the model was made"),
+                    n,
+                    n.max(1),
+                    r,
+                    none,
+                    none,
+                    none,
+                    o,
+                )
             }
             #[cfg(target_arch = "x86_64")]
             nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
                 rt::Kernels::scale_add_act(
-                    Avx512(()),
+                    Avx512::detect(isa)
+                        .expect("the ISA was checked when the model was made"),
                     n,
                     n.max(1),
                     r,
@@ -16577,7 +16631,17 @@ pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
             }
             #[cfg(all())]
             nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu => {
-                rt::Kernels::scale_add_act(Neon(()), n, n.max(1), r, none, none, none, o)
+                rt::Kernels::scale_add_act(
+                    Neon::detect(isa)
+                        .expect("the ISA was checked when the model was made"),
+                    n,
+                    n.max(1),
+                    r,
+                    none,
+                    none,
+                    none,
+                    o,
+                )
             }
             #[allow(unreachable_patterns)]
             other => unreachable!("ISA {other} was checked above"),
@@ -16601,16 +16665,40 @@ impl Model {
         unsafe {
             match self.isa {
                 #[cfg(all())]
-                nfnet_runtime::Isa::Scalar => isa_scalar::run_kernel(&ctx, index),
+                nfnet_runtime::Isa::Scalar => {
+                    isa_scalar::run_kernel(
+                        Scalar::detect(self.isa)
+                            .expect("the ISA was checked when the model was made"),
+                        &ctx,
+                        index,
+                    )
+                }
                 #[cfg(target_arch = "x86_64")]
-                nfnet_runtime::Isa::Avx2 => isa_avx2::run_kernel(&ctx, index),
+                nfnet_runtime::Isa::Avx2 => {
+                    isa_avx2::run_kernel(
+                        Avx2::detect(self.isa)
+                            .expect("the ISA was checked when the model was made"),
+                        &ctx,
+                        index,
+                    )
+                }
                 #[cfg(target_arch = "x86_64")]
                 nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
-                    isa_avx512::run_kernel(&ctx, index)
+                    isa_avx512::run_kernel(
+                        Avx512::detect(self.isa)
+                            .expect("the ISA was checked when the model was made"),
+                        &ctx,
+                        index,
+                    )
                 }
                 #[cfg(all())]
                 nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu => {
-                    isa_neon::run_kernel(&ctx, index)
+                    isa_neon::run_kernel(
+                        Neon::detect(self.isa)
+                            .expect("the ISA was checked when the model was made"),
+                        &ctx,
+                        index,
+                    )
                 }
                 #[allow(unreachable_patterns)]
                 other => unreachable!("ISA {other} was checked at construction"),
@@ -16743,6 +16831,8 @@ impl Model {
                 #[cfg(all())]
                 nfnet_runtime::Isa::Scalar => {
                     isa_scalar::forward_image(
+                        Scalar::detect(self.isa)
+                            .expect("the ISA was checked when the model was made"),
                         ctx,
                         image,
                         lg,
@@ -16755,6 +16845,8 @@ impl Model {
                 #[cfg(target_arch = "x86_64")]
                 nfnet_runtime::Isa::Avx2 => {
                     isa_avx2::forward_image(
+                        Avx2::detect(self.isa)
+                            .expect("the ISA was checked when the model was made"),
                         ctx,
                         image,
                         lg,
@@ -16767,6 +16859,8 @@ impl Model {
                 #[cfg(target_arch = "x86_64")]
                 nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
                     isa_avx512::forward_image(
+                        Avx512::detect(self.isa)
+                            .expect("the ISA was checked when the model was made"),
                         ctx,
                         image,
                         lg,
@@ -16779,6 +16873,8 @@ impl Model {
                 #[cfg(all())]
                 nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu => {
                     isa_neon::forward_image(
+                        Neon::detect(self.isa)
+                            .expect("the ISA was checked when the model was made"),
                         ctx,
                         image,
                         lg,

@@ -1072,7 +1072,9 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
 pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_arms: &TokenStream) -> TokenStream {
     let module = format_ident!("{}", isa.module);
     let token = format_ident!("{}", isa.token);
-    let IsaSpec { cfg, attrs, prelude, vocab, kernels: micro, .. } = isa;
+    let IsaSpec { cfg, attrs, prelude, vocab, kernels: micro, variants, .. } = isa;
+    let token_module = format_ident!("token_{}", isa.token.to_lowercase());
+    let token_doc = format!("Proof that the CPU runs this ISA: only [`{}::detect`] makes one.", isa.token);
     let IsaKernels { lanes, shapes, .. } = micro;
     let lit = proc_macro2::Literal::usize_unsuffixed;
     let (lanes_l, nv) = (lit(*lanes), lit(16 / lanes));
@@ -1095,17 +1097,18 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
             pub const NV: usize = #nv;
             /// How far ahead (floats) the conv kernel prefetches its weight panel.
             const B_AHEAD: usize = 16 * 16;
-            const TOK: super::#token = super::#token(());
             #vocab
             #body
             #items
 
-            /// One image through the network with this ISA's kernels.
+            /// One image through the network with this ISA's kernels (`k` proves the CPU runs
+            /// them).
             ///
             /// # Safety
-            /// The CPU runs this ISA; `ctx.arena` holds ARENA_LEN floats owned by this call.
+            /// `ctx.arena` holds ARENA_LEN floats owned by this call.
             #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
             pub unsafe fn forward_image(
+                k: super::#token,
                 ctx: &rt::Ctx,
                 image: &[f32],
                 logits: &mut [f32],
@@ -1114,7 +1117,6 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
                 mut features: Option<[&mut [f32]; 5]>,
                 mut prof: Option<&mut [u64]>,
             ) {
-                let k = TOK;
                 // SAFETY: every offset below comes from the compiler's memory plan for
                 // ARENA_LEN floats and its packing of the weight blob; buffers live at the
                 // same time never overlap.
@@ -1128,8 +1130,7 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
             /// # Safety
             /// As `forward_image`.
             #[allow(unused_variables)]
-            pub unsafe fn run_kernel(ctx: &rt::Ctx, index: usize) {
-                let k = TOK;
+            pub unsafe fn run_kernel(k: super::#token, ctx: &rt::Ctx, index: usize) {
                 // SAFETY: as in `forward_image`.
                 unsafe {
                     match index {
@@ -1140,10 +1141,21 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
             }
         }
 
-        /// Proof that the CPU runs this ISA (made only after detection).
         #[cfg(#cfg)]
-        #[derive(Clone, Copy)]
-        pub struct #token(());
+        mod #token_module {
+            #[doc = #token_doc]
+            #[derive(Clone, Copy)]
+            pub struct #token(());
+
+            impl #token {
+                /// The token, when `isa` is one this module serves and this CPU runs it.
+                pub fn detect(isa: nfnet_runtime::Isa) -> Option<#token> {
+                    (matches!(isa, #variants) && isa.is_available()).then_some(#token(()))
+                }
+            }
+        }
+        #[cfg(#cfg)]
+        pub use #token_module::#token;
 
         #[cfg(#cfg)]
         // SAFETY: a token exists only after `Isa::is_available` said the CPU runs this ISA.

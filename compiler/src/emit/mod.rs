@@ -446,25 +446,32 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let a = &g.arch;
     let isas = isa::isas();
     let modules = isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i), &forward, &kernel_arms));
+    // Each ISA's token comes from detection; the model's ISA was checked when it was made.
+    let token = |i: &isa::IsaSpec, isa: TokenStream| {
+        let t = format_ident!("{}", i.token);
+        quote!(#t::detect(#isa).expect("the ISA was checked when the model was made"))
+    };
     let kernel_dispatch = isas.iter().map(|i| {
-        let (cfg, variants, module) = (&i.cfg, &i.variants, format_ident!("{}", i.module));
+        let (cfg, variants, module, k) =
+            (&i.cfg, &i.variants, format_ident!("{}", i.module), token(i, quote!(self.isa)));
         quote! {
             #[cfg(#cfg)]
-            #variants => #module::run_kernel(&ctx, index),
+            #variants => #module::run_kernel(#k, &ctx, index),
         }
     });
     let silu_dispatch = isas.iter().map(|i| {
-        let (cfg, variants, token) = (&i.cfg, &i.variants, format_ident!("{}", i.token));
+        let (cfg, variants, k) = (&i.cfg, &i.variants, token(i, quote!(isa)));
         quote! {
             #[cfg(#cfg)]
-            #variants => rt::Kernels::scale_add_act(#token(()), n, n.max(1), r, none, none, none, o),
+            #variants => rt::Kernels::scale_add_act(#k, n, n.max(1), r, none, none, none, o),
         }
     });
     let dispatch = isas.iter().map(|i| {
-        let (cfg, variants, module) = (&i.cfg, &i.variants, format_ident!("{}", i.module));
+        let (cfg, variants, module, k) =
+            (&i.cfg, &i.variants, format_ident!("{}", i.module), token(i, quote!(self.isa)));
         quote! {
             #[cfg(#cfg)]
-            #variants => #module::forward_image(ctx, image, lg, pl, ff, fs, prof.as_mut().map(|p| &mut p[..])),
+            #variants => #module::forward_image(#k, ctx, image, lg, pl, ff, fs, prof.as_mut().map(|p| &mut p[..])),
         }
     });
     let batch = u(g.batch);
