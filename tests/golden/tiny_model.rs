@@ -1091,12 +1091,12 @@ pub mod isa_scalar {
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { *p }
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: V) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { *p = v }
     }
     /// a * b + c, two roundings (a portable fused multiply-add is a slow library call).
@@ -1140,7 +1140,7 @@ pub mod isa_scalar {
     /// p 2^n for integral n in [-126, 127].
     #[inline(always)]
     unsafe fn scale2(p: V, n: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { mul(p, pow2i(n)) }
     }
     /// exp's argument range (2^n must stay a normal float) and whether SiLU clamps x.
@@ -1158,14 +1158,14 @@ pub mod isa_scalar {
     /// bf16 to f32: the high half of the f32's bits.
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { f32::from_bits((*p as u32) << 16) }
     }
     /// f16 to f32 (finite values): exponent and mantissa moved into place, rescaled by
     /// 2^112, sign restored; exact for normals and subnormals.
     #[inline(always)]
     unsafe fn load_f16(p: *const u16) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let h = *p as u32;
             let f = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
@@ -1177,7 +1177,7 @@ pub mod isa_scalar {
     /// tested).
     #[inline(always)]
     unsafe fn exp(x: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let x = min(max(x, splat(EXP_RANGE.0)), splat(EXP_RANGE.1));
             let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
@@ -1199,7 +1199,7 @@ pub mod isa_scalar {
     /// stays finite).
     #[inline(always)]
     pub unsafe fn silu(x: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let x = if SILU_CLAMPS { max(x, splat(-88.0f32)) } else { x };
             div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x))))
@@ -1208,7 +1208,7 @@ pub mod isa_scalar {
     /// Stores the first `n` lanes of a 16-wide row.
     #[inline(always)]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == 16 {
                 for v in 0..NV {
@@ -1226,7 +1226,7 @@ pub mod isa_scalar {
     /// Loads the first `n` of 16 floats (the rest zero).
     #[inline(always)]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut t = [0.0f32; 16];
             core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
@@ -1270,7 +1270,7 @@ pub mod isa_scalar {
         a_next: *const f32,
         out: *mut [[[V; NV]; P]; T],
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
@@ -1360,7 +1360,7 @@ pub mod isa_scalar {
         step: usize,
         n: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let first = (step + (1 << shift) - 1) >> shift;
             let end = (step + n + (1 << shift) - 1) >> shift;
@@ -1384,7 +1384,7 @@ pub mod isa_scalar {
     /// One vector of weights at element `i` of a panel stored as `WD` (`rt::WEIGHTS_*`).
     #[inline(always)]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             match WD {
                 rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
@@ -1420,7 +1420,7 @@ pub mod isa_scalar {
         pf: (*const u8, usize, u32),
         ahead: (*const u8, usize, u32),
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let inp = &d.input;
             let a0 = if d.flat {
@@ -1516,12 +1516,12 @@ pub mod isa_scalar {
         n_out: usize,
         out: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             ctx.pool
                 .run(
                     n_out.div_ceil(16),
-                    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                    // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                     &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) },
                 );
         }
@@ -1538,7 +1538,7 @@ pub mod isa_scalar {
         out: usize,
         it: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let xs = ctx.ptr(x) as *const f32;
             let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
@@ -1583,7 +1583,7 @@ pub mod isa_scalar {
         const P: usize,
         const WD: usize,
     >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let bands = d.bands();
             let units_g = d.panels_per_group() / P;
@@ -1699,7 +1699,7 @@ pub mod isa_scalar {
     /// The first `n` of `L` floats as a vector (the rest zero).
     #[inline(always)]
     unsafe fn load_part(p: *const f32, n: usize) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == L {
                 return load(p);
@@ -1712,7 +1712,7 @@ pub mod isa_scalar {
     /// Stores the first `n` lanes of `v`.
     #[inline(always)]
     unsafe fn store_part(p: *mut f32, v: V, n: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == L {
                 return store(p, v);
@@ -1731,7 +1731,7 @@ pub mod isa_scalar {
     /// in 14 operations (shared even and odd parts).
     #[inline(always)]
     unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if a == 4 {
                 return [
@@ -1767,7 +1767,7 @@ pub mod isa_scalar {
     /// [0, 3/2, -3/2, 2/3, -2/3, 0], [0, 9/4, 9/4, 4/9, 4/9, 0], [0, 27/8, -27/8, 8/27, -8/27, 1]]`.
     #[inline(always)]
     unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if a == 4 {
                 return [
@@ -1795,7 +1795,7 @@ pub mod isa_scalar {
     /// columns, then rows.
     #[inline(always)]
     unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let a = if A2 == 16 { 4 } else { 6 };
             let mut t = [splat(0.0f32); A2];
@@ -1827,7 +1827,7 @@ pub mod isa_scalar {
     /// `(a - 2)^2` outputs, row-major, in the first lanes.
     #[inline(always)]
     unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let a = if A2 == 16 { 4 } else { 6 };
             let mo = a - 2;
@@ -1882,7 +1882,7 @@ pub mod isa_scalar {
         v: *mut f32,
         m: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
@@ -2056,7 +2056,7 @@ pub mod isa_scalar {
         y: *mut f32,
         act: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if !gate.is_null() && !sc.is_null() && !y.is_null() && !act.is_null() {
                 scale_add_act_as::<true>(n, c, r, gate, sc, y, act)
@@ -2084,7 +2084,7 @@ pub mod isa_scalar {
         const AHEAD: usize = 512;
         let (has_gate, has_sc) = (ALL || !gate.is_null(), ALL || !sc.is_null());
         let (has_y, has_act) = (ALL || !y.is_null(), ALL || !act.is_null());
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut p = 0;
             while p < n {
@@ -2139,7 +2139,7 @@ pub mod isa_scalar {
         const STEP: usize = 6;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2152,14 +2152,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_3x2_s2_23x19_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_3X2_S2_23X19_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_3x2_s2_23x19_silu_item(ctx, io, it) },
             )
         }
@@ -2177,7 +2177,7 @@ pub mod isa_scalar {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 128]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -2198,14 +2198,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_2x4_23x19_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 30;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_2x4_23x19_winograd2_silu_item(ctx, io, it) },
             )
         }
@@ -2223,7 +2223,7 @@ pub mod isa_scalar {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 256]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -2244,14 +2244,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 30;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_4x8_23x19_winograd2_silu_pre_item(ctx, io, it) },
             )
         }
@@ -2266,7 +2266,7 @@ pub mod isa_scalar {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2279,14 +2279,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_8x16_s2_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X16_S2_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x16_s2_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -2297,7 +2297,7 @@ pub mod isa_scalar {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2310,14 +2310,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_16x32_12x10(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X32_12X10,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x32_12x10_item(ctx, io, it) },
             )
         }
@@ -2328,7 +2328,7 @@ pub mod isa_scalar {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2341,14 +2341,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_16x8_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X8_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x8_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -2366,7 +2366,7 @@ pub mod isa_scalar {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 512]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -2387,14 +2387,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_8x8_12x10_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_item(ctx, io, it) },
             )
         }
@@ -2412,7 +2412,7 @@ pub mod isa_scalar {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 512]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 1024]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -2433,14 +2433,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_v2_item(ctx, io, it) },
             )
         }
@@ -2451,7 +2451,7 @@ pub mod isa_scalar {
         const STEP: usize = 8;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2464,14 +2464,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_8x32_12x10_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_8X32_12X10_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_8x32_12x10_sums_item(ctx, io, it) },
             )
         }
@@ -2482,7 +2482,7 @@ pub mod isa_scalar {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2495,14 +2495,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_32x64_6x5(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X64_6X5,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x64_6x5_item(ctx, io, it) },
             )
         }
@@ -2513,7 +2513,7 @@ pub mod isa_scalar {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2526,14 +2526,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_32x16_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X16_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x16_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -2548,7 +2548,7 @@ pub mod isa_scalar {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2561,14 +2561,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_16x16_g2_s2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_16X16_G2_S2_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_16x16_g2_s2_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -2579,7 +2579,7 @@ pub mod isa_scalar {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2592,14 +2592,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_16x16_g2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_16X16_G2_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_16x16_g2_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -2610,7 +2610,7 @@ pub mod isa_scalar {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2623,14 +2623,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_16x64_6x5_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X64_6X5_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x64_6x5_sums_item(ctx, io, it) },
             )
         }
@@ -2641,7 +2641,7 @@ pub mod isa_scalar {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2654,14 +2654,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_64x96_3x3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_64X96_3X3,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_64x96_3x3_item(ctx, io, it) },
             )
         }
@@ -2672,7 +2672,7 @@ pub mod isa_scalar {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2685,14 +2685,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_64x24_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_64X24_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_64x24_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -2707,7 +2707,7 @@ pub mod isa_scalar {
         const STEP: usize = 48;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2720,14 +2720,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_24x24_g3_s2_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_S2_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_s2_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -2738,7 +2738,7 @@ pub mod isa_scalar {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2751,14 +2751,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_24x24_g3_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -2769,7 +2769,7 @@ pub mod isa_scalar {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2782,14 +2782,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_24x96_3x3_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_24X96_3X3_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_24x96_3x3_sums_item(ctx, io, it) },
             )
         }
@@ -2800,7 +2800,7 @@ pub mod isa_scalar {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2813,14 +2813,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_96x24_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X24_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x24_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -2835,7 +2835,7 @@ pub mod isa_scalar {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2848,14 +2848,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_24x24_g3_3x3_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_3X3_SILU_V2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_3x3_silu_v2_item(ctx, io, it) },
             )
         }
@@ -2866,7 +2866,7 @@ pub mod isa_scalar {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2879,14 +2879,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_96x128_2x2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X128_2X2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x128_2x2_item(ctx, io, it) },
             )
         }
@@ -2897,7 +2897,7 @@ pub mod isa_scalar {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2910,14 +2910,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_96x32_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X32_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x32_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -2932,7 +2932,7 @@ pub mod isa_scalar {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2945,14 +2945,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_32x32_g4_s2_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_32X32_G4_S2_2X2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_32x32_g4_s2_2x2_silu_item(ctx, io, it) },
             )
         }
@@ -2963,7 +2963,7 @@ pub mod isa_scalar {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -2976,14 +2976,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv3x3_32x32_g4_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_32X32_G4_2X2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_32x32_g4_2x2_silu_item(ctx, io, it) },
             )
         }
@@ -2994,7 +2994,7 @@ pub mod isa_scalar {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -3007,14 +3007,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_32x128_2x2_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X128_2X2_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x128_2x2_sums_item(ctx, io, it) },
             )
         }
@@ -3029,7 +3029,7 @@ pub mod isa_scalar {
         const STEP: usize = 128;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -3042,14 +3042,14 @@ pub mod isa_scalar {
     }
     unsafe fn conv1x1_128x192_2x2_silu_pre_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_128x192_2x2_silu_pre_sums_item(ctx, io, it) },
             )
         }
@@ -3070,7 +3070,7 @@ pub mod isa_scalar {
         mut features: Option<[&mut [f32]; 5]>,
         mut prof: Option<&mut [u64]>,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
         unsafe {
             // pack_input: input
             {
@@ -4158,7 +4158,7 @@ pub mod isa_scalar {
     /// As `forward_image`.
     #[allow(unused_variables)]
     pub unsafe fn run_kernel(k: super::Scalar, ctx: &rt::Ctx, index: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: as in `forward_image`.
         unsafe {
             match index {
                 1 => {
@@ -4875,7 +4875,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Scalar {
         y: *mut f32,
         act: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the token proves the ISA; the caller upholds the pointer contract.
         unsafe { isa_scalar::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
@@ -4899,75 +4899,75 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn splat(x: f32) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_set1_ps(x) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load(p: *const f32) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_loadu_ps(p) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store(p: *mut f32, v: V) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_storeu_ps(p, v) }
     }
     /// a * b + c, fused (one rounding).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn madd(a: V, b: V, c: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_fmadd_ps(a, b, c) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn add(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_add_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn sub(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_sub_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn mul(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_mul_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn div(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_div_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn max(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_max_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn min(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_min_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn floor(a: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_floor_ps(a) }
     }
     /// 2^n for integral n in [-126, 127].
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pow2i(n: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             _mm256_castsi256_ps(
                 _mm256_slli_epi32::<
@@ -4980,7 +4980,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn scale2(p: V, n: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { mul(p, pow2i(n)) }
     }
     /// exp's argument range (2^n must stay a normal float) and whether SiLU clamps x.
@@ -4994,20 +4994,20 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn prefetch(p: *const f32) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn prefetch_l2(p: *const u8) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
     }
     /// Eight bf16 to f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_bf16(p: *const u16) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             _mm256_castsi256_ps(
                 _mm256_slli_epi32::<
@@ -5020,7 +5020,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_f16(p: *const u16) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
     }
     /// e^x for x clamped to the ISA's `EXP_RANGE`: Cody-Waite range reduction and Cephes'
@@ -5029,7 +5029,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn exp(x: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let x = min(max(x, splat(EXP_RANGE.0)), splat(EXP_RANGE.1));
             let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
@@ -5052,7 +5052,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn silu(x: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let x = if SILU_CLAMPS { max(x, splat(-88.0f32)) } else { x };
             div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x))))
@@ -5062,7 +5062,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == 16 {
                 for v in 0..NV {
@@ -5081,7 +5081,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut t = [0.0f32; 16];
             core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
@@ -5126,7 +5126,7 @@ pub mod isa_avx2 {
         a_next: *const f32,
         out: *mut [[[V; NV]; P]; T],
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
@@ -5217,7 +5217,7 @@ pub mod isa_avx2 {
         step: usize,
         n: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let first = (step + (1 << shift) - 1) >> shift;
             let end = (step + n + (1 << shift) - 1) >> shift;
@@ -5242,7 +5242,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             match WD {
                 rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
@@ -5279,7 +5279,7 @@ pub mod isa_avx2 {
         pf: (*const u8, usize, u32),
         ahead: (*const u8, usize, u32),
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let inp = &d.input;
             let a0 = if d.flat {
@@ -5376,12 +5376,12 @@ pub mod isa_avx2 {
         n_out: usize,
         out: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             ctx.pool
                 .run(
                     n_out.div_ceil(16),
-                    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                    // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                     &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) },
                 );
         }
@@ -5399,7 +5399,7 @@ pub mod isa_avx2 {
         out: usize,
         it: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let xs = ctx.ptr(x) as *const f32;
             let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
@@ -5445,7 +5445,7 @@ pub mod isa_avx2 {
         const P: usize,
         const WD: usize,
     >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let bands = d.bands();
             let units_g = d.panels_per_group() / P;
@@ -5562,7 +5562,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load_part(p: *const f32, n: usize) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == L {
                 return load(p);
@@ -5576,7 +5576,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store_part(p: *mut f32, v: V, n: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == L {
                 return store(p, v);
@@ -5596,7 +5596,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if a == 4 {
                 return [
@@ -5633,7 +5633,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if a == 4 {
                 return [
@@ -5662,7 +5662,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let a = if A2 == 16 { 4 } else { 6 };
             let mut t = [splat(0.0f32); A2];
@@ -5695,7 +5695,7 @@ pub mod isa_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let a = if A2 == 16 { 4 } else { 6 };
             let mo = a - 2;
@@ -5751,7 +5751,7 @@ pub mod isa_avx2 {
         v: *mut f32,
         m: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
@@ -5926,7 +5926,7 @@ pub mod isa_avx2 {
         y: *mut f32,
         act: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if !gate.is_null() && !sc.is_null() && !y.is_null() && !act.is_null() {
                 scale_add_act_as::<true>(n, c, r, gate, sc, y, act)
@@ -5955,7 +5955,7 @@ pub mod isa_avx2 {
         const AHEAD: usize = 512;
         let (has_gate, has_sc) = (ALL || !gate.is_null(), ALL || !sc.is_null());
         let (has_y, has_act) = (ALL || !y.is_null(), ALL || !act.is_null());
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut p = 0;
             while p < n {
@@ -6011,7 +6011,7 @@ pub mod isa_avx2 {
         const STEP: usize = 6;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6024,14 +6024,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_3x2_s2_23x19_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_3X2_S2_23X19_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_3x2_s2_23x19_silu_item(ctx, io, it) },
             )
         }
@@ -6050,7 +6050,7 @@ pub mod isa_avx2 {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -6071,14 +6071,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_2x4_23x19_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 20;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_2x4_23x19_winograd2_silu_item(ctx, io, it) },
             )
         }
@@ -6097,7 +6097,7 @@ pub mod isa_avx2 {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -6118,14 +6118,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 20;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_4x8_23x19_winograd2_silu_pre_item(ctx, io, it) },
             )
         }
@@ -6141,7 +6141,7 @@ pub mod isa_avx2 {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6154,14 +6154,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_8x16_s2_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X16_S2_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x16_s2_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -6173,7 +6173,7 @@ pub mod isa_avx2 {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6186,14 +6186,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_16x32_12x10(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X32_12X10,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x32_12x10_item(ctx, io, it) },
             )
         }
@@ -6205,7 +6205,7 @@ pub mod isa_avx2 {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6218,14 +6218,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_16x8_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X8_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x8_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -6244,7 +6244,7 @@ pub mod isa_avx2 {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -6265,14 +6265,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_8x8_12x10_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 5;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_item(ctx, io, it) },
             )
         }
@@ -6291,7 +6291,7 @@ pub mod isa_avx2 {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -6312,14 +6312,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 5;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_v2_item(ctx, io, it) },
             )
         }
@@ -6331,7 +6331,7 @@ pub mod isa_avx2 {
         const STEP: usize = 8;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6344,14 +6344,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_8x32_12x10_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_8X32_12X10_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_8x32_12x10_sums_item(ctx, io, it) },
             )
         }
@@ -6363,7 +6363,7 @@ pub mod isa_avx2 {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6376,14 +6376,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_32x64_6x5(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X64_6X5,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x64_6x5_item(ctx, io, it) },
             )
         }
@@ -6395,7 +6395,7 @@ pub mod isa_avx2 {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6408,14 +6408,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_32x16_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X16_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x16_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -6431,7 +6431,7 @@ pub mod isa_avx2 {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6444,14 +6444,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_16x16_g2_s2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_16X16_G2_S2_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_16x16_g2_s2_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -6463,7 +6463,7 @@ pub mod isa_avx2 {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6476,14 +6476,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_16x16_g2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_16X16_G2_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_16x16_g2_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -6495,7 +6495,7 @@ pub mod isa_avx2 {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6508,14 +6508,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_16x64_6x5_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X64_6X5_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x64_6x5_sums_item(ctx, io, it) },
             )
         }
@@ -6527,7 +6527,7 @@ pub mod isa_avx2 {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6540,14 +6540,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_64x96_3x3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_64X96_3X3,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_64x96_3x3_item(ctx, io, it) },
             )
         }
@@ -6559,7 +6559,7 @@ pub mod isa_avx2 {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6572,14 +6572,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_64x24_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_64X24_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_64x24_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -6595,7 +6595,7 @@ pub mod isa_avx2 {
         const STEP: usize = 48;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6608,14 +6608,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_24x24_g3_s2_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_S2_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_s2_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -6627,7 +6627,7 @@ pub mod isa_avx2 {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6640,14 +6640,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_24x24_g3_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -6659,7 +6659,7 @@ pub mod isa_avx2 {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6672,14 +6672,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_24x96_3x3_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_24X96_3X3_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_24x96_3x3_sums_item(ctx, io, it) },
             )
         }
@@ -6691,7 +6691,7 @@ pub mod isa_avx2 {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6704,14 +6704,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_96x24_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X24_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x24_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -6727,7 +6727,7 @@ pub mod isa_avx2 {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6740,14 +6740,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_24x24_g3_3x3_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_3X3_SILU_V2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_3x3_silu_v2_item(ctx, io, it) },
             )
         }
@@ -6759,7 +6759,7 @@ pub mod isa_avx2 {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6772,14 +6772,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_96x128_2x2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X128_2X2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x128_2x2_item(ctx, io, it) },
             )
         }
@@ -6791,7 +6791,7 @@ pub mod isa_avx2 {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6804,14 +6804,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_96x32_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X32_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x32_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -6827,7 +6827,7 @@ pub mod isa_avx2 {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6840,14 +6840,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_32x32_g4_s2_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_32X32_G4_S2_2X2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_32x32_g4_s2_2x2_silu_item(ctx, io, it) },
             )
         }
@@ -6859,7 +6859,7 @@ pub mod isa_avx2 {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6872,14 +6872,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv3x3_32x32_g4_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_32X32_G4_2X2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_32x32_g4_2x2_silu_item(ctx, io, it) },
             )
         }
@@ -6891,7 +6891,7 @@ pub mod isa_avx2 {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6904,14 +6904,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_32x128_2x2_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X128_2X2_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x128_2x2_sums_item(ctx, io, it) },
             )
         }
@@ -6927,7 +6927,7 @@ pub mod isa_avx2 {
         const STEP: usize = 128;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -6940,14 +6940,14 @@ pub mod isa_avx2 {
     }
     unsafe fn conv1x1_128x192_2x2_silu_pre_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_128x192_2x2_silu_pre_sums_item(ctx, io, it) },
             )
         }
@@ -6968,7 +6968,7 @@ pub mod isa_avx2 {
         mut features: Option<[&mut [f32]; 5]>,
         mut prof: Option<&mut [u64]>,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
         unsafe {
             // pack_input: input
             {
@@ -8056,7 +8056,7 @@ pub mod isa_avx2 {
     /// As `forward_image`.
     #[allow(unused_variables)]
     pub unsafe fn run_kernel(k: super::Avx2, ctx: &rt::Ctx, index: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: as in `forward_image`.
         unsafe {
             match index {
                 1 => {
@@ -8773,7 +8773,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx2 {
         y: *mut f32,
         act: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the token proves the ISA; the caller upholds the pointer contract.
         unsafe { isa_avx2::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
@@ -8797,69 +8797,69 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn splat(x: f32) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_set1_ps(x) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load(p: *const f32) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_loadu_ps(p) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn store(p: *mut f32, v: V) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_storeu_ps(p, v) }
     }
     /// a * b + c, fused (one rounding).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn madd(a: V, b: V, c: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_fmadd_ps(a, b, c) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn add(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_add_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn sub(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_sub_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn mul(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_mul_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn div(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_div_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn max(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_max_ps(a, b) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn min(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_min_ps(a, b) }
     }
     /// Round toward minus infinity, exceptions suppressed.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn floor(a: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_roundscale_ps::<0x09>(a) }
     }
     /// p 2^n for any integral n (VSCALEFPS: one instruction, rounds to zero or
@@ -8867,7 +8867,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn scale2(p: V, n: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_scalef_ps(p, n) }
     }
     /// exp's argument range: wide enough that e^x reaches 0 and infinity (so SiLU
@@ -8888,20 +8888,20 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn prefetch(p: *const f32) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn prefetch_l2(p: *const u8) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
     }
     /// Sixteen bf16 to f32.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_bf16(p: *const u16) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             _mm512_castsi512_ps(
                 _mm512_slli_epi32::<
@@ -8914,7 +8914,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_f16(p: *const u16) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
     }
     /// e^x for x clamped to the ISA's `EXP_RANGE`: Cody-Waite range reduction and Cephes'
@@ -8923,7 +8923,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn exp(x: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let x = min(max(x, splat(EXP_RANGE.0)), splat(EXP_RANGE.1));
             let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
@@ -8946,7 +8946,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn silu(x: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let x = if SILU_CLAMPS { max(x, splat(-88.0f32)) } else { x };
             div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x))))
@@ -8956,7 +8956,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == 16 {
                 for v in 0..NV {
@@ -8975,7 +8975,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut t = [0.0f32; 16];
             core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
@@ -9020,7 +9020,7 @@ pub mod isa_avx512 {
         a_next: *const f32,
         out: *mut [[[V; NV]; P]; T],
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
@@ -9111,7 +9111,7 @@ pub mod isa_avx512 {
         step: usize,
         n: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let first = (step + (1 << shift) - 1) >> shift;
             let end = (step + n + (1 << shift) - 1) >> shift;
@@ -9136,7 +9136,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             match WD {
                 rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
@@ -9173,7 +9173,7 @@ pub mod isa_avx512 {
         pf: (*const u8, usize, u32),
         ahead: (*const u8, usize, u32),
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let inp = &d.input;
             let a0 = if d.flat {
@@ -9270,12 +9270,12 @@ pub mod isa_avx512 {
         n_out: usize,
         out: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             ctx.pool
                 .run(
                     n_out.div_ceil(16),
-                    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                    // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                     &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) },
                 );
         }
@@ -9293,7 +9293,7 @@ pub mod isa_avx512 {
         out: usize,
         it: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let xs = ctx.ptr(x) as *const f32;
             let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
@@ -9339,7 +9339,7 @@ pub mod isa_avx512 {
         const P: usize,
         const WD: usize,
     >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let bands = d.bands();
             let units_g = d.panels_per_group() / P;
@@ -9456,7 +9456,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn load_part(p: *const f32, n: usize) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == L {
                 return load(p);
@@ -9470,7 +9470,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn store_part(p: *mut f32, v: V, n: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == L {
                 return store(p, v);
@@ -9490,7 +9490,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if a == 4 {
                 return [
@@ -9527,7 +9527,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if a == 4 {
                 return [
@@ -9556,7 +9556,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let a = if A2 == 16 { 4 } else { 6 };
             let mut t = [splat(0.0f32); A2];
@@ -9589,7 +9589,7 @@ pub mod isa_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let a = if A2 == 16 { 4 } else { 6 };
             let mo = a - 2;
@@ -9645,7 +9645,7 @@ pub mod isa_avx512 {
         v: *mut f32,
         m: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
@@ -9820,7 +9820,7 @@ pub mod isa_avx512 {
         y: *mut f32,
         act: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if !gate.is_null() && !sc.is_null() && !y.is_null() && !act.is_null() {
                 scale_add_act_as::<true>(n, c, r, gate, sc, y, act)
@@ -9849,7 +9849,7 @@ pub mod isa_avx512 {
         const AHEAD: usize = 512;
         let (has_gate, has_sc) = (ALL || !gate.is_null(), ALL || !sc.is_null());
         let (has_y, has_act) = (ALL || !y.is_null(), ALL || !act.is_null());
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut p = 0;
             while p < n {
@@ -9905,7 +9905,7 @@ pub mod isa_avx512 {
         const STEP: usize = 6;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -9918,14 +9918,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_3x2_s2_23x19_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_3X2_S2_23X19_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_3x2_s2_23x19_silu_item(ctx, io, it) },
             )
         }
@@ -9944,7 +9944,7 @@ pub mod isa_avx512 {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 24]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -9965,14 +9965,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_2x4_23x19_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 10;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_2x4_23x19_winograd2_silu_item(ctx, io, it) },
             )
         }
@@ -9991,7 +9991,7 @@ pub mod isa_avx512 {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 192]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -10012,14 +10012,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 10;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_4x8_23x19_winograd2_silu_pre_item(ctx, io, it) },
             )
         }
@@ -10035,7 +10035,7 @@ pub mod isa_avx512 {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10048,14 +10048,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_8x16_s2_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X16_S2_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x16_s2_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -10067,7 +10067,7 @@ pub mod isa_avx512 {
         const STEP: usize = 16;
         const PANELS: usize = 2;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10080,14 +10080,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_16x32_12x10(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X32_12X10,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x32_12x10_item(ctx, io, it) },
             )
         }
@@ -10099,7 +10099,7 @@ pub mod isa_avx512 {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10112,14 +10112,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_16x8_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X8_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x8_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -10138,7 +10138,7 @@ pub mod isa_avx512 {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 80]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 160]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -10159,14 +10159,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_8x8_12x10_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_item(ctx, io, it) },
             )
         }
@@ -10185,7 +10185,7 @@ pub mod isa_avx512 {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 80]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 160]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -10206,14 +10206,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_v2_item(ctx, io, it) },
             )
         }
@@ -10225,7 +10225,7 @@ pub mod isa_avx512 {
         const STEP: usize = 8;
         const PANELS: usize = 2;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10238,14 +10238,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_8x32_12x10_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_8X32_12X10_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_8x32_12x10_sums_item(ctx, io, it) },
             )
         }
@@ -10257,7 +10257,7 @@ pub mod isa_avx512 {
         const STEP: usize = 32;
         const PANELS: usize = 4;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10270,14 +10270,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_32x64_6x5(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 1;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X64_6X5,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x64_6x5_item(ctx, io, it) },
             )
         }
@@ -10289,7 +10289,7 @@ pub mod isa_avx512 {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10302,14 +10302,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_32x16_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X16_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x16_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -10325,7 +10325,7 @@ pub mod isa_avx512 {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10338,14 +10338,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_16x16_g2_s2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_16X16_G2_S2_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_16x16_g2_s2_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -10357,7 +10357,7 @@ pub mod isa_avx512 {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10370,14 +10370,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_16x16_g2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_16X16_G2_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_16x16_g2_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -10389,7 +10389,7 @@ pub mod isa_avx512 {
         const STEP: usize = 16;
         const PANELS: usize = 4;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10402,14 +10402,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_16x64_6x5_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 1;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X64_6X5_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x64_6x5_sums_item(ctx, io, it) },
             )
         }
@@ -10421,7 +10421,7 @@ pub mod isa_avx512 {
         const STEP: usize = 64;
         const PANELS: usize = 2;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10434,14 +10434,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_64x96_3x3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_64X96_3X3,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_64x96_3x3_item(ctx, io, it) },
             )
         }
@@ -10453,7 +10453,7 @@ pub mod isa_avx512 {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10466,14 +10466,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_64x24_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_64X24_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_64x24_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -10489,7 +10489,7 @@ pub mod isa_avx512 {
         const STEP: usize = 48;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10502,14 +10502,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_24x24_g3_s2_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_S2_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_s2_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -10521,7 +10521,7 @@ pub mod isa_avx512 {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10534,14 +10534,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_24x24_g3_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -10553,7 +10553,7 @@ pub mod isa_avx512 {
         const STEP: usize = 24;
         const PANELS: usize = 2;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10566,14 +10566,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_24x96_3x3_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_24X96_3X3_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_24x96_3x3_sums_item(ctx, io, it) },
             )
         }
@@ -10585,7 +10585,7 @@ pub mod isa_avx512 {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10598,14 +10598,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_96x24_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X24_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x24_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -10621,7 +10621,7 @@ pub mod isa_avx512 {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10634,14 +10634,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_24x24_g3_3x3_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_3X3_SILU_V2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_3x3_silu_v2_item(ctx, io, it) },
             )
         }
@@ -10653,7 +10653,7 @@ pub mod isa_avx512 {
         const STEP: usize = 96;
         const PANELS: usize = 4;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10666,14 +10666,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_96x128_2x2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X128_2X2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x128_2x2_item(ctx, io, it) },
             )
         }
@@ -10685,7 +10685,7 @@ pub mod isa_avx512 {
         const STEP: usize = 96;
         const PANELS: usize = 2;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10698,14 +10698,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_96x32_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 1;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X32_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x32_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -10721,7 +10721,7 @@ pub mod isa_avx512 {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10734,14 +10734,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_32x32_g4_s2_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_32X32_G4_S2_2X2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_32x32_g4_s2_2x2_silu_item(ctx, io, it) },
             )
         }
@@ -10753,7 +10753,7 @@ pub mod isa_avx512 {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10766,14 +10766,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv3x3_32x32_g4_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_32X32_G4_2X2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_32x32_g4_2x2_silu_item(ctx, io, it) },
             )
         }
@@ -10785,7 +10785,7 @@ pub mod isa_avx512 {
         const STEP: usize = 32;
         const PANELS: usize = 4;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10798,14 +10798,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_32x128_2x2_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X128_2X2_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x128_2x2_sums_item(ctx, io, it) },
             )
         }
@@ -10821,7 +10821,7 @@ pub mod isa_avx512 {
         const STEP: usize = 128;
         const PANELS: usize = 4;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -10834,14 +10834,14 @@ pub mod isa_avx512 {
     }
     unsafe fn conv1x1_128x192_2x2_silu_pre_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_128x192_2x2_silu_pre_sums_item(ctx, io, it) },
             )
         }
@@ -10862,7 +10862,7 @@ pub mod isa_avx512 {
         mut features: Option<[&mut [f32]; 5]>,
         mut prof: Option<&mut [u64]>,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
         unsafe {
             // pack_input: input
             {
@@ -11950,7 +11950,7 @@ pub mod isa_avx512 {
     /// As `forward_image`.
     #[allow(unused_variables)]
     pub unsafe fn run_kernel(k: super::Avx512, ctx: &rt::Ctx, index: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: as in `forward_image`.
         unsafe {
             match index {
                 1 => {
@@ -12668,7 +12668,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx512 {
         y: *mut f32,
         act: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the token proves the ISA; the caller upholds the pointer contract.
         unsafe { isa_avx512::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
@@ -12694,64 +12694,64 @@ pub mod isa_neon {
     const B_AHEAD: usize = 16 * 16;
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vdupq_n_f32(x) }
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vld1q_f32(p) }
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: V) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vst1q_f32(p, v) }
     }
     /// a * b + c, fused (one rounding): FMLA computes c + a * b.
     #[inline(always)]
     unsafe fn madd(a: V, b: V, c: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vfmaq_f32(c, a, b) }
     }
     #[inline(always)]
     unsafe fn add(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vaddq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn sub(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vsubq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn mul(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vmulq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn div(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vdivq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn max(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vmaxq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn min(a: V, b: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vminq_f32(a, b) }
     }
     #[inline(always)]
     unsafe fn floor(a: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vrndmq_f32(a) }
     }
     /// 2^n for integral n in [-126, 127].
     #[inline(always)]
     unsafe fn pow2i(n: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             vreinterpretq_f32_s32(
                 vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127))),
@@ -12761,7 +12761,7 @@ pub mod isa_neon {
     /// p 2^n for integral n in [-126, 127].
     #[inline(always)]
     unsafe fn scale2(p: V, n: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { mul(p, pow2i(n)) }
     }
     /// exp's argument range (2^n must stay a normal float) and whether SiLU clamps x.
@@ -12779,13 +12779,13 @@ pub mod isa_neon {
     /// Four bf16 to f32.
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe { vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16(p)))) }
     }
     /// Four f16 (finite) to f32, as the scalar `load_f16`.
     #[inline(always)]
     unsafe fn load_f16(p: *const u16) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let w = vmovl_u16(vld1_u16(p));
             let mag = vreinterpretq_f32_u32(
@@ -12801,7 +12801,7 @@ pub mod isa_neon {
     /// tested).
     #[inline(always)]
     unsafe fn exp(x: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let x = min(max(x, splat(EXP_RANGE.0)), splat(EXP_RANGE.1));
             let n = floor(madd(x, splat(core::f32::consts::LOG2_E), splat(0.5f32)));
@@ -12823,7 +12823,7 @@ pub mod isa_neon {
     /// stays finite).
     #[inline(always)]
     pub unsafe fn silu(x: V) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let x = if SILU_CLAMPS { max(x, splat(-88.0f32)) } else { x };
             div(x, add(splat(1.0f32), exp(sub(splat(0.0f32), x))))
@@ -12832,7 +12832,7 @@ pub mod isa_neon {
     /// Stores the first `n` lanes of a 16-wide row.
     #[inline(always)]
     unsafe fn store_row(p: *mut f32, row: &[V; NV], n: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == 16 {
                 for v in 0..NV {
@@ -12850,7 +12850,7 @@ pub mod isa_neon {
     /// Loads the first `n` of 16 floats (the rest zero).
     #[inline(always)]
     unsafe fn load_row(p: *const f32, n: usize) -> [V; NV] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut t = [0.0f32; 16];
             core::ptr::copy_nonoverlapping(p, t.as_mut_ptr(), n);
@@ -12894,7 +12894,7 @@ pub mod isa_neon {
         a_next: *const f32,
         out: *mut [[[V; NV]; P]; T],
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut acc = [[[splat(0.0f32); NV]; P]; T];
             let mut bi = 0usize;
@@ -12984,7 +12984,7 @@ pub mod isa_neon {
         step: usize,
         n: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let first = (step + (1 << shift) - 1) >> shift;
             let end = (step + n + (1 << shift) - 1) >> shift;
@@ -13008,7 +13008,7 @@ pub mod isa_neon {
     /// One vector of weights at element `i` of a panel stored as `WD` (`rt::WEIGHTS_*`).
     #[inline(always)]
     unsafe fn load_weights<const WD: usize>(b: *const u8, i: usize) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             match WD {
                 rt::WEIGHTS_F32 => load((b as *const f32).add(i)),
@@ -13044,7 +13044,7 @@ pub mod isa_neon {
         pf: (*const u8, usize, u32),
         ahead: (*const u8, usize, u32),
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let inp = &d.input;
             let a0 = if d.flat {
@@ -13140,12 +13140,12 @@ pub mod isa_neon {
         n_out: usize,
         out: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             ctx.pool
                 .run(
                     n_out.div_ceil(16),
-                    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                    // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                     &|it| unsafe { fc_item(ctx, x, n_in, w, bias, n_out, out, it) },
                 );
         }
@@ -13162,7 +13162,7 @@ pub mod isa_neon {
         out: usize,
         it: usize,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let xs = ctx.ptr(x) as *const f32;
             let end = if (it + 1) * 16 < n_out { (it + 1) * 16 } else { n_out };
@@ -13207,7 +13207,7 @@ pub mod isa_neon {
         const P: usize,
         const WD: usize,
     >(ctx: &rt::Ctx, d: &rt::ConvDesc, io: &rt::ConvIo, it: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let bands = d.bands();
             let units_g = d.panels_per_group() / P;
@@ -13323,7 +13323,7 @@ pub mod isa_neon {
     /// The first `n` of `L` floats as a vector (the rest zero).
     #[inline(always)]
     unsafe fn load_part(p: *const f32, n: usize) -> V {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == L {
                 return load(p);
@@ -13336,7 +13336,7 @@ pub mod isa_neon {
     /// Stores the first `n` lanes of `v`.
     #[inline(always)]
     unsafe fn store_part(p: *mut f32, v: V, n: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if n == L {
                 return store(p, v);
@@ -13355,7 +13355,7 @@ pub mod isa_neon {
     /// in 14 operations (shared even and odd parts).
     #[inline(always)]
     unsafe fn wino_bt(x: &[V; 6], a: usize) -> [V; 6] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if a == 4 {
                 return [
@@ -13391,7 +13391,7 @@ pub mod isa_neon {
     /// [0, 3/2, -3/2, 2/3, -2/3, 0], [0, 9/4, 9/4, 4/9, 4/9, 0], [0, 27/8, -27/8, 8/27, -8/27, 1]]`.
     #[inline(always)]
     unsafe fn wino_at(x: &[V; 6], a: usize) -> [V; 4] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if a == 4 {
                 return [
@@ -13419,7 +13419,7 @@ pub mod isa_neon {
     /// columns, then rows.
     #[inline(always)]
     unsafe fn wino_in<const A2: usize>(d: &[V; A2]) -> [V; A2] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let a = if A2 == 16 { 4 } else { 6 };
             let mut t = [splat(0.0f32); A2];
@@ -13451,7 +13451,7 @@ pub mod isa_neon {
     /// `(a - 2)^2` outputs, row-major, in the first lanes.
     #[inline(always)]
     unsafe fn wino_out<const A2: usize>(m: &[V; A2]) -> [V; 16] {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let a = if A2 == 16 { 4 } else { 6 };
             let mo = a - 2;
@@ -13506,7 +13506,7 @@ pub mod isa_neon {
         v: *mut f32,
         m: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let out = rt::Buf { offset: io.out, ..d.out };
             let inp = &d.input;
@@ -13680,7 +13680,7 @@ pub mod isa_neon {
         y: *mut f32,
         act: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             if !gate.is_null() && !sc.is_null() && !y.is_null() && !act.is_null() {
                 scale_add_act_as::<true>(n, c, r, gate, sc, y, act)
@@ -13708,7 +13708,7 @@ pub mod isa_neon {
         const AHEAD: usize = 512;
         let (has_gate, has_sc) = (ALL || !gate.is_null(), ALL || !sc.is_null());
         let (has_y, has_act) = (ALL || !y.is_null(), ALL || !act.is_null());
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
         unsafe {
             let mut p = 0;
             while p < n {
@@ -13763,7 +13763,7 @@ pub mod isa_neon {
         const STEP: usize = 6;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -13776,14 +13776,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_3x2_s2_23x19_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_3X2_S2_23X19_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_3x2_s2_23x19_silu_item(ctx, io, it) },
             )
         }
@@ -13801,7 +13801,7 @@ pub mod isa_neon {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 48]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -13822,14 +13822,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_2x4_23x19_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 20;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_2X4_23X19_WINOGRAD2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_2x4_23x19_winograd2_silu_item(ctx, io, it) },
             )
         }
@@ -13847,7 +13847,7 @@ pub mod isa_neon {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 96]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -13868,14 +13868,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 20;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_4X8_23X19_WINOGRAD2_SILU_PRE,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_4x8_23x19_winograd2_silu_pre_item(ctx, io, it) },
             )
         }
@@ -13890,7 +13890,7 @@ pub mod isa_neon {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -13903,14 +13903,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_8x16_s2_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X16_S2_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x16_s2_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -13921,7 +13921,7 @@ pub mod isa_neon {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -13934,14 +13934,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_16x32_12x10(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X32_12X10,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x32_12x10_item(ctx, io, it) },
             )
         }
@@ -13952,7 +13952,7 @@ pub mod isa_neon {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -13965,14 +13965,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_16x8_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X8_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x8_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -13990,7 +13990,7 @@ pub mod isa_neon {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -14011,14 +14011,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_8x8_12x10_winograd2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 5;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_item(ctx, io, it) },
             )
         }
@@ -14036,7 +14036,7 @@ pub mod isa_neon {
         const POINTS: usize = 16;
         let mut v = core::mem::MaybeUninit::<[V; 192]>::uninit();
         let mut m = core::mem::MaybeUninit::<[V; 384]>::uninit();
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract).
         unsafe {
             wino_item::<
                 TILES,
@@ -14057,14 +14057,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 5;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_8X8_12X10_WINOGRAD2_SILU_V2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_8x8_12x10_winograd2_silu_v2_item(ctx, io, it) },
             )
         }
@@ -14075,7 +14075,7 @@ pub mod isa_neon {
         const STEP: usize = 8;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14088,14 +14088,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_8x32_12x10_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_8X32_12X10_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_8x32_12x10_sums_item(ctx, io, it) },
             )
         }
@@ -14106,7 +14106,7 @@ pub mod isa_neon {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14119,14 +14119,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_32x64_6x5(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X64_6X5,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x64_6x5_item(ctx, io, it) },
             )
         }
@@ -14137,7 +14137,7 @@ pub mod isa_neon {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14150,14 +14150,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_32x16_12x10_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X16_12X10_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x16_12x10_silu_item(ctx, io, it) },
             )
         }
@@ -14172,7 +14172,7 @@ pub mod isa_neon {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14185,14 +14185,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_16x16_g2_s2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_16X16_G2_S2_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_16x16_g2_s2_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -14203,7 +14203,7 @@ pub mod isa_neon {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14216,14 +14216,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_16x16_g2_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_16X16_G2_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_16x16_g2_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -14234,7 +14234,7 @@ pub mod isa_neon {
         const STEP: usize = 16;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14247,14 +14247,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_16x64_6x5_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_16X64_6X5_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_16x64_6x5_sums_item(ctx, io, it) },
             )
         }
@@ -14265,7 +14265,7 @@ pub mod isa_neon {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14278,14 +14278,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_64x96_3x3(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_64X96_3X3,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_64x96_3x3_item(ctx, io, it) },
             )
         }
@@ -14296,7 +14296,7 @@ pub mod isa_neon {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14309,14 +14309,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_64x24_6x5_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_64X24_6X5_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_64x24_6x5_silu_item(ctx, io, it) },
             )
         }
@@ -14331,7 +14331,7 @@ pub mod isa_neon {
         const STEP: usize = 48;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14344,14 +14344,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_24x24_g3_s2_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_S2_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_s2_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -14362,7 +14362,7 @@ pub mod isa_neon {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14375,14 +14375,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_24x24_g3_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -14393,7 +14393,7 @@ pub mod isa_neon {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14406,14 +14406,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_24x96_3x3_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 6;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_24X96_3X3_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_24x96_3x3_sums_item(ctx, io, it) },
             )
         }
@@ -14424,7 +14424,7 @@ pub mod isa_neon {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14437,14 +14437,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_96x24_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X24_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x24_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -14459,7 +14459,7 @@ pub mod isa_neon {
         const STEP: usize = 24;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14472,14 +14472,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_24x24_g3_3x3_silu_v2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 3;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_24X24_G3_3X3_SILU_V2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_24x24_g3_3x3_silu_v2_item(ctx, io, it) },
             )
         }
@@ -14490,7 +14490,7 @@ pub mod isa_neon {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14503,14 +14503,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_96x128_2x2(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X128_2X2,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x128_2x2_item(ctx, io, it) },
             )
         }
@@ -14521,7 +14521,7 @@ pub mod isa_neon {
         const STEP: usize = 96;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14534,14 +14534,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_96x32_3x3_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 2;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_96X32_3X3_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_96x32_3x3_silu_item(ctx, io, it) },
             )
         }
@@ -14556,7 +14556,7 @@ pub mod isa_neon {
         const STEP: usize = 64;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14569,14 +14569,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_32x32_g4_s2_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_32X32_G4_S2_2X2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_32x32_g4_s2_2x2_silu_item(ctx, io, it) },
             )
         }
@@ -14587,7 +14587,7 @@ pub mod isa_neon {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14600,14 +14600,14 @@ pub mod isa_neon {
     }
     unsafe fn conv3x3_32x32_g4_2x2_silu(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 4;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV3X3_32X32_G4_2X2_SILU,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv3x3_32x32_g4_2x2_silu_item(ctx, io, it) },
             )
         }
@@ -14618,7 +14618,7 @@ pub mod isa_neon {
         const STEP: usize = 32;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14631,14 +14631,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_32x128_2x2_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 8;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_32X128_2X2_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_32x128_2x2_sums_item(ctx, io, it) },
             )
         }
@@ -14653,7 +14653,7 @@ pub mod isa_neon {
         const STEP: usize = 128;
         const PANELS: usize = 1;
         const WEIGHTS: usize = rt::WEIGHTS_F32;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA.
         unsafe {
             conv_item::<
                 TILE,
@@ -14666,14 +14666,14 @@ pub mod isa_neon {
     }
     unsafe fn conv1x1_128x192_2x2_silu_pre_sums(ctx: &rt::Ctx, io: &rt::ConvIo) {
         const ITEMS: usize = 12;
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract).
         unsafe {
             rt::conv_run(
                 ctx,
                 &super::CONV1X1_128X192_2X2_SILU_PRE_SUMS,
                 io,
                 ITEMS,
-                // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                // SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).
                 &|it| unsafe { conv1x1_128x192_2x2_silu_pre_sums_item(ctx, io, it) },
             )
         }
@@ -14694,7 +14694,7 @@ pub mod isa_neon {
         mut features: Option<[&mut [f32]; 5]>,
         mut prof: Option<&mut [u64]>,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
         unsafe {
             // pack_input: input
             {
@@ -15782,7 +15782,7 @@ pub mod isa_neon {
     /// As `forward_image`.
     #[allow(unused_variables)]
     pub unsafe fn run_kernel(k: super::Neon, ctx: &rt::Ctx, index: usize) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: as in `forward_image`.
         unsafe {
             match index {
                 1 => {
@@ -16500,7 +16500,7 @@ unsafe impl nfnet_runtime::kernels::Kernels for Neon {
         y: *mut f32,
         act: *mut f32,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the token proves the ISA; the caller upholds the pointer contract.
         unsafe { isa_neon::scale_add_act(n, c, r, gate, sc, y, act) }
     }
 }
@@ -16584,7 +16584,7 @@ pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
     let n = x.len();
     let (r, o) = (x.as_ptr(), out.as_mut_ptr());
     let none = core::ptr::null_mut::<f32>();
-    // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+    // SAFETY: the ISA was checked above; x and out hold n floats each; one row of n channels, no gate, shortcut or y.
     unsafe {
         match isa {
             #[cfg(all())]
@@ -16661,7 +16661,7 @@ impl Model {
     pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
         assert!(index < KERNELS, "kernel index {index} out of range");
         let ctx = ws.ctx(0, &ws.pool, self.isa);
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: as in `run`: the ISA was checked, the arena is ours for this call.
         unsafe {
             match self.isa {
                 #[cfg(all())]
@@ -16766,7 +16766,7 @@ impl Model {
                 .run(
                     lanes,
                     &|lane| {
-                        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+                        // SAFETY: image `round + lane` runs once, alone on arena `lane`.
                         unsafe {
                             self.image(
                                 &ws.ctx(lane, &ws.solo, self.isa),
@@ -16780,7 +16780,7 @@ impl Model {
                 );
         }
         for b in solo_images..BATCH {
-            // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+            // SAFETY: one image at a time on arena 0.
             unsafe {
                 self.image(
                     &ws.ctx(0, &ws.pool, self.isa),
@@ -16805,7 +16805,7 @@ impl Model {
         b: usize,
         mut prof: Option<&mut [u64]>,
     ) {
-        // SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; pointers and offsets from the compiler's memory plan and weight packing).
+        // SAFETY: the parts of image b of each buffer: disjoint from other images' parts, inside the caller's buffers (their lengths are BATCH times these).
         unsafe {
             let part = |p: SyncPtr<f32>, len: usize| core::slice::from_raw_parts_mut(
                 p.0.add(b * len),

@@ -1117,9 +1117,7 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
                 mut features: Option<[&mut [f32]; 5]>,
                 mut prof: Option<&mut [u64]>,
             ) {
-                // SAFETY: every offset below comes from the compiler's memory plan for
-                // ARENA_LEN floats and its packing of the weight blob; buffers live at the
-                // same time never overlap.
+                #[doc = "nfnet-safety: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap."]
                 unsafe {
                     #forward
                 }
@@ -1131,7 +1129,7 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
             /// As `forward_image`.
             #[allow(unused_variables)]
             pub unsafe fn run_kernel(k: super::#token, ctx: &rt::Ctx, index: usize) {
-                // SAFETY: as in `forward_image`.
+                #[doc = "nfnet-safety: as in `forward_image`."]
                 unsafe {
                     match index {
                         #kernel_arms
@@ -1161,7 +1159,7 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
         // SAFETY: a token exists only after `Isa::is_available` said the CPU runs this ISA.
         unsafe impl nfnet_runtime::kernels::Kernels for #token {
             unsafe fn scale_add_act(self, n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut f32) {
-                // SAFETY: the token proves the ISA; the caller upholds the pointer contract.
+                #[doc = "nfnet-safety: the token proves the ISA; the caller upholds the pointer contract."]
                 unsafe { #module::scale_add_act(n, c, r, gate, sc, y, act) }
             }
         }

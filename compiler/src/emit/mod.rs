@@ -240,6 +240,7 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
                 let (scratch, bd) = (u(b.scratch_len()), format_ident!("{}_BF16", c.name.to_uppercase()));
                 quote! {
                     const SCRATCH: usize = #scratch;
+                    #[doc = "nfnet-safety: SCRATCH is this shape's gather scratch; `io` and `it` are this conv's call and item (the caller's contract)."]
                     unsafe { nfnet_runtime::bf16::conv_item::<SCRATCH>(ctx, &super::#d, &super::#bd, io, it) }
                 }
             }
@@ -255,6 +256,7 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
                     const POINTS: usize = #a2;
                     let mut v = core::mem::MaybeUninit::<[V; #v_len]>::uninit();
                     let mut m = core::mem::MaybeUninit::<[V; #m_len]>::uninit();
+                    #[doc = "nfnet-safety: v and m are this shape's scratch sizes; `io` and `it` are this conv's call and item (the caller's contract)."]
                     unsafe {
                         wino_item::<TILES, KC, PANELS, WEIGHTS, OUT_TILE, POINTS>(
                             ctx, &super::#d, io, it, v.as_mut_ptr() as *mut f32, m.as_mut_ptr() as *mut f32,
@@ -268,6 +270,7 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
                 const STEP: usize = #step;
                 const PANELS: usize = #p;
                 const WEIGHTS: usize = rt::#wd;
+                #[doc = "nfnet-safety: `io` and `it` are this conv's call and item (the caller's contract); this module's target feature is its ISA."]
                 unsafe { conv_item::<TILE, KC, STEP, PANELS, WEIGHTS>(ctx, &super::#d, io, it) }
             },
         };
@@ -279,6 +282,7 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
 
             unsafe fn #run(ctx: &rt::Ctx, io: &rt::ConvIo) {
                 const ITEMS: usize = #items;
+                #[doc = "nfnet-safety: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract)."]
                 unsafe { rt::conv_run(ctx, &super::#d, io, ITEMS, &|it| unsafe { #item(ctx, io, it) }) }
             }
         }
@@ -414,21 +418,32 @@ fn step_comments(source: &str) -> String {
     out
 }
 
-/// `quote!` cannot carry comments, so the argument for every emitted `unsafe` block is stated
-/// once in its function's `# Safety` section (or the SAFETY line of its caller); this marks
-/// each block with a `// SAFETY:` line pointing there, as the workspace's rule asks.
+/// Marks the doc attribute the emitter puts on an `unsafe` block whose argument depends on
+/// the call site; [`safety_comments`] turns it into that block's `// SAFETY:` line.
+const SAFETY_LABEL: &str = "nfnet-safety: ";
+
+/// `quote!` cannot carry comments: each marked `unsafe` block's argument becomes its
+/// `// SAFETY:` line, and every other block (inside the kernels, whose safety is their
+/// function's contract) gets a line pointing at that contract, as the workspace's rule asks.
 fn safety_comments(source: &str) -> String {
+    let marker = format!("///{SAFETY_LABEL}");
     let mut out = String::with_capacity(source.len() + source.len() / 8);
+    let mut argued = false;
     for line in source.lines() {
         let t = line.trim_start();
+        let indent = &line[..line.len() - t.len()];
+        if let Some(argument) = t.strip_prefix(&marker) {
+            out.push_str(&format!("{indent}// SAFETY: {argument}\n"));
+            argued = true;
+            continue;
+        }
         let is_fn = t.contains("fn ") || t.starts_with("unsafe impl") || t.starts_with("//");
         if line.contains("unsafe {") && !is_fn {
-            let indent = &line[..line.len() - t.len()];
-            out.push_str(indent);
-            out.push_str(
-                "// SAFETY: the enclosing function's `# Safety` contract (ISA checked at construction; \
-                 pointers and offsets from the compiler's memory plan and weight packing).\n",
-            );
+            if !argued {
+                out.push_str(indent);
+                out.push_str("// SAFETY: within this function's contract (its `# Safety` section; the ISA proven by its token).\n");
+            }
+            argued = false;
         }
         out.push_str(line);
         out.push('\n');
@@ -669,8 +684,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             let n = x.len();
             let (r, o) = (x.as_ptr(), out.as_mut_ptr());
             let none = core::ptr::null_mut::<f32>();
-            // SAFETY: the ISA was checked above; x and out hold n floats each; one row of n
-            // channels, no gate, shortcut or y.
+            #[doc = "nfnet-safety: the ISA was checked above; x and out hold n floats each; one row of n channels, no gate, shortcut or y."]
             unsafe {
                 match isa {
                     #(#silu_dispatch)*
@@ -694,7 +708,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             pub fn run_kernel(&self, ws: &mut Workspace, index: usize) {
                 assert!(index < KERNELS, "kernel index {index} out of range");
                 let ctx = ws.ctx(0, &ws.pool, self.isa);
-                // SAFETY: as in `run`: the ISA was checked, the arena is ours for this call.
+                #[doc = "nfnet-safety: as in `run`: the ISA was checked, the arena is ours for this call."]
                 unsafe {
                     match self.isa {
                         #(#kernel_dispatch)*
@@ -749,12 +763,12 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
                 let solo_images = if prof.is_none() && lanes > 1 { BATCH / lanes * lanes } else { 0 };
                 for round in (0..solo_images).step_by(lanes.max(1)) {
                     ws.pool.run(lanes, &|lane| {
-                        // SAFETY: image `round + lane` runs once, alone on arena `lane`.
+                        #[doc = "nfnet-safety: image `round + lane` runs once, alone on arena `lane`."]
                         unsafe { self.image(&ws.ctx(lane, &ws.solo, self.isa), input, raw, round + lane, None) }
                     });
                 }
                 for b in solo_images..BATCH {
-                    // SAFETY: one image at a time on arena 0.
+                    #[doc = "nfnet-safety: one image at a time on arena 0."]
                     unsafe { self.image(&ws.ctx(0, &ws.pool, self.isa), input, raw, b, prof.as_mut().map(|p| &mut p[..])) }
                 }
             }
@@ -765,8 +779,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             /// `raw` points at the caller's buffers of an `Outputs`; no other call may be running
             /// on the same arena or image at the same time.
             unsafe fn image(&self, ctx: &rt::Ctx, input: &[f32; INPUT_LEN], raw: RawOutputs, b: usize, mut prof: Option<&mut [u64]>) {
-                // SAFETY: the parts of image b of each buffer: disjoint from other images' parts,
-                // inside the caller's buffers (their lengths are BATCH times these).
+                #[doc = "nfnet-safety: the parts of image b of each buffer: disjoint from other images' parts, inside the caller's buffers (their lengths are BATCH times these)."]
                 unsafe {
                     let part = |p: SyncPtr<f32>, len: usize| core::slice::from_raw_parts_mut(p.0.add(b * len), len);
                     let image = &input[b * IMAGE_LEN..(b + 1) * IMAGE_LEN];
