@@ -1073,10 +1073,20 @@ const CONV1X1_128X192_2X2_SILU_PRE_SUMS: rt::ConvDesc = rt::ConvDesc {
 #[cfg(all())]
 #[allow(
     unused_unsafe,
+    reason = "the kernel bodies are shared: a call unsafe under one ISA's intrinsics is safe under another's"
+)]
+#[allow(
+    dead_code,
+    reason = "the vocabulary is emitted whole; a model uses the part its convs need (no Winograd, no f32 convs in bf16)"
+)]
+#[allow(
     clippy::missing_safety_doc,
+    reason = "the vocabulary's contract is the module's: pointers inside the arena and weight blob, the ISA proven by its token"
+)]
+#[allow(
     clippy::too_many_arguments,
     clippy::needless_range_loop,
-    dead_code
+    reason = "kernels take their shape as arguments and index fixed-size register arrays"
 )]
 pub mod isa_scalar {
     pub type V = f32;
@@ -3059,7 +3069,15 @@ pub mod isa_scalar {
     ///
     /// # Safety
     /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-    #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+    #[allow(
+        unused_mut,
+        unused_variables,
+        reason = "which outputs and tokens the steps use depends on the model"
+    )]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per output the caller may ask for"
+    )]
     pub unsafe fn forward_image(
         k: super::Scalar,
         ctx: &rt::Ctx,
@@ -4156,7 +4174,10 @@ pub mod isa_scalar {
     ///
     /// # Safety
     /// As `forward_image`.
-    #[allow(unused_variables)]
+    #[allow(
+        unused_variables,
+        reason = "which kernels use the token and context depends on the model"
+    )]
     pub unsafe fn run_kernel(k: super::Scalar, ctx: &rt::Ctx, index: usize) {
         // SAFETY: as in `forward_image`.
         unsafe {
@@ -4883,10 +4904,20 @@ unsafe impl nfnet_runtime::kernels::Kernels for Scalar {
 #[cfg(target_arch = "x86_64")]
 #[allow(
     unused_unsafe,
+    reason = "the kernel bodies are shared: a call unsafe under one ISA's intrinsics is safe under another's"
+)]
+#[allow(
+    dead_code,
+    reason = "the vocabulary is emitted whole; a model uses the part its convs need (no Winograd, no f32 convs in bf16)"
+)]
+#[allow(
     clippy::missing_safety_doc,
+    reason = "the vocabulary's contract is the module's: pointers inside the arena and weight blob, the ISA proven by its token"
+)]
+#[allow(
     clippy::too_many_arguments,
     clippy::needless_range_loop,
-    dead_code
+    reason = "kernels take their shape as arguments and index fixed-size register arrays"
 )]
 pub mod isa_avx2 {
     use core::arch::x86_64::*;
@@ -6957,7 +6988,15 @@ pub mod isa_avx2 {
     ///
     /// # Safety
     /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-    #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+    #[allow(
+        unused_mut,
+        unused_variables,
+        reason = "which outputs and tokens the steps use depends on the model"
+    )]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per output the caller may ask for"
+    )]
     pub unsafe fn forward_image(
         k: super::Avx2,
         ctx: &rt::Ctx,
@@ -8054,7 +8093,10 @@ pub mod isa_avx2 {
     ///
     /// # Safety
     /// As `forward_image`.
-    #[allow(unused_variables)]
+    #[allow(
+        unused_variables,
+        reason = "which kernels use the token and context depends on the model"
+    )]
     pub unsafe fn run_kernel(k: super::Avx2, ctx: &rt::Ctx, index: usize) {
         // SAFETY: as in `forward_image`.
         unsafe {
@@ -8781,10 +8823,20 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx2 {
 #[cfg(target_arch = "x86_64")]
 #[allow(
     unused_unsafe,
+    reason = "the kernel bodies are shared: a call unsafe under one ISA's intrinsics is safe under another's"
+)]
+#[allow(
+    dead_code,
+    reason = "the vocabulary is emitted whole; a model uses the part its convs need (no Winograd, no f32 convs in bf16)"
+)]
+#[allow(
     clippy::missing_safety_doc,
+    reason = "the vocabulary's contract is the module's: pointers inside the arena and weight blob, the ISA proven by its token"
+)]
+#[allow(
     clippy::too_many_arguments,
     clippy::needless_range_loop,
-    dead_code
+    reason = "kernels take their shape as arguments and index fixed-size register arrays"
 )]
 pub mod isa_avx512 {
     use core::arch::x86_64::*;
@@ -10851,7 +10903,15 @@ pub mod isa_avx512 {
     ///
     /// # Safety
     /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-    #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+    #[allow(
+        unused_mut,
+        unused_variables,
+        reason = "which outputs and tokens the steps use depends on the model"
+    )]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per output the caller may ask for"
+    )]
     pub unsafe fn forward_image(
         k: super::Avx512,
         ctx: &rt::Ctx,
@@ -11948,7 +12008,10 @@ pub mod isa_avx512 {
     ///
     /// # Safety
     /// As `forward_image`.
-    #[allow(unused_variables)]
+    #[allow(
+        unused_variables,
+        reason = "which kernels use the token and context depends on the model"
+    )]
     pub unsafe fn run_kernel(k: super::Avx512, ctx: &rt::Ctx, index: usize) {
         // SAFETY: as in `forward_image`.
         unsafe {
@@ -12676,10 +12739,20 @@ unsafe impl nfnet_runtime::kernels::Kernels for Avx512 {
 #[cfg(all())]
 #[allow(
     unused_unsafe,
+    reason = "the kernel bodies are shared: a call unsafe under one ISA's intrinsics is safe under another's"
+)]
+#[allow(
+    dead_code,
+    reason = "the vocabulary is emitted whole; a model uses the part its convs need (no Winograd, no f32 convs in bf16)"
+)]
+#[allow(
     clippy::missing_safety_doc,
+    reason = "the vocabulary's contract is the module's: pointers inside the arena and weight blob, the ISA proven by its token"
+)]
+#[allow(
     clippy::too_many_arguments,
     clippy::needless_range_loop,
-    dead_code
+    reason = "kernels take their shape as arguments and index fixed-size register arrays"
 )]
 pub mod isa_neon {
     #[cfg(target_arch = "aarch64")]
@@ -14683,7 +14756,15 @@ pub mod isa_neon {
     ///
     /// # Safety
     /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-    #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+    #[allow(
+        unused_mut,
+        unused_variables,
+        reason = "which outputs and tokens the steps use depends on the model"
+    )]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per output the caller may ask for"
+    )]
     pub unsafe fn forward_image(
         k: super::Neon,
         ctx: &rt::Ctx,
@@ -15780,7 +15861,10 @@ pub mod isa_neon {
     ///
     /// # Safety
     /// As `forward_image`.
-    #[allow(unused_variables)]
+    #[allow(
+        unused_variables,
+        reason = "which kernels use the token and context depends on the model"
+    )]
     pub unsafe fn run_kernel(k: super::Neon, ctx: &rt::Ctx, index: usize) {
         // SAFETY: as in `forward_image`.
         unsafe {
@@ -16643,7 +16727,10 @@ pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
                     o,
                 )
             }
-            #[allow(unreachable_patterns)]
+            #[allow(
+                unreachable_patterns,
+                reason = "the ISAs compiled in depend on the target"
+            )]
             other => unreachable!("ISA {other} was checked above"),
         }
     }
@@ -16700,7 +16787,10 @@ impl Model {
                         index,
                     )
                 }
-                #[allow(unreachable_patterns)]
+                #[allow(
+                    unreachable_patterns,
+                    reason = "the ISAs compiled in depend on the target"
+                )]
                 other => unreachable!("ISA {other} was checked at construction"),
             }
         }
@@ -16884,7 +16974,10 @@ impl Model {
                         prof.as_mut().map(|p| &mut p[..]),
                     )
                 }
-                #[allow(unreachable_patterns)]
+                #[allow(
+                    unreachable_patterns,
+                    reason = "the ISAs compiled in depend on the target"
+                )]
                 other => unreachable!("ISA {other} was checked at construction"),
             }
         }

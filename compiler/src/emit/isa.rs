@@ -1089,7 +1089,10 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
     quote! {
         #[doc = #doc]
         #[cfg(#cfg)]
-        #[allow(unused_unsafe, clippy::missing_safety_doc, clippy::too_many_arguments, clippy::needless_range_loop, dead_code)]
+        #[allow(unused_unsafe, reason = "the kernel bodies are shared: a call unsafe under one ISA's intrinsics is safe under another's")]
+        #[allow(dead_code, reason = "the vocabulary is emitted whole; a model uses the part its convs need (no Winograd, no f32 convs in bf16)")]
+        #[allow(clippy::missing_safety_doc, reason = "the vocabulary's contract is the module's: pointers inside the arena and weight blob, the ISA proven by its token")]
+        #[allow(clippy::too_many_arguments, clippy::needless_range_loop, reason = "kernels take their shape as arguments and index fixed-size register arrays")]
         pub mod #module {
             #prelude
             use nfnet_runtime::kernels as rt;
@@ -1106,7 +1109,8 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
             ///
             /// # Safety
             /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-            #[allow(unused_mut, unused_variables, clippy::too_many_arguments)]
+            #[allow(unused_mut, unused_variables, reason = "which outputs and tokens the steps use depends on the model")]
+            #[allow(clippy::too_many_arguments, reason = "one argument per output the caller may ask for")]
             pub unsafe fn forward_image(
                 k: super::#token,
                 ctx: &rt::Ctx,
@@ -1127,7 +1131,7 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
             ///
             /// # Safety
             /// As `forward_image`.
-            #[allow(unused_variables)]
+            #[allow(unused_variables, reason = "which kernels use the token and context depends on the model")]
             pub unsafe fn run_kernel(k: super::#token, ctx: &rt::Ctx, index: usize) {
                 #[doc = "nfnet-safety: as in `forward_image`."]
                 unsafe {

@@ -688,7 +688,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
             unsafe {
                 match isa {
                     #(#silu_dispatch)*
-                    #[allow(unreachable_patterns)]
+                    #[allow(unreachable_patterns, reason = "the ISAs compiled in depend on the target")]
                     other => unreachable!("ISA {other} was checked above"),
                 }
             }
@@ -712,7 +712,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
                 unsafe {
                     match self.isa {
                         #(#kernel_dispatch)*
-                        #[allow(unreachable_patterns)]
+                        #[allow(unreachable_patterns, reason = "the ISAs compiled in depend on the target")]
                         other => unreachable!("ISA {other} was checked at construction"),
                     }
                 }
@@ -794,7 +794,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
                     // has ARENA_LEN floats and is this call's alone.
                     match self.isa {
                         #(#dispatch)*
-                        #[allow(unreachable_patterns)]
+                        #[allow(unreachable_patterns, reason = "the ISAs compiled in depend on the target")]
                         other => unreachable!("ISA {other} was checked at construction"),
                     }
                 }
