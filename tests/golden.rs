@@ -63,11 +63,11 @@ fn the_emitted_kernels_run_the_schedules_plans() {
             let modules: Vec<&str> = k["modules"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
             for (isa, mk) in plan["micro_kernels"].as_object().unwrap() {
                 let module = section(&source, &format!("pub mod isa_{isa} {{"), "\n}\n");
-                // The forward pass names the entry point after the step's comment.
-                let step = section(module, &format!("// conv: {}\n", modules.join("+")), "rt::ConvIo");
-                let call = step.lines().map(str::trim).find(|l| l.starts_with("conv") && l.ends_with('('));
+                // The forward pass (generic over the ISA) names the kernel after the step's comment.
+                let step = section(&source, &format!("// conv: {}\n", modules.join("+")), "rt::ConvIo");
+                let call = step.lines().map(str::trim).find(|l| l.starts_with("k.conv") && l.ends_with('('));
                 let call = call.unwrap_or_else(|| panic!("{isa} {modules:?}: no conv call in\n{step}"));
-                let name = call.trim_end_matches('(');
+                let name = call.trim_start_matches("k.").trim_end_matches('(');
                 let item = section(module, &format!("unsafe fn {name}_item("), "\n    }\n");
                 let entry = section(module, &format!("unsafe fn {name}("), "\n    }\n");
                 let tile = if plan["algorithm"] == "direct" { "TILE" } else { "TILES" };

@@ -1069,6 +1069,1930 @@ const CONV1X1_128X192_2X2_SILU_PRE_SUMS: rt::ConvDesc = rt::ConvDesc {
     last_row_len: 4,
     band: 1,
 };
+/// The kernels of this model that differ per ISA: one per conv shape, and the
+/// classifier. A value of an implementing type (an ISA's token) proves the CPU runs
+/// that ISA.
+trait ModelKernels: rt::Kernels {
+    /**3x3 conv, 3 -> 2 channels + SiLU, 45x37 -> 23x19, stride 2.
+
+Implements: stem.conv1+stem.act2.*/
+    unsafe fn conv3x3_3x2_s2_23x19_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv, 2 -> 4 channels + SiLU, 23x19 -> 23x19, stride 1, as Winograd F(2x2, 3x3).
+
+Implements: stem.conv2+stem.act3.*/
+    unsafe fn conv3x3_2x4_23x19_winograd2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv, 4 -> 8 channels + SiLU, 23x19 -> 23x19, stride 1, also stores the pre-activation, as Winograd F(2x2, 3x3).
+
+Implements: stem.conv3+stem.act4.*/
+    unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv, 8 -> 16 channels + SiLU, 23x19 -> 12x10, stride 2.
+
+Implements: stem.conv4+stages.0.0.act1.*/
+    unsafe fn conv3x3_8x16_s2_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 16 -> 32 channels, 12x10 -> 12x10, stride 1.
+
+Implements: stages.0.0.downsample.conv.*/
+    unsafe fn conv1x1_16x32_12x10(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 16 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1.
+
+Implements: stages.0.0.conv1+stages.0.0.act2.*/
+    unsafe fn conv1x1_16x8_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1, as Winograd F(2x2, 3x3).
+
+Implements: stages.0.0.conv2+stages.0.0.act2b.*/
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv, 8 -> 8 channels + SiLU, 12x10 -> 12x10, stride 1, as Winograd F(2x2, 3x3).
+
+Implements: stages.0.0.conv2b+stages.0.0.act3.*/
+    unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 8 -> 32 channels, 12x10 -> 12x10, stride 1, accumulates channel sums.
+
+Implements: stages.0.0.conv3+stages.0.0.attn_last.*/
+    unsafe fn conv1x1_8x32_12x10_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 32 -> 64 channels, 6x5 -> 6x5, stride 1.
+
+Implements: stages.1.0.downsample.conv.*/
+    unsafe fn conv1x1_32x64_6x5(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 32 -> 16 channels + SiLU, 12x10 -> 12x10, stride 1.
+
+Implements: stages.1.0.conv1+stages.1.0.act2.*/
+    unsafe fn conv1x1_32x16_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv in 2 groups, 16 -> 16 channels + SiLU, 12x10 -> 6x5, stride 2.
+
+Implements: stages.1.0.conv2+stages.1.0.act2b.*/
+    unsafe fn conv3x3_16x16_g2_s2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv in 2 groups, 16 -> 16 channels + SiLU, 6x5 -> 6x5, stride 1.
+
+Implements: stages.1.0.conv2b+stages.1.0.act3.*/
+    unsafe fn conv3x3_16x16_g2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 16 -> 64 channels, 6x5 -> 6x5, stride 1, accumulates channel sums.
+
+Implements: stages.1.0.conv3+stages.1.0.attn_last.*/
+    unsafe fn conv1x1_16x64_6x5_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 64 -> 96 channels, 3x3 -> 3x3, stride 1.
+
+Implements: stages.2.0.downsample.conv.*/
+    unsafe fn conv1x1_64x96_3x3(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 64 -> 24 channels + SiLU, 6x5 -> 6x5, stride 1.
+
+Implements: stages.2.0.conv1+stages.2.0.act2.*/
+    unsafe fn conv1x1_64x24_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 6x5 -> 3x3, stride 2.
+
+Implements: stages.2.0.conv2+stages.2.0.act2b.*/
+    unsafe fn conv3x3_24x24_g3_s2_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
+
+Implements: stages.2.0.conv2b+stages.2.0.act3, stages.2.1.conv2b+stages.2.1.act3.*/
+    unsafe fn conv3x3_24x24_g3_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 24 -> 96 channels, 3x3 -> 3x3, stride 1, accumulates channel sums.
+
+Implements: stages.2.0.conv3+stages.2.0.attn_last, stages.2.1.conv3+stages.2.1.attn_last.*/
+    unsafe fn conv1x1_24x96_3x3_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 96 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
+
+Implements: stages.2.1.conv1+stages.2.1.act2.*/
+    unsafe fn conv1x1_96x24_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv in 3 groups, 24 -> 24 channels + SiLU, 3x3 -> 3x3, stride 1.
+
+Implements: stages.2.1.conv2+stages.2.1.act2b.*/
+    unsafe fn conv3x3_24x24_g3_3x3_silu_v2(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 96 -> 128 channels, 2x2 -> 2x2, stride 1.
+
+Implements: stages.3.0.downsample.conv.*/
+    unsafe fn conv1x1_96x128_2x2(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 96 -> 32 channels + SiLU, 3x3 -> 3x3, stride 1.
+
+Implements: stages.3.0.conv1+stages.3.0.act2.*/
+    unsafe fn conv1x1_96x32_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv in 4 groups, 32 -> 32 channels + SiLU, 3x3 -> 2x2, stride 2.
+
+Implements: stages.3.0.conv2+stages.3.0.act2b.*/
+    unsafe fn conv3x3_32x32_g4_s2_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**3x3 conv in 4 groups, 32 -> 32 channels + SiLU, 2x2 -> 2x2, stride 1.
+
+Implements: stages.3.0.conv2b+stages.3.0.act3.*/
+    unsafe fn conv3x3_32x32_g4_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 32 -> 128 channels, 2x2 -> 2x2, stride 1, accumulates channel sums.
+
+Implements: stages.3.0.conv3+stages.3.0.attn_last.*/
+    unsafe fn conv1x1_32x128_2x2_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    /**1x1 conv, 128 -> 192 channels + SiLU, 2x2 -> 2x2, stride 1, also stores the pre-activation, accumulates channel sums.
+
+Implements: final_conv+final_act+head.global_pool.*/
+    unsafe fn conv1x1_128x192_2x2_silu_pre_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+    ///The classifier: `out = W x + b`.
+    unsafe fn fc(
+        self,
+        ctx: &rt::Ctx,
+        x: usize,
+        n_in: usize,
+        w: usize,
+        b: usize,
+        n_out: usize,
+        out: usize,
+    );
+}
+/// One image through the network with `k`'s kernels.
+///
+/// # Safety
+/// `ctx.arena` holds ARENA_LEN floats owned by this call.
+#[allow(
+    unused_mut,
+    unused_variables,
+    reason = "which outputs the steps use depends on the model"
+)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per output the caller may ask for"
+)]
+unsafe fn forward_image<K: ModelKernels>(
+    k: K,
+    ctx: &rt::Ctx,
+    image: &[f32],
+    logits: &mut [f32],
+    mut pre_logits: Option<&mut [f32]>,
+    mut forward_features: Option<&mut [f32]>,
+    mut features: Option<[&mut [f32]; 5]>,
+    mut prof: Option<&mut [u64]>,
+) {
+    // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
+    unsafe {
+        // pack_input: input
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::pack_input(
+                ctx,
+                image,
+                &rt::Buf {
+                    offset: 0,
+                    h: 45,
+                    w: 37,
+                    c: 3,
+                    pad: 1,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[0] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stem.conv1+stem.act2
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_3x2_s2_23x19_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 0,
+                    out: 5504,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 0,
+                    bias: 432,
+                    ahead: 1792,
+                    ahead_bytes: 2048,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[1] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stem.conv2+stem.act3
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_2x4_23x19_winograd2_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 5504,
+                    out: 7712,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 448,
+                    bias: 960,
+                    ahead: 3904,
+                    ahead_bytes: 4096,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[2] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stem.conv3+stem.act4
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_4x8_23x19_winograd2_silu_pre(
+                ctx,
+                &rt::ConvIo {
+                    input: 7712,
+                    out: 0,
+                    pre: 4208,
+                    sums: rt::NONE,
+                    weights: 976,
+                    bias: 2000,
+                    ahead: 8064,
+                    ahead_bytes: 4608,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[3] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // copy_out: feature0
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            if let Some(d) = &mut features {
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 4208,
+                        h: 23,
+                        w: 19,
+                        c: 8,
+                        pad: 0,
+                    },
+                    &mut *d[0],
+                );
+            }
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[4] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stem.conv4+stages.0.0.act1
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_8x16_s2_12x10_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 0,
+                    out: 4208,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 2016,
+                    bias: 3168,
+                    ahead: 12736,
+                    ahead_bytes: 2048,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[5] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.0.0.downsample.conv
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_16x32_12x10(
+                ctx,
+                &rt::ConvIo {
+                    input: 4208,
+                    out: 0,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 3184,
+                    bias: 3696,
+                    ahead: 14912,
+                    ahead_bytes: 1024,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[6] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.0.0.conv1+stages.0.0.act2
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_16x8_12x10_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 4208,
+                    out: 6128,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 3728,
+                    bias: 3984,
+                    ahead: 16000,
+                    ahead_bytes: 8192,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[7] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.0.0.conv2+stages.0.0.act2b
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_8x8_12x10_winograd2_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 6128,
+                    out: 3840,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 4000,
+                    bias: 6048,
+                    ahead: 24256,
+                    ahead_bytes: 8192,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[8] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.0.0.conv2b+stages.0.0.act3
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_8x8_12x10_winograd2_silu_v2(
+                ctx,
+                &rt::ConvIo {
+                    input: 3840,
+                    out: 7680,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 6064,
+                    bias: 8112,
+                    ahead: 32512,
+                    ahead_bytes: 1024,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[9] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.0.0.conv3+stages.0.0.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_8x32_12x10_sums(
+                ctx,
+                &rt::ConvIo {
+                    input: 7680,
+                    out: 3840,
+                    pre: rt::NONE,
+                    sums: 8640,
+                    weights: 8128,
+                    bias: 8384,
+                    ahead: 33728,
+                    ahead_bytes: 8192,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[10] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // eca_gate: stages.0.0.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[11] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::scale_add_act(
+                k,
+                ctx,
+                &rt::Buf {
+                    offset: 3840,
+                    h: 12,
+                    w: 10,
+                    c: 32,
+                    pad: 0,
+                },
+                7680,
+                &rt::Buf {
+                    offset: 0,
+                    h: 12,
+                    w: 10,
+                    c: 32,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 3840,
+                    h: 12,
+                    w: 10,
+                    c: 32,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 0,
+                    h: 12,
+                    w: 10,
+                    c: 32,
+                    pad: 0,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[12] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // copy_out: feature1
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            if let Some(d) = &mut features {
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 3840,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &mut *d[1],
+                );
+            }
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[13] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // avg_pool: stages.1.0.downsample.pool
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::avg_pool(
+                ctx,
+                &rt::Buf {
+                    offset: 0,
+                    h: 12,
+                    w: 10,
+                    c: 32,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 3840,
+                    h: 6,
+                    w: 5,
+                    c: 32,
+                    pad: 0,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[14] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.1.0.downsample.conv
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_32x64_6x5(
+                ctx,
+                &rt::ConvIo {
+                    input: 3840,
+                    out: 6528,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 8432,
+                    bias: 10480,
+                    ahead: 42176,
+                    ahead_bytes: 2048,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[15] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.1.0.conv1+stages.1.0.act2
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_32x16_12x10_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 0,
+                    out: 3840,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 10544,
+                    bias: 11056,
+                    ahead: 44288,
+                    ahead_bytes: 9216,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[16] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.1.0.conv2+stages.1.0.act2b
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_16x16_g2_s2_6x5_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 3840,
+                    out: 0,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 11072,
+                    bias: 13376,
+                    ahead: 53632,
+                    ahead_bytes: 9216,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[17] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.1.0.conv2b+stages.1.0.act3
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_16x16_g2_6x5_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 0,
+                    out: 1920,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 13408,
+                    bias: 15712,
+                    ahead: 62976,
+                    ahead_bytes: 4096,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[18] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.1.0.conv3+stages.1.0.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_16x64_6x5_sums(
+                ctx,
+                &rt::ConvIo {
+                    input: 1920,
+                    out: 0,
+                    pre: rt::NONE,
+                    sums: 2400,
+                    weights: 15744,
+                    bias: 16768,
+                    ahead: 67392,
+                    ahead_bytes: 24576,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[19] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // eca_gate: stages.1.0.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[20] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::scale_add_act(
+                k,
+                ctx,
+                &rt::Buf {
+                    offset: 0,
+                    h: 6,
+                    w: 5,
+                    c: 64,
+                    pad: 0,
+                },
+                1920,
+                &rt::Buf {
+                    offset: 6528,
+                    h: 6,
+                    w: 5,
+                    c: 64,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 0,
+                    h: 6,
+                    w: 5,
+                    c: 64,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 6528,
+                    h: 6,
+                    w: 5,
+                    c: 64,
+                    pad: 0,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[21] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // copy_out: feature2
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            if let Some(d) = &mut features {
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &mut *d[2],
+                );
+            }
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[22] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // avg_pool: stages.2.0.downsample.pool
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::avg_pool(
+                ctx,
+                &rt::Buf {
+                    offset: 6528,
+                    h: 6,
+                    w: 5,
+                    c: 64,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 0,
+                    h: 3,
+                    w: 3,
+                    c: 64,
+                    pad: 0,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[23] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.0.downsample.conv
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_64x96_3x3(
+                ctx,
+                &rt::ConvIo {
+                    input: 0,
+                    out: 1344,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 16848,
+                    bias: 22992,
+                    ahead: 92352,
+                    ahead_bytes: 8192,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[24] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.0.conv1+stages.2.0.act2
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_64x24_6x5_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 6528,
+                    out: 0,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 23088,
+                    bias: 25136,
+                    ahead: 100672,
+                    ahead_bytes: 13824,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[25] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.0.conv2+stages.2.0.act2b
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_24x24_g3_s2_3x3_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 0,
+                    out: 2208,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 25168,
+                    bias: 28624,
+                    ahead: 114688,
+                    ahead_bytes: 13824,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[26] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.0.conv2b+stages.2.0.act3
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_24x24_g3_3x3_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 2208,
+                    out: 864,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 28672,
+                    bias: 32128,
+                    ahead: 128704,
+                    ahead_bytes: 9216,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[27] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.0.conv3+stages.2.0.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_24x96_3x3_sums(
+                ctx,
+                &rt::ConvIo {
+                    input: 864,
+                    out: 0,
+                    pre: rt::NONE,
+                    sums: 1088,
+                    weights: 32176,
+                    bias: 34480,
+                    ahead: 138368,
+                    ahead_bytes: 12288,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[28] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // eca_gate: stages.2.0.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[29] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::scale_add_act(
+                k,
+                ctx,
+                &rt::Buf {
+                    offset: 0,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+                864,
+                &rt::Buf {
+                    offset: 1344,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 0,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 1344,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[30] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.1.conv1+stages.2.1.act2
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_96x24_3x3_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 1344,
+                    out: 2208,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 34592,
+                    bias: 37664,
+                    ahead: 150784,
+                    ahead_bytes: 13824,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[31] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.1.conv2+stages.2.1.act2b
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_24x24_g3_3x3_silu_v2(
+                ctx,
+                &rt::ConvIo {
+                    input: 2208,
+                    out: 864,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 37696,
+                    bias: 41152,
+                    ahead: 164800,
+                    ahead_bytes: 13824,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[32] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.1.conv2b+stages.2.1.act3
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_24x24_g3_3x3_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 864,
+                    out: 1728,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 41200,
+                    bias: 44656,
+                    ahead: 178816,
+                    ahead_bytes: 9216,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[33] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.2.1.conv3+stages.2.1.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_24x96_3x3_sums(
+                ctx,
+                &rt::ConvIo {
+                    input: 1728,
+                    out: 864,
+                    pre: rt::NONE,
+                    sums: 1952,
+                    weights: 44704,
+                    bias: 47008,
+                    ahead: 188480,
+                    ahead_bytes: 49152,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[34] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // eca_gate: stages.2.1.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[35] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::scale_add_act(
+                k,
+                ctx,
+                &rt::Buf {
+                    offset: 864,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+                1728,
+                &rt::Buf {
+                    offset: 0,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 864,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 0,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[36] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // copy_out: feature3
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            if let Some(d) = &mut features {
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 864,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &mut *d[3],
+                );
+            }
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[37] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // avg_pool: stages.3.0.downsample.pool
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::avg_pool(
+                ctx,
+                &rt::Buf {
+                    offset: 0,
+                    h: 3,
+                    w: 3,
+                    c: 96,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 864,
+                    h: 2,
+                    w: 2,
+                    c: 96,
+                    pad: 0,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[38] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.3.0.downsample.conv
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_96x128_2x2(
+                ctx,
+                &rt::ConvIo {
+                    input: 864,
+                    out: 1664,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 47120,
+                    bias: 59408,
+                    ahead: 238144,
+                    ahead_bytes: 12288,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[39] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.3.0.conv1+stages.3.0.act2
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_96x32_3x3_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 0,
+                    out: 864,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 59536,
+                    bias: 62608,
+                    ahead: 250560,
+                    ahead_bytes: 18432,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[40] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.3.0.conv2+stages.3.0.act2b
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_32x32_g4_s2_2x2_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 864,
+                    out: 0,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 62640,
+                    bias: 67248,
+                    ahead: 269248,
+                    ahead_bytes: 18432,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[41] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.3.0.conv2b+stages.3.0.act3
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv3x3_32x32_g4_2x2_silu(
+                ctx,
+                &rt::ConvIo {
+                    input: 0,
+                    out: 512,
+                    pre: rt::NONE,
+                    sums: rt::NONE,
+                    weights: 67312,
+                    bias: 71920,
+                    ahead: 287936,
+                    ahead_bytes: 16384,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[42] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: stages.3.0.conv3+stages.3.0.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_32x128_2x2_sums(
+                ctx,
+                &rt::ConvIo {
+                    input: 512,
+                    out: 2176,
+                    pre: rt::NONE,
+                    sums: 0,
+                    weights: 71984,
+                    bias: 76080,
+                    ahead: 304896,
+                    ahead_bytes: 98304,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[43] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // eca_gate: stages.3.0.attn_last
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[44] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // scale_add_act: stages.3.0.attn_last+stages.3.0
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::scale_add_act(
+                k,
+                ctx,
+                &rt::Buf {
+                    offset: 2176,
+                    h: 2,
+                    w: 2,
+                    c: 128,
+                    pad: 0,
+                },
+                128,
+                &rt::Buf {
+                    offset: 1664,
+                    h: 2,
+                    w: 2,
+                    c: 128,
+                    pad: 0,
+                },
+                &rt::Buf {
+                    offset: 2176,
+                    h: 2,
+                    w: 2,
+                    c: 128,
+                    pad: 0,
+                },
+                &rt::Buf::none(),
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[45] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // conv: final_conv+final_act+head.global_pool
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.conv1x1_128x192_2x2_silu_pre_sums(
+                ctx,
+                &rt::ConvIo {
+                    input: 2176,
+                    out: 768,
+                    pre: 0,
+                    sums: 1536,
+                    weights: 76224,
+                    bias: 100800,
+                    ahead: 403968,
+                    ahead_bytes: 7680,
+                },
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[46] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // copy_out: feature4
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            if let Some(d) = &mut features {
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 2,
+                        w: 2,
+                        c: 192,
+                        pad: 0,
+                    },
+                    &mut *d[4],
+                );
+            }
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[47] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // copy_out: forward_features
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            if let Some(d) = &mut forward_features {
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 768,
+                        h: 2,
+                        w: 2,
+                        c: 192,
+                        pad: 0,
+                    },
+                    d,
+                );
+            }
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[48] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // mean_pool: head.global_pool
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[49] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // copy_out: pre_logits
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            if let Some(d) = &mut pre_logits {
+                rt::copy_out(
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 1,
+                        w: 1,
+                        c: 192,
+                        pad: 0,
+                    },
+                    d,
+                );
+            }
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[50] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // fc: head.fc
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            k.fc(ctx, 0, 192, 100992, 102912, 10, 192);
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[51] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+        // copy_out: logits
+        {
+            let t0 = prof.as_ref().map(|_| std::time::Instant::now());
+            rt::copy_out(
+                ctx,
+                &rt::Buf {
+                    offset: 192,
+                    h: 1,
+                    w: 1,
+                    c: 10,
+                    pad: 0,
+                },
+                logits,
+            );
+            if let (Some(p), Some(t0)) = (&mut prof, t0) {
+                p[52] += t0.elapsed().as_nanos() as u64;
+            }
+        }
+    }
+}
+/// Kernel `index` alone (see `Model::run_kernel`).
+///
+/// # Safety
+/// As `forward_image`.
+#[allow(unused_variables, reason = "which kernels use the token depends on the model")]
+unsafe fn run_kernel<K: ModelKernels>(k: K, ctx: &rt::Ctx, index: usize) {
+    // SAFETY: as in `forward_image`.
+    unsafe {
+        match index {
+            1 => {
+                k.conv3x3_3x2_s2_23x19_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 5504,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 0,
+                        bias: 432,
+                        ahead: 1792,
+                        ahead_bytes: 2048,
+                    },
+                );
+            }
+            2 => {
+                k.conv3x3_2x4_23x19_winograd2_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 5504,
+                        out: 7712,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 448,
+                        bias: 960,
+                        ahead: 3904,
+                        ahead_bytes: 4096,
+                    },
+                );
+            }
+            3 => {
+                k.conv3x3_4x8_23x19_winograd2_silu_pre(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7712,
+                        out: 0,
+                        pre: 4208,
+                        sums: rt::NONE,
+                        weights: 976,
+                        bias: 2000,
+                        ahead: 8064,
+                        ahead_bytes: 4608,
+                    },
+                );
+            }
+            5 => {
+                k.conv3x3_8x16_s2_12x10_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 4208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 2016,
+                        bias: 3168,
+                        ahead: 12736,
+                        ahead_bytes: 2048,
+                    },
+                );
+            }
+            6 => {
+                k.conv1x1_16x32_12x10(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3184,
+                        bias: 3696,
+                        ahead: 14912,
+                        ahead_bytes: 1024,
+                    },
+                );
+            }
+            7 => {
+                k.conv1x1_16x8_12x10_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 4208,
+                        out: 6128,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 3728,
+                        bias: 3984,
+                        ahead: 16000,
+                        ahead_bytes: 8192,
+                    },
+                );
+            }
+            8 => {
+                k.conv3x3_8x8_12x10_winograd2_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6128,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 4000,
+                        bias: 6048,
+                        ahead: 24256,
+                        ahead_bytes: 8192,
+                    },
+                );
+            }
+            9 => {
+                k.conv3x3_8x8_12x10_winograd2_silu_v2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3840,
+                        out: 7680,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 6064,
+                        bias: 8112,
+                        ahead: 32512,
+                        ahead_bytes: 1024,
+                    },
+                );
+            }
+            10 => {
+                k.conv1x1_8x32_12x10_sums(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 7680,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: 8640,
+                        weights: 8128,
+                        bias: 8384,
+                        ahead: 33728,
+                        ahead_bytes: 8192,
+                    },
+                );
+            }
+            11 => {
+                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
+            }
+            12 => {
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 3840,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    7680,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3840,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+            }
+            14 => {
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 12,
+                        w: 10,
+                        c: 32,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 3840,
+                        h: 6,
+                        w: 5,
+                        c: 32,
+                        pad: 0,
+                    },
+                );
+            }
+            15 => {
+                k.conv1x1_32x64_6x5(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3840,
+                        out: 6528,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 8432,
+                        bias: 10480,
+                        ahead: 42176,
+                        ahead_bytes: 2048,
+                    },
+                );
+            }
+            16 => {
+                k.conv1x1_32x16_12x10_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 3840,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 10544,
+                        bias: 11056,
+                        ahead: 44288,
+                        ahead_bytes: 9216,
+                    },
+                );
+            }
+            17 => {
+                k.conv3x3_16x16_g2_s2_6x5_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 3840,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 11072,
+                        bias: 13376,
+                        ahead: 53632,
+                        ahead_bytes: 9216,
+                    },
+                );
+            }
+            18 => {
+                k.conv3x3_16x16_g2_6x5_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1920,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 13408,
+                        bias: 15712,
+                        ahead: 62976,
+                        ahead_bytes: 4096,
+                    },
+                );
+            }
+            19 => {
+                k.conv1x1_16x64_6x5_sums(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1920,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 2400,
+                        weights: 15744,
+                        bias: 16768,
+                        ahead: 67392,
+                        ahead_bytes: 24576,
+                    },
+                );
+            }
+            20 => {
+                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
+            }
+            21 => {
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    1920,
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+            }
+            23 => {
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 6528,
+                        h: 6,
+                        w: 5,
+                        c: 64,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 64,
+                        pad: 0,
+                    },
+                );
+            }
+            24 => {
+                k.conv1x1_64x96_3x3(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 1344,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 16848,
+                        bias: 22992,
+                        ahead: 92352,
+                        ahead_bytes: 8192,
+                    },
+                );
+            }
+            25 => {
+                k.conv1x1_64x24_6x5_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 6528,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 23088,
+                        bias: 25136,
+                        ahead: 100672,
+                        ahead_bytes: 13824,
+                    },
+                );
+            }
+            26 => {
+                k.conv3x3_24x24_g3_s2_3x3_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 2208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 25168,
+                        bias: 28624,
+                        ahead: 114688,
+                        ahead_bytes: 13824,
+                    },
+                );
+            }
+            27 => {
+                k.conv3x3_24x24_g3_3x3_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 2208,
+                        out: 864,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 28672,
+                        bias: 32128,
+                        ahead: 128704,
+                        ahead_bytes: 9216,
+                    },
+                );
+            }
+            28 => {
+                k.conv1x1_24x96_3x3_sums(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 864,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: 1088,
+                        weights: 32176,
+                        bias: 34480,
+                        ahead: 138368,
+                        ahead_bytes: 12288,
+                    },
+                );
+            }
+            29 => {
+                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
+            }
+            30 => {
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    864,
+                    &rt::Buf {
+                        offset: 1344,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 1344,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+            }
+            31 => {
+                k.conv1x1_96x24_3x3_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1344,
+                        out: 2208,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 34592,
+                        bias: 37664,
+                        ahead: 150784,
+                        ahead_bytes: 13824,
+                    },
+                );
+            }
+            32 => {
+                k.conv3x3_24x24_g3_3x3_silu_v2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 2208,
+                        out: 864,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 37696,
+                        bias: 41152,
+                        ahead: 164800,
+                        ahead_bytes: 13824,
+                    },
+                );
+            }
+            33 => {
+                k.conv3x3_24x24_g3_3x3_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 864,
+                        out: 1728,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 41200,
+                        bias: 44656,
+                        ahead: 178816,
+                        ahead_bytes: 9216,
+                    },
+                );
+            }
+            34 => {
+                k.conv1x1_24x96_3x3_sums(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 1728,
+                        out: 864,
+                        pre: rt::NONE,
+                        sums: 1952,
+                        weights: 44704,
+                        bias: 47008,
+                        ahead: 188480,
+                        ahead_bytes: 49152,
+                    },
+                );
+            }
+            35 => {
+                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
+            }
+            36 => {
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 864,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    1728,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 864,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+            }
+            38 => {
+                rt::avg_pool(
+                    ctx,
+                    &rt::Buf {
+                        offset: 0,
+                        h: 3,
+                        w: 3,
+                        c: 96,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 864,
+                        h: 2,
+                        w: 2,
+                        c: 96,
+                        pad: 0,
+                    },
+                );
+            }
+            39 => {
+                k.conv1x1_96x128_2x2(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 864,
+                        out: 1664,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 47120,
+                        bias: 59408,
+                        ahead: 238144,
+                        ahead_bytes: 12288,
+                    },
+                );
+            }
+            40 => {
+                k.conv1x1_96x32_3x3_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 864,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 59536,
+                        bias: 62608,
+                        ahead: 250560,
+                        ahead_bytes: 18432,
+                    },
+                );
+            }
+            41 => {
+                k.conv3x3_32x32_g4_s2_2x2_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 864,
+                        out: 0,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 62640,
+                        bias: 67248,
+                        ahead: 269248,
+                        ahead_bytes: 18432,
+                    },
+                );
+            }
+            42 => {
+                k.conv3x3_32x32_g4_2x2_silu(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 0,
+                        out: 512,
+                        pre: rt::NONE,
+                        sums: rt::NONE,
+                        weights: 67312,
+                        bias: 71920,
+                        ahead: 287936,
+                        ahead_bytes: 16384,
+                    },
+                );
+            }
+            43 => {
+                k.conv1x1_32x128_2x2_sums(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 512,
+                        out: 2176,
+                        pre: rt::NONE,
+                        sums: 0,
+                        weights: 71984,
+                        bias: 76080,
+                        ahead: 304896,
+                        ahead_bytes: 98304,
+                    },
+                );
+            }
+            44 => {
+                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
+            }
+            45 => {
+                rt::scale_add_act(
+                    k,
+                    ctx,
+                    &rt::Buf {
+                        offset: 2176,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    128,
+                    &rt::Buf {
+                        offset: 1664,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf {
+                        offset: 2176,
+                        h: 2,
+                        w: 2,
+                        c: 128,
+                        pad: 0,
+                    },
+                    &rt::Buf::none(),
+                );
+            }
+            46 => {
+                k.conv1x1_128x192_2x2_silu_pre_sums(
+                    ctx,
+                    &rt::ConvIo {
+                        input: 2176,
+                        out: 768,
+                        pre: 0,
+                        sums: 1536,
+                        weights: 76224,
+                        bias: 100800,
+                        ahead: 403968,
+                        ahead_bytes: 7680,
+                    },
+                );
+            }
+            49 => {
+                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
+            }
+            51 => {
+                k.fc(ctx, 0, 192, 100992, 102912, 10, 192);
+            }
+            _ => {}
+        }
+    }
+}
 ///The Scalar micro-kernels (1 lanes, tiles of up to pixels x channels: 4 x 16).
 #[cfg(all())]
 #[allow(
@@ -3064,1808 +4988,147 @@ pub mod isa_scalar {
             )
         }
     }
-    /// One image through the network with this ISA's kernels (`k` proves the CPU runs
-    /// them).
-    ///
-    /// # Safety
-    /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-    #[allow(
-        unused_mut,
-        unused_variables,
-        reason = "which outputs and tokens the steps use depends on the model"
-    )]
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one argument per output the caller may ask for"
-    )]
-    pub unsafe fn forward_image(
-        k: super::Scalar,
-        ctx: &rt::Ctx,
-        image: &[f32],
-        logits: &mut [f32],
-        mut pre_logits: Option<&mut [f32]>,
-        mut forward_features: Option<&mut [f32]>,
-        mut features: Option<[&mut [f32]; 5]>,
-        mut prof: Option<&mut [u64]>,
-    ) {
-        // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
-        unsafe {
-            // pack_input: input
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::pack_input(
-                    ctx,
-                    image,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 45,
-                        w: 37,
-                        c: 3,
-                        pad: 1,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[0] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv1+stem.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_3x2_s2_23x19_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 5504,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 0,
-                        bias: 432,
-                        ahead: 1792,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[1] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv2+stem.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_2x4_23x19_winograd2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 5504,
-                        out: 7712,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 448,
-                        bias: 960,
-                        ahead: 3904,
-                        ahead_bytes: 4096,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[2] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv3+stem.act4
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_4x8_23x19_winograd2_silu_pre(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 7712,
-                        out: 0,
-                        pre: 4208,
-                        sums: rt::NONE,
-                        weights: 976,
-                        bias: 2000,
-                        ahead: 8064,
-                        ahead_bytes: 4608,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[3] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature0
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 4208,
-                            h: 23,
-                            w: 19,
-                            c: 8,
-                            pad: 0,
-                        },
-                        &mut *d[0],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[4] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv4+stages.0.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x16_s2_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 4208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 2016,
-                        bias: 3168,
-                        ahead: 12736,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[5] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x32_12x10(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 4208,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 3184,
-                        bias: 3696,
-                        ahead: 14912,
-                        ahead_bytes: 1024,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[6] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv1+stages.0.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x8_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 4208,
-                        out: 6128,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 3728,
-                        bias: 3984,
-                        ahead: 16000,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[7] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv2+stages.0.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x8_12x10_winograd2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 6128,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 4000,
-                        bias: 6048,
-                        ahead: 24256,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[8] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv2b+stages.0.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x8_12x10_winograd2_silu_v2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 7680,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 6064,
-                        bias: 8112,
-                        ahead: 32512,
-                        ahead_bytes: 1024,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[9] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv3+stages.0.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_8x32_12x10_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 7680,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: 8640,
-                        weights: 8128,
-                        bias: 8384,
-                        ahead: 33728,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[10] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.0.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[11] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    7680,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[12] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &mut *d[1],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[13] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.1.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 6,
-                        w: 5,
-                        c: 32,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[14] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x64_6x5(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 6528,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 8432,
-                        bias: 10480,
-                        ahead: 42176,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[15] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv1+stages.1.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x16_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 10544,
-                        bias: 11056,
-                        ahead: 44288,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[16] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv2+stages.1.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_16x16_g2_s2_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 11072,
-                        bias: 13376,
-                        ahead: 53632,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[17] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv2b+stages.1.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_16x16_g2_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 1920,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 13408,
-                        bias: 15712,
-                        ahead: 62976,
-                        ahead_bytes: 4096,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[18] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv3+stages.1.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x64_6x5_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1920,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: 2400,
-                        weights: 15744,
-                        bias: 16768,
-                        ahead: 67392,
-                        ahead_bytes: 24576,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[19] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.1.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[20] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    1920,
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[21] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &mut *d[2],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[22] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.2.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 64,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[23] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_64x96_3x3(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 1344,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 16848,
-                        bias: 22992,
-                        ahead: 92352,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[24] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv1+stages.2.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_64x24_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 6528,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 23088,
-                        bias: 25136,
-                        ahead: 100672,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[25] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv2+stages.2.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_s2_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 2208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 25168,
-                        bias: 28624,
-                        ahead: 114688,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[26] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv2b+stages.2.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2208,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 28672,
-                        bias: 32128,
-                        ahead: 128704,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[27] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv3+stages.2.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_24x96_3x3_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: 1088,
-                        weights: 32176,
-                        bias: 34480,
-                        ahead: 138368,
-                        ahead_bytes: 12288,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[28] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.2.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[29] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    864,
-                    &rt::Buf {
-                        offset: 1344,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 1344,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[30] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv1+stages.2.1.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x24_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1344,
-                        out: 2208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 34592,
-                        bias: 37664,
-                        ahead: 150784,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[31] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv2+stages.2.1.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu_v2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2208,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 37696,
-                        bias: 41152,
-                        ahead: 164800,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[32] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv2b+stages.2.1.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 1728,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 41200,
-                        bias: 44656,
-                        ahead: 178816,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[33] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv3+stages.2.1.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_24x96_3x3_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1728,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: 1952,
-                        weights: 44704,
-                        bias: 47008,
-                        ahead: 188480,
-                        ahead_bytes: 49152,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[34] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.2.1.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[35] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    1728,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[36] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &mut *d[3],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[37] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.3.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 864,
-                        h: 2,
-                        w: 2,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[38] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x128_2x2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 1664,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 47120,
-                        bias: 59408,
-                        ahead: 238144,
-                        ahead_bytes: 12288,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[39] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv1+stages.3.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x32_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 59536,
-                        bias: 62608,
-                        ahead: 250560,
-                        ahead_bytes: 18432,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[40] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv2+stages.3.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_32x32_g4_s2_2x2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 62640,
-                        bias: 67248,
-                        ahead: 269248,
-                        ahead_bytes: 18432,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[41] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv2b+stages.3.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_32x32_g4_2x2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 512,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 67312,
-                        bias: 71920,
-                        ahead: 287936,
-                        ahead_bytes: 16384,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[42] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv3+stages.3.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x128_2x2_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 512,
-                        out: 2176,
-                        pre: rt::NONE,
-                        sums: 0,
-                        weights: 71984,
-                        bias: 76080,
-                        ahead: 304896,
-                        ahead_bytes: 98304,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[43] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.3.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[44] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.3.0.attn_last+stages.3.0
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 2176,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    128,
-                    &rt::Buf {
-                        offset: 1664,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 2176,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    &rt::Buf::none(),
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[45] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: final_conv+final_act+head.global_pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_128x192_2x2_silu_pre_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2176,
-                        out: 768,
-                        pre: 0,
-                        sums: 1536,
-                        weights: 76224,
-                        bias: 100800,
-                        ahead: 403968,
-                        ahead_bytes: 7680,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[46] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature4
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 2,
-                            w: 2,
-                            c: 192,
-                            pad: 0,
-                        },
-                        &mut *d[4],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[47] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: forward_features
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut forward_features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 768,
-                            h: 2,
-                            w: 2,
-                            c: 192,
-                            pad: 0,
-                        },
-                        d,
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[48] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // mean_pool: head.global_pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[49] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: pre_logits
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut pre_logits {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 1,
-                            w: 1,
-                            c: 192,
-                            pad: 0,
-                        },
-                        d,
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[50] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // fc: head.fc
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                fc(ctx, 0, 192, 100992, 102912, 10, 192);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[51] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: logits
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 192,
-                        h: 1,
-                        w: 1,
-                        c: 10,
-                        pad: 0,
-                    },
-                    logits,
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[52] += t0.elapsed().as_nanos() as u64;
-                }
-            }
+    impl super::ModelKernels for super::Scalar {
+        unsafe fn conv3x3_3x2_s2_23x19_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_3x2_s2_23x19_silu(ctx, io) }
         }
-    }
-    /// Kernel `index` alone (see `Model::run_kernel`).
-    ///
-    /// # Safety
-    /// As `forward_image`.
-    #[allow(
-        unused_variables,
-        reason = "which kernels use the token and context depends on the model"
-    )]
-    pub unsafe fn run_kernel(k: super::Scalar, ctx: &rt::Ctx, index: usize) {
-        // SAFETY: as in `forward_image`.
-        unsafe {
-            match index {
-                1 => {
-                    conv3x3_3x2_s2_23x19_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 5504,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 0,
-                            bias: 432,
-                            ahead: 1792,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                2 => {
-                    conv3x3_2x4_23x19_winograd2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 5504,
-                            out: 7712,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 448,
-                            bias: 960,
-                            ahead: 3904,
-                            ahead_bytes: 4096,
-                        },
-                    );
-                }
-                3 => {
-                    conv3x3_4x8_23x19_winograd2_silu_pre(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 7712,
-                            out: 0,
-                            pre: 4208,
-                            sums: rt::NONE,
-                            weights: 976,
-                            bias: 2000,
-                            ahead: 8064,
-                            ahead_bytes: 4608,
-                        },
-                    );
-                }
-                5 => {
-                    conv3x3_8x16_s2_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 4208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 2016,
-                            bias: 3168,
-                            ahead: 12736,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                6 => {
-                    conv1x1_16x32_12x10(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 4208,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 3184,
-                            bias: 3696,
-                            ahead: 14912,
-                            ahead_bytes: 1024,
-                        },
-                    );
-                }
-                7 => {
-                    conv1x1_16x8_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 4208,
-                            out: 6128,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 3728,
-                            bias: 3984,
-                            ahead: 16000,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                8 => {
-                    conv3x3_8x8_12x10_winograd2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 6128,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 4000,
-                            bias: 6048,
-                            ahead: 24256,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                9 => {
-                    conv3x3_8x8_12x10_winograd2_silu_v2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 7680,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 6064,
-                            bias: 8112,
-                            ahead: 32512,
-                            ahead_bytes: 1024,
-                        },
-                    );
-                }
-                10 => {
-                    conv1x1_8x32_12x10_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 7680,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: 8640,
-                            weights: 8128,
-                            bias: 8384,
-                            ahead: 33728,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
-                }
-                12 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        7680,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                    );
-                }
-                14 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 6,
-                            w: 5,
-                            c: 32,
-                            pad: 0,
-                        },
-                    );
-                }
-                15 => {
-                    conv1x1_32x64_6x5(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 6528,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 8432,
-                            bias: 10480,
-                            ahead: 42176,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                16 => {
-                    conv1x1_32x16_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 10544,
-                            bias: 11056,
-                            ahead: 44288,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                17 => {
-                    conv3x3_16x16_g2_s2_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 11072,
-                            bias: 13376,
-                            ahead: 53632,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                18 => {
-                    conv3x3_16x16_g2_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 1920,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 13408,
-                            bias: 15712,
-                            ahead: 62976,
-                            ahead_bytes: 4096,
-                        },
-                    );
-                }
-                19 => {
-                    conv1x1_16x64_6x5_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1920,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: 2400,
-                            weights: 15744,
-                            bias: 16768,
-                            ahead: 67392,
-                            ahead_bytes: 24576,
-                        },
-                    );
-                }
-                20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
-                }
-                21 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        1920,
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                    );
-                }
-                23 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 64,
-                            pad: 0,
-                        },
-                    );
-                }
-                24 => {
-                    conv1x1_64x96_3x3(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 1344,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 16848,
-                            bias: 22992,
-                            ahead: 92352,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                25 => {
-                    conv1x1_64x24_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 6528,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 23088,
-                            bias: 25136,
-                            ahead: 100672,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                26 => {
-                    conv3x3_24x24_g3_s2_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 2208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 25168,
-                            bias: 28624,
-                            ahead: 114688,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                27 => {
-                    conv3x3_24x24_g3_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2208,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 28672,
-                            bias: 32128,
-                            ahead: 128704,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                28 => {
-                    conv1x1_24x96_3x3_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: 1088,
-                            weights: 32176,
-                            bias: 34480,
-                            ahead: 138368,
-                            ahead_bytes: 12288,
-                        },
-                    );
-                }
-                29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
-                }
-                30 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        864,
-                        &rt::Buf {
-                            offset: 1344,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 1344,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                31 => {
-                    conv1x1_96x24_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1344,
-                            out: 2208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 34592,
-                            bias: 37664,
-                            ahead: 150784,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                32 => {
-                    conv3x3_24x24_g3_3x3_silu_v2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2208,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 37696,
-                            bias: 41152,
-                            ahead: 164800,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                33 => {
-                    conv3x3_24x24_g3_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 1728,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 41200,
-                            bias: 44656,
-                            ahead: 178816,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                34 => {
-                    conv1x1_24x96_3x3_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1728,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: 1952,
-                            weights: 44704,
-                            bias: 47008,
-                            ahead: 188480,
-                            ahead_bytes: 49152,
-                        },
-                    );
-                }
-                35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
-                }
-                36 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        1728,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                38 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 864,
-                            h: 2,
-                            w: 2,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                39 => {
-                    conv1x1_96x128_2x2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 1664,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 47120,
-                            bias: 59408,
-                            ahead: 238144,
-                            ahead_bytes: 12288,
-                        },
-                    );
-                }
-                40 => {
-                    conv1x1_96x32_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 59536,
-                            bias: 62608,
-                            ahead: 250560,
-                            ahead_bytes: 18432,
-                        },
-                    );
-                }
-                41 => {
-                    conv3x3_32x32_g4_s2_2x2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 62640,
-                            bias: 67248,
-                            ahead: 269248,
-                            ahead_bytes: 18432,
-                        },
-                    );
-                }
-                42 => {
-                    conv3x3_32x32_g4_2x2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 512,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 67312,
-                            bias: 71920,
-                            ahead: 287936,
-                            ahead_bytes: 16384,
-                        },
-                    );
-                }
-                43 => {
-                    conv1x1_32x128_2x2_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 512,
-                            out: 2176,
-                            pre: rt::NONE,
-                            sums: 0,
-                            weights: 71984,
-                            bias: 76080,
-                            ahead: 304896,
-                            ahead_bytes: 98304,
-                        },
-                    );
-                }
-                44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
-                }
-                45 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 2176,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        128,
-                        &rt::Buf {
-                            offset: 1664,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 2176,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        &rt::Buf::none(),
-                    );
-                }
-                46 => {
-                    conv1x1_128x192_2x2_silu_pre_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2176,
-                            out: 768,
-                            pre: 0,
-                            sums: 1536,
-                            weights: 76224,
-                            bias: 100800,
-                            ahead: 403968,
-                            ahead_bytes: 7680,
-                        },
-                    );
-                }
-                49 => {
-                    rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
-                }
-                51 => {
-                    fc(ctx, 0, 192, 100992, 102912, 10, 192);
-                }
-                _ => {}
-            }
+        unsafe fn conv3x3_2x4_23x19_winograd2_silu(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_2x4_23x19_winograd2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_4x8_23x19_winograd2_silu_pre(ctx, io) }
+        }
+        unsafe fn conv3x3_8x16_s2_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x16_s2_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_16x32_12x10(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x32_12x10(ctx, io) }
+        }
+        unsafe fn conv1x1_16x8_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x8_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_8x8_12x10_winograd2_silu(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x8_12x10_winograd2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x8_12x10_winograd2_silu_v2(ctx, io) }
+        }
+        unsafe fn conv1x1_8x32_12x10_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_8x32_12x10_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_32x64_6x5(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x64_6x5(ctx, io) }
+        }
+        unsafe fn conv1x1_32x16_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x16_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_16x16_g2_s2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_16x16_g2_s2_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_16x16_g2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_16x16_g2_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_16x64_6x5_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x64_6x5_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_64x96_3x3(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_64x96_3x3(ctx, io) }
+        }
+        unsafe fn conv1x1_64x24_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_64x24_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_s2_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_s2_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_24x96_3x3_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_24x96_3x3_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_96x24_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x24_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_3x3_silu_v2(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_3x3_silu_v2(ctx, io) }
+        }
+        unsafe fn conv1x1_96x128_2x2(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x128_2x2(ctx, io) }
+        }
+        unsafe fn conv1x1_96x32_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x32_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_32x32_g4_s2_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_32x32_g4_s2_2x2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_32x32_g4_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_32x32_g4_2x2_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_32x128_2x2_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x128_2x2_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_128x192_2x2_silu_pre_sums(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_128x192_2x2_silu_pre_sums(ctx, io) }
+        }
+        unsafe fn fc(
+            self,
+            ctx: &rt::Ctx,
+            x: usize,
+            n_in: usize,
+            w: usize,
+            b: usize,
+            n_out: usize,
+            out: usize,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { fc(ctx, x, n_in, w, b, n_out, out) }
         }
     }
 }
@@ -6983,1808 +7246,147 @@ pub mod isa_avx2 {
             )
         }
     }
-    /// One image through the network with this ISA's kernels (`k` proves the CPU runs
-    /// them).
-    ///
-    /// # Safety
-    /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-    #[allow(
-        unused_mut,
-        unused_variables,
-        reason = "which outputs and tokens the steps use depends on the model"
-    )]
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one argument per output the caller may ask for"
-    )]
-    pub unsafe fn forward_image(
-        k: super::Avx2,
-        ctx: &rt::Ctx,
-        image: &[f32],
-        logits: &mut [f32],
-        mut pre_logits: Option<&mut [f32]>,
-        mut forward_features: Option<&mut [f32]>,
-        mut features: Option<[&mut [f32]; 5]>,
-        mut prof: Option<&mut [u64]>,
-    ) {
-        // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
-        unsafe {
-            // pack_input: input
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::pack_input(
-                    ctx,
-                    image,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 45,
-                        w: 37,
-                        c: 3,
-                        pad: 1,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[0] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv1+stem.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_3x2_s2_23x19_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 5504,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 0,
-                        bias: 432,
-                        ahead: 1792,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[1] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv2+stem.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_2x4_23x19_winograd2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 5504,
-                        out: 7712,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 448,
-                        bias: 960,
-                        ahead: 3904,
-                        ahead_bytes: 4096,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[2] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv3+stem.act4
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_4x8_23x19_winograd2_silu_pre(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 7712,
-                        out: 0,
-                        pre: 4208,
-                        sums: rt::NONE,
-                        weights: 976,
-                        bias: 2000,
-                        ahead: 8064,
-                        ahead_bytes: 4608,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[3] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature0
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 4208,
-                            h: 23,
-                            w: 19,
-                            c: 8,
-                            pad: 0,
-                        },
-                        &mut *d[0],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[4] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv4+stages.0.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x16_s2_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 4208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 2016,
-                        bias: 3168,
-                        ahead: 12736,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[5] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x32_12x10(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 4208,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 3184,
-                        bias: 3696,
-                        ahead: 14912,
-                        ahead_bytes: 1024,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[6] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv1+stages.0.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x8_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 4208,
-                        out: 6128,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 3728,
-                        bias: 3984,
-                        ahead: 16000,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[7] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv2+stages.0.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x8_12x10_winograd2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 6128,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 4000,
-                        bias: 6048,
-                        ahead: 24256,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[8] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv2b+stages.0.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x8_12x10_winograd2_silu_v2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 7680,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 6064,
-                        bias: 8112,
-                        ahead: 32512,
-                        ahead_bytes: 1024,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[9] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv3+stages.0.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_8x32_12x10_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 7680,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: 8640,
-                        weights: 8128,
-                        bias: 8384,
-                        ahead: 33728,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[10] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.0.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[11] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    7680,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[12] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &mut *d[1],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[13] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.1.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 6,
-                        w: 5,
-                        c: 32,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[14] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x64_6x5(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 6528,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 8432,
-                        bias: 10480,
-                        ahead: 42176,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[15] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv1+stages.1.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x16_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 10544,
-                        bias: 11056,
-                        ahead: 44288,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[16] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv2+stages.1.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_16x16_g2_s2_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 11072,
-                        bias: 13376,
-                        ahead: 53632,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[17] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv2b+stages.1.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_16x16_g2_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 1920,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 13408,
-                        bias: 15712,
-                        ahead: 62976,
-                        ahead_bytes: 4096,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[18] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv3+stages.1.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x64_6x5_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1920,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: 2400,
-                        weights: 15744,
-                        bias: 16768,
-                        ahead: 67392,
-                        ahead_bytes: 24576,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[19] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.1.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[20] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    1920,
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[21] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &mut *d[2],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[22] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.2.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 64,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[23] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_64x96_3x3(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 1344,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 16848,
-                        bias: 22992,
-                        ahead: 92352,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[24] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv1+stages.2.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_64x24_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 6528,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 23088,
-                        bias: 25136,
-                        ahead: 100672,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[25] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv2+stages.2.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_s2_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 2208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 25168,
-                        bias: 28624,
-                        ahead: 114688,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[26] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv2b+stages.2.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2208,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 28672,
-                        bias: 32128,
-                        ahead: 128704,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[27] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv3+stages.2.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_24x96_3x3_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: 1088,
-                        weights: 32176,
-                        bias: 34480,
-                        ahead: 138368,
-                        ahead_bytes: 12288,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[28] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.2.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[29] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    864,
-                    &rt::Buf {
-                        offset: 1344,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 1344,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[30] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv1+stages.2.1.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x24_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1344,
-                        out: 2208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 34592,
-                        bias: 37664,
-                        ahead: 150784,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[31] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv2+stages.2.1.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu_v2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2208,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 37696,
-                        bias: 41152,
-                        ahead: 164800,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[32] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv2b+stages.2.1.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 1728,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 41200,
-                        bias: 44656,
-                        ahead: 178816,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[33] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv3+stages.2.1.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_24x96_3x3_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1728,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: 1952,
-                        weights: 44704,
-                        bias: 47008,
-                        ahead: 188480,
-                        ahead_bytes: 49152,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[34] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.2.1.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[35] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    1728,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[36] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &mut *d[3],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[37] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.3.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 864,
-                        h: 2,
-                        w: 2,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[38] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x128_2x2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 1664,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 47120,
-                        bias: 59408,
-                        ahead: 238144,
-                        ahead_bytes: 12288,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[39] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv1+stages.3.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x32_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 59536,
-                        bias: 62608,
-                        ahead: 250560,
-                        ahead_bytes: 18432,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[40] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv2+stages.3.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_32x32_g4_s2_2x2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 62640,
-                        bias: 67248,
-                        ahead: 269248,
-                        ahead_bytes: 18432,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[41] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv2b+stages.3.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_32x32_g4_2x2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 512,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 67312,
-                        bias: 71920,
-                        ahead: 287936,
-                        ahead_bytes: 16384,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[42] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv3+stages.3.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x128_2x2_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 512,
-                        out: 2176,
-                        pre: rt::NONE,
-                        sums: 0,
-                        weights: 71984,
-                        bias: 76080,
-                        ahead: 304896,
-                        ahead_bytes: 98304,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[43] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.3.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[44] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.3.0.attn_last+stages.3.0
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 2176,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    128,
-                    &rt::Buf {
-                        offset: 1664,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 2176,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    &rt::Buf::none(),
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[45] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: final_conv+final_act+head.global_pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_128x192_2x2_silu_pre_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2176,
-                        out: 768,
-                        pre: 0,
-                        sums: 1536,
-                        weights: 76224,
-                        bias: 100800,
-                        ahead: 403968,
-                        ahead_bytes: 7680,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[46] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature4
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 2,
-                            w: 2,
-                            c: 192,
-                            pad: 0,
-                        },
-                        &mut *d[4],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[47] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: forward_features
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut forward_features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 768,
-                            h: 2,
-                            w: 2,
-                            c: 192,
-                            pad: 0,
-                        },
-                        d,
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[48] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // mean_pool: head.global_pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[49] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: pre_logits
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut pre_logits {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 1,
-                            w: 1,
-                            c: 192,
-                            pad: 0,
-                        },
-                        d,
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[50] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // fc: head.fc
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                fc(ctx, 0, 192, 100992, 102912, 10, 192);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[51] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: logits
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 192,
-                        h: 1,
-                        w: 1,
-                        c: 10,
-                        pad: 0,
-                    },
-                    logits,
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[52] += t0.elapsed().as_nanos() as u64;
-                }
-            }
+    impl super::ModelKernels for super::Avx2 {
+        unsafe fn conv3x3_3x2_s2_23x19_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_3x2_s2_23x19_silu(ctx, io) }
         }
-    }
-    /// Kernel `index` alone (see `Model::run_kernel`).
-    ///
-    /// # Safety
-    /// As `forward_image`.
-    #[allow(
-        unused_variables,
-        reason = "which kernels use the token and context depends on the model"
-    )]
-    pub unsafe fn run_kernel(k: super::Avx2, ctx: &rt::Ctx, index: usize) {
-        // SAFETY: as in `forward_image`.
-        unsafe {
-            match index {
-                1 => {
-                    conv3x3_3x2_s2_23x19_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 5504,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 0,
-                            bias: 432,
-                            ahead: 1792,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                2 => {
-                    conv3x3_2x4_23x19_winograd2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 5504,
-                            out: 7712,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 448,
-                            bias: 960,
-                            ahead: 3904,
-                            ahead_bytes: 4096,
-                        },
-                    );
-                }
-                3 => {
-                    conv3x3_4x8_23x19_winograd2_silu_pre(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 7712,
-                            out: 0,
-                            pre: 4208,
-                            sums: rt::NONE,
-                            weights: 976,
-                            bias: 2000,
-                            ahead: 8064,
-                            ahead_bytes: 4608,
-                        },
-                    );
-                }
-                5 => {
-                    conv3x3_8x16_s2_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 4208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 2016,
-                            bias: 3168,
-                            ahead: 12736,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                6 => {
-                    conv1x1_16x32_12x10(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 4208,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 3184,
-                            bias: 3696,
-                            ahead: 14912,
-                            ahead_bytes: 1024,
-                        },
-                    );
-                }
-                7 => {
-                    conv1x1_16x8_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 4208,
-                            out: 6128,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 3728,
-                            bias: 3984,
-                            ahead: 16000,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                8 => {
-                    conv3x3_8x8_12x10_winograd2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 6128,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 4000,
-                            bias: 6048,
-                            ahead: 24256,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                9 => {
-                    conv3x3_8x8_12x10_winograd2_silu_v2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 7680,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 6064,
-                            bias: 8112,
-                            ahead: 32512,
-                            ahead_bytes: 1024,
-                        },
-                    );
-                }
-                10 => {
-                    conv1x1_8x32_12x10_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 7680,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: 8640,
-                            weights: 8128,
-                            bias: 8384,
-                            ahead: 33728,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
-                }
-                12 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        7680,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                    );
-                }
-                14 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 6,
-                            w: 5,
-                            c: 32,
-                            pad: 0,
-                        },
-                    );
-                }
-                15 => {
-                    conv1x1_32x64_6x5(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 6528,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 8432,
-                            bias: 10480,
-                            ahead: 42176,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                16 => {
-                    conv1x1_32x16_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 10544,
-                            bias: 11056,
-                            ahead: 44288,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                17 => {
-                    conv3x3_16x16_g2_s2_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 11072,
-                            bias: 13376,
-                            ahead: 53632,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                18 => {
-                    conv3x3_16x16_g2_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 1920,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 13408,
-                            bias: 15712,
-                            ahead: 62976,
-                            ahead_bytes: 4096,
-                        },
-                    );
-                }
-                19 => {
-                    conv1x1_16x64_6x5_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1920,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: 2400,
-                            weights: 15744,
-                            bias: 16768,
-                            ahead: 67392,
-                            ahead_bytes: 24576,
-                        },
-                    );
-                }
-                20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
-                }
-                21 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        1920,
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                    );
-                }
-                23 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 64,
-                            pad: 0,
-                        },
-                    );
-                }
-                24 => {
-                    conv1x1_64x96_3x3(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 1344,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 16848,
-                            bias: 22992,
-                            ahead: 92352,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                25 => {
-                    conv1x1_64x24_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 6528,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 23088,
-                            bias: 25136,
-                            ahead: 100672,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                26 => {
-                    conv3x3_24x24_g3_s2_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 2208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 25168,
-                            bias: 28624,
-                            ahead: 114688,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                27 => {
-                    conv3x3_24x24_g3_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2208,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 28672,
-                            bias: 32128,
-                            ahead: 128704,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                28 => {
-                    conv1x1_24x96_3x3_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: 1088,
-                            weights: 32176,
-                            bias: 34480,
-                            ahead: 138368,
-                            ahead_bytes: 12288,
-                        },
-                    );
-                }
-                29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
-                }
-                30 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        864,
-                        &rt::Buf {
-                            offset: 1344,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 1344,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                31 => {
-                    conv1x1_96x24_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1344,
-                            out: 2208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 34592,
-                            bias: 37664,
-                            ahead: 150784,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                32 => {
-                    conv3x3_24x24_g3_3x3_silu_v2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2208,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 37696,
-                            bias: 41152,
-                            ahead: 164800,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                33 => {
-                    conv3x3_24x24_g3_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 1728,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 41200,
-                            bias: 44656,
-                            ahead: 178816,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                34 => {
-                    conv1x1_24x96_3x3_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1728,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: 1952,
-                            weights: 44704,
-                            bias: 47008,
-                            ahead: 188480,
-                            ahead_bytes: 49152,
-                        },
-                    );
-                }
-                35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
-                }
-                36 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        1728,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                38 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 864,
-                            h: 2,
-                            w: 2,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                39 => {
-                    conv1x1_96x128_2x2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 1664,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 47120,
-                            bias: 59408,
-                            ahead: 238144,
-                            ahead_bytes: 12288,
-                        },
-                    );
-                }
-                40 => {
-                    conv1x1_96x32_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 59536,
-                            bias: 62608,
-                            ahead: 250560,
-                            ahead_bytes: 18432,
-                        },
-                    );
-                }
-                41 => {
-                    conv3x3_32x32_g4_s2_2x2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 62640,
-                            bias: 67248,
-                            ahead: 269248,
-                            ahead_bytes: 18432,
-                        },
-                    );
-                }
-                42 => {
-                    conv3x3_32x32_g4_2x2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 512,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 67312,
-                            bias: 71920,
-                            ahead: 287936,
-                            ahead_bytes: 16384,
-                        },
-                    );
-                }
-                43 => {
-                    conv1x1_32x128_2x2_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 512,
-                            out: 2176,
-                            pre: rt::NONE,
-                            sums: 0,
-                            weights: 71984,
-                            bias: 76080,
-                            ahead: 304896,
-                            ahead_bytes: 98304,
-                        },
-                    );
-                }
-                44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
-                }
-                45 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 2176,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        128,
-                        &rt::Buf {
-                            offset: 1664,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 2176,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        &rt::Buf::none(),
-                    );
-                }
-                46 => {
-                    conv1x1_128x192_2x2_silu_pre_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2176,
-                            out: 768,
-                            pre: 0,
-                            sums: 1536,
-                            weights: 76224,
-                            bias: 100800,
-                            ahead: 403968,
-                            ahead_bytes: 7680,
-                        },
-                    );
-                }
-                49 => {
-                    rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
-                }
-                51 => {
-                    fc(ctx, 0, 192, 100992, 102912, 10, 192);
-                }
-                _ => {}
-            }
+        unsafe fn conv3x3_2x4_23x19_winograd2_silu(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_2x4_23x19_winograd2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_4x8_23x19_winograd2_silu_pre(ctx, io) }
+        }
+        unsafe fn conv3x3_8x16_s2_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x16_s2_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_16x32_12x10(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x32_12x10(ctx, io) }
+        }
+        unsafe fn conv1x1_16x8_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x8_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_8x8_12x10_winograd2_silu(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x8_12x10_winograd2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x8_12x10_winograd2_silu_v2(ctx, io) }
+        }
+        unsafe fn conv1x1_8x32_12x10_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_8x32_12x10_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_32x64_6x5(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x64_6x5(ctx, io) }
+        }
+        unsafe fn conv1x1_32x16_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x16_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_16x16_g2_s2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_16x16_g2_s2_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_16x16_g2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_16x16_g2_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_16x64_6x5_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x64_6x5_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_64x96_3x3(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_64x96_3x3(ctx, io) }
+        }
+        unsafe fn conv1x1_64x24_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_64x24_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_s2_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_s2_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_24x96_3x3_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_24x96_3x3_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_96x24_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x24_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_3x3_silu_v2(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_3x3_silu_v2(ctx, io) }
+        }
+        unsafe fn conv1x1_96x128_2x2(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x128_2x2(ctx, io) }
+        }
+        unsafe fn conv1x1_96x32_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x32_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_32x32_g4_s2_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_32x32_g4_s2_2x2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_32x32_g4_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_32x32_g4_2x2_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_32x128_2x2_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x128_2x2_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_128x192_2x2_silu_pre_sums(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_128x192_2x2_silu_pre_sums(ctx, io) }
+        }
+        unsafe fn fc(
+            self,
+            ctx: &rt::Ctx,
+            x: usize,
+            n_in: usize,
+            w: usize,
+            b: usize,
+            n_out: usize,
+            out: usize,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { fc(ctx, x, n_in, w, b, n_out, out) }
         }
     }
 }
@@ -10898,1808 +9500,147 @@ pub mod isa_avx512 {
             )
         }
     }
-    /// One image through the network with this ISA's kernels (`k` proves the CPU runs
-    /// them).
-    ///
-    /// # Safety
-    /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-    #[allow(
-        unused_mut,
-        unused_variables,
-        reason = "which outputs and tokens the steps use depends on the model"
-    )]
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one argument per output the caller may ask for"
-    )]
-    pub unsafe fn forward_image(
-        k: super::Avx512,
-        ctx: &rt::Ctx,
-        image: &[f32],
-        logits: &mut [f32],
-        mut pre_logits: Option<&mut [f32]>,
-        mut forward_features: Option<&mut [f32]>,
-        mut features: Option<[&mut [f32]; 5]>,
-        mut prof: Option<&mut [u64]>,
-    ) {
-        // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
-        unsafe {
-            // pack_input: input
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::pack_input(
-                    ctx,
-                    image,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 45,
-                        w: 37,
-                        c: 3,
-                        pad: 1,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[0] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv1+stem.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_3x2_s2_23x19_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 5504,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 0,
-                        bias: 432,
-                        ahead: 1792,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[1] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv2+stem.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_2x4_23x19_winograd2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 5504,
-                        out: 7712,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 448,
-                        bias: 960,
-                        ahead: 3904,
-                        ahead_bytes: 4096,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[2] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv3+stem.act4
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_4x8_23x19_winograd2_silu_pre(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 7712,
-                        out: 0,
-                        pre: 4208,
-                        sums: rt::NONE,
-                        weights: 976,
-                        bias: 2000,
-                        ahead: 8064,
-                        ahead_bytes: 4608,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[3] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature0
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 4208,
-                            h: 23,
-                            w: 19,
-                            c: 8,
-                            pad: 0,
-                        },
-                        &mut *d[0],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[4] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv4+stages.0.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x16_s2_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 4208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 2016,
-                        bias: 3168,
-                        ahead: 12736,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[5] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x32_12x10(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 4208,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 3184,
-                        bias: 3696,
-                        ahead: 14912,
-                        ahead_bytes: 1024,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[6] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv1+stages.0.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x8_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 4208,
-                        out: 6128,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 3728,
-                        bias: 3984,
-                        ahead: 16000,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[7] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv2+stages.0.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x8_12x10_winograd2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 6128,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 4000,
-                        bias: 6048,
-                        ahead: 24256,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[8] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv2b+stages.0.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x8_12x10_winograd2_silu_v2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 7680,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 6064,
-                        bias: 8112,
-                        ahead: 32512,
-                        ahead_bytes: 1024,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[9] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv3+stages.0.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_8x32_12x10_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 7680,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: 8640,
-                        weights: 8128,
-                        bias: 8384,
-                        ahead: 33728,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[10] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.0.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[11] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    7680,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[12] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &mut *d[1],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[13] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.1.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 6,
-                        w: 5,
-                        c: 32,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[14] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x64_6x5(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 6528,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 8432,
-                        bias: 10480,
-                        ahead: 42176,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[15] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv1+stages.1.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x16_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 10544,
-                        bias: 11056,
-                        ahead: 44288,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[16] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv2+stages.1.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_16x16_g2_s2_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 11072,
-                        bias: 13376,
-                        ahead: 53632,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[17] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv2b+stages.1.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_16x16_g2_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 1920,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 13408,
-                        bias: 15712,
-                        ahead: 62976,
-                        ahead_bytes: 4096,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[18] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv3+stages.1.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x64_6x5_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1920,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: 2400,
-                        weights: 15744,
-                        bias: 16768,
-                        ahead: 67392,
-                        ahead_bytes: 24576,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[19] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.1.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[20] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    1920,
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[21] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &mut *d[2],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[22] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.2.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 64,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[23] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_64x96_3x3(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 1344,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 16848,
-                        bias: 22992,
-                        ahead: 92352,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[24] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv1+stages.2.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_64x24_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 6528,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 23088,
-                        bias: 25136,
-                        ahead: 100672,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[25] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv2+stages.2.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_s2_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 2208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 25168,
-                        bias: 28624,
-                        ahead: 114688,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[26] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv2b+stages.2.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2208,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 28672,
-                        bias: 32128,
-                        ahead: 128704,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[27] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv3+stages.2.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_24x96_3x3_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: 1088,
-                        weights: 32176,
-                        bias: 34480,
-                        ahead: 138368,
-                        ahead_bytes: 12288,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[28] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.2.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[29] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    864,
-                    &rt::Buf {
-                        offset: 1344,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 1344,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[30] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv1+stages.2.1.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x24_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1344,
-                        out: 2208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 34592,
-                        bias: 37664,
-                        ahead: 150784,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[31] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv2+stages.2.1.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu_v2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2208,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 37696,
-                        bias: 41152,
-                        ahead: 164800,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[32] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv2b+stages.2.1.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 1728,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 41200,
-                        bias: 44656,
-                        ahead: 178816,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[33] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv3+stages.2.1.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_24x96_3x3_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1728,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: 1952,
-                        weights: 44704,
-                        bias: 47008,
-                        ahead: 188480,
-                        ahead_bytes: 49152,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[34] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.2.1.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[35] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    1728,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[36] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &mut *d[3],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[37] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.3.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 864,
-                        h: 2,
-                        w: 2,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[38] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x128_2x2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 1664,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 47120,
-                        bias: 59408,
-                        ahead: 238144,
-                        ahead_bytes: 12288,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[39] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv1+stages.3.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x32_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 59536,
-                        bias: 62608,
-                        ahead: 250560,
-                        ahead_bytes: 18432,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[40] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv2+stages.3.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_32x32_g4_s2_2x2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 62640,
-                        bias: 67248,
-                        ahead: 269248,
-                        ahead_bytes: 18432,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[41] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv2b+stages.3.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_32x32_g4_2x2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 512,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 67312,
-                        bias: 71920,
-                        ahead: 287936,
-                        ahead_bytes: 16384,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[42] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv3+stages.3.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x128_2x2_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 512,
-                        out: 2176,
-                        pre: rt::NONE,
-                        sums: 0,
-                        weights: 71984,
-                        bias: 76080,
-                        ahead: 304896,
-                        ahead_bytes: 98304,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[43] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.3.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[44] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.3.0.attn_last+stages.3.0
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 2176,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    128,
-                    &rt::Buf {
-                        offset: 1664,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 2176,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    &rt::Buf::none(),
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[45] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: final_conv+final_act+head.global_pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_128x192_2x2_silu_pre_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2176,
-                        out: 768,
-                        pre: 0,
-                        sums: 1536,
-                        weights: 76224,
-                        bias: 100800,
-                        ahead: 403968,
-                        ahead_bytes: 7680,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[46] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature4
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 2,
-                            w: 2,
-                            c: 192,
-                            pad: 0,
-                        },
-                        &mut *d[4],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[47] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: forward_features
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut forward_features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 768,
-                            h: 2,
-                            w: 2,
-                            c: 192,
-                            pad: 0,
-                        },
-                        d,
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[48] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // mean_pool: head.global_pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[49] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: pre_logits
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut pre_logits {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 1,
-                            w: 1,
-                            c: 192,
-                            pad: 0,
-                        },
-                        d,
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[50] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // fc: head.fc
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                fc(ctx, 0, 192, 100992, 102912, 10, 192);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[51] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: logits
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 192,
-                        h: 1,
-                        w: 1,
-                        c: 10,
-                        pad: 0,
-                    },
-                    logits,
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[52] += t0.elapsed().as_nanos() as u64;
-                }
-            }
+    impl super::ModelKernels for super::Avx512 {
+        unsafe fn conv3x3_3x2_s2_23x19_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_3x2_s2_23x19_silu(ctx, io) }
         }
-    }
-    /// Kernel `index` alone (see `Model::run_kernel`).
-    ///
-    /// # Safety
-    /// As `forward_image`.
-    #[allow(
-        unused_variables,
-        reason = "which kernels use the token and context depends on the model"
-    )]
-    pub unsafe fn run_kernel(k: super::Avx512, ctx: &rt::Ctx, index: usize) {
-        // SAFETY: as in `forward_image`.
-        unsafe {
-            match index {
-                1 => {
-                    conv3x3_3x2_s2_23x19_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 5504,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 0,
-                            bias: 432,
-                            ahead: 1792,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                2 => {
-                    conv3x3_2x4_23x19_winograd2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 5504,
-                            out: 7712,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 448,
-                            bias: 960,
-                            ahead: 3904,
-                            ahead_bytes: 4096,
-                        },
-                    );
-                }
-                3 => {
-                    conv3x3_4x8_23x19_winograd2_silu_pre(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 7712,
-                            out: 0,
-                            pre: 4208,
-                            sums: rt::NONE,
-                            weights: 976,
-                            bias: 2000,
-                            ahead: 8064,
-                            ahead_bytes: 4608,
-                        },
-                    );
-                }
-                5 => {
-                    conv3x3_8x16_s2_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 4208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 2016,
-                            bias: 3168,
-                            ahead: 12736,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                6 => {
-                    conv1x1_16x32_12x10(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 4208,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 3184,
-                            bias: 3696,
-                            ahead: 14912,
-                            ahead_bytes: 1024,
-                        },
-                    );
-                }
-                7 => {
-                    conv1x1_16x8_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 4208,
-                            out: 6128,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 3728,
-                            bias: 3984,
-                            ahead: 16000,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                8 => {
-                    conv3x3_8x8_12x10_winograd2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 6128,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 4000,
-                            bias: 6048,
-                            ahead: 24256,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                9 => {
-                    conv3x3_8x8_12x10_winograd2_silu_v2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 7680,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 6064,
-                            bias: 8112,
-                            ahead: 32512,
-                            ahead_bytes: 1024,
-                        },
-                    );
-                }
-                10 => {
-                    conv1x1_8x32_12x10_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 7680,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: 8640,
-                            weights: 8128,
-                            bias: 8384,
-                            ahead: 33728,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
-                }
-                12 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        7680,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                    );
-                }
-                14 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 6,
-                            w: 5,
-                            c: 32,
-                            pad: 0,
-                        },
-                    );
-                }
-                15 => {
-                    conv1x1_32x64_6x5(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 6528,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 8432,
-                            bias: 10480,
-                            ahead: 42176,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                16 => {
-                    conv1x1_32x16_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 10544,
-                            bias: 11056,
-                            ahead: 44288,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                17 => {
-                    conv3x3_16x16_g2_s2_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 11072,
-                            bias: 13376,
-                            ahead: 53632,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                18 => {
-                    conv3x3_16x16_g2_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 1920,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 13408,
-                            bias: 15712,
-                            ahead: 62976,
-                            ahead_bytes: 4096,
-                        },
-                    );
-                }
-                19 => {
-                    conv1x1_16x64_6x5_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1920,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: 2400,
-                            weights: 15744,
-                            bias: 16768,
-                            ahead: 67392,
-                            ahead_bytes: 24576,
-                        },
-                    );
-                }
-                20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
-                }
-                21 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        1920,
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                    );
-                }
-                23 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 64,
-                            pad: 0,
-                        },
-                    );
-                }
-                24 => {
-                    conv1x1_64x96_3x3(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 1344,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 16848,
-                            bias: 22992,
-                            ahead: 92352,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                25 => {
-                    conv1x1_64x24_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 6528,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 23088,
-                            bias: 25136,
-                            ahead: 100672,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                26 => {
-                    conv3x3_24x24_g3_s2_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 2208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 25168,
-                            bias: 28624,
-                            ahead: 114688,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                27 => {
-                    conv3x3_24x24_g3_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2208,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 28672,
-                            bias: 32128,
-                            ahead: 128704,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                28 => {
-                    conv1x1_24x96_3x3_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: 1088,
-                            weights: 32176,
-                            bias: 34480,
-                            ahead: 138368,
-                            ahead_bytes: 12288,
-                        },
-                    );
-                }
-                29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
-                }
-                30 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        864,
-                        &rt::Buf {
-                            offset: 1344,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 1344,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                31 => {
-                    conv1x1_96x24_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1344,
-                            out: 2208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 34592,
-                            bias: 37664,
-                            ahead: 150784,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                32 => {
-                    conv3x3_24x24_g3_3x3_silu_v2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2208,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 37696,
-                            bias: 41152,
-                            ahead: 164800,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                33 => {
-                    conv3x3_24x24_g3_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 1728,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 41200,
-                            bias: 44656,
-                            ahead: 178816,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                34 => {
-                    conv1x1_24x96_3x3_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1728,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: 1952,
-                            weights: 44704,
-                            bias: 47008,
-                            ahead: 188480,
-                            ahead_bytes: 49152,
-                        },
-                    );
-                }
-                35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
-                }
-                36 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        1728,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                38 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 864,
-                            h: 2,
-                            w: 2,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                39 => {
-                    conv1x1_96x128_2x2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 1664,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 47120,
-                            bias: 59408,
-                            ahead: 238144,
-                            ahead_bytes: 12288,
-                        },
-                    );
-                }
-                40 => {
-                    conv1x1_96x32_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 59536,
-                            bias: 62608,
-                            ahead: 250560,
-                            ahead_bytes: 18432,
-                        },
-                    );
-                }
-                41 => {
-                    conv3x3_32x32_g4_s2_2x2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 62640,
-                            bias: 67248,
-                            ahead: 269248,
-                            ahead_bytes: 18432,
-                        },
-                    );
-                }
-                42 => {
-                    conv3x3_32x32_g4_2x2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 512,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 67312,
-                            bias: 71920,
-                            ahead: 287936,
-                            ahead_bytes: 16384,
-                        },
-                    );
-                }
-                43 => {
-                    conv1x1_32x128_2x2_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 512,
-                            out: 2176,
-                            pre: rt::NONE,
-                            sums: 0,
-                            weights: 71984,
-                            bias: 76080,
-                            ahead: 304896,
-                            ahead_bytes: 98304,
-                        },
-                    );
-                }
-                44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
-                }
-                45 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 2176,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        128,
-                        &rt::Buf {
-                            offset: 1664,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 2176,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        &rt::Buf::none(),
-                    );
-                }
-                46 => {
-                    conv1x1_128x192_2x2_silu_pre_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2176,
-                            out: 768,
-                            pre: 0,
-                            sums: 1536,
-                            weights: 76224,
-                            bias: 100800,
-                            ahead: 403968,
-                            ahead_bytes: 7680,
-                        },
-                    );
-                }
-                49 => {
-                    rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
-                }
-                51 => {
-                    fc(ctx, 0, 192, 100992, 102912, 10, 192);
-                }
-                _ => {}
-            }
+        unsafe fn conv3x3_2x4_23x19_winograd2_silu(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_2x4_23x19_winograd2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_4x8_23x19_winograd2_silu_pre(ctx, io) }
+        }
+        unsafe fn conv3x3_8x16_s2_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x16_s2_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_16x32_12x10(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x32_12x10(ctx, io) }
+        }
+        unsafe fn conv1x1_16x8_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x8_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_8x8_12x10_winograd2_silu(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x8_12x10_winograd2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x8_12x10_winograd2_silu_v2(ctx, io) }
+        }
+        unsafe fn conv1x1_8x32_12x10_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_8x32_12x10_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_32x64_6x5(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x64_6x5(ctx, io) }
+        }
+        unsafe fn conv1x1_32x16_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x16_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_16x16_g2_s2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_16x16_g2_s2_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_16x16_g2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_16x16_g2_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_16x64_6x5_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x64_6x5_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_64x96_3x3(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_64x96_3x3(ctx, io) }
+        }
+        unsafe fn conv1x1_64x24_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_64x24_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_s2_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_s2_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_24x96_3x3_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_24x96_3x3_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_96x24_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x24_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_3x3_silu_v2(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_3x3_silu_v2(ctx, io) }
+        }
+        unsafe fn conv1x1_96x128_2x2(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x128_2x2(ctx, io) }
+        }
+        unsafe fn conv1x1_96x32_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x32_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_32x32_g4_s2_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_32x32_g4_s2_2x2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_32x32_g4_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_32x32_g4_2x2_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_32x128_2x2_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x128_2x2_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_128x192_2x2_silu_pre_sums(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_128x192_2x2_silu_pre_sums(ctx, io) }
+        }
+        unsafe fn fc(
+            self,
+            ctx: &rt::Ctx,
+            x: usize,
+            n_in: usize,
+            w: usize,
+            b: usize,
+            n_out: usize,
+            out: usize,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { fc(ctx, x, n_in, w, b, n_out, out) }
         }
     }
 }
@@ -14751,1808 +11692,147 @@ pub mod isa_neon {
             )
         }
     }
-    /// One image through the network with this ISA's kernels (`k` proves the CPU runs
-    /// them).
-    ///
-    /// # Safety
-    /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-    #[allow(
-        unused_mut,
-        unused_variables,
-        reason = "which outputs and tokens the steps use depends on the model"
-    )]
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one argument per output the caller may ask for"
-    )]
-    pub unsafe fn forward_image(
-        k: super::Neon,
-        ctx: &rt::Ctx,
-        image: &[f32],
-        logits: &mut [f32],
-        mut pre_logits: Option<&mut [f32]>,
-        mut forward_features: Option<&mut [f32]>,
-        mut features: Option<[&mut [f32]; 5]>,
-        mut prof: Option<&mut [u64]>,
-    ) {
-        // SAFETY: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap.
-        unsafe {
-            // pack_input: input
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::pack_input(
-                    ctx,
-                    image,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 45,
-                        w: 37,
-                        c: 3,
-                        pad: 1,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[0] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv1+stem.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_3x2_s2_23x19_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 5504,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 0,
-                        bias: 432,
-                        ahead: 1792,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[1] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv2+stem.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_2x4_23x19_winograd2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 5504,
-                        out: 7712,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 448,
-                        bias: 960,
-                        ahead: 3904,
-                        ahead_bytes: 4096,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[2] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv3+stem.act4
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_4x8_23x19_winograd2_silu_pre(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 7712,
-                        out: 0,
-                        pre: 4208,
-                        sums: rt::NONE,
-                        weights: 976,
-                        bias: 2000,
-                        ahead: 8064,
-                        ahead_bytes: 4608,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[3] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature0
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 4208,
-                            h: 23,
-                            w: 19,
-                            c: 8,
-                            pad: 0,
-                        },
-                        &mut *d[0],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[4] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stem.conv4+stages.0.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x16_s2_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 4208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 2016,
-                        bias: 3168,
-                        ahead: 12736,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[5] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x32_12x10(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 4208,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 3184,
-                        bias: 3696,
-                        ahead: 14912,
-                        ahead_bytes: 1024,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[6] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv1+stages.0.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x8_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 4208,
-                        out: 6128,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 3728,
-                        bias: 3984,
-                        ahead: 16000,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[7] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv2+stages.0.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x8_12x10_winograd2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 6128,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 4000,
-                        bias: 6048,
-                        ahead: 24256,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[8] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv2b+stages.0.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_8x8_12x10_winograd2_silu_v2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 7680,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 6064,
-                        bias: 8112,
-                        ahead: 32512,
-                        ahead_bytes: 1024,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[9] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.0.0.conv3+stages.0.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_8x32_12x10_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 7680,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: 8640,
-                        weights: 8128,
-                        bias: 8384,
-                        ahead: 33728,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[10] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.0.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[11] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.0.0.attn_last+stages.0.0+stages.1.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    7680,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[12] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &mut *d[1],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[13] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.1.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 12,
-                        w: 10,
-                        c: 32,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 3840,
-                        h: 6,
-                        w: 5,
-                        c: 32,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[14] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x64_6x5(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 6528,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 8432,
-                        bias: 10480,
-                        ahead: 42176,
-                        ahead_bytes: 2048,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[15] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv1+stages.1.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x16_12x10_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 3840,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 10544,
-                        bias: 11056,
-                        ahead: 44288,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[16] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv2+stages.1.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_16x16_g2_s2_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 3840,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 11072,
-                        bias: 13376,
-                        ahead: 53632,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[17] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv2b+stages.1.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_16x16_g2_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 1920,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 13408,
-                        bias: 15712,
-                        ahead: 62976,
-                        ahead_bytes: 4096,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[18] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.1.0.conv3+stages.1.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_16x64_6x5_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1920,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: 2400,
-                        weights: 15744,
-                        bias: 16768,
-                        ahead: 67392,
-                        ahead_bytes: 24576,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[19] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.1.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[20] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.1.0.attn_last+stages.1.0+stages.2.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    1920,
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[21] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &mut *d[2],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[22] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.2.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 6528,
-                        h: 6,
-                        w: 5,
-                        c: 64,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 64,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[23] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_64x96_3x3(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 1344,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 16848,
-                        bias: 22992,
-                        ahead: 92352,
-                        ahead_bytes: 8192,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[24] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv1+stages.2.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_64x24_6x5_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 6528,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 23088,
-                        bias: 25136,
-                        ahead: 100672,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[25] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv2+stages.2.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_s2_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 2208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 25168,
-                        bias: 28624,
-                        ahead: 114688,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[26] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv2b+stages.2.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2208,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 28672,
-                        bias: 32128,
-                        ahead: 128704,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[27] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.0.conv3+stages.2.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_24x96_3x3_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: 1088,
-                        weights: 32176,
-                        bias: 34480,
-                        ahead: 138368,
-                        ahead_bytes: 12288,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[28] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.2.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[29] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.2.0.attn_last+stages.2.0+stages.2.1.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    864,
-                    &rt::Buf {
-                        offset: 1344,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 1344,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[30] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv1+stages.2.1.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x24_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1344,
-                        out: 2208,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 34592,
-                        bias: 37664,
-                        ahead: 150784,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[31] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv2+stages.2.1.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu_v2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2208,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 37696,
-                        bias: 41152,
-                        ahead: 164800,
-                        ahead_bytes: 13824,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[32] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv2b+stages.2.1.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_24x24_g3_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 1728,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 41200,
-                        bias: 44656,
-                        ahead: 178816,
-                        ahead_bytes: 9216,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[33] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.2.1.conv3+stages.2.1.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_24x96_3x3_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 1728,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: 1952,
-                        weights: 44704,
-                        bias: 47008,
-                        ahead: 188480,
-                        ahead_bytes: 49152,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[34] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.2.1.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[35] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.2.1.attn_last+stages.2.1+stages.3.0.act1
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    1728,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 864,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[36] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &mut *d[3],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[37] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // avg_pool: stages.3.0.downsample.pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::avg_pool(
-                    ctx,
-                    &rt::Buf {
-                        offset: 0,
-                        h: 3,
-                        w: 3,
-                        c: 96,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 864,
-                        h: 2,
-                        w: 2,
-                        c: 96,
-                        pad: 0,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[38] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.downsample.conv
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x128_2x2(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 1664,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 47120,
-                        bias: 59408,
-                        ahead: 238144,
-                        ahead_bytes: 12288,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[39] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv1+stages.3.0.act2
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_96x32_3x3_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 864,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 59536,
-                        bias: 62608,
-                        ahead: 250560,
-                        ahead_bytes: 18432,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[40] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv2+stages.3.0.act2b
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_32x32_g4_s2_2x2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 864,
-                        out: 0,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 62640,
-                        bias: 67248,
-                        ahead: 269248,
-                        ahead_bytes: 18432,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[41] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv2b+stages.3.0.act3
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv3x3_32x32_g4_2x2_silu(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 0,
-                        out: 512,
-                        pre: rt::NONE,
-                        sums: rt::NONE,
-                        weights: 67312,
-                        bias: 71920,
-                        ahead: 287936,
-                        ahead_bytes: 16384,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[42] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: stages.3.0.conv3+stages.3.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_32x128_2x2_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 512,
-                        out: 2176,
-                        pre: rt::NONE,
-                        sums: 0,
-                        weights: 71984,
-                        bias: 76080,
-                        ahead: 304896,
-                        ahead_bytes: 98304,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[43] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // eca_gate: stages.3.0.attn_last
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[44] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // scale_add_act: stages.3.0.attn_last+stages.3.0
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::scale_add_act(
-                    k,
-                    ctx,
-                    &rt::Buf {
-                        offset: 2176,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    128,
-                    &rt::Buf {
-                        offset: 1664,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    &rt::Buf {
-                        offset: 2176,
-                        h: 2,
-                        w: 2,
-                        c: 128,
-                        pad: 0,
-                    },
-                    &rt::Buf::none(),
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[45] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // conv: final_conv+final_act+head.global_pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                conv1x1_128x192_2x2_silu_pre_sums(
-                    ctx,
-                    &rt::ConvIo {
-                        input: 2176,
-                        out: 768,
-                        pre: 0,
-                        sums: 1536,
-                        weights: 76224,
-                        bias: 100800,
-                        ahead: 403968,
-                        ahead_bytes: 7680,
-                    },
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[46] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: feature4
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 2,
-                            w: 2,
-                            c: 192,
-                            pad: 0,
-                        },
-                        &mut *d[4],
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[47] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: forward_features
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut forward_features {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 768,
-                            h: 2,
-                            w: 2,
-                            c: 192,
-                            pad: 0,
-                        },
-                        d,
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[48] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // mean_pool: head.global_pool
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[49] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: pre_logits
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                if let Some(d) = &mut pre_logits {
-                    rt::copy_out(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 1,
-                            w: 1,
-                            c: 192,
-                            pad: 0,
-                        },
-                        d,
-                    );
-                }
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[50] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // fc: head.fc
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                fc(ctx, 0, 192, 100992, 102912, 10, 192);
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[51] += t0.elapsed().as_nanos() as u64;
-                }
-            }
-            // copy_out: logits
-            {
-                let t0 = prof.as_ref().map(|_| std::time::Instant::now());
-                rt::copy_out(
-                    ctx,
-                    &rt::Buf {
-                        offset: 192,
-                        h: 1,
-                        w: 1,
-                        c: 10,
-                        pad: 0,
-                    },
-                    logits,
-                );
-                if let (Some(p), Some(t0)) = (&mut prof, t0) {
-                    p[52] += t0.elapsed().as_nanos() as u64;
-                }
-            }
+    impl super::ModelKernels for super::Neon {
+        unsafe fn conv3x3_3x2_s2_23x19_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_3x2_s2_23x19_silu(ctx, io) }
         }
-    }
-    /// Kernel `index` alone (see `Model::run_kernel`).
-    ///
-    /// # Safety
-    /// As `forward_image`.
-    #[allow(
-        unused_variables,
-        reason = "which kernels use the token and context depends on the model"
-    )]
-    pub unsafe fn run_kernel(k: super::Neon, ctx: &rt::Ctx, index: usize) {
-        // SAFETY: as in `forward_image`.
-        unsafe {
-            match index {
-                1 => {
-                    conv3x3_3x2_s2_23x19_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 5504,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 0,
-                            bias: 432,
-                            ahead: 1792,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                2 => {
-                    conv3x3_2x4_23x19_winograd2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 5504,
-                            out: 7712,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 448,
-                            bias: 960,
-                            ahead: 3904,
-                            ahead_bytes: 4096,
-                        },
-                    );
-                }
-                3 => {
-                    conv3x3_4x8_23x19_winograd2_silu_pre(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 7712,
-                            out: 0,
-                            pre: 4208,
-                            sums: rt::NONE,
-                            weights: 976,
-                            bias: 2000,
-                            ahead: 8064,
-                            ahead_bytes: 4608,
-                        },
-                    );
-                }
-                5 => {
-                    conv3x3_8x16_s2_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 4208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 2016,
-                            bias: 3168,
-                            ahead: 12736,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                6 => {
-                    conv1x1_16x32_12x10(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 4208,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 3184,
-                            bias: 3696,
-                            ahead: 14912,
-                            ahead_bytes: 1024,
-                        },
-                    );
-                }
-                7 => {
-                    conv1x1_16x8_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 4208,
-                            out: 6128,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 3728,
-                            bias: 3984,
-                            ahead: 16000,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                8 => {
-                    conv3x3_8x8_12x10_winograd2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 6128,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 4000,
-                            bias: 6048,
-                            ahead: 24256,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                9 => {
-                    conv3x3_8x8_12x10_winograd2_silu_v2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 7680,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 6064,
-                            bias: 8112,
-                            ahead: 32512,
-                            ahead_bytes: 1024,
-                        },
-                    );
-                }
-                10 => {
-                    conv1x1_8x32_12x10_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 7680,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: 8640,
-                            weights: 8128,
-                            bias: 8384,
-                            ahead: 33728,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                11 => {
-                    rt::eca_gate(ctx, 8640, 3, 120, 32, 8416, 3, 0.4f32, 7680);
-                }
-                12 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        7680,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                    );
-                }
-                14 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 12,
-                            w: 10,
-                            c: 32,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 3840,
-                            h: 6,
-                            w: 5,
-                            c: 32,
-                            pad: 0,
-                        },
-                    );
-                }
-                15 => {
-                    conv1x1_32x64_6x5(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 6528,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 8432,
-                            bias: 10480,
-                            ahead: 42176,
-                            ahead_bytes: 2048,
-                        },
-                    );
-                }
-                16 => {
-                    conv1x1_32x16_12x10_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 3840,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 10544,
-                            bias: 11056,
-                            ahead: 44288,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                17 => {
-                    conv3x3_16x16_g2_s2_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 3840,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 11072,
-                            bias: 13376,
-                            ahead: 53632,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                18 => {
-                    conv3x3_16x16_g2_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 1920,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 13408,
-                            bias: 15712,
-                            ahead: 62976,
-                            ahead_bytes: 4096,
-                        },
-                    );
-                }
-                19 => {
-                    conv1x1_16x64_6x5_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1920,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: 2400,
-                            weights: 15744,
-                            bias: 16768,
-                            ahead: 67392,
-                            ahead_bytes: 24576,
-                        },
-                    );
-                }
-                20 => {
-                    rt::eca_gate(ctx, 2400, 1, 30, 64, 16832, 3, 0.4f32, 1920);
-                }
-                21 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        1920,
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                    );
-                }
-                23 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 6528,
-                            h: 6,
-                            w: 5,
-                            c: 64,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 64,
-                            pad: 0,
-                        },
-                    );
-                }
-                24 => {
-                    conv1x1_64x96_3x3(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 1344,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 16848,
-                            bias: 22992,
-                            ahead: 92352,
-                            ahead_bytes: 8192,
-                        },
-                    );
-                }
-                25 => {
-                    conv1x1_64x24_6x5_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 6528,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 23088,
-                            bias: 25136,
-                            ahead: 100672,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                26 => {
-                    conv3x3_24x24_g3_s2_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 2208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 25168,
-                            bias: 28624,
-                            ahead: 114688,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                27 => {
-                    conv3x3_24x24_g3_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2208,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 28672,
-                            bias: 32128,
-                            ahead: 128704,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                28 => {
-                    conv1x1_24x96_3x3_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: 1088,
-                            weights: 32176,
-                            bias: 34480,
-                            ahead: 138368,
-                            ahead_bytes: 12288,
-                        },
-                    );
-                }
-                29 => {
-                    rt::eca_gate(ctx, 1088, 1, 9, 96, 34576, 3, 0.4f32, 864);
-                }
-                30 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        864,
-                        &rt::Buf {
-                            offset: 1344,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 1344,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                31 => {
-                    conv1x1_96x24_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1344,
-                            out: 2208,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 34592,
-                            bias: 37664,
-                            ahead: 150784,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                32 => {
-                    conv3x3_24x24_g3_3x3_silu_v2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2208,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 37696,
-                            bias: 41152,
-                            ahead: 164800,
-                            ahead_bytes: 13824,
-                        },
-                    );
-                }
-                33 => {
-                    conv3x3_24x24_g3_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 1728,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 41200,
-                            bias: 44656,
-                            ahead: 178816,
-                            ahead_bytes: 9216,
-                        },
-                    );
-                }
-                34 => {
-                    conv1x1_24x96_3x3_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 1728,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: 1952,
-                            weights: 44704,
-                            bias: 47008,
-                            ahead: 188480,
-                            ahead_bytes: 49152,
-                        },
-                    );
-                }
-                35 => {
-                    rt::eca_gate(ctx, 1952, 1, 9, 96, 47104, 3, 0.4f32, 1728);
-                }
-                36 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        1728,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 864,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                38 => {
-                    rt::avg_pool(
-                        ctx,
-                        &rt::Buf {
-                            offset: 0,
-                            h: 3,
-                            w: 3,
-                            c: 96,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 864,
-                            h: 2,
-                            w: 2,
-                            c: 96,
-                            pad: 0,
-                        },
-                    );
-                }
-                39 => {
-                    conv1x1_96x128_2x2(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 1664,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 47120,
-                            bias: 59408,
-                            ahead: 238144,
-                            ahead_bytes: 12288,
-                        },
-                    );
-                }
-                40 => {
-                    conv1x1_96x32_3x3_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 864,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 59536,
-                            bias: 62608,
-                            ahead: 250560,
-                            ahead_bytes: 18432,
-                        },
-                    );
-                }
-                41 => {
-                    conv3x3_32x32_g4_s2_2x2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 864,
-                            out: 0,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 62640,
-                            bias: 67248,
-                            ahead: 269248,
-                            ahead_bytes: 18432,
-                        },
-                    );
-                }
-                42 => {
-                    conv3x3_32x32_g4_2x2_silu(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 0,
-                            out: 512,
-                            pre: rt::NONE,
-                            sums: rt::NONE,
-                            weights: 67312,
-                            bias: 71920,
-                            ahead: 287936,
-                            ahead_bytes: 16384,
-                        },
-                    );
-                }
-                43 => {
-                    conv1x1_32x128_2x2_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 512,
-                            out: 2176,
-                            pre: rt::NONE,
-                            sums: 0,
-                            weights: 71984,
-                            bias: 76080,
-                            ahead: 304896,
-                            ahead_bytes: 98304,
-                        },
-                    );
-                }
-                44 => {
-                    rt::eca_gate(ctx, 0, 1, 4, 128, 76208, 5, 0.4f32, 128);
-                }
-                45 => {
-                    rt::scale_add_act(
-                        k,
-                        ctx,
-                        &rt::Buf {
-                            offset: 2176,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        128,
-                        &rt::Buf {
-                            offset: 1664,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        &rt::Buf {
-                            offset: 2176,
-                            h: 2,
-                            w: 2,
-                            c: 128,
-                            pad: 0,
-                        },
-                        &rt::Buf::none(),
-                    );
-                }
-                46 => {
-                    conv1x1_128x192_2x2_silu_pre_sums(
-                        ctx,
-                        &rt::ConvIo {
-                            input: 2176,
-                            out: 768,
-                            pre: 0,
-                            sums: 1536,
-                            weights: 76224,
-                            bias: 100800,
-                            ahead: 403968,
-                            ahead_bytes: 7680,
-                        },
-                    );
-                }
-                49 => {
-                    rt::mean_pool(ctx, 1536, 1, 4, 192, 0);
-                }
-                51 => {
-                    fc(ctx, 0, 192, 100992, 102912, 10, 192);
-                }
-                _ => {}
-            }
+        unsafe fn conv3x3_2x4_23x19_winograd2_silu(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_2x4_23x19_winograd2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_4x8_23x19_winograd2_silu_pre(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_4x8_23x19_winograd2_silu_pre(ctx, io) }
+        }
+        unsafe fn conv3x3_8x16_s2_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x16_s2_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_16x32_12x10(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x32_12x10(ctx, io) }
+        }
+        unsafe fn conv1x1_16x8_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x8_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_8x8_12x10_winograd2_silu(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x8_12x10_winograd2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_8x8_12x10_winograd2_silu_v2(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_8x8_12x10_winograd2_silu_v2(ctx, io) }
+        }
+        unsafe fn conv1x1_8x32_12x10_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_8x32_12x10_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_32x64_6x5(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x64_6x5(ctx, io) }
+        }
+        unsafe fn conv1x1_32x16_12x10_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x16_12x10_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_16x16_g2_s2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_16x16_g2_s2_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_16x16_g2_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_16x16_g2_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_16x64_6x5_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_16x64_6x5_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_64x96_3x3(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_64x96_3x3(ctx, io) }
+        }
+        unsafe fn conv1x1_64x24_6x5_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_64x24_6x5_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_s2_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_s2_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_24x96_3x3_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_24x96_3x3_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_96x24_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x24_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_24x24_g3_3x3_silu_v2(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_24x24_g3_3x3_silu_v2(ctx, io) }
+        }
+        unsafe fn conv1x1_96x128_2x2(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x128_2x2(ctx, io) }
+        }
+        unsafe fn conv1x1_96x32_3x3_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_96x32_3x3_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_32x32_g4_s2_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_32x32_g4_s2_2x2_silu(ctx, io) }
+        }
+        unsafe fn conv3x3_32x32_g4_2x2_silu(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv3x3_32x32_g4_2x2_silu(ctx, io) }
+        }
+        unsafe fn conv1x1_32x128_2x2_sums(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_32x128_2x2_sums(ctx, io) }
+        }
+        unsafe fn conv1x1_128x192_2x2_silu_pre_sums(
+            self,
+            ctx: &rt::Ctx,
+            io: &rt::ConvIo,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { conv1x1_128x192_2x2_silu_pre_sums(ctx, io) }
+        }
+        unsafe fn fc(
+            self,
+            ctx: &rt::Ctx,
+            x: usize,
+            n_in: usize,
+            w: usize,
+            b: usize,
+            n_out: usize,
+            out: usize,
+        ) {
+            // SAFETY: the token proves the ISA; the caller upholds the call's contract.
+            unsafe { fc(ctx, x, n_in, w, b, n_out, out) }
         }
     }
 }
@@ -16753,7 +12033,7 @@ impl Model {
             match self.isa {
                 #[cfg(all())]
                 nfnet_runtime::Isa::Scalar => {
-                    isa_scalar::run_kernel(
+                    run_kernel(
                         Scalar::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
                         &ctx,
@@ -16762,7 +12042,7 @@ impl Model {
                 }
                 #[cfg(target_arch = "x86_64")]
                 nfnet_runtime::Isa::Avx2 => {
-                    isa_avx2::run_kernel(
+                    run_kernel(
                         Avx2::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
                         &ctx,
@@ -16771,7 +12051,7 @@ impl Model {
                 }
                 #[cfg(target_arch = "x86_64")]
                 nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
-                    isa_avx512::run_kernel(
+                    run_kernel(
                         Avx512::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
                         &ctx,
@@ -16780,7 +12060,7 @@ impl Model {
                 }
                 #[cfg(all())]
                 nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu => {
-                    isa_neon::run_kernel(
+                    run_kernel(
                         Neon::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
                         &ctx,
@@ -16920,7 +12200,7 @@ impl Model {
             match self.isa {
                 #[cfg(all())]
                 nfnet_runtime::Isa::Scalar => {
-                    isa_scalar::forward_image(
+                    forward_image(
                         Scalar::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
                         ctx,
@@ -16934,7 +12214,7 @@ impl Model {
                 }
                 #[cfg(target_arch = "x86_64")]
                 nfnet_runtime::Isa::Avx2 => {
-                    isa_avx2::forward_image(
+                    forward_image(
                         Avx2::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
                         ctx,
@@ -16948,7 +12228,7 @@ impl Model {
                 }
                 #[cfg(target_arch = "x86_64")]
                 nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
-                    isa_avx512::forward_image(
+                    forward_image(
                         Avx512::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
                         ctx,
@@ -16962,7 +12242,7 @@ impl Model {
                 }
                 #[cfg(all())]
                 nfnet_runtime::Isa::Neon | nfnet_runtime::Isa::NeonEmu => {
-                    isa_neon::forward_image(
+                    forward_image(
                         Neon::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
                         ctx,

@@ -1068,8 +1068,8 @@ fn kernels(attrs: &TokenStream, feature: &TokenStream) -> TokenStream {
 }
 
 /// One ISA module plus its `Kernels` implementation; `items` are the per-shape conv entry
-/// points and `forward` the body of its `forward_image`.
-pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_arms: &TokenStream) -> TokenStream {
+/// points and `model_kernels` the body of its `ModelKernels` implementation.
+pub fn module(isa: &IsaSpec, items: &TokenStream, model_kernels: &TokenStream) -> TokenStream {
     let module = format_ident!("{}", isa.module);
     let token = format_ident!("{}", isa.token);
     let IsaSpec { cfg, attrs, prelude, vocab, kernels: micro, variants, .. } = isa;
@@ -1104,42 +1104,8 @@ pub fn module(isa: &IsaSpec, items: &TokenStream, forward: &TokenStream, kernel_
             #body
             #items
 
-            /// One image through the network with this ISA's kernels (`k` proves the CPU runs
-            /// them).
-            ///
-            /// # Safety
-            /// `ctx.arena` holds ARENA_LEN floats owned by this call.
-            #[allow(unused_mut, unused_variables, reason = "which outputs and tokens the steps use depends on the model")]
-            #[allow(clippy::too_many_arguments, reason = "one argument per output the caller may ask for")]
-            pub unsafe fn forward_image(
-                k: super::#token,
-                ctx: &rt::Ctx,
-                image: &[f32],
-                logits: &mut [f32],
-                mut pre_logits: Option<&mut [f32]>,
-                mut forward_features: Option<&mut [f32]>,
-                mut features: Option<[&mut [f32]; 5]>,
-                mut prof: Option<&mut [u64]>,
-            ) {
-                #[doc = "nfnet-safety: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap."]
-                unsafe {
-                    #forward
-                }
-            }
-
-            /// Kernel `index` alone (see `Model::run_kernel`).
-            ///
-            /// # Safety
-            /// As `forward_image`.
-            #[allow(unused_variables, reason = "which kernels use the token and context depends on the model")]
-            pub unsafe fn run_kernel(k: super::#token, ctx: &rt::Ctx, index: usize) {
-                #[doc = "nfnet-safety: as in `forward_image`."]
-                unsafe {
-                    match index {
-                        #kernel_arms
-                        _ => {}
-                    }
-                }
+            impl super::ModelKernels for super::#token {
+                #model_kernels
             }
         }
 
@@ -1178,15 +1144,14 @@ mod tests {
     fn every_isa_module_holds_the_same_kernels_over_its_own_intrinsics() {
         let none = TokenStream::new();
         for isa in isas() {
-            let text = module(&isa, &none, &none, &none).to_string();
-            for f in ["fn tile", "fn conv_item", "fn scale_add_act", "fn silu", "fn exp", "fn madd", "fn forward_image"]
-            {
+            let text = module(&isa, &none, &none).to_string();
+            for f in ["fn tile", "fn conv_item", "fn scale_add_act", "fn silu", "fn exp", "fn madd", "ModelKernels"] {
                 assert!(text.contains(f), "{} lacks {f}", isa.module);
             }
         }
-        let avx2 = module(&avx2(), &none, &none, &none).to_string();
+        let avx2 = module(&avx2(), &none, &none).to_string();
         assert!(avx2.contains("_mm256_fmadd_ps") && avx2.contains("target_feature"));
-        let neon = module(&neon(), &none, &none, &none).to_string();
+        let neon = module(&neon(), &none, &none).to_string();
         assert!(neon.contains("vfmaq_f32") && neon.contains("neon_emu"));
     }
 }

@@ -320,7 +320,7 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
                     }
                     None => (quote!(rt::NONE), quote!(0)),
                 };
-                quote!(#name(ctx, &rt::ConvIo {
+                quote!(k.#name(ctx, &rt::ConvIo {
                     input: #i_, out: #o_, pre: #p_, sums: #s_, weights: #w, bias: #b, ahead: #a, ahead_bytes: #a_len
                 });)
             }
@@ -359,7 +359,7 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
                 let n_out = u(s.buffers[*out].layout.c);
                 let (x, o) = (offset(s, Some(*input)), offset(s, Some(*out)));
                 let (w, b) = (u(slot.weights), u(slot.bias));
-                quote!(fc(ctx, #x, #n_in, #w, #b, #n_out, #o);)
+                quote!(k.fc(ctx, #x, #n_in, #w, #b, #n_out, #o);)
             }
             Op::CopyOut { tap, input } => {
                 let x = buf(s, Some(*input));
@@ -460,18 +460,50 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let g = s.graph;
     let a = &g.arch;
     let isas = isa::isas();
-    let modules = isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i), &forward, &kernel_arms));
+    // The kernels that differ per ISA, as one trait every ISA's token implements; the
+    // forward pass is written once, generic over it.
+    let has_fc = s.kernels.iter().any(|k| matches!(k.op, Op::Fc { .. }));
+    let fc_sig =
+        quote!(unsafe fn fc(self, ctx: &rt::Ctx, x: usize, n_in: usize, w: usize, b: usize, n_out: usize, out: usize));
+    let trait_items = convs.shapes.iter().map(|c| {
+        let (name, doc) = (format_ident!("{}", c.name), &c.doc);
+        quote! {
+            #[doc = #doc]
+            unsafe fn #name(self, ctx: &rt::Ctx, io: &rt::ConvIo);
+        }
+    });
+    let trait_fc = has_fc.then(|| quote!(#[doc = "The classifier: `out = W x + b`."] #fc_sig;));
+    let model_kernels = {
+        let items = convs.shapes.iter().map(|c| {
+            let name = format_ident!("{}", c.name);
+            quote! {
+                unsafe fn #name(self, ctx: &rt::Ctx, io: &rt::ConvIo) {
+                    #[doc = "nfnet-safety: the token proves the ISA; the caller upholds the call's contract."]
+                    unsafe { #name(ctx, io) }
+                }
+            }
+        });
+        let fc = has_fc.then(|| {
+            quote! {
+                #fc_sig {
+                    #[doc = "nfnet-safety: the token proves the ISA; the caller upholds the call's contract."]
+                    unsafe { fc(ctx, x, n_in, w, b, n_out, out) }
+                }
+            }
+        });
+        quote!(#(#items)* #fc)
+    };
+    let modules = isas.iter().map(|i| isa::module(i, &conv_entry_points(&convs, i), &model_kernels));
     // Each ISA's token comes from detection; the model's ISA was checked when it was made.
     let token = |i: &isa::IsaSpec, isa: TokenStream| {
         let t = format_ident!("{}", i.token);
         quote!(#t::detect(#isa).expect("the ISA was checked when the model was made"))
     };
     let kernel_dispatch = isas.iter().map(|i| {
-        let (cfg, variants, module, k) =
-            (&i.cfg, &i.variants, format_ident!("{}", i.module), token(i, quote!(self.isa)));
+        let (cfg, variants, k) = (&i.cfg, &i.variants, token(i, quote!(self.isa)));
         quote! {
             #[cfg(#cfg)]
-            #variants => #module::run_kernel(#k, &ctx, index),
+            #variants => run_kernel(#k, &ctx, index),
         }
     });
     let silu_dispatch = isas.iter().map(|i| {
@@ -482,11 +514,10 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         }
     });
     let dispatch = isas.iter().map(|i| {
-        let (cfg, variants, module, k) =
-            (&i.cfg, &i.variants, format_ident!("{}", i.module), token(i, quote!(self.isa)));
+        let (cfg, variants, k) = (&i.cfg, &i.variants, token(i, quote!(self.isa)));
         quote! {
             #[cfg(#cfg)]
-            #variants => #module::forward_image(#k, ctx, image, lg, pl, ff, fs, prof.as_mut().map(|p| &mut p[..])),
+            #variants => forward_image(#k, ctx, image, lg, pl, ff, fs, prof.as_mut().map(|p| &mut p[..])),
         }
     });
     let batch = u(g.batch);
@@ -607,6 +638,51 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         static WEIGHTS: &Aligned<[u8]> = &Aligned(*include_bytes!("nfnet_weights.bin"));
 
         #descs
+
+        /// The kernels of this model that differ per ISA: one per conv shape, and the
+        /// classifier. A value of an implementing type (an ISA's token) proves the CPU runs
+        /// that ISA.
+        trait ModelKernels: rt::Kernels {
+            #(#trait_items)*
+            #trait_fc
+        }
+
+        /// One image through the network with `k`'s kernels.
+        ///
+        /// # Safety
+        /// `ctx.arena` holds ARENA_LEN floats owned by this call.
+        #[allow(unused_mut, unused_variables, reason = "which outputs the steps use depends on the model")]
+        #[allow(clippy::too_many_arguments, reason = "one argument per output the caller may ask for")]
+        unsafe fn forward_image<K: ModelKernels>(
+            k: K,
+            ctx: &rt::Ctx,
+            image: &[f32],
+            logits: &mut [f32],
+            mut pre_logits: Option<&mut [f32]>,
+            mut forward_features: Option<&mut [f32]>,
+            mut features: Option<[&mut [f32]; 5]>,
+            mut prof: Option<&mut [u64]>,
+        ) {
+            #[doc = "nfnet-safety: every offset below comes from the compiler's memory plan for ARENA_LEN floats and its packing of the weight blob; buffers live at the same time never overlap."]
+            unsafe {
+                #forward
+            }
+        }
+
+        /// Kernel `index` alone (see `Model::run_kernel`).
+        ///
+        /// # Safety
+        /// As `forward_image`.
+        #[allow(unused_variables, reason = "which kernels use the token depends on the model")]
+        unsafe fn run_kernel<K: ModelKernels>(k: K, ctx: &rt::Ctx, index: usize) {
+            #[doc = "nfnet-safety: as in `forward_image`."]
+            unsafe {
+                match index {
+                    #kernel_arms
+                    _ => {}
+                }
+            }
+        }
 
         #(#modules)*
 
