@@ -31,6 +31,7 @@ pub fn fma_peak_gflops(isa: Isa, rounds: usize) -> Option<f64> {
 }
 
 /// Tile-product steps of an AMX round (4 products of 16 x 16 x 32 each).
+#[cfg(target_arch = "x86_64")]
 const AMX_STEPS: usize = 100_000;
 
 /// One round; returns the FLOPs it ran.
