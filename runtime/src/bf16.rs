@@ -8,10 +8,11 @@
 //! tile of 16 rows of K pairs. On AMX (`tdpbf16ps`) a block of 32 pixels x 32 channels is
 //! four 16 x 16 f32 tiles; elsewhere [`block_portable`] computes the same products.
 //!
-//! Work items are (group, range of column tiles) over all pixels, so each weight is read
-//! from memory once per inference; the pixels are gathered in chunks that stay in cache
-//! across the item's columns. Each item writes its own channels' sums, in pixel order, so
-//! results do not depend on the threads.
+//! Work items are (group, range of column tiles, range of bands): columns are split only to
+//! keep an item's weights in L2, so each pixel is gathered once per split; ranges of bands
+//! give the threads work. An item runs its pixels in gathered chunks, each block of 32 pixels
+//! over all its column pairs. Each item writes its own channels' sums of its own bands, in
+//! pixel order, so results do not depend on the threads.
 
 use crate::kernels::{Buf, ConvDesc, ConvIo, Ctx, NONE, NR};
 
