@@ -78,11 +78,6 @@ impl WeightDtype {
             WeightDtype::F16 => "f16",
         }
     }
-
-    /// Bytes per stored weight.
-    pub fn bytes(self) -> usize {
-        if self == WeightDtype::F32 { 4 } else { 2 }
-    }
 }
 
 /// The arithmetic of the convs (`NFNET_PRECISION`).
@@ -400,7 +395,7 @@ fn geom_pixels(g: &ConvGeom, out_w: usize) -> usize {
 pub fn micro_kernel(c: &ConvPlan, isa: &IsaKernels) -> MicroKernel {
     if let Some(b) = &c.bf16 {
         // One kernel on every ISA (AMX tiles or its portable twin): 2 x 2 tiles of 16 x 16.
-        let items = c.groups * b.splits * b.parts;
+        let items = b.items(c.groups);
         return MicroKernel {
             isa: isa.isa,
             panels: 2,

@@ -43,8 +43,10 @@ pub struct Bf16Desc {
 pub const MAX_CHUNK: usize = 1024;
 
 impl Bf16Desc {
-    pub const fn items(&self, d: &ConvDesc) -> usize {
-        d.groups * self.splits * self.parts
+    /// Work items of a conv of `groups` groups (the emitted item count and the prefetch
+    /// shares both count them so).
+    pub const fn items(&self, groups: usize) -> usize {
+        groups * self.splits * self.parts
     }
 
     /// bf16 values of the gather scratch.
@@ -181,7 +183,7 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
     // kernel's weights, into L2.
     let pair_lines = 2 * ksteps * TILE;
     let split_end = ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, j1 * TILE)) as *const u8;
-    let (ahead, ahead_lines) = io.ahead_share(ctx, it, b.items(d));
+    let (ahead, ahead_lines) = io.ahead_share(ctx, it, b.items(d.groups));
     let item_blocks = (p1 - p0).div_ceil(MBLOCK) * (j1 - j0).div_ceil(2);
     let ahead_per_block = ahead_lines.div_ceil(item_blocks.max(1));
     let mut ahead_done = 0;
@@ -857,7 +859,9 @@ mod tests {
         };
         // SAFETY: the buffers above hold every offset the descriptors name.
         unsafe {
-            crate::kernels::conv_run(&ctx, &d, &io, b.items(&d), &|it| conv_item::<{ 1 << 16 }>(&ctx, &d, &b, &io, it));
+            crate::kernels::conv_run(&ctx, &d, &io, b.items(d.groups), &|it| {
+                conv_item::<{ 1 << 16 }>(&ctx, &d, &b, &io, it)
+            });
         }
         let what = format!("{h}x{w}x{cin} -> {cout}, {k}x{k}/{stride}, {groups} groups, flat {flat}, amx {amx}");
         let mut sums = vec![0.0f64; bands * cout];
