@@ -298,6 +298,9 @@ impl ConvPlan {
                 "amx_block": "32 pixels x 32 channels: 2 x 2 tiles of 16 x 16 f32",
                 "k_padded": b.kpad, "column_tiles_per_group": b.ntiles, "splits": b.splits, "parts": b.parts,
                 "pixels_per_gather": b.chunk, "scratch_bytes": 2 * b.scratch_len(),
+                "input": if b.input16 { "bf16" } else { "f32" },
+                "output": if b.output16 { "bf16" } else { "f32" },
+                "a_tiles": if b.direct { "loaded from the input, tap by tap" } else { "gathered (and rounded) per pixel" },
             });
         }
         v
@@ -324,6 +327,7 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     let GOp::Conv(c) = &s.graph.nodes[*node].op else { unreachable!("conv kernels come from conv nodes") };
     let sp = &c.spec;
     let (li, lo) = (s.buffers[*input].layout, s.buffers[*out].layout);
+    let (input16, output16) = (s.buffers[*input].bf16, s.buffers[*out].bf16);
     let geom = s.conv_geom(op);
     let (kc, cout_g, taps) = (sp.cin / sp.groups, sp.cout / sp.groups, sp.k * sp.k);
     let algorithm = match winograd_tile(s, op, p.winograd) {
@@ -338,7 +342,11 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     // weights' stream per band hides behind the band's work, fetched ahead a unit at a
     // time, and band-outer keeps each thread's pixels its own from one kernel to the next.
     let panel_outer = taps * kc * sp.cout > li.h * li.w * li.c && pixels < 4 * M_BLOCK;
-    let bf16 = (p.precision == Precision::Bf16).then(|| bf16_desc(&geom, kc * taps, cout_g, sp.groups, lo.w));
+    let bf16 = (p.precision == Precision::Bf16).then(|| {
+        let direct = bf16::loads_direct(input16, sp.stride, kc);
+        let b = bf16_desc(&geom, kc * taps, cout_g, sp.groups, lo.w, direct);
+        Bf16Desc { input16, output16, ..b }
+    });
     let mut plan = ConvPlan {
         bf16,
         algorithm,
@@ -372,18 +380,21 @@ pub const BF16_MIN_ITEMS: usize = 8;
 pub const BF16_ITEM_WEIGHT_BYTES: usize = 512 * 1024;
 
 /// The implicit GEMM of a bf16 conv: `k` = taps x input channels per group.
-fn bf16_desc(geom: &ConvGeom, k: usize, cout_g: usize, groups: usize, out_w: usize) -> Bf16Desc {
+/// A `direct` conv loads A from its input (no scratch, so its chunks are as long as the
+/// pixel table allows).
+fn bf16_desc(geom: &ConvGeom, k: usize, cout_g: usize, groups: usize, out_w: usize, direct: bool) -> Bf16Desc {
     let kpad = k.next_multiple_of(bf16::KSTEP);
+    assert!(kpad <= bf16::MAX_KSTEPS * bf16::KSTEP, "a bf16 conv's K is at most {}", bf16::MAX_KSTEPS * bf16::KSTEP);
     let ntiles = cout_g.div_ceil(bf16::TILE);
     let pixels = geom_pixels(geom, out_w);
-    let fit = (BF16_SCRATCH_BYTES / (2 * kpad)) / bf16::MBLOCK * bf16::MBLOCK;
+    let fit = if direct { bf16::MAX_CHUNK } else { (BF16_SCRATCH_BYTES / (2 * kpad)) / bf16::MBLOCK * bf16::MBLOCK };
     let chunk = pixels.next_multiple_of(bf16::MBLOCK).min(fit.max(bf16::MBLOCK)).min(bf16::MAX_CHUNK);
     let pairs = ntiles.div_ceil(2);
     let weight_bytes = kpad * ntiles * bf16::TILE * 2;
     // Columns are split only to keep an item's weights in L2: each split gathers the pixels again.
     let splits = weight_bytes.div_ceil(BF16_ITEM_WEIGHT_BYTES).clamp(1, pairs);
     let parts = BF16_MIN_ITEMS.div_ceil(groups * splits).clamp(1, geom.bands());
-    Bf16Desc { kpad, ntiles, splits, parts, chunk }
+    Bf16Desc { kpad, ntiles, splits, parts, chunk, input16: false, output16: false, direct }
 }
 
 /// Output pixels of a conv's tiling.

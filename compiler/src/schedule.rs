@@ -11,6 +11,7 @@ use crate::passes::PASSES;
 pub use crate::plan::Policies;
 use crate::plan::{self, Algorithm, ConvPlan};
 pub use crate::plan::{Precision, WeightDtype, WinogradPolicy};
+use nfnet_runtime::bf16;
 use serde_json::{Value as Json, json};
 
 pub type BufId = usize;
@@ -89,6 +90,22 @@ pub struct Buffer {
     pub layout: Layout,
     /// Arena offset in floats, set by the memory plan.
     pub offset: usize,
+    /// Holds bf16 values (two per arena float), else f32: see
+    /// [`Schedule::store_bf16_activations`].
+    pub bf16: bool,
+}
+
+impl Buffer {
+    /// Arena floats the buffer occupies: a bf16 buffer's values two per float, then the
+    /// slack a direct conv's last block reads into.
+    pub fn floats(&self) -> usize {
+        if self.bf16 { (self.layout.len() + bf16::SLACK_PIXELS * self.layout.c).div_ceil(2) } else { self.layout.len() }
+    }
+
+    /// Bytes per value.
+    pub fn value_bytes(&self) -> usize {
+        if self.bf16 { 2 } else { 4 }
+    }
 }
 
 /// A result the caller can ask for.
@@ -225,6 +242,9 @@ impl<'g> Schedule<'g> {
             s.passes.push(report);
         }
         s.gc_buffers();
+        if s.policies.precision == Precision::Bf16 {
+            s.store_bf16_activations();
+        }
         s.plan_memory();
         s.plans = plan::plan_convs(&s, s.policies);
         s
@@ -314,6 +334,22 @@ impl<'g> Schedule<'g> {
         }
     }
 
+    /// In bf16 precision, a conv's output that only bf16 convs read is stored as bf16: its
+    /// producer rounds it once, as every reader would. The rest stays f32: what other
+    /// kernels read (the residual stream, ECA, pooling), what the caller may ask for, and
+    /// pre-activations.
+    fn store_bf16_activations(&mut self) {
+        for k in 0..self.kernels.len() {
+            let Op::Conv { out, .. } = self.kernels[k].op else { continue };
+            let readers = self.readers(out);
+            let only_convs = !readers.is_empty()
+                && readers.iter().all(|&r| matches!(self.kernels[r].op, Op::Conv { input, .. } if input == out));
+            if only_convs && self.buffers[out].layout.c.is_multiple_of(2) {
+                self.buffers[out].bf16 = true;
+            }
+        }
+    }
+
     /// Live range of every buffer: (first kernel writing it, last kernel touching it).
     pub fn live_ranges(&self) -> Vec<(usize, usize)> {
         let mut r = vec![(usize::MAX, 0usize); self.buffers.len()];
@@ -330,11 +366,11 @@ impl<'g> Schedule<'g> {
     fn plan_memory(&mut self) {
         let ranges = self.live_ranges();
         let mut order: Vec<BufId> = (0..self.buffers.len()).collect();
-        order.sort_by_key(|&b| (std::cmp::Reverse(self.buffers[b].layout.len()), b));
+        order.sort_by_key(|&b| (std::cmp::Reverse(self.buffers[b].floats()), b));
         let mut placed: Vec<(usize, usize, BufId)> = Vec::new();
         let mut peak = 0;
         for b in order {
-            let len = self.buffers[b].layout.len().next_multiple_of(ALIGN);
+            let len = self.buffers[b].floats().next_multiple_of(ALIGN);
             let (lo, hi) = ranges[b];
             let mut busy: Vec<(usize, usize)> = placed
                 .iter()
@@ -386,7 +422,7 @@ impl<'g> Schedule<'g> {
 
     /// Bytes of all buffers side by side, without reuse.
     pub fn naive_arena_len(&self) -> usize {
-        self.buffers.iter().map(|b| b.layout.len().next_multiple_of(ALIGN)).sum()
+        self.buffers.iter().map(|b| b.floats().next_multiple_of(ALIGN)).sum()
     }
 
     /// FLOPs of a kernel (multiply-adds count two; elementwise ops one per output element).
@@ -407,7 +443,7 @@ impl<'g> Schedule<'g> {
 
     /// (bytes read, bytes written) per image, weights included.
     pub fn traffic(&self, k: &Kernel) -> (u64, u64) {
-        let len = |b: &BufId| 4 * self.buffers[*b].layout.interior() as u64;
+        let len = |b: &BufId| (self.buffers[*b].value_bytes() * self.buffers[*b].layout.interior()) as u64;
         let weights = match &k.op {
             Op::Conv { node, .. } | Op::Fc { node, .. } | Op::EcaGate { node, .. } => {
                 let op = &self.graph.nodes[*node].op;
@@ -430,7 +466,8 @@ impl<'g> Schedule<'g> {
         let buf = |b: &BufId| {
             let x = &self.buffers[*b];
             json!({"buffer": x.name, "shape": [x.layout.h, x.layout.w, x.layout.c], "pad": x.layout.pad,
-                   "offset_bytes": 4 * x.offset, "bytes": 4 * x.layout.len()})
+                   "dtype": if x.bf16 { "bf16" } else { "f32" },
+                   "offset_bytes": 4 * x.offset, "bytes": x.value_bytes() * x.layout.len()})
         };
         let kernels: Vec<Json> = self
             .kernels
@@ -575,11 +612,12 @@ fn lower(g: &Graph) -> Schedule<'_> {
             name: v.name.clone(),
             layout: Layout { h: v.shape[2], w: v.shape[3], c: v.shape[1], pad: p },
             offset: 0,
+            bf16: false,
         })
         .collect();
     let mut kernels = vec![Kernel { modules: vec!["input".into()], op: Op::PackInput { out: g.input } }];
     let add = |buffers: &mut Vec<Buffer>, name: String, layout: Layout| {
-        buffers.push(Buffer { name, layout, offset: 0 });
+        buffers.push(Buffer { name, layout, offset: 0, bf16: false });
         buffers.len() - 1
     };
     let taps: Vec<(ValueId, Tap)> = g
@@ -779,11 +817,11 @@ mod tests {
                 for b in a + 1..s.buffers.len() {
                     let live = r[a].0 <= r[b].1 && r[b].0 <= r[a].1;
                     let (x, y) = (&s.buffers[a], &s.buffers[b]);
-                    let apart = x.offset + x.layout.len() <= y.offset || y.offset + y.layout.len() <= x.offset;
+                    let apart = x.offset + x.floats() <= y.offset || y.offset + y.floats() <= x.offset;
                     assert!(!live || apart, "{} and {} overlap while both live", x.name, y.name);
                 }
                 assert!(s.buffers[a].offset.is_multiple_of(ALIGN));
-                assert!(s.buffers[a].offset + s.buffers[a].layout.len() <= s.arena_len);
+                assert!(s.buffers[a].offset + s.buffers[a].floats() <= s.arena_len);
             }
             assert!(s.arena_len < s.naive_arena_len());
         }

@@ -37,10 +37,38 @@ pub struct Bf16Desc {
     /// Pixels gathered at a time (a multiple of [`MBLOCK`], at most [`MAX_CHUNK`]): the
     /// scratch holds `chunk x kpad`.
     pub chunk: usize,
+    /// The input holds bf16 values (else f32, rounded when gathered).
+    pub input16: bool,
+    /// The output is stored as bf16 (else f32); the pre-activation is always f32.
+    pub output16: bool,
+    /// A's tiles load straight from the bf16 input, tap by tap, without a gather (see
+    /// [`loads_direct`]); the scratch is empty.
+    pub direct: bool,
+}
+
+/// Pixels of slack the memory plan leaves after a bf16 buffer: a direct conv's last block
+/// reads up to a block of pixels past the buffer's end (into rows it drops).
+pub const SLACK_PIXELS: usize = MBLOCK;
+
+/// Whether a conv can load A's tiles straight from its bf16 input: stride 1 (one pixel
+/// between rows) and whole K steps per tap (`kc` a multiple of 32, so each step is 64
+/// aligned bytes of one tap's channels).
+pub const fn loads_direct(input16: bool, stride: usize, kc: usize) -> bool {
+    input16 && stride == 1 && kc.is_multiple_of(KSTEP)
 }
 
 /// Most pixels gathered at a time.
 pub const MAX_CHUNK: usize = 1024;
+
+/// Most K steps of a conv (K <= 8192).
+pub const MAX_KSTEPS: usize = 256;
+
+/// Most K steps a block runs before the next column pair: A's range (32 rows of 256 K,
+/// 16 KiB) stays in L1 while the pairs' weights stream from L2.
+pub const KRANGE: usize = 8;
+
+/// Column pairs whose results a block accumulates over its K ranges (16 KiB).
+pub const GROUP_PAIRS: usize = 4;
 
 impl Bf16Desc {
     /// Work items of a conv of `groups` groups (the emitted item count and the prefetch
@@ -51,7 +79,7 @@ impl Bf16Desc {
 
     /// bf16 values of the gather scratch.
     pub const fn scratch_len(&self) -> usize {
-        self.chunk * self.kpad
+        if self.direct { 0 } else { self.chunk * self.kpad }
     }
 
     /// u16 values of the packed weights of all groups.
@@ -146,6 +174,28 @@ pub unsafe fn conv_item<const SCRATCH: usize>(ctx: &Ctx, d: &ConvDesc, b: &Bf16D
 #[repr(C, align(64))]
 struct Aligned<T>(T);
 
+/// Runs the `items` of a bf16 conv on the pool and zeroes its outputs' borders apart.
+///
+/// # Safety
+/// As [`crate::kernels::conv_run`]; a bf16 output has an even number of channels.
+pub unsafe fn conv_run(
+    ctx: &Ctx,
+    d: &ConvDesc,
+    b: &Bf16Desc,
+    io: &ConvIo,
+    items: usize,
+    item: &(dyn Fn(usize) + Sync),
+) {
+    let out = Buf { offset: io.out, ..d.out };
+    // A bf16 buffer of c channels lies in the arena as an f32 one of c / 2.
+    let out = if b.output16 { Buf { c: out.c / 2, ..out } } else { out };
+    // SAFETY: as this function's.
+    unsafe { crate::kernels::run_zeroing_borders(ctx, &[out, Buf { offset: io.pre, ..d.pre }], items, item) }
+}
+
+/// Marks a row of A whose pixel is not an output (a direct conv's pixels past a row's end).
+const SKIP: u32 = u32::MAX;
+
 /// The body of a work item; `AMX` chooses the block product.
 ///
 /// # Safety
@@ -154,12 +204,19 @@ struct Aligned<T>(T);
 unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
     let (g, sp, part) = (it / (b.splits * b.parts), it / b.parts % b.splits, it % b.parts);
     let (j0, j1) = (sp * b.ntiles / b.splits, (sp + 1) * b.ntiles / b.splits);
+    let inp = &d.input;
+    let shift = inp.pad - d.conv_pad;
+    let wp = inp.w + 2 * inp.pad;
+    // Pixel q is (q / vw, q % vw): a direct conv's A rows are input pixels one apart, so its
+    // rows are as wide as the input's padded rows (their last pixels are computed, then
+    // dropped); else image rows.
+    let (ow, vw) = (d.out.w, if b.direct { wp } else { d.out.w });
     let bands = d.bands();
     let (band0, band1) = (part * bands / b.parts, (part + 1) * bands / b.parts);
-    let row_start = |r: usize| if d.flat { r * d.row_len } else { r * d.out.w };
-    let pixels = d.out.h * d.out.w;
-    let (p0, p1) = (row_start(band0 * d.band), if band1 == bands { pixels } else { row_start(band1 * d.band) });
-    let band_of = |p: usize| if d.flat { p / d.row_len } else { p / d.out.w } / d.band;
+    let row_start = |r: usize| if d.flat { r * d.row_len } else { r * vw };
+    let end = if d.flat { d.out.h * ow } else { (d.out.h - 1) * vw + ow };
+    let (p0, p1) = (row_start(band0 * d.band), if band1 == bands { end } else { row_start(band1 * d.band) });
+    let band_of = |p: usize| if d.flat { p / d.row_len } else { p / vw } / d.band;
     let k_real = d.taps.len() * d.kc;
     let ksteps = b.kpad / KSTEP;
     let col_end = |j: usize| ((j + 1) * TILE).min(d.cout_g);
@@ -173,11 +230,16 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
             }
         }
     }
-    let inp = &d.input;
-    let shift = inp.pad - d.conv_pad;
-    let wp = inp.w + 2 * inp.pad;
-    let (out, pre) = (Buf { offset: io.out, ..d.out }, Buf { offset: io.pre, ..d.pre });
-    let mut c = Aligned([0.0f32; 4 * TILE * TILE]);
+    let arena16 = ctx.arena.0 as *mut u16;
+    let (out, pre) = (Buf { offset: 0, ..d.out }, Buf { offset: 0, ..d.pre });
+    let mut acc = Aligned([[0.0f32; 4 * TILE * TILE]; GROUP_PAIRS]);
+    // Step s's 32 K of a pixel start at value offs[s] from its row of A: in the gathered
+    // rows one after the other, in the input tap by tap.
+    let mut offs = [0usize; MAX_KSTEPS];
+    for (s, o) in offs[..ksteps].iter_mut().enumerate() {
+        *o = if b.direct { d.taps[s * KSTEP / d.kc].cast_unsigned() + s * KSTEP % d.kc } else { s * KSTEP };
+    }
+    let ranges = ksteps.div_ceil(KRANGE);
     // Weights come from memory on their first use: each block asks for a share of the
     // pair after next (its item's split, contiguous) and of the item's share of the next
     // kernel's weights, into L2.
@@ -193,93 +255,123 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
     let mut m0 = p0;
     while m0 < p1 {
         let m1 = (m0 + b.chunk).min(p1);
-        // Gather and round: row i of A is pixel m0 + i's taps, K padded with zeros, and the
-        // rows up to a whole block zero.
-        let rows = (m1 - m0).next_multiple_of(MBLOCK);
-        for i in 0..rows {
-            // SAFETY: row i of the scratch (rows <= chunk).
-            let dst = unsafe { std::slice::from_raw_parts_mut(a.add(i * b.kpad), b.kpad) };
-            if m0 + i >= m1 {
-                dst.fill(0);
-                continue;
-            }
-            let (y, x) = ((m0 + i) / d.out.w, (m0 + i) % d.out.w);
-            let pre_at = if io.pre != NONE { pre.at(y, x) - pre.offset } else { 0 };
-            at[i] = (
-                (out.at(y, x) - out.offset + g * d.cout_g) as u32,
-                (pre_at + g * d.cout_g) as u32,
-                band_of(m0 + i) as u32,
-            );
-            let base = io.input + ((y * d.stride + shift) * wp + x * d.stride + shift) * inp.c + g * d.kc;
-            for (t, &off) in d.taps.iter().enumerate() {
-                // SAFETY: the tap's input pixel lies in the padded input buffer (the conv's
-                // border is inside the buffer's), kc channels of group g.
-                let src = unsafe { std::slice::from_raw_parts(ctx.ptr(base.wrapping_add_signed(off)), d.kc) };
-                let dst = &mut dst[t * d.kc..(t + 1) * d.kc];
-                #[cfg(target_arch = "x86_64")]
-                if AMX {
-                    // SAFETY: AMX CPUs have AVX512-BF16 (this body runs inside `amx::item`).
-                    unsafe { amx::round_into(src, dst) };
+        for q in m0..m1 {
+            let (y, x) = (q / vw, q % vw);
+            at[q - m0] = if x < ow {
+                let pre_at = if io.pre != NONE { pre.at(y, x) } else { 0 };
+                ((out.at(y, x) + g * d.cout_g) as u32, (pre_at + g * d.cout_g) as u32, band_of(q) as u32)
+            } else {
+                (SKIP, 0, band_of(q) as u32)
+            };
+        }
+        if !b.direct {
+            // Gather (and round): row i of A is pixel m0 + i's taps, K padded with zeros,
+            // and the rows up to a whole block zero.
+            let rows = (m1 - m0).next_multiple_of(MBLOCK);
+            for i in 0..rows {
+                // SAFETY: row i of the scratch (rows <= chunk).
+                let dst = unsafe { std::slice::from_raw_parts_mut(a.add(i * b.kpad), b.kpad) };
+                if m0 + i >= m1 {
+                    dst.fill(0);
                     continue;
                 }
-                for (o, &v) in dst.iter_mut().zip(src) {
-                    *o = round(v);
+                let (y, x) = ((m0 + i) / vw, (m0 + i) % vw);
+                let rel = ((y * d.stride + shift) * wp + x * d.stride + shift) * inp.c + g * d.kc;
+                for (t, &off) in d.taps.iter().enumerate() {
+                    let (at_in, dst) = (rel.wrapping_add_signed(off), &mut dst[t * d.kc..(t + 1) * d.kc]);
+                    if b.input16 {
+                        // SAFETY: the tap's input pixel lies in the padded input buffer (the
+                        // conv's border is inside the buffer's), kc channels of group g.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(arena16.add(2 * io.input + at_in), dst.as_mut_ptr(), d.kc)
+                        };
+                        continue;
+                    }
+                    // SAFETY: as above, in floats.
+                    let src = unsafe { std::slice::from_raw_parts(ctx.ptr(io.input + at_in), d.kc) };
+                    #[cfg(target_arch = "x86_64")]
+                    if AMX {
+                        // SAFETY: AMX CPUs have AVX512-BF16 (this body runs inside `amx::item`).
+                        unsafe { amx::round_into(src, dst) };
+                        continue;
+                    }
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = round(v);
+                    }
                 }
+                dst[k_real..].fill(0);
             }
-            dst[k_real..].fill(0);
         }
-        // Each block of pixels over all the item's column pairs: a pixel's output channels
-        // are written together, the block's A stays in L1 and the split's weights in L2.
+        // Each block of pixels over groups of the item's column pairs, K in ranges: the
+        // block's A range stays in L1 while the group's weights pass by from L2, the
+        // group's results accumulate in `acc`; then its epilogue writes them.
         let mut mb = m0;
         while mb < m1 {
-            let mut j = j0;
-            while j < j1 {
-                let pair = j + 1 < j1;
-                let w = |jj: usize| ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, jj * TILE));
-                let (b0, b1) = (w(j), if pair { w(j + 1) } else { w(j) });
-                if mb == p0 {
-                    // The first block meets the weights first: the pair after next is
-                    // fetched while this one computes.
-                    let next = (b0 as *const u8).wrapping_add(2 * pair_lines * 64);
-                    if next < split_end {
-                        prefetch_l2(next, pair_lines);
+            // The block's row 0 of A and the distance of its rows: the direct conv's rows
+            // read past the buffer's last pixel by at most a block (the memory plan's
+            // slack, see `SLACK_PIXELS`); those rows' results are dropped.
+            let (ab, a_stride) = if b.direct {
+                (arena16.wrapping_add(2 * io.input + (mb + shift * (wp + 1)) * inp.c + g * d.kc), inp.c)
+            } else {
+                (a.wrapping_add((mb - m0) * b.kpad), b.kpad)
+            };
+            let mut jg = j0;
+            while jg < j1 {
+                let jg1 = (jg + 2 * GROUP_PAIRS).min(j1);
+                for r in 0..ranges {
+                    let (s0, s1) = (r * ksteps / ranges, (r + 1) * ksteps / ranges);
+                    let mut j = jg;
+                    while j < jg1 {
+                        let pair = j + 1 < jg1;
+                        let w = |jj: usize| ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, s0 * KSTEP, jj * TILE));
+                        let (b0, b1) = (w(j), if pair { w(j + 1) } else { w(j) });
+                        if r == 0 {
+                            if mb == p0 {
+                                // The first block meets the weights first: the pair after
+                                // next is fetched while this one computes.
+                                let next = (b0 as *const u8).wrapping_add(2 * pair_lines * 64);
+                                if next < split_end {
+                                    prefetch_l2(next, pair_lines);
+                                }
+                            }
+                            let n = ahead_per_block.min(ahead_lines - ahead_done);
+                            prefetch_l2(ahead.wrapping_add(ahead_done * 64), n);
+                            ahead_done += n;
+                        }
+                        let c = &mut acc.0[(j - jg) / 2];
+                        // SAFETY: the block's 32 rows at the steps' offsets (scratch, or the
+                        // input and its slack), the group's tiles j and j + 1 (or j twice)
+                        // from step s0 to s1.
+                        unsafe {
+                            if AMX {
+                                #[cfg(target_arch = "x86_64")]
+                                amx::block(ab, a_stride * 2, &offs[s0..s1], b0, b1, c, r > 0);
+                            } else {
+                                block_portable(ab, a_stride, &offs[s0..s1], b0, b1, c, r > 0);
+                            }
+                        }
+                        j += 2;
                     }
                 }
-                let n = ahead_per_block.min(ahead_lines - ahead_done);
-                prefetch_l2(ahead.wrapping_add(ahead_done * 64), n);
-                ahead_done += n;
-                // SAFETY: the scratch's block at mb (32 rows of kpad), the group's tiles j and
-                // j + 1 (or j twice) of ksteps tiles each, 4 result tiles in `c`.
-                unsafe {
-                    let ab = a.add((mb - m0) * b.kpad);
-                    if AMX {
-                        #[cfg(target_arch = "x86_64")]
-                        amx::block(ab, b.kpad * 2, b0, b1, ksteps, c.0.as_mut_ptr());
-                    } else {
-                        block_portable(ab, b.kpad, b0, b1, ksteps, &mut c.0);
-                    }
-                }
-                for (ni, jj) in [(0, j), (1, j + 1)] {
-                    if ni == 1 && !pair {
-                        break;
-                    }
+                for jj in jg..jg1 {
                     let n0 = jj * TILE;
                     let ep = Epilogue {
                         // SAFETY: the group's padded bias row (ntiles x 16 floats).
                         bias: unsafe { *(ctx.w(io.bias + g * b.ntiles * TILE + n0) as *const [f32; TILE]) },
-                        acc: &c.0,
-                        ni,
+                        acc: &acc.0[(jj - jg) / 2],
+                        ni: (jj - jg) % 2,
                         at: &at[mb - m0..(m1 - m0).min(mb - m0 + MBLOCK)],
-                        out: ctx.ptr(out.offset + n0),
-                        pre: if io.pre != NONE { ctx.ptr(pre.offset + n0) } else { std::ptr::null_mut() },
+                        out: if b.output16 { std::ptr::null_mut() } else { ctx.ptr(io.out + n0) },
+                        out16: if b.output16 { arena16.wrapping_add(2 * io.out + n0) } else { std::ptr::null_mut() },
+                        pre: if io.pre != NONE { ctx.ptr(io.pre + n0) } else { std::ptr::null_mut() },
                         sums: if sums.is_null() { sums } else { sums.wrapping_add(n0) },
                         sums_stride: d.out.c,
                         ncols: col_end(jj) - n0,
                     };
                     // SAFETY: the pixels' outputs and bands' sums, this item's channels.
-                    unsafe { ep.dispatch(io.pre != NONE, d.act, !sums.is_null()) };
+                    unsafe { ep.dispatch::<AMX>(io.pre != NONE, d.act, !sums.is_null()) };
                 }
-                j += 2;
+                jg = jg1;
             }
             mb += MBLOCK;
         }
@@ -294,9 +386,12 @@ struct Epilogue<'a> {
     /// The block's four result tiles; this column's are `ni` and `2 + ni`.
     acc: &'a [f32; 4 * TILE * TILE],
     ni: usize,
-    /// Per pixel row: output and pre-activation offsets (from `out` and `pre`) and band.
+    /// Per pixel row: output and pre-activation offsets (from `out` and `pre`; output
+    /// [`SKIP`]: not stored) and band.
     at: &'a [(u32, u32, u32)],
+    /// The output in f32 or (`out16`) bf16: one of them null.
     out: *mut f32,
+    out16: *mut u16,
     /// Null when not stored.
     pre: *mut f32,
     /// This column's sums of band 0 (null: none); band `i` at `sums_stride * i`.
@@ -315,6 +410,9 @@ impl Epilogue<'_> {
         let mut colsum = [0.0f32; TILE];
         let mut band = self.at.first().map_or(0, |a| a.2);
         for (r, &(o, po, bi)) in self.at.iter().enumerate() {
+            if o == SKIP {
+                continue;
+            }
             let acc: &[f32; TILE] =
                 self.acc[((r / TILE) * 2 + self.ni) * TILE * TILE + (r % TILE) * TILE..][..TILE].try_into().unwrap();
             let mut v = [0.0f32; TILE];
@@ -331,7 +429,11 @@ impl Epilogue<'_> {
                         *e = silu(*e);
                     }
                 }
-                store(self.out.add(o as usize), &v, full, self.ncols);
+                if self.out16.is_null() {
+                    store(self.out.add(o as usize), &v, full, self.ncols);
+                } else {
+                    store16(self.out16.add(o as usize), &v, full, self.ncols);
+                }
                 if SUMS {
                     if bi != band {
                         add_sums(self.sums.add(band as usize * self.sums_stride), &colsum, self.ncols);
@@ -355,18 +457,80 @@ impl Epilogue<'_> {
     /// # Safety
     /// As [`Epilogue::run`].
     #[inline(always)]
-    unsafe fn dispatch(&self, pre: bool, act: bool, sums: bool) {
-        // SAFETY: as this function's.
+    unsafe fn dispatch<const AMX: bool>(&self, pre: bool, act: bool, sums: bool) {
+        macro_rules! run {
+            ($p:literal, $a:literal, $s:literal) => {{
+                #[cfg(target_arch = "x86_64")]
+                if AMX {
+                    // SAFETY: as this function's; AMX CPUs have AVX512-BF16 (this body runs
+                    // inside `amx::item`).
+                    return unsafe { self.run_avx512::<$p, $a, $s>() };
+                }
+                // SAFETY: as this function's.
+                unsafe { self.run::<$p, $a, $s>() }
+            }};
+        }
+        match (pre, act, sums) {
+            (true, true, true) => run!(true, true, true),
+            (true, false, true) => run!(true, false, true),
+            (true, false, false) => run!(true, false, false),
+            (true, true, false) => run!(true, true, false),
+            (false, true, true) => run!(false, true, true),
+            (false, true, false) => run!(false, true, false),
+            (false, false, true) => run!(false, false, true),
+            (false, false, false) => run!(false, false, false),
+        }
+    }
+
+    /// [`Epilogue::run`] in AVX-512: masked stores for a partial tile, SiLU's division as a
+    /// refined reciprocal, bf16 rounding by `vcvtneps2bf16`.
+    ///
+    /// # Safety
+    /// As [`Epilogue::run`]; the CPU has AVX512-BF16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn run_avx512<const PRE: bool, const ACT: bool, const SUMS: bool>(&self) {
+        use std::arch::x86_64::*;
+        let mask: __mmask16 = if self.ncols == TILE { 0xffff } else { ((1u32 << self.ncols) - 1) as u16 };
+        // SAFETY: as this function's; `acc` rows are 64-byte aligned (the tiles' store).
         unsafe {
-            match (pre, act, sums) {
-                (true, true, true) => self.run::<true, true, true>(),
-                (true, false, true) => self.run::<true, false, true>(),
-                (true, false, false) => self.run::<true, false, false>(),
-                (true, true, false) => self.run::<true, true, false>(),
-                (false, true, true) => self.run::<false, true, true>(),
-                (false, true, false) => self.run::<false, true, false>(),
-                (false, false, true) => self.run::<false, false, true>(),
-                (false, false, false) => self.run::<false, false, false>(),
+            let bias = _mm512_loadu_ps(self.bias.as_ptr());
+            let mut colsum = _mm512_setzero_ps();
+            let mut band = self.at.first().map_or(0, |a| a.2);
+            let flush = |band: u32, colsum: __m512| {
+                let s = self.sums.add(band as usize * self.sums_stride);
+                _mm512_mask_storeu_ps(s, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, s), colsum));
+            };
+            for (r, &(o, po, bi)) in self.at.iter().enumerate() {
+                if o == SKIP {
+                    continue;
+                }
+                let acc = self.acc.as_ptr().add(((r / TILE) * 2 + self.ni) * TILE * TILE + (r % TILE) * TILE);
+                let mut v = _mm512_add_ps(_mm512_load_ps(acc), bias);
+                if PRE {
+                    _mm512_mask_storeu_ps(self.pre.add(po as usize), mask, v);
+                }
+                if ACT {
+                    v = amx::silu16(v);
+                }
+                if self.out16.is_null() {
+                    _mm512_mask_storeu_ps(self.out.add(o as usize), mask, v);
+                } else {
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                    _mm256_mask_storeu_epi16(self.out16.add(o as usize) as *mut i16, mask, h);
+                }
+                if SUMS {
+                    if bi != band {
+                        flush(band, colsum);
+                        colsum = _mm512_setzero_ps();
+                        band = bi;
+                    }
+                    colsum = _mm512_add_ps(colsum, v);
+                }
+            }
+            if SUMS {
+                flush(band, colsum);
             }
         }
     }
@@ -402,6 +566,23 @@ unsafe fn store(p: *mut f32, v: &[f32; TILE], full: bool, n: usize) {
     }
 }
 
+/// Stores the first `n` of 16 values rounded to bf16 (`full`: all 16).
+///
+/// # Safety
+/// `p` is valid for `n` values (16 when `full`).
+#[inline(always)]
+unsafe fn store16(p: *mut u16, v: &[f32; TILE], full: bool, n: usize) {
+    let h: [u16; TILE] = std::array::from_fn(|k| round(v[k]));
+    // SAFETY: as this function's.
+    unsafe {
+        if full {
+            (p as *mut [u16; TILE]).write_unaligned(h);
+        } else {
+            std::ptr::copy_nonoverlapping(h.as_ptr(), p, n);
+        }
+    }
+}
+
 /// Adds the first `n` column sums to the band's row at `s`.
 ///
 /// # Safety
@@ -415,30 +596,34 @@ unsafe fn add_sums(s: *mut f32, colsum: &[f32; TILE], n: usize) {
 }
 
 /// The block product without AMX, and the twin the AMX kernel is tested against: the four
-/// 16 x 16 tiles of `C = A B` over `ksteps` steps of 32 K, A two row tiles of `a_stride`
-/// values apart rows, B tiles `b0` and `b1` as packed ([`b_index`]); per K pair the two
-/// products are added, then accumulated in f32, as `tdpbf16ps` does.
+/// 16 x 16 tiles of `C (+)= A B` over the K steps `offs`, A two row tiles of `a_stride`
+/// values apart rows, step s's 32 values of row 0 at `a + offs[s]`; B tiles `b0` and `b1`
+/// as packed ([`b_index`]) from the first step on; per K pair the two products are added,
+/// then accumulated in f32, as `tdpbf16ps` does. `accumulate`: add to `c`, else overwrite.
 ///
 /// # Safety
-/// `a` holds 32 rows of `ksteps x 32` values, `a_stride` apart; `b0` and `b1` hold `ksteps`
-/// tiles of 512 values each.
+/// `a` holds 32 rows of the steps' values, `a_stride` apart; `b0` and `b1` hold
+/// `offs.len()` tiles of 512 values each.
 pub unsafe fn block_portable(
     a: *const u16,
     a_stride: usize,
+    offs: &[usize],
     b0: *const u16,
     b1: *const u16,
-    ksteps: usize,
     c: &mut [f32; 4 * TILE * TILE],
+    accumulate: bool,
 ) {
-    c.fill(0.0);
-    for s in 0..ksteps {
+    if !accumulate {
+        c.fill(0.0);
+    }
+    for (s, &off) in offs.iter().enumerate() {
         for (t, c) in c.chunks_exact_mut(TILE * TILE).enumerate() {
             let (mi, bt) = (t / 2, if t % 2 == 0 { b0 } else { b1 });
             for r in 0..TILE {
                 // SAFETY: row mi * 16 + r of A, step s; tile s of B (caller).
                 let (ar, bs) = unsafe {
                     (
-                        std::slice::from_raw_parts(a.add((mi * TILE + r) * a_stride + s * KSTEP), KSTEP),
+                        std::slice::from_raw_parts(a.add((mi * TILE + r) * a_stride + off), KSTEP),
                         std::slice::from_raw_parts(bt.add(s * 2 * TILE * TILE), 2 * TILE * TILE),
                     )
                 };
@@ -545,6 +730,35 @@ pub(crate) mod amx {
         }
     }
 
+    /// [`super::silu`] of 16 values, the division as a reciprocal estimate refined by one
+    /// Newton step (within 2 ulp of the division).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn silu16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        const ROUND: f32 = 12_582_912.0;
+        let c = _mm512_set1_ps;
+        let t = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), x), c(-87.0)), c(88.0));
+        let z = _mm512_fmadd_ps(t, c(std::f32::consts::LOG2_E), c(ROUND));
+        let n = _mm512_sub_ps(z, c(ROUND));
+        let r = _mm512_fnmadd_ps(n, c(1.428_606_8e-6), _mm512_fnmadd_ps(n, c(0.693_145_75), t));
+        let mut p = c(0.001_394_3);
+        for k in [0.008_333_8, 0.041_666_4, 0.166_666_67, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, c(k));
+        }
+        let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_sub_epi32(
+            _mm512_castps_si512(z),
+            _mm512_set1_epi32((ROUND.to_bits() - 127) as i32),
+        )));
+        let d = _mm512_fmadd_ps(p, two_n, c(1.0));
+        let y = _mm512_rcp14_ps(d);
+        let y = _mm512_fmadd_ps(y, _mm512_fnmadd_ps(d, y, c(1.0)), y);
+        _mm512_mul_ps(x, y)
+    }
+
     /// `dst[i] = round(src[i])`, 32 at a time with `vcvtne2ps2bf16` (which also rounds to
     /// nearest even; it flushes denormal inputs to zero).
     ///
@@ -620,41 +834,52 @@ pub(crate) mod amx {
         }
     }
 
-    /// The four result tiles of [`block_portable`] on AMX, stored to `c` (tile t at 256 t).
-    /// A's rows and B should be 64-byte aligned: a tile row split over two cache lines
-    /// loads at a third of the rate.
+    /// [`block_portable`] on AMX, `a_stride` in bytes. A's rows and B should be 64-byte
+    /// aligned: a tile row split over two cache lines loads at a third of the rate.
     ///
     /// # Safety
-    /// As [`block_portable`], `a_stride` in bytes; the tiles configured ([`configure`]) on this
+    /// As [`block_portable`]; `offs` not empty; the tiles configured ([`configure`]) on this
     /// thread.
     #[inline(always)]
     pub(super) unsafe fn block(
         a: *const u16,
         a_stride: usize,
+        offs: &[usize],
         b0: *const u16,
         b1: *const u16,
-        ksteps: usize,
-        c: *mut f32,
+        c: &mut [f32; 4 * TILE * TILE],
+        accumulate: bool,
     ) {
-        // SAFETY: loads stay inside A's 32 rows and B's ksteps tiles, stores inside c's
-        // 4 KiB (caller); the tile registers are clobbered.
+        // SAFETY: loads stay inside A's 32 rows at the steps' offsets, B's tiles and c's
+        // 4 KiB, stores inside c (caller); the tile registers are clobbered.
         unsafe {
             asm!(
+                "test {acc}, {acc}",
+                "jz 3f",
+                "tileloadd tmm0, [{c} + {sb}]",
+                "tileloadd tmm1, [{c} + {sb} + 1024]",
+                "tileloadd tmm2, [{c} + {sb} + 2048]",
+                "tileloadd tmm3, [{c} + {sb} + 3072]",
+                "jmp 2f",
+                "3:",
                 "tilezero tmm0",
                 "tilezero tmm1",
                 "tilezero tmm2",
                 "tilezero tmm3",
                 "2:",
-                "tileloadd tmm4, [{a0} + {sa}]",
+                "mov {t}, [{offs}]",
+                "lea {t}, [{a0} + 2 * {t}]",
+                "tileloadd tmm4, [{t} + {sa}]",
                 "tileloadd tmm6, [{b0} + {sb}]",
-                "tileloadd tmm5, [{a1} + {sa}]",
+                "mov {t}, [{offs}]",
+                "lea {t}, [{a1} + 2 * {t}]",
+                "tileloadd tmm5, [{t} + {sa}]",
                 "tileloadd tmm7, [{b1} + {sb}]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
                 "tdpbf16ps tmm1, tmm4, tmm7",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a0}, 64",
-                "add {a1}, 64",
+                "add {offs}, 8",
                 "add {b0}, 1024",
                 "add {b1}, 1024",
                 "dec {k}",
@@ -663,14 +888,17 @@ pub(crate) mod amx {
                 "tilestored [{c} + {sb} + 1024], tmm1",
                 "tilestored [{c} + {sb} + 2048], tmm2",
                 "tilestored [{c} + {sb} + 3072], tmm3",
-                a0 = inout(reg) a => _,
-                a1 = inout(reg) (a as *const u8).add(TILE * a_stride) => _,
+                a0 = in(reg) a,
+                a1 = in(reg) (a as *const u8).add(TILE * a_stride),
                 sa = in(reg) a_stride,
+                offs = inout(reg) offs.as_ptr() => _,
+                t = out(reg) _,
                 b0 = inout(reg) b0 => _,
                 b1 = inout(reg) b1 => _,
                 sb = in(reg) 64usize,
-                k = inout(reg) ksteps => _,
-                c = in(reg) c,
+                k = inout(reg) offs.len() => _,
+                c = in(reg) c.as_mut_ptr(),
+                acc = in(reg) accumulate as usize,
                 out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
                 out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
                 options(nostack),
@@ -718,6 +946,26 @@ mod tests {
         assert_eq!(silu(200.0), 200.0);
     }
 
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn silu16_matches_silu() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: no AVX-512");
+            return;
+        }
+        for i in (-20_000..20_000).step_by(16) {
+            let x: [f32; 16] = std::array::from_fn(|k| (i + k as i32) as f32 * 0.005);
+            // SAFETY: AVX-512F checked above.
+            let got: [f32; 16] = unsafe {
+                std::mem::transmute(amx::silu16(std::mem::transmute::<[f32; 16], std::arch::x86_64::__m512>(x)))
+            };
+            for (g, &x) in got.iter().zip(&x) {
+                let want = x as f64 / (1.0 + (-x as f64).exp());
+                assert!((*g as f64 - want).abs() <= 4e-7 * want.abs().max(1e-3), "{x}: {g} vs {want}");
+            }
+        }
+    }
+
     /// A deterministic pseudo-random bf16-representable f32 in [-1, 1).
     fn rnd(state: &mut u64) -> f32 {
         *state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
@@ -734,17 +982,25 @@ mod tests {
         }
         let mut st = 7;
         for ksteps in [1, 2, 18, 48] {
-            let kpad = ksteps * KSTEP;
+            // Steps read A out of order and with gaps (as taps do); the second call adds
+            // to the first's results.
+            let kpad = (2 * ksteps + 1) * KSTEP;
+            let offs: Vec<usize> = (0..ksteps).map(|s| (2 * (ksteps - 1 - s) + s % 2) * KSTEP).collect();
             let a: Vec<u16> = (0..MBLOCK * kpad).map(|_| round(rnd(&mut st))).collect();
             let b: Vec<u16> = (0..2 * TILE * kpad).map(|_| round(rnd(&mut st))).collect();
             let (b0, b1) = (b.as_ptr(), b[TILE * kpad..].as_ptr());
             let mut want = [0.0f32; 4 * TILE * TILE];
             let mut got = Aligned([f32::NAN; 4 * TILE * TILE]);
+            let half = ksteps / 2;
             // SAFETY: sizes as the functions require; AMX granted above.
             unsafe {
-                block_portable(a.as_ptr(), kpad, b0, b1, ksteps, &mut want);
+                block_portable(a.as_ptr(), kpad, &offs, b0, b1, &mut want, false);
                 amx::configure();
-                amx::block(a.as_ptr(), 2 * kpad, b0, b1, ksteps, got.0.as_mut_ptr());
+                amx::block(a.as_ptr(), 2 * kpad, &offs[..half.max(1)], b0, b1, &mut got.0, false);
+                if half > 0 {
+                    let (c0, c1) = (b0.add(half * 2 * TILE * TILE), b1.add(half * 2 * TILE * TILE));
+                    amx::block(a.as_ptr(), 2 * kpad, &offs[half..], c0, c1, &mut got.0, true);
+                }
                 amx::release();
             }
             for (i, (g, w)) in got.0.iter().zip(&want).enumerate() {
@@ -764,6 +1020,8 @@ mod tests {
         k: usize,
         stride: usize,
         groups: usize,
+        /// The input's border beyond the conv's padding.
+        extra_pad: usize,
         flat: bool,
         band: usize,
         splits: usize,
@@ -771,18 +1029,29 @@ mod tests {
         chunk: usize,
     }
 
+    /// Where a case's input and output live: f32, or bf16 (its input then loaded directly
+    /// where the conv allows).
+    #[derive(Clone, Copy, Debug)]
+    struct Dtypes {
+        input16: bool,
+        output16: bool,
+    }
+
     /// Runs a conv through `conv_item` (every item, one thread) and compares each output,
     /// pre-activation and channel sum with the same conv in f64 over the same bf16 values.
-    fn check(case: &Case, amx: bool) {
-        let Case { h, w, cin, cout, k, stride, groups, flat, band, splits, parts, chunk } = *case;
-        let pad = k / 2;
-        let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    fn check(case: &Case, amx: bool, dt: Dtypes) {
+        let Case { h, w, cin, cout, k, stride, groups, extra_pad, flat, band, splits, parts, chunk } = *case;
+        let Dtypes { input16, output16 } = dt;
+        let (cpad, pad) = (k / 2, k / 2 + extra_pad);
+        let (oh, ow) = ((h + 2 * cpad - k) / stride + 1, (w + 2 * cpad - k) / stride + 1);
         let (kc, cout_g) = (cin / groups, cout / groups);
         let ntiles = cout_g.div_ceil(TILE);
         let kpad = (k * k * kc).next_multiple_of(KSTEP);
         let mut st = (h * 31 + w * 7 + cin + cout * 3 + k + stride + groups) as u64;
         let input = Buf { offset: 0, h, w, c: cin, pad };
-        let in_len = (h + 2 * pad) * (w + 2 * pad) * cin;
+        let in_values = (h + 2 * pad) * (w + 2 * pad) * cin;
+        // A bf16 input's slack past its end holds values that must not matter.
+        let in_len = if input16 { (in_values + SLACK_PIXELS * cin).div_ceil(2) } else { in_values };
         let out = Buf { offset: 0, h: oh, w: ow, c: cout, pad: 1 };
         let out_len = (oh + 2) * (ow + 2) * cout;
         // The pre-activation without a border (as a feature tap's).
@@ -796,16 +1065,28 @@ mod tests {
         };
         let bands = rows.div_ceil(band);
         let mut arena = vec![0.0f32; in_len + 2 * out_len + bands * cout];
+        let mut in_f32 = vec![0.0f32; in_values];
         for y in 0..h {
             for x in 0..w {
                 for c in 0..cin {
-                    arena[input.at(y, x) + c] = rnd(&mut st) * 4.0;
+                    in_f32[input.at(y, x) + c] = rnd(&mut st) * 4.0;
                 }
             }
         }
+        if input16 {
+            let a16 = arena.as_mut_ptr() as *mut u16;
+            for i in 0..2 * in_len {
+                let v = if i < in_values { round(in_f32[i]) } else { round(f32::NAN) };
+                // SAFETY: 2 x in_len u16 values lie in the input's floats.
+                unsafe { *a16.add(i) = v };
+            }
+        } else {
+            arena[..in_values].copy_from_slice(&in_f32);
+        }
         let wts: Vec<f32> = (0..cout * kc * k * k).map(|_| rnd(&mut st)).collect();
         let bias: Vec<f32> = (0..groups * ntiles * TILE).map(|_| rnd(&mut st)).collect();
-        let b = Bf16Desc { kpad, ntiles, splits, parts, chunk };
+        let direct = loads_direct(input16, stride, kc);
+        let b = Bf16Desc { kpad, ntiles, splits, parts, chunk, input16, output16, direct };
         let mut packed = vec![0u16; b.weights_len(groups)];
         for g in 0..groups {
             for n in 0..cout_g {
@@ -825,7 +1106,7 @@ mod tests {
             out,
             pre,
             stride,
-            conv_pad: pad,
+            conv_pad: cpad,
             taps: Box::leak(taps.into_boxed_slice()),
             kc,
             groups,
@@ -859,11 +1140,10 @@ mod tests {
         };
         // SAFETY: the buffers above hold every offset the descriptors name.
         unsafe {
-            crate::kernels::conv_run(&ctx, &d, &io, b.items(d.groups), &|it| {
-                conv_item::<{ 1 << 16 }>(&ctx, &d, &b, &io, it)
-            });
+            conv_run(&ctx, &d, &b, &io, b.items(d.groups), &|it| conv_item::<{ 1 << 16 }>(&ctx, &d, &b, &io, it));
         }
-        let what = format!("{h}x{w}x{cin} -> {cout}, {k}x{k}/{stride}, {groups} groups, flat {flat}, amx {amx}");
+        let what =
+            format!("{h}x{w}x{cin} -> {cout}, {k}x{k}/{stride}, {groups} groups, flat {flat}, amx {amx}, {dt:?}");
         let mut sums = vec![0.0f64; bands * cout];
         for y in 0..oh {
             for x in 0..ow {
@@ -874,10 +1154,10 @@ mod tests {
                     let mut v = bias[g * ntiles * TILE + nn] as f64;
                     for ky in 0..k {
                         for kx in 0..k {
-                            let (iy, ix) = (y * stride + ky, x * stride + kx);
+                            let (iy, ix) = (y * stride + ky + extra_pad, x * stride + kx + extra_pad);
                             for c in 0..kc {
                                 let xv = widen(round(
-                                    arena[input.at(0, 0) + ((iy * (w + 2 * pad) + ix) * cin)
+                                    in_f32[input.at(0, 0) + ((iy * (w + 2 * pad) + ix) * cin)
                                         - (pad * (w + 2 * pad) + pad) * cin
                                         + g * kc
                                         + c],
@@ -888,11 +1168,18 @@ mod tests {
                         }
                     }
                     let pre = arena[in_len + out_len + pre.at(y, x) + n] as f64;
-                    let got = arena[in_len + out.at(y, x) + n] as f64;
+                    let got = if output16 {
+                        // SAFETY: the output's u16 values lie in its floats.
+                        widen(unsafe { *(arena.as_ptr() as *const u16).add(2 * in_len + out.at(y, x) + n) }) as f64
+                    } else {
+                        arena[in_len + out.at(y, x) + n] as f64
+                    };
                     let act = v / (1.0 + (-v).exp());
                     let tol = 1e-5 * (1.0 + v.abs());
+                    // A bf16 output also carries its rounding: half a unit in the 8th bit.
+                    let tol_out = tol + if output16 { act.abs() / 256.0 } else { 0.0 };
                     assert!((pre - v).abs() <= tol, "{what}: pre ({y}, {x}, {n}) {pre} vs {v}");
-                    assert!((got - act).abs() <= tol, "{what}: out ({y}, {x}, {n}) {got} vs {act}");
+                    assert!((got - act).abs() <= tol_out, "{what}: out ({y}, {x}, {n}) {got} vs {act}");
                     sums[bi * cout + n] += act;
                 }
             }
@@ -901,9 +1188,16 @@ mod tests {
             let got = arena[in_len + 2 * out_len + i] as f64;
             assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{what}: sum {i}: {got} vs {want}");
         }
-        // Borders of the outputs are zero.
+        // Borders of the outputs are zero, and a bf16 output writes nothing past its half.
         for x in 0..ow + 2 {
-            assert_eq!(arena[in_len + x * cout], 0.0, "{what}: border");
+            let first = if output16 { arena[in_len + x * cout / 2] } else { arena[in_len + x * cout] };
+            assert_eq!(first, 0.0, "{what}: border");
+        }
+        if output16 {
+            assert!(
+                arena[in_len + out_len.div_ceil(2)..in_len + out_len].iter().all(|&v| v == 0.0),
+                "{what}: past the end"
+            );
         }
     }
 
@@ -920,6 +1214,7 @@ mod tests {
                 k: 1,
                 stride: 1,
                 groups: 1,
+                extra_pad: 0,
                 flat: true,
                 band: 2,
                 splits: 1,
@@ -935,10 +1230,44 @@ mod tests {
                 k: 1,
                 stride: 1,
                 groups: 1,
+                extra_pad: 0,
                 flat: true,
                 band: 1,
                 splits: 2,
                 parts: 1,
+                chunk: 64,
+            },
+            // 1x1 with K in uneven ranges (19 steps) and more column pairs than a block
+            // group holds, the last tile alone.
+            Case {
+                h: 6,
+                w: 8,
+                cin: 608,
+                cout: 176,
+                k: 1,
+                stride: 1,
+                groups: 1,
+                extra_pad: 0,
+                flat: true,
+                band: 1,
+                splits: 1,
+                parts: 2,
+                chunk: 32,
+            },
+            // 1x1 from an input with a border (its pixels' rows run over the border).
+            Case {
+                h: 5,
+                w: 13,
+                cin: 64,
+                cout: 48,
+                k: 1,
+                stride: 1,
+                groups: 1,
+                extra_pad: 1,
+                flat: false,
+                band: 2,
+                splits: 1,
+                parts: 2,
                 chunk: 64,
             },
             // Grouped 3x3 (64 channels per group as L2), pixels not a multiple of 32.
@@ -950,6 +1279,7 @@ mod tests {
                 k: 3,
                 stride: 1,
                 groups: 2,
+                extra_pad: 0,
                 flat: false,
                 band: 3,
                 splits: 1,
@@ -965,6 +1295,7 @@ mod tests {
                 k: 3,
                 stride: 2,
                 groups: 2,
+                extra_pad: 0,
                 flat: false,
                 band: 2,
                 splits: 1,
@@ -980,6 +1311,7 @@ mod tests {
                 k: 3,
                 stride: 2,
                 groups: 1,
+                extra_pad: 0,
                 flat: false,
                 band: 1,
                 splits: 3,
@@ -988,9 +1320,12 @@ mod tests {
             },
         ];
         for case in &cases {
-            check(case, false);
-            if amx_available() {
-                check(case, true);
+            for (input16, output16) in [(false, false), (true, true), (true, false), (false, true)] {
+                let dt = Dtypes { input16, output16 };
+                check(case, false, dt);
+                if amx_available() {
+                    check(case, true, dt);
+                }
             }
         }
         if !amx_available() {

@@ -271,7 +271,7 @@ pub unsafe fn conv_run(ctx: &Ctx, d: &ConvDesc, io: &ConvIo, items: usize, item:
 ///
 /// # Safety
 /// `bufs` lie in the arena and no item touches their borders.
-unsafe fn run_zeroing_borders(ctx: &Ctx, bufs: &[Buf], items: usize, item: &(dyn Fn(usize) + Sync)) {
+pub(crate) unsafe fn run_zeroing_borders(ctx: &Ctx, bufs: &[Buf], items: usize, item: &(dyn Fn(usize) + Sync)) {
     ctx.pool.run(items + 1, &|it| {
         if it < items {
             item(it)

@@ -208,9 +208,11 @@ fn conv_consts(convs: &Convs) -> TokenStream {
         let bf16 = c.plan.bf16.map(|b| {
             let name = format_ident!("{}_BF16", c.name.to_uppercase());
             let (kpad, ntiles, splits, parts, chunk) = (u(b.kpad), u(b.ntiles), u(b.splits), u(b.parts), u(b.chunk));
+            let (input16, output16, direct) = (b.input16, b.output16, b.direct);
             quote! {
                 const #name: nfnet_runtime::bf16::Bf16Desc = nfnet_runtime::bf16::Bf16Desc {
                     kpad: #kpad, ntiles: #ntiles, splits: #splits, parts: #parts, chunk: #chunk,
+                    input16: #input16, output16: #output16, direct: #direct,
                 };
             }
         });
@@ -274,6 +276,13 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
                 unsafe { conv_item::<TILE, KC, STEP, PANELS, WEIGHTS>(ctx, &super::#d, io, it) }
             },
         };
+        let run_call = match plan.bf16 {
+            Some(_) => {
+                let bd = format_ident!("{}_BF16", c.name.to_uppercase());
+                quote!(nfnet_runtime::bf16::conv_run(ctx, &super::#d, &super::#bd, io, ITEMS, &|it| unsafe { #item(ctx, io, it) }))
+            }
+            None => quote!(rt::conv_run(ctx, &super::#d, io, ITEMS, &|it| unsafe { #item(ctx, io, it) })),
+        };
         quote! {
             #feature
             unsafe fn #item(ctx: &rt::Ctx, io: &rt::ConvIo, it: usize) {
@@ -283,7 +292,7 @@ fn conv_entry_points(convs: &Convs, isa: &isa::IsaSpec) -> TokenStream {
             unsafe fn #run(ctx: &rt::Ctx, io: &rt::ConvIo) {
                 const ITEMS: usize = #items;
                 #[doc = "nfnet-safety: the items write disjoint parts of the outputs (conv_run zeroes the borders apart) and run with it < ITEMS; `io` is this conv's call (the caller's contract)."]
-                unsafe { rt::conv_run(ctx, &super::#d, io, ITEMS, &|it| unsafe { #item(ctx, io, it) }) }
+                unsafe { #run_call }
             }
         }
     });
