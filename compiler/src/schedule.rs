@@ -452,7 +452,12 @@ impl<'g> Schedule<'g> {
                     (GOp::Conv(c), Some(m)) => c.weight.len() / 9 * (m + 2) * (m + 2) + c.bias.len(),
                     _ => node_weight_len(op),
                 };
-                4 * len as u64
+                // Conv weights in 16 bits (bf16 convs, or a 16-bit weight dtype) take two bytes.
+                let bytes = match self.plan(&k.op) {
+                    Some(p) if p.bf16.is_some() || p.weights != WeightDtype::F32 => 2,
+                    _ => 4,
+                };
+                (bytes * len) as u64
             }
             _ => 0,
         };
