@@ -304,7 +304,11 @@ fn profile(iters: usize, t: Option<usize>, top: usize, svg: Option<&Path>, stat:
             "peak: {p:.1} GFLOP/s ({} threads x {:.1}, best round of {}); whole model at {:.1}% of it",
             threads,
             p / threads as f64,
-            if model.isa() == nfnet_runtime::Isa::Amx { "a loop of AMX bf16 tile products" } else { "an FMA loop" },
+            match model.isa() {
+                nfnet_runtime::Isa::Amx => "a loop of AMX bf16 tile products",
+                nfnet_runtime::Isa::Avx512Bf16 => "a loop of vdpbf16ps",
+                _ => "an FMA loop",
+            },
             100.0 * all_flops / (total_ms * 1e6).max(1.0) / p
         ),
         None => println!("peak: not measured for {}", model.isa()),

@@ -117,12 +117,15 @@ fn winograd_policies_match_timm_on_every_isa() {
 }
 
 /// bf16 precision: every conv's inputs and weights rounded to bf16, f32 accumulation, on AMX
-/// where detection grants it and on the portable kernel under every other ISA.
+/// where detection grants it, on `vdpbf16ps` where the CPU has AVX512-BF16, and on the
+/// portable kernel under every other ISA.
 #[test]
 fn bf16_models_stay_close_to_timm_on_every_isa() {
     check_model!(tiny_bf16, "tiny", [1, 3], Bound::rel(5e-2));
     check_model!(variant_bf16, "tiny_variant_bf16", [1, 3], Bound::rel(5e-2));
-    assert!(tiny_bf16::ISAS.contains(&Isa::Amx) == cfg!(target_arch = "x86_64") && !tiny::ISAS.contains(&Isa::Amx));
+    for isa in [Isa::Amx, Isa::Avx512Bf16] {
+        assert!(tiny_bf16::ISAS.contains(&isa) == cfg!(target_arch = "x86_64") && !tiny::ISAS.contains(&isa));
+    }
     // A CPU that reports AMX runs it (the kernel granted the tiles): never a silent fallback.
     if nfnet_runtime::bf16::cpu_reports_amx() {
         assert!(Isa::Amx.is_available(), "the CPU reports AMX but this process cannot use it");

@@ -14,6 +14,7 @@
 //! over all its column pairs. Each item writes its own channels' sums of its own bands, in
 //! pixel order, so results do not depend on the threads.
 
+use crate::Isa;
 use crate::kernels::{Buf, ConvDesc, ConvIo, Ctx, NONE, NR};
 
 /// Rows (pixels) and columns (channels) of one f32 result tile.
@@ -153,22 +154,53 @@ pub fn cpu_reports_amx() -> bool {
     false
 }
 
+/// The block product a bf16 conv runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// [`block_portable`], and scalar gather and epilogue: any CPU.
+    Portable,
+    /// `vdpbf16ps` on AVX-512 registers ([`Isa::Avx512Bf16`]).
+    Avx512Bf16,
+    /// `tdpbf16ps` on AMX tiles ([`Isa::Amx`]).
+    Amx,
+}
+
+impl Engine {
+    /// The engine a model running `isa` uses.
+    pub fn of(isa: Isa) -> Engine {
+        match isa {
+            Isa::Amx => Engine::Amx,
+            Isa::Avx512Bf16 => Engine::Avx512Bf16,
+            _ => Engine::Portable,
+        }
+    }
+}
+
+/// [`item`]'s engine parameter.
+const PORTABLE: u8 = 0;
+const DPBF16: u8 = 1;
+const AMX: u8 = 2;
+
 /// Work item `it` of a bf16 conv.
 ///
 /// # Safety
 /// `d`, `b` and `io` describe a conv of the model whose weights and arena `ctx` holds (the
-/// compiler's memory plan and packing); `SCRATCH >= b.scratch_len()`; with `ctx.amx`, AMX
-/// was granted ([`amx_available`]). Items write disjoint parts of the outputs.
+/// compiler's memory plan and packing); `SCRATCH >= b.scratch_len()`; `ctx.bf16` is an
+/// engine of an available ISA (with AMX, [`amx_available`] granted it). Items write
+/// disjoint parts of the outputs.
 pub unsafe fn conv_item<const SCRATCH: usize>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize) {
     let mut a = std::mem::MaybeUninit::<Aligned<[u16; SCRATCH]>>::uninit();
     let a = a.as_mut_ptr() as *mut u16;
-    #[cfg(target_arch = "x86_64")]
-    if ctx.amx {
+    match ctx.bf16 {
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: as this function's; AMX is granted (caller), and AMX CPUs have AVX-512.
-        return unsafe { amx::item(ctx, d, b, io, it, a) };
+        Engine::Amx => unsafe { amx::item(ctx, d, b, io, it, a) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as this function's; the CPU has AVX512-BF16 (caller).
+        Engine::Avx512Bf16 => unsafe { dp::item(ctx, d, b, io, it, a) },
+        // SAFETY: as this function's.
+        _ => unsafe { item::<PORTABLE>(ctx, d, b, io, it, a) },
     }
-    // SAFETY: as this function's.
-    unsafe { item::<false>(ctx, d, b, io, it, a) }
 }
 
 #[repr(C, align(64))]
@@ -196,12 +228,14 @@ pub unsafe fn conv_run(
 /// Marks a row of A whose pixel is not an output (a direct conv's pixels past a row's end).
 const SKIP: u32 = u32::MAX;
 
-/// The body of a work item; `AMX` chooses the block product.
+/// The body of a work item; `E` chooses the block product ([`PORTABLE`], [`DPBF16`] or
+/// [`AMX`]); the last two round and run the epilogue in AVX-512.
 ///
 /// # Safety
-/// As [`conv_item`], `a` the scratch (64-byte aligned, `b.scratch_len()` values).
+/// As [`conv_item`], `a` the scratch (64-byte aligned, `b.scratch_len()` values); with `E`
+/// not portable, the body runs inside a function enabling AVX512-BF16.
 #[inline(always)]
-unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
+unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
     let (g, sp, part) = (it / (b.splits * b.parts), it / b.parts % b.splits, it % b.parts);
     let (j0, j1) = (sp * b.ntiles / b.splits, (sp + 1) * b.ntiles / b.splits);
     let inp = &d.input;
@@ -290,8 +324,8 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
                     // SAFETY: as above, in floats.
                     let src = unsafe { std::slice::from_raw_parts(ctx.ptr(io.input + at_in), d.kc) };
                     #[cfg(target_arch = "x86_64")]
-                    if AMX {
-                        // SAFETY: AMX CPUs have AVX512-BF16 (this body runs inside `amx::item`).
+                    if E != PORTABLE {
+                        // SAFETY: the CPU has AVX512-BF16 (this function's contract).
                         unsafe { amx::round_into(src, dst) };
                         continue;
                     }
@@ -343,11 +377,12 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
                         // input and its slack), the group's tiles j and j + 1 (or j twice)
                         // from step s0 to s1.
                         unsafe {
-                            if AMX {
+                            match E {
                                 #[cfg(target_arch = "x86_64")]
-                                amx::block(ab, a_stride * 2, &offs[s0..s1], b0, b1, c, r > 0);
-                            } else {
-                                block_portable(ab, a_stride, &offs[s0..s1], b0, b1, c, r > 0);
+                                AMX => amx::block(ab, a_stride * 2, &offs[s0..s1], b0, b1, c, r > 0),
+                                #[cfg(target_arch = "x86_64")]
+                                DPBF16 => dp::block(ab, a_stride, &offs[s0..s1], b0, b1, c, r > 0),
+                                _ => block_portable(ab, a_stride, &offs[s0..s1], b0, b1, c, r > 0),
                             }
                         }
                         j += 2;
@@ -369,7 +404,7 @@ unsafe fn item<const AMX: bool>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &Conv
                         ncols: col_end(jj) - n0,
                     };
                     // SAFETY: the pixels' outputs and bands' sums, this item's channels.
-                    unsafe { ep.dispatch::<AMX>(io.pre != NONE, d.act, !sums.is_null()) };
+                    unsafe { ep.dispatch(E != PORTABLE, io.pre != NONE, d.act, !sums.is_null()) };
                 }
                 jg = jg1;
             }
@@ -452,18 +487,18 @@ impl Epilogue<'_> {
         }
     }
 
-    /// [`Epilogue::run`] specialized for what the conv stores.
+    /// [`Epilogue::run`] specialized for what the conv stores; `vector`: in AVX-512.
     ///
     /// # Safety
-    /// As [`Epilogue::run`].
+    /// As [`Epilogue::run`]; with `vector`, called from a function enabling AVX512-BF16.
     #[inline(always)]
-    unsafe fn dispatch<const AMX: bool>(&self, pre: bool, act: bool, sums: bool) {
+    unsafe fn dispatch(&self, vector: bool, pre: bool, act: bool, sums: bool) {
         macro_rules! run {
             ($p:literal, $a:literal, $s:literal) => {{
                 #[cfg(target_arch = "x86_64")]
-                if AMX {
-                    // SAFETY: as this function's; AMX CPUs have AVX512-BF16 (this body runs
-                    // inside `amx::item`).
+                if vector {
+                    // SAFETY: as this function's; `vector` runs inside a function enabling
+                    // AVX512-BF16 (see `item`).
                     return unsafe { self.run_avx512::<$p, $a, $s>() };
                 }
                 // SAFETY: as this function's.
@@ -793,7 +828,7 @@ pub(crate) mod amx {
         // released when it ends (no other code in between uses them).
         unsafe {
             configure();
-            super::item::<true>(ctx, d, b, io, it, a);
+            super::item::<AMX>(ctx, d, b, io, it, a);
             release();
         }
     }
@@ -907,6 +942,79 @@ pub(crate) mod amx {
     }
 }
 
+/// The block product on AVX-512 registers with `vdpbf16ps`, for CPUs with AVX512-BF16 and
+/// no AMX.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod dp {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// [`item`] with `vdpbf16ps` blocks and AVX-512 for the gather, rounding and epilogue.
+    ///
+    /// # Safety
+    /// As [`super::conv_item`]; the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")]
+    pub(super) unsafe fn item(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
+        // SAFETY: as this function's.
+        unsafe { super::item::<DPBF16>(ctx, d, b, io, it, a) }
+    }
+
+    /// Pixel rows per pass: 8 rows x 2 column tiles of accumulators (16 registers).
+    const ROWS: usize = 8;
+
+    /// [`block_portable`] with `vdpbf16ps`: per K pair, 16 columns' two products added to
+    /// each f32 accumulator (the instruction adds them one after the other).
+    ///
+    /// # Safety
+    /// As [`block_portable`]; the CPU has AVX512-BF16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn block(
+        a: *const u16,
+        a_stride: usize,
+        offs: &[usize],
+        b0: *const u16,
+        b1: *const u16,
+        c: &mut [f32; 4 * TILE * TILE],
+        accumulate: bool,
+    ) {
+        for r0 in (0..MBLOCK).step_by(ROWS) {
+            let (mi, ri) = (r0 / TILE, r0 % TILE);
+            let at = |i: usize, ni: usize| ((mi * 2 + ni) * TILE + ri + i) * TILE;
+            // SAFETY: rows r0.. of A at the steps' offsets, the steps' tiles of B, c's rows
+            // (caller).
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+                if accumulate {
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        for (ni, v) in row.iter_mut().enumerate() {
+                            *v = _mm512_loadu_ps(c.as_ptr().add(at(i, ni)));
+                        }
+                    }
+                }
+                for (s, &off) in offs.iter().enumerate() {
+                    let (t0, t1) = (b0.add(s * 2 * TILE * TILE), b1.add(s * 2 * TILE * TILE));
+                    for kp in 0..TILE {
+                        let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(t0.add(kp * 2 * TILE) as *const _));
+                        let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(t1.add(kp * 2 * TILE) as *const _));
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let pair = (a.add((r0 + i) * a_stride + off + 2 * kp) as *const i32).read_unaligned();
+                            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                            row[0] = _mm512_dpbf16_ps(row[0], x, w0);
+                            row[1] = _mm512_dpbf16_ps(row[1], x, w1);
+                        }
+                    }
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    for (ni, v) in row.iter().enumerate() {
+                        _mm512_storeu_ps(c.as_mut_ptr().add(at(i, ni)), *v);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -962,6 +1070,46 @@ mod tests {
             for (g, &x) in got.iter().zip(&x) {
                 let want = x as f64 / (1.0 + (-x as f64).exp());
                 assert!((*g as f64 - want).abs() <= 4e-7 * want.abs().max(1e-3), "{x}: {g} vs {want}");
+            }
+        }
+    }
+
+    /// The engines this machine runs (a CPU reporting AMX must grant it).
+    fn engines() -> Vec<Engine> {
+        if !amx_available() {
+            assert!(!cpu_reports_amx(), "the CPU reports AMX but this process was not granted it");
+        }
+        [Isa::Scalar, Isa::Avx512Bf16, Isa::Amx].into_iter().filter(|i| i.is_available()).map(Engine::of).collect()
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn dpbf16_blocks_equal_the_portable_twin() {
+        if !Isa::Avx512Bf16.is_available() {
+            eprintln!("skipped: no AVX512-BF16");
+            return;
+        }
+        let mut st = 11;
+        for ksteps in [1, 3, 18] {
+            let kpad = (ksteps + 2) * KSTEP;
+            let offs: Vec<usize> = (0..ksteps).map(|s| (ksteps + 1 - s) * KSTEP + (s % 2) * 2).collect();
+            let a: Vec<u16> = (0..MBLOCK * kpad).map(|_| round(rnd(&mut st))).collect();
+            let b: Vec<u16> = (0..2 * TILE * kpad).map(|_| round(rnd(&mut st))).collect();
+            let (b0, b1) = (b.as_ptr(), b[TILE * kpad..].as_ptr());
+            let mut want = [0.0f32; 4 * TILE * TILE];
+            let mut got = [f32::NAN; 4 * TILE * TILE];
+            for (i, v) in got.iter_mut().enumerate() {
+                *v = (i % 7) as f32;
+            }
+            let start = got;
+            // SAFETY: sizes as the functions require; AVX512-BF16 checked above.
+            unsafe {
+                block_portable(a.as_ptr(), kpad, &offs, b0, b1, &mut want, false);
+                dp::block(a.as_ptr(), kpad, &offs, b0, b1, &mut got, true);
+            }
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let w = w + start[i];
+                assert!((g - w).abs() <= 1e-6 * (kpad as f32), "ksteps {ksteps}, element {i}: {g} vs {w}");
             }
         }
     }
@@ -1039,7 +1187,7 @@ mod tests {
 
     /// Runs a conv through `conv_item` (every item, one thread) and compares each output,
     /// pre-activation and channel sum with the same conv in f64 over the same bf16 values.
-    fn check(case: &Case, amx: bool, dt: Dtypes) {
+    fn check(case: &Case, engine: Engine, dt: Dtypes) {
         let Case { h, w, cin, cout, k, stride, groups, extra_pad, flat, band, splits, parts, chunk } = *case;
         let Dtypes { input16, output16 } = dt;
         let (cpad, pad) = (k / 2, k / 2 + extra_pad);
@@ -1136,14 +1284,14 @@ mod tests {
             weights: crate::SyncPtr(bias.as_ptr() as *mut f32),
             weights16: crate::SyncPtr(packed.as_ptr() as *mut u16),
             pool: &pool,
-            amx,
+            bf16: engine,
         };
         // SAFETY: the buffers above hold every offset the descriptors name.
         unsafe {
             conv_run(&ctx, &d, &b, &io, b.items(d.groups), &|it| conv_item::<{ 1 << 16 }>(&ctx, &d, &b, &io, it));
         }
         let what =
-            format!("{h}x{w}x{cin} -> {cout}, {k}x{k}/{stride}, {groups} groups, flat {flat}, amx {amx}, {dt:?}");
+            format!("{h}x{w}x{cin} -> {cout}, {k}x{k}/{stride}, {groups} groups, flat {flat}, {engine:?}, {dt:?}");
         let mut sums = vec![0.0f64; bands * cout];
         for y in 0..oh {
             for x in 0..ow {
@@ -1322,14 +1470,12 @@ mod tests {
         for case in &cases {
             for (input16, output16) in [(false, false), (true, true), (true, false), (false, true)] {
                 let dt = Dtypes { input16, output16 };
-                check(case, false, dt);
-                if amx_available() {
-                    check(case, true, dt);
+                for engine in engines() {
+                    check(case, engine, dt);
                 }
             }
         }
         if !amx_available() {
-            assert!(!cpu_reports_amx(), "the CPU reports AMX but this process was not granted it");
             eprintln!("skipped on AMX: no AMX");
         }
     }

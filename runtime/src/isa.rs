@@ -1,6 +1,7 @@
 //! Instruction sets the generated code is emitted for, detected once at run time.
 //!
-//! `NFNET_ISA` forces one (`scalar`, `avx2`, `avx512`, `amx`, `neon`, `neon-emu`); forcing one the
+//! `NFNET_ISA` forces one (`scalar`, `avx2`, `avx512`, `avx512bf16`, `amx`, `neon`, `neon-emu`);
+//! forcing one the
 //! CPU lacks is an error, never a silent fallback.
 
 use std::fmt;
@@ -13,6 +14,8 @@ pub enum Isa {
     Avx2,
     /// x86_64 AVX-512F (with AVX2 + FMA).
     Avx512,
+    /// x86_64 AVX-512 with AVX512-BF16: the AVX-512 kernels, the bf16 convs on `vdpbf16ps`.
+    Avx512Bf16,
     /// x86_64 AVX-512 with AMX tiles: the AVX-512 kernels, the bf16 convs on AMX
     /// (`tdpbf16ps`). Detected with the kernel's grant of the tile state.
     Amx,
@@ -24,13 +27,14 @@ pub enum Isa {
 }
 
 impl Isa {
-    pub const ALL: [Isa; 6] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon, Isa::NeonEmu];
+    pub const ALL: [Isa; 7] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Amx, Isa::Neon, Isa::NeonEmu];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
             Isa::Amx => "amx",
             Isa::Neon => "neon",
             Isa::NeonEmu => "neon-emu",
@@ -57,7 +61,9 @@ impl Isa {
                     && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Amx => Isa::Avx512.is_available() && crate::bf16::amx_available(),
+            Isa::Avx512Bf16 => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Isa::Avx512Bf16.is_available() && crate::bf16::amx_available(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,
             #[cfg(not(target_arch = "aarch64"))]
@@ -69,7 +75,7 @@ impl Isa {
 
     /// The fastest ISA this CPU runs, among `supported` (those the model was emitted for).
     pub fn best(supported: &[Isa]) -> Isa {
-        let order = [Isa::Amx, Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar];
+        let order = [Isa::Amx, Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Scalar];
         order.into_iter().find(|i| supported.contains(i) && i.is_available()).unwrap_or(Isa::Scalar)
     }
 

@@ -51,9 +51,9 @@ pub struct Ctx<'a> {
     pub weights: SyncPtr<f32>,
     pub weights16: SyncPtr<u16>,
     pub pool: &'a Pool,
-    /// The bf16 convs run on AMX tiles (the model runs as `Isa::Amx`, which detection
-    /// granted); else on the portable kernel.
-    pub amx: bool,
+    /// What the bf16 convs run on: the engine of the ISA the model runs (detected, and for
+    /// AMX granted).
+    pub bf16: crate::bf16::Engine,
 }
 
 /// An NHWC buffer in the arena: `offset` floats in, `h x w x c` inside a `pad` border.

@@ -15,7 +15,7 @@ const STEPS: usize = 1_000_000;
 const CHAINS: usize = 12;
 
 /// Peak GFLOP/s of one core running `isa`'s vector FMAs (a multiply-add counts two), or for
-/// `Isa::Amx` its bf16 tile products, best of `rounds` rounds; `None` where no vector FMA is
+/// `Isa::Avx512Bf16` its `vdpbf16ps` or `Isa::Amx` its bf16 tile products, best of `rounds` rounds; `None` where no vector FMA is
 /// measured (scalar, the NEON emulation) or when `isa` is not available on this CPU.
 pub fn fma_peak_gflops(isa: Isa, rounds: usize) -> Option<f64> {
     if !isa.is_available() {
@@ -56,6 +56,9 @@ fn run_fma(isa: Isa) -> Option<usize> {
         Isa::Avx512 => unsafe { x86::avx512() },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
+        Isa::Avx512Bf16 => unsafe { x86::dpbf16() },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::avx2() },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of aarch64.
@@ -80,6 +83,20 @@ mod x86 {
         }
         black_box(acc);
         Some(16)
+    }
+
+    /// `vdpbf16ps`: two products per lane, so as many FLOPs as an FMA of 32 lanes.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dpbf16() -> Option<usize> {
+        let mut acc = [_mm512_set1_ps(0.0); CHAINS];
+        let a: __m512bh = _mm512_cvtne2ps_pbh(_mm512_set1_ps(black_box(1e-3)), _mm512_set1_ps(black_box(1e-3)));
+        for _ in 0..STEPS {
+            for c in acc.iter_mut() {
+                *c = _mm512_dpbf16_ps(*c, a, a);
+            }
+        }
+        black_box(acc);
+        Some(32)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -125,7 +142,7 @@ mod tests {
     fn the_peak_is_measured_for_vector_isas_only() {
         assert_eq!(fma_peak_gflops(Isa::Scalar, 1), None);
         assert_eq!(fma_peak_gflops(Isa::NeonEmu, 1), None);
-        for isa in [Isa::Avx2, Isa::Avx512] {
+        for isa in [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16] {
             if isa.is_available() {
                 let p = fma_peak_gflops(isa, 2).expect("measured");
                 // Any CPU with these ISAs does between 1 and 1000 GFLOP/s per core.

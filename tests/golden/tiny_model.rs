@@ -9652,8 +9652,10 @@ mod token_avx512 {
     impl Avx512 {
         /// The token, when `isa` is one this module serves and this CPU runs it.
         pub fn detect(isa: nfnet_runtime::Isa) -> Option<Avx512> {
-            (matches!(isa, nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx)
-                && isa.is_available())
+            (matches!(
+                isa, nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Avx512Bf16 |
+                nfnet_runtime::Isa::Amx
+            ) && isa.is_available())
                 .then_some(Avx512(()))
         }
     }
@@ -11927,7 +11929,7 @@ impl Workspace {
                 WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16,
             ),
             pool,
-            amx: isa == Isa::Amx,
+            bf16: nfnet_runtime::bf16::Engine::of(isa),
         }
     }
 }
@@ -11980,7 +11982,9 @@ pub fn silu(isa: Isa, x: &[f32], out: &mut [f32]) -> Result<(), IsaError> {
                 )
             }
             #[cfg(target_arch = "x86_64")]
-            nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
+            nfnet_runtime::Isa::Avx512
+            | nfnet_runtime::Isa::Avx512Bf16
+            | nfnet_runtime::Isa::Amx => {
                 rt::Kernels::scale_add_act(
                     Avx512::detect(isa)
                         .expect("the ISA was checked when the model was made"),
@@ -12050,7 +12054,9 @@ impl Model {
                     )
                 }
                 #[cfg(target_arch = "x86_64")]
-                nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
+                nfnet_runtime::Isa::Avx512
+                | nfnet_runtime::Isa::Avx512Bf16
+                | nfnet_runtime::Isa::Amx => {
                     run_kernel(
                         Avx512::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),
@@ -12227,7 +12233,9 @@ impl Model {
                     )
                 }
                 #[cfg(target_arch = "x86_64")]
-                nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx => {
+                nfnet_runtime::Isa::Avx512
+                | nfnet_runtime::Isa::Avx512Bf16
+                | nfnet_runtime::Isa::Amx => {
                     forward_image(
                         Avx512::detect(self.isa)
                             .expect("the ISA was checked when the model was made"),

@@ -142,7 +142,7 @@ fn avx512() -> IsaSpec {
         module: "isa_avx512",
         token: "Avx512",
         cfg: quote!(target_arch = "x86_64"),
-        variants: quote!(nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Amx),
+        variants: quote!(nfnet_runtime::Isa::Avx512 | nfnet_runtime::Isa::Avx512Bf16 | nfnet_runtime::Isa::Amx),
         attrs: quote!(#[inline] #[target_feature(enable = "avx512f,avx2,fma,f16c")]),
         feature: quote!(#[target_feature(enable = "avx512f,avx2,fma,f16c")]),
         prelude: quote!(

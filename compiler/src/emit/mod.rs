@@ -565,7 +565,8 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
     let wd_name = s.policies.weights.name();
     let precision_name = s.policies.precision.name();
     // AMX runs the bf16 convs; a model without them has no use for it.
-    let amx = if s.plans.iter().flatten().any(|p| p.bf16.is_some()) { quote!(Isa::Amx,) } else { quote!() };
+    let amx =
+        if s.plans.iter().flatten().any(|p| p.bf16.is_some()) { quote!(Isa::Avx512Bf16, Isa::Amx,) } else { quote!() };
     let kernel_names: Vec<String> =
         s.kernels.iter().map(|k| format!("{} {}", k.op.kind(), k.modules.join("+"))).collect();
     let kernel_flops: Vec<Literal> = s.kernels.iter().map(|k| Literal::u64_unsuffixed(s.flops(k))).collect();
@@ -746,7 +747,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
                     weights: SyncPtr(WEIGHTS.0.as_ptr() as *mut f32),
                     weights16: SyncPtr(WEIGHTS.0.as_ptr().wrapping_add(WEIGHTS16_OFFSET) as *mut u16),
                     pool,
-                    amx: isa == Isa::Amx,
+                    bf16: nfnet_runtime::bf16::Engine::of(isa),
                 }
             }
         }
