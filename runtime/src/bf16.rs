@@ -157,8 +157,12 @@ pub fn cpu_reports_amx() -> bool {
 /// The block product a bf16 conv runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
-    /// [`block_portable`], and scalar gather and epilogue: any CPU.
+    /// [`block_portable`], and the plain gather and epilogue: any CPU.
     Portable,
+    /// The same code compiled for AVX2 + FMA ([`Isa::Avx2`]).
+    PortableAvx2,
+    /// The same code compiled for AVX-512 ([`Isa::Avx512`]).
+    PortableAvx512,
     /// `vdpbf16ps` on AVX-512 registers ([`Isa::Avx512Bf16`]).
     Avx512Bf16,
     /// `tdpbf16ps` on AMX tiles ([`Isa::Amx`]).
@@ -171,6 +175,8 @@ impl Engine {
         match isa {
             Isa::Amx => Engine::Amx,
             Isa::Avx512Bf16 => Engine::Avx512Bf16,
+            Isa::Avx512 => Engine::PortableAvx512,
+            Isa::Avx2 => Engine::PortableAvx2,
             _ => Engine::Portable,
         }
     }
@@ -198,6 +204,12 @@ pub unsafe fn conv_item<const SCRATCH: usize>(ctx: &Ctx, d: &ConvDesc, b: &Bf16D
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as this function's; the CPU has AVX512-BF16 (caller).
         Engine::Avx512Bf16 => unsafe { dp::item(ctx, d, b, io, it, a) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as this function's; the CPU has AVX-512 (caller).
+        Engine::PortableAvx512 => unsafe { portable::item_avx512(ctx, d, b, io, it, a) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as this function's; the CPU has AVX2 and FMA (caller).
+        Engine::PortableAvx2 => unsafe { portable::item_avx2(ctx, d, b, io, it, a) },
         // SAFETY: as this function's.
         _ => unsafe { item::<PORTABLE>(ctx, d, b, io, it, a) },
     }
@@ -639,6 +651,7 @@ unsafe fn add_sums(s: *mut f32, colsum: &[f32; TILE], n: usize) {
 /// # Safety
 /// `a` holds 32 rows of the steps' values, `a_stride` apart; `b0` and `b1` hold
 /// `offs.len()` tiles of 512 values each.
+#[inline(always)]
 pub unsafe fn block_portable(
     a: *const u16,
     a_stride: usize,
@@ -654,21 +667,38 @@ pub unsafe fn block_portable(
     for (s, &off) in offs.iter().enumerate() {
         for (t, c) in c.chunks_exact_mut(TILE * TILE).enumerate() {
             let (mi, bt) = (t / 2, if t % 2 == 0 { b0 } else { b1 });
-            for r in 0..TILE {
-                // SAFETY: row mi * 16 + r of A, step s; tile s of B (caller).
-                let (ar, bs) = unsafe {
-                    (
-                        std::slice::from_raw_parts(a.add((mi * TILE + r) * a_stride + off), KSTEP),
-                        std::slice::from_raw_parts(bt.add(s * 2 * TILE * TILE), 2 * TILE * TILE),
-                    )
-                };
-                let row = &mut c[r * TILE..][..TILE];
+            // SAFETY: tile s of B (caller).
+            let bs = unsafe { std::slice::from_raw_parts(bt.add(s * 2 * TILE * TILE), 2 * TILE * TILE) };
+            // Each K pair's 16 column weights, widened once for all rows.
+            let (mut lo, mut hi) = ([[0.0f32; TILE]; TILE], [[0.0f32; TILE]; TILE]);
+            for kp in 0..TILE {
+                for n in 0..TILE {
+                    // The pair as one 32-bit word: each half widens by a shift or a mask.
+                    let w = bs[kp * 2 * TILE + 2 * n] as u32 | (bs[kp * 2 * TILE + 2 * n + 1] as u32) << 16;
+                    lo[kp][n] = f32::from_bits(w << 16);
+                    hi[kp][n] = f32::from_bits(w & 0xffff_0000);
+                }
+            }
+            // Four rows at a time: four independent chains of additions.
+            for r0 in (0..TILE).step_by(4) {
+                // SAFETY: rows mi * 16 + r0.. of A, step s (caller).
+                let ar: [&[u16]; 4] = std::array::from_fn(|i| unsafe {
+                    std::slice::from_raw_parts(a.add((mi * TILE + r0 + i) * a_stride + off), KSTEP)
+                });
+                let mut acc = [[0.0f32; TILE]; 4];
+                for i in 0..4 {
+                    acc[i].copy_from_slice(&c[(r0 + i) * TILE..][..TILE]);
+                }
                 for kp in 0..TILE {
-                    let (x0, x1) = (widen(ar[2 * kp]), widen(ar[2 * kp + 1]));
-                    let bp = &bs[kp * 2 * TILE..][..2 * TILE];
-                    for n in 0..TILE {
-                        row[n] += x0 * widen(bp[2 * n]) + x1 * widen(bp[2 * n + 1]);
+                    for i in 0..4 {
+                        let (x0, x1) = (widen(ar[i][2 * kp]), widen(ar[i][2 * kp + 1]));
+                        for n in 0..TILE {
+                            acc[i][n] += x0 * lo[kp][n] + x1 * hi[kp][n];
+                        }
                     }
+                }
+                for i in 0..4 {
+                    c[(r0 + i) * TILE..][..TILE].copy_from_slice(&acc[i]);
                 }
             }
         }
@@ -942,6 +972,28 @@ pub(crate) mod amx {
     }
 }
 
+/// The portable item compiled for wider vectors (the compiler vectorizes its loops).
+#[cfg(target_arch = "x86_64")]
+mod portable {
+    use super::*;
+
+    /// # Safety
+    /// As [`super::conv_item`]; the CPU has AVX-512F/BW/DQ/VL, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub(super) unsafe fn item_avx512(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
+        // SAFETY: as this function's.
+        unsafe { super::item::<PORTABLE>(ctx, d, b, io, it, a) }
+    }
+
+    /// # Safety
+    /// As [`super::conv_item`]; the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn item_avx2(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
+        // SAFETY: as this function's.
+        unsafe { super::item::<PORTABLE>(ctx, d, b, io, it, a) }
+    }
+}
+
 /// The block product on AVX-512 registers with `vdpbf16ps`, for CPUs with AVX512-BF16 and
 /// no AMX.
 #[cfg(target_arch = "x86_64")]
@@ -1079,7 +1131,11 @@ mod tests {
         if !amx_available() {
             assert!(!cpu_reports_amx(), "the CPU reports AMX but this process was not granted it");
         }
-        [Isa::Scalar, Isa::Avx512Bf16, Isa::Amx].into_iter().filter(|i| i.is_available()).map(Engine::of).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::Amx]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .map(Engine::of)
+            .collect()
     }
 
     #[test]
