@@ -20,13 +20,16 @@ compute-bound engine most (see the README's Benchmarks).
     cargo build --release
     python3 tools/bench/side_by_side.py [--model DIR] [--threads 2] [--iters 10] [--rounds 5]
         [--peers torch,ort,ov,ov-default,torch-bf16] [--schedule blocks|calls] [--pause S]
-        [--nfnet BINARY] [--also NAME=BINARY ...]
+        [--nfnet BINARY] [--also NAME=BINARY ...] [--all-outputs]
 
 Peers: `torch` (PyTorch eager, float32), `ort` (ONNX Runtime), `ov` (OpenVINO with the f32
 precision hint), `ov-default` (OpenVINO with its default settings: bf16 on CPUs with AMX or
 AVX-512 BF16), `torch-bf16` (PyTorch eager, channels_last under `torch.autocast("cpu",
 bfloat16)`). `--also` times further nfnet builds of the same checkpoint in the same rounds
-(a build before and after a change, or another NFNET_WINOGRAD policy).
+(a build before and after a change, or another NFNET_WINOGRAD policy). `--all-outputs` also
+prints every output's error (logits, pre-logits, forward_features, the five feature maps) for
+the nfnet builds and the OpenVINO and PyTorch bf16 peers, those peers run on a second export
+that returns them all (timed runs use the logits-only export).
 
 --model must be the checkpoint the nfnet binary was compiled from, checked by its sha256 (default: the built-in
 synthetic eca_nfnet_l2, recreated with `nfc synth --arch eca_nfnet_l2 --seed 0`). The input
@@ -155,6 +158,8 @@ def main():
                    help="another nfnet build of the same checkpoint to time in the same rounds")
     p.add_argument("--schedule", default="blocks", choices=["blocks", "calls"],
                    help="take turns in blocks of --iters calls per engine (default) or call by call")
+    p.add_argument("--all-outputs", action="store_true",
+                   help="also compare every output (feature maps, forward_features, pre-logits) against float64")
     p.add_argument("--pause", type=float, default=0.1,
                    help="seconds of rest before each call (--schedule calls), so no engine's idle threads spin into the next one's time")
     a = p.parse_args()
@@ -212,6 +217,9 @@ def main():
     m64 = timm_reference.load_model(model_dir, torch.float64)
     with torch.no_grad():
         ref = m64(torch.from_numpy(x).double()).numpy()
+        ref_all = None
+        if a.all_outputs:
+            ref_all = {k: v.numpy() for k, v in timm_reference.run(m64, torch.from_numpy(x).double())[0].items()}
     del m64
     # Each engine: a name, one call, its logits. Timed in rounds that visit every engine in
     # turn (a pause between engines lets the previous one's spinning threads settle), so a
@@ -267,6 +275,9 @@ def main():
         lp = os.path.join(tmp, "logits.npy")
         subprocess.run([path, "run", "--input", xp, "--output", lp, "--threads", str(a.threads)], check=True)
         errors[name] = rel_l2(np.load(lp), ref)
+    all_errors = {}
+    if a.all_outputs:
+        all_errors = all_output_errors(a, peers, builds, model_dir, x, xp, ref_all, tmp)
     # Per engine, the iterations' times of each round.
     rounds = {name: [] for name, _ in builds}
     with torch.no_grad():
@@ -321,6 +332,71 @@ def main():
         per = sorted(statistics.median(x) / statistics.median(y) for x, y in zip(rounds[nf_name], rounds[name]))
         per_s = f"{statistics.median(per):.2f} [{per[0]:.2f}-{per[-1]:.2f}]"
         print(f"{name:28} {med:10.1f} {mn:8.1f} {nf / med:10.2f} {nf_min / mn:10.2f} {per_s:>18} {e:14.2e}")
+    if all_errors:
+        print("relative L2 vs float64 per output:")
+        print(f"{'':28} " + " ".join(f"{k:>10}" for k in OUTPUTS))
+        for name, errs in all_errors.items():
+            print(f"{name:28} " + " ".join(f"{errs[k]:10.2e}" for k in OUTPUTS))
+
+
+OUTPUTS = ("logits", "pre_logits", "forward_features", "feature0", "feature1", "feature2", "feature3", "feature4")
+
+
+class AllOutputs(torch.nn.Module):
+    """The model returning every output of `timm_reference.run`, in `OUTPUTS` order."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+        self.captured = {}
+        for i, name in enumerate(timm_reference.feature_taps(m)):
+            m.get_submodule(name).register_forward_hook(
+                lambda mod, inp, out, i=i: self.captured.__setitem__(f"feature{i}", out))
+
+    def forward(self, x):
+        feats = self.m.forward_features(x)
+        out = {"logits": self.m.forward_head(feats), "pre_logits": self.m.forward_head(feats, pre_logits=True),
+               "forward_features": feats, **self.captured}
+        return tuple(out[k] for k in OUTPUTS)
+
+
+def all_output_errors(a, peers, builds, model_dir, x, xp, ref, tmp):
+    """Every output's relative L2 error against float64, per nfnet build and bf16-capable peer."""
+    errs = {}
+    for name, path in builds:
+        d = os.path.join(tmp, "outputs")
+        os.makedirs(d, exist_ok=True)
+        t = ["--threads", str(a.threads)]
+        subprocess.run([path, "run", "--input", xp, "--output", os.path.join(d, "logits.npy")] + t, check=True)
+        subprocess.run([path, "embed", "--input", xp, "--output", os.path.join(d, "pre_logits.npy")] + t,
+                       check=True, capture_output=True)
+        subprocess.run([path, "embed", "--input", xp, "--unpooled", "--output",
+                        os.path.join(d, "forward_features.npy")] + t, check=True, capture_output=True)
+        subprocess.run([path, "features", "--input", xp, "--out-dir", d] + t, check=True, capture_output=True)
+        errs[name] = {k: rel_l2(np.load(os.path.join(d, k + ".npy")), ref[k]) for k in OUTPUTS}
+    m = AllOutputs(standardized_copy(timm_reference.load_model(model_dir, torch.float32)))
+    xt = torch.from_numpy(x)
+    if "torch-bf16" in peers:
+        mcl = AllOutputs(timm_reference.load_model(model_dir, torch.float32).to(memory_format=torch.channels_last))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs = mcl(xt.contiguous(memory_format=torch.channels_last))
+        errs["pytorch bf16 autocast"] = {k: rel_l2(o.float().numpy(), ref[k]) for k, o in zip(OUTPUTS, outs)}
+    ov_peers = [p for p in ("ov", "ov-default") if p in peers]
+    if ov_peers:
+        import openvino as ov
+        path = os.path.join(tmp, "all.onnx")
+        with torch.no_grad():
+            torch.onnx.export(m, (xt,), path, dynamo=False, opset_version=17, input_names=["x"],
+                              output_names=list(OUTPUTS))
+        for p in ov_peers:
+            cfg = {"INFERENCE_NUM_THREADS": a.threads, "PERFORMANCE_HINT": "LATENCY"}
+            if p == "ov":
+                cfg["INFERENCE_PRECISION_HINT"] = "f32"
+            cm = ov.Core().compile_model(path, "CPU", cfg)
+            res = cm.create_infer_request().infer({0: x})
+            errs["openvino " + ("f32" if p == "ov" else "default")] = {
+                k: rel_l2(np.asarray(res[cm.output(i)]), ref[k]) for i, k in enumerate(OUTPUTS)}
+    return errs
 
 
 if __name__ == "__main__":
