@@ -3,7 +3,7 @@
 //! one thread gets.
 
 use nfnet_model as l2;
-use nfnet_test_models::{tiny, tiny_bf16};
+use nfnet_test_models::{tiny, tiny_bf16, wide_bf16};
 
 macro_rules! logits_with {
     ($m:ident, $ws:expr, $input:expr) => {{
@@ -43,6 +43,13 @@ fn any_thread_count_gives_bit_identical_results() {
     for threads in [2, 3, 5] {
         let many = logits_with!(tiny_bf16, &mut tiny_bf16::Workspace::new(threads).unwrap(), x);
         assert!(one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()), "bf16: {threads} threads differ");
+    }
+    let w = input(wide_bf16::INPUT_LEN, 2);
+    let w: &[f32; wide_bf16::INPUT_LEN] = w.as_slice().try_into().unwrap();
+    let one = logits_with!(wide_bf16, &mut wide_bf16::Workspace::new(1).unwrap(), w);
+    for threads in [2, 3, 5] {
+        let many = logits_with!(wide_bf16, &mut wide_bf16::Workspace::new(threads).unwrap(), w);
+        assert!(one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()), "wide bf16: {threads} threads");
     }
     let y = input(l2::INPUT_LEN, 3);
     let y: &[f32; l2::INPUT_LEN] = y.as_slice().try_into().unwrap();

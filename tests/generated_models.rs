@@ -15,7 +15,7 @@ use nfnet_model as l2;
 use nfnet_runtime::Isa;
 use nfnet_test_models::{
     tiny, tiny_bf16, tiny_passes_0, tiny_passes_1, tiny_passes_2, tiny_weights_bf16, tiny_weights_f16,
-    tiny_winograd_f4, tiny_winograd_off, variant, variant_bf16, variant_winograd_f4,
+    tiny_winograd_f4, tiny_winograd_off, variant, variant_bf16, variant_winograd_f4, wide, wide_bf16,
 };
 
 /// The bound of models compiled with a non-default Winograd policy: relative L2 a few times
@@ -123,6 +123,8 @@ fn winograd_policies_match_timm_on_every_isa() {
 fn bf16_models_stay_close_to_timm_on_every_isa() {
     check_model!(tiny_bf16, "tiny", [1, 3], Bound::rel(5e-2));
     check_model!(variant_bf16, "tiny_variant_bf16", [1, 3], Bound::rel(5e-2));
+    // Observed up to 8.8e-3 (forward_features).
+    check_model!(wide_bf16, "tiny_wide", [1, 3], Bound::rel(3e-2));
     for isa in [Isa::Amx, Isa::Avx512Bf16] {
         assert!(tiny_bf16::ISAS.contains(&isa) == cfg!(target_arch = "x86_64") && !tiny::ISAS.contains(&isa));
     }
@@ -140,6 +142,11 @@ fn variant_model_matches_timm_on_every_isa() {
 }
 
 #[test]
+fn wide_model_matches_timm_on_every_isa() {
+    check_model!(wide, "tiny_wide");
+}
+
+#[test]
 fn builtin_l2_matches_timm_on_every_isa() {
     // The fixture is for the built-in model at its default size; a build with NFNET_MODEL set
     // compiles something else, checked by `nfnet run` against `nfc reference` instead.
@@ -148,14 +155,13 @@ fn builtin_l2_matches_timm_on_every_isa() {
         return;
     }
     if l2::PRECISION == "bf16" {
-        // NFNET_PRECISION=bf16 (observed, L2 at 320): logits 3.0e-2 (OpenVINO's default bf16:
-        // 3.5e-2 on the same input), pre-logits 3.1e-2, feature0-2 5e-3 to 2.5e-2; the deep
-        // maps, whose pixels' errors do not average out, feature3 9.2e-2, feature4 and
-        // forward_features 1.75e-1. Bounds twice those.
+        // NFNET_PRECISION=bf16 (observed, L2 at 320): logits 2.5e-2, pre-logits 2.5e-2,
+        // feature0-2 2.6e-3 to 1.9e-2; the deep maps, whose pixels' errors do not average
+        // out, feature3 7.2e-2, feature4 and forward_features 1.4e-1. Bounds twice those.
         const BF16: Bound = Bound {
-            tol: 6e-2,
+            tol: 5e-2,
             vs_f32: None,
-            overrides: &[("feature3", 0.2), ("feature4", 0.35), ("forward_features", 0.35)],
+            overrides: &[("feature3", 0.15), ("feature4", 0.28), ("forward_features", 0.28)],
         };
         check_model!(l2, "l2_320", [2], BF16);
     } else {

@@ -5,7 +5,7 @@
 mod common;
 
 use nfnet_model as l2;
-use nfnet_test_models::{tiny, tiny_bf16};
+use nfnet_test_models::{tiny, tiny_bf16, wide_bf16};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -59,6 +59,8 @@ fn inference_allocates_nothing() {
         assert_eq!(&tiny_counts[1..], &[0, 0], "tiny, {threads} threads: {tiny_counts:?}");
         let bf16_counts = allocations_per_inference!(tiny_bf16, threads);
         assert_eq!(&bf16_counts[1..], &[0, 0], "tiny bf16, {threads} threads: {bf16_counts:?}");
+        let wide_counts = allocations_per_inference!(wide_bf16, threads);
+        assert_eq!(&wide_counts[1..], &[0, 0], "wide bf16, {threads} threads: {wide_counts:?}");
         let l2_counts = allocations_per_inference!(l2, threads);
         assert_eq!(&l2_counts[1..], &[0, 0], "l2, {threads} threads: {l2_counts:?}");
     }

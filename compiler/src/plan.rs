@@ -282,6 +282,7 @@ impl ConvPlan {
         let mut v = json!({
             "algorithm": self.algorithm.name(),
             "precision": if self.bf16.is_some() { "bf16" } else { "f32" },
+            "input_channels_per_group": self.kc,
             "weights": self.weights.name(),
             "weights_layout": layout,
             "products": products,
@@ -342,7 +343,7 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     // weights' stream per band hides behind the band's work, fetched ahead a unit at a
     // time, and band-outer keeps each thread's pixels its own from one kernel to the next.
     let panel_outer = taps * kc * sp.cout > li.h * li.w * li.c && pixels < 4 * M_BLOCK;
-    let bf16 = (p.precision == Precision::Bf16).then(|| {
+    let bf16 = runs_bf16(s, op).then(|| {
         let direct = bf16::loads_direct(input16, sp.stride, kc);
         let b = bf16_desc(&geom, kc * taps, cout_g, sp.groups, lo.w, direct);
         Bf16Desc { input16, output16, ..b }
@@ -350,7 +351,8 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     let mut plan = ConvPlan {
         bf16,
         algorithm,
-        weights: p.weights,
+        // A conv left in f32 by a bf16 policy keeps f32 weights.
+        weights: if p.precision == Precision::Bf16 && bf16.is_none() { WeightDtype::F32 } else { p.weights },
         kc,
         taps,
         cout_g,
@@ -365,6 +367,16 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     };
     plan.micro = ISA_KERNELS.iter().map(|k| micro_kernel(&plan, k)).collect();
     Some(plan)
+}
+
+/// Whether a conv kernel runs in bf16: the policy asks for it and each tap's channels of a
+/// group fill at least half a K step. A conv on fewer channels (the stem's first, on the
+/// image's 3) has little to multiply per output and much to gather: it stays f32, exact and
+/// faster.
+pub fn runs_bf16(s: &Schedule, op: &Op) -> bool {
+    let Op::Conv { node, .. } = op else { return false };
+    let GOp::Conv(c) = &s.graph.nodes[*node].op else { unreachable!("conv kernels come from conv nodes") };
+    s.policies.precision == Precision::Bf16 && (c.spec.cin / c.spec.groups) >= bf16::KSTEP
 }
 
 /// Largest gather scratch of a bf16 work item (a band's pixels are gathered in chunks).

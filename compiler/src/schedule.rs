@@ -334,17 +334,21 @@ impl<'g> Schedule<'g> {
         }
     }
 
-    /// In bf16 precision, a conv's output that only bf16 convs read is stored as bf16: its
-    /// producer rounds it once, as every reader would. The rest stays f32: what other
-    /// kernels read (the residual stream, ECA, pooling), what the caller may ask for, and
-    /// pre-activations.
+    /// In bf16 precision, the output of a bf16 conv (see [`plan::runs_bf16`]) that only bf16
+    /// convs read is stored as bf16: its producer rounds it once, as every reader would. The
+    /// rest stays f32: what other kernels read (the residual stream, ECA, pooling), what the
+    /// caller may ask for, pre-activations, and what f32 convs read or write.
     fn store_bf16_activations(&mut self) {
         for k in 0..self.kernels.len() {
             let Op::Conv { out, .. } = self.kernels[k].op else { continue };
             let readers = self.readers(out);
-            let only_convs = !readers.is_empty()
-                && readers.iter().all(|&r| matches!(self.kernels[r].op, Op::Conv { input, .. } if input == out));
-            if only_convs && self.buffers[out].layout.c.is_multiple_of(2) {
+            let bf16_conv = |op: &Op| plan::runs_bf16(self, op);
+            let only_bf16_convs = !readers.is_empty()
+                && readers.iter().all(|&r| {
+                    let op = &self.kernels[r].op;
+                    matches!(op, Op::Conv { input, .. } if *input == out) && bf16_conv(op)
+                });
+            if bf16_conv(&self.kernels[k].op) && only_bf16_convs && self.buffers[out].layout.c.is_multiple_of(2) {
                 self.buffers[out].bf16 = true;
             }
         }

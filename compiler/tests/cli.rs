@@ -262,15 +262,25 @@ fn schedule_follows_the_winograd_policy_and_refuses_unknown_ones() {
     assert_eq!(algorithms("f2"), ["direct", "winograd_f2x2_3x3"]);
     assert_eq!(algorithms("OFF"), ["direct"]);
     assert_eq!(algorithms("f4"), ["direct", "winograd_f4x4_3x3"]);
-    // bf16: every conv direct, planned as a bf16 implicit GEMM; a Winograd policy is refused.
+    // bf16: every conv direct; those on at least 32 input channels per group planned as a
+    // bf16 implicit GEMM, the others f32 with f32 weights; a Winograd policy is refused.
     let out = nfc(&["schedule", "--model", m, "--json", "--precision", "bf16"]);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["precision"], "bf16");
+    let mut seen = [false; 2];
     for k in s["kernels"].as_array().unwrap().iter().filter(|k| k["kind"] == "conv") {
-        assert_eq!(k["plan"]["precision"], "bf16", "{k}");
-        assert_eq!(k["plan"]["algorithm"], "direct", "{k}");
-        assert!(k["plan"]["bf16"]["k_padded"].as_u64().unwrap() % 32 == 0, "{k}");
+        let plan = &k["plan"];
+        assert_eq!(plan["algorithm"], "direct", "{k}");
+        let bf16 = plan["input_channels_per_group"].as_u64().unwrap() >= 32;
+        seen[bf16 as usize] = true;
+        if bf16 {
+            assert_eq!(plan["precision"], "bf16", "{k}");
+            assert!(plan["bf16"]["k_padded"].as_u64().unwrap() % 32 == 0, "{k}");
+        } else {
+            assert_eq!((&plan["precision"], &plan["weights"]), (&"f32".into(), &"f32".into()), "{k}");
+        }
     }
+    assert_eq!(seen, [true, true]);
     let out = nfc(&["schedule", "--model", m, "--precision", "bf16", "--winograd", "f4"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("does not apply with precision bf16"), "{err}");

@@ -53,11 +53,14 @@ fn main() {
     // And the tiny one with its conv weights stored in bf16 and f16; both with every eligible
     // conv as Winograd F(4x4, 3x3) (odd edges, few channels), and the tiny one with direct
     // convs only.
-    // And both in bf16 precision.
+    // And both, and a wider one (groups of 32 channels, which bf16 precision runs in bf16), in
+    // bf16 precision.
     let (f32, auto, f32p) = (WeightDtype::F32, WinogradPolicy::default(), Precision::F32);
     let builds = [
         ("tiny", "tiny_bf16", None, f32, auto, Precision::Bf16),
         ("tiny_variant_bf16", "variant_bf16", None, f32, auto, Precision::Bf16),
+        ("tiny_wide", "wide_bf16", None, f32, auto, Precision::Bf16),
+        ("tiny_wide", "wide", None, f32, auto, f32p),
         ("tiny", "tiny", None, f32, auto, f32p),
         ("tiny_variant_bf16", "tiny_variant_bf16", None, f32, auto, f32p),
         ("tiny", "tiny_passes_0", Some(0), f32, auto, f32p),

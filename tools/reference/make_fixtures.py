@@ -8,7 +8,9 @@ outputs as float32 .npy. Large maps of the full-size model are stored as channel
 own float32 outputs on the same input, sliced the same way: the tests bound nfnet's error
 against float64 by a multiple of timm float32's.
 
-    cargo build --release -p nfnet-compiler && python3 tools/reference/make_fixtures.py
+    cargo build --release -p nfnet-compiler && python3 tools/reference/make_fixtures.py [NAME ...]
+
+Without names, every fixture; with names, only those.
 
 Needs: pip install torch timm safetensors numpy
 """
@@ -40,6 +42,13 @@ CASES = {
                                    group_size=None, num_features=192, extra_conv=False,
                                    width_factor=0.75, ch_div=4, attn_kwargs=dict(gamma=1))),
         input=[1, 3, 33, 64], input_seed=2, every={}),
+    # Groups of 32 channels and wider stages: the convs bf16 precision runs in bf16 (at least
+    # 32 input channels per group), 3x3 ones included, and chains of them.
+    "tiny_wide": dict(
+        synth=dict(arch="eca_nfnet_l0", seed=5, num_classes=10, dtype="f32",
+                   model_args=dict(depths=[1, 1, 2, 1], channels=[128, 128, 256, 256], stem_chs=32,
+                                   group_size=32, num_features=256)),
+        input=[1, 3, 52, 44], input_seed=3, every={}),
     # The built-in model: the synthetic eca_nfnet_l2 at 320x320.
     "l2_320": dict(
         synth=dict(arch="eca_nfnet_l2", seed=0, num_classes=None, dtype="f32", model_args=None),
@@ -61,7 +70,12 @@ def synth_args(s, out):
 def main():
     nfc = os.path.join("target", "release", "nfc")
     root = "fixtures"
-    for name, case in CASES.items():
+    names = sys.argv[1:] or list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        sys.exit(f"unknown fixture {', '.join(unknown)} (choose from {', '.join(CASES)})")
+    for name in names:
+        case = CASES[name]
         out = os.path.join(root, name)
         shutil.rmtree(out, ignore_errors=True)
         os.makedirs(out)

@@ -50,6 +50,17 @@ pub mod tiny_winograd_off {
     include!(concat!(env!("OUT_DIR"), "/tiny_winograd_off/nfnet_model.rs"));
 }
 
+/// `fixtures/tiny_wide`: groups of 32 channels.
+pub mod wide {
+    include!(concat!(env!("OUT_DIR"), "/wide/nfnet_model.rs"));
+}
+
+/// `fixtures/tiny_wide` in bf16 precision: 3x3 and 1x1 convs in bf16, chains of them
+/// passing bf16 activations.
+pub mod wide_bf16 {
+    include!(concat!(env!("OUT_DIR"), "/wide_bf16/nfnet_model.rs"));
+}
+
 /// `fixtures/tiny` in bf16 precision.
 pub mod tiny_bf16 {
     include!(concat!(env!("OUT_DIR"), "/tiny_bf16/nfnet_model.rs"));
