@@ -283,6 +283,7 @@ impl ConvPlan {
             "algorithm": self.algorithm.name(),
             "precision": if self.bf16.is_some() { "bf16" } else { "f32" },
             "input_channels_per_group": self.kc,
+            "groups": self.groups,
             "weights": self.weights.name(),
             "weights_layout": layout,
             "products": products,
@@ -369,15 +370,18 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     Some(plan)
 }
 
-/// Whether a conv kernel runs in bf16: the policy asks for it and each tap's channels of a
-/// group fill at least half a K step. A conv on fewer channels (the stem's first, on the
-/// image's 3) has little to multiply per output and much to gather: it stays f32, exact and
-/// faster.
+/// Whether a conv kernel runs in bf16: the policy asks for it and it reads at least
+/// [`BF16_MIN_INPUT_CHANNELS`] channels.
 pub fn runs_bf16(s: &Schedule, op: &Op) -> bool {
     let Op::Conv { node, .. } = op else { return false };
     let GOp::Conv(c) = &s.graph.nodes[*node].op else { unreachable!("conv kernels come from conv nodes") };
-    s.policies.precision == Precision::Bf16 && (c.spec.cin / c.spec.groups) >= bf16::KSTEP
+    s.policies.precision == Precision::Bf16 && c.spec.cin >= BF16_MIN_INPUT_CHANNELS
 }
+
+/// Input channels below which a conv stays f32 (with f32 weights) under bf16 precision: the
+/// first convs, on the image and its first maps, have little to multiply per output and
+/// much to gather, and the rounding of their inputs reaches every later layer.
+pub const BF16_MIN_INPUT_CHANNELS: usize = 64;
 
 /// Largest gather scratch of a bf16 work item (a band's pixels are gathered in chunks).
 pub const BF16_SCRATCH_BYTES: usize = 256 * 1024;
