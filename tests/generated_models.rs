@@ -158,11 +158,11 @@ fn builtin_l2_matches_timm_on_every_isa() {
         // NFNET_PRECISION=bf16 (observed, L2 at 320): logits 2.1e-2, pre-logits 2.2e-2,
         // feature1-2 6.3e-3 and 1.7e-2; the deep maps, whose pixels' errors do not average
         // out, feature3 6.3e-2, feature4 and forward_features 1.2e-1. Bounds twice those.
-        // feature0 comes from the stem's f32 convs: 4.4e-7, bound 2e-6.
+X
         const BF16: Bound = Bound {
             tol: 4.5e-2,
             vs_f32: None,
-            overrides: &[("feature0", 2e-6), ("feature3", 0.13), ("feature4", 0.25), ("forward_features", 0.25)],
+            overrides: &[("feature0", 4e-6), ("feature3", 0.13), ("feature4", 0.25), ("forward_features", 0.25)],
         };
         check_model!(l2, "l2_320", [2], BF16);
     } else {

@@ -145,10 +145,11 @@ impl Policies {
     }
 
     /// bf16 convs store bf16 weights (in the tiles' layout) and run direct: their products
-    /// are cheap, and Winograd's transforms would round their inputs twice.
+    /// are cheap, and Winograd's transforms would round their inputs twice. The convs a bf16
+    /// model keeps in f32 (see [`runs_bf16`]) plan as an f32 model's by default.
     pub fn resolved(self) -> Policies {
         if self.precision == Precision::Bf16 {
-            return Policies { winograd: WinogradPolicy::Off, weights: WeightDtype::Bf16, ..self };
+            return Policies { winograd: WinogradPolicy::Auto, weights: WeightDtype::Bf16, ..self };
         }
         let winograd = match (self.winograd, self.weights) {
             (WinogradPolicy::Auto, WeightDtype::Bf16 | WeightDtype::F16) => WinogradPolicy::F2,
@@ -332,7 +333,7 @@ fn plan_conv(s: &Schedule, op: &Op, p: Policies) -> Option<ConvPlan> {
     let (input16, output16) = (s.buffers[*input].bf16, s.buffers[*out].bf16);
     let geom = s.conv_geom(op);
     let (kc, cout_g, taps) = (sp.cin / sp.groups, sp.cout / sp.groups, sp.k * sp.k);
-    let algorithm = match winograd_tile(s, op, p.winograd) {
+    let algorithm = match winograd_tile(s, op, p.winograd).filter(|_| !runs_bf16(s, op)) {
         Some(m) => Algorithm::Winograd { m },
         None => Algorithm::Direct,
     };
