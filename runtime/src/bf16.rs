@@ -297,18 +297,20 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
     let mut ahead_done = 0;
     // Per pixel of the chunk: its offsets in the output and pre-activation (channel 0 of
     // the group) and its band.
-    let mut at = [(0u32, 0u32, 0u32); MAX_CHUNK];
+    // Written for each chunk's pixels before their blocks read them (not cleared: the
+    // table is 12 KiB per item).
+    let mut at = [std::mem::MaybeUninit::<(u32, u32, u32)>::uninit(); MAX_CHUNK];
     let mut m0 = p0;
     while m0 < p1 {
         let m1 = (m0 + b.chunk).min(p1);
         for q in m0..m1 {
             let (y, x) = (q / vw, q % vw);
-            at[q - m0] = if x < ow {
+            at[q - m0].write(if x < ow {
                 let pre_at = if io.pre != NONE { pre.at(y, x) } else { 0 };
                 ((out.at(y, x) + g * d.cout_g) as u32, (pre_at + g * d.cout_g) as u32, band_of(q) as u32)
             } else {
                 (SKIP, 0, band_of(q) as u32)
-            };
+            });
         }
         if !b.direct {
             // Gather (and round): row i of A is pixel m0 + i's taps, K padded with zeros,
@@ -407,7 +409,8 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
                         bias: unsafe { *(ctx.w(io.bias + g * b.ntiles * TILE + n0) as *const [f32; TILE]) },
                         acc: &acc.0[(jj - jg) / 2],
                         ni: (jj - jg) % 2,
-                        at: &at[mb - m0..(m1 - m0).min(mb - m0 + MBLOCK)],
+                        // SAFETY: entries m0..m1 of this chunk were written above.
+                        at: unsafe { at[mb - m0..(m1 - m0).min(mb - m0 + MBLOCK)].assume_init_ref() },
                         out: if b.output16 { std::ptr::null_mut() } else { ctx.ptr(io.out + n0) },
                         out16: if b.output16 { arena16.wrapping_add(2 * io.out + n0) } else { std::ptr::null_mut() },
                         pre: if io.pre != NONE { ctx.ptr(io.pre + n0) } else { std::ptr::null_mut() },
