@@ -146,7 +146,8 @@ impl Policies {
 
     /// bf16 convs store bf16 weights (in the tiles' layout) and run direct: their products
     /// are cheap, and Winograd's transforms would round their inputs twice. The convs a bf16
-    /// model keeps in f32 (see [`runs_bf16`]) plan as an f32 model's by default.
+    /// model keeps in f32 (see [`runs_bf16`]) take Winograd wherever the cost model prefers
+    /// it (`auto`): their error stays far below the bf16 convs'.
     pub fn resolved(self) -> Policies {
         if self.precision == Precision::Bf16 {
             return Policies { winograd: WinogradPolicy::Auto, weights: WeightDtype::Bf16, ..self };

@@ -981,16 +981,16 @@ mod portable {
     use super::*;
 
     /// # Safety
-    /// As [`super::conv_item`]; the CPU has AVX-512F/BW/DQ/VL, AVX2 and FMA.
-    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    /// As [`super::conv_item`]; the CPU has what [`Isa::Avx512`] detects.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub(super) unsafe fn item_avx512(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
         // SAFETY: as this function's.
         unsafe { super::item::<PORTABLE>(ctx, d, b, io, it, a) }
     }
 
     /// # Safety
-    /// As [`super::conv_item`]; the CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// As [`super::conv_item`]; the CPU has what [`Isa::Avx2`] detects.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn item_avx2(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, it: usize, a: *mut u16) {
         // SAFETY: as this function's.
         unsafe { super::item::<PORTABLE>(ctx, d, b, io, it, a) }

@@ -14,7 +14,8 @@ pub enum Isa {
     Avx2,
     /// x86_64 AVX-512F (with AVX2 + FMA).
     Avx512,
-    /// x86_64 AVX-512 with AVX512-BF16: the AVX-512 kernels, the bf16 convs on `vdpbf16ps`.
+    /// x86_64 AVX-512 (F, BW, DQ, VL) with AVX512-BF16: the AVX-512 kernels, the bf16 convs
+    /// on `vdpbf16ps`.
     Avx512Bf16,
     /// x86_64 AVX-512 with AMX tiles: the AVX-512 kernels, the bf16 convs on AMX
     /// (`tdpbf16ps`). Detected with the kernel's grant of the tile state.
@@ -61,7 +62,13 @@ impl Isa {
                     && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Bf16 => Isa::Avx512.is_available() && is_x86_feature_detected!("avx512bf16"),
+            Isa::Avx512Bf16 => {
+                Isa::Avx512.is_available()
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512bf16")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Amx => Isa::Avx512Bf16.is_available() && crate::bf16::amx_available(),
             #[cfg(target_arch = "aarch64")]
