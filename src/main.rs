@@ -354,7 +354,7 @@ fn info() -> Result<(), String> {
         "precision      {}{}",
         m::PRECISION,
         if m::PRECISION == "bf16" {
-            " (conv inputs and weights rounded to bf16, f32 accumulation; NFNET_PRECISION)"
+            " (convs on 64 or more input channels: inputs and weights rounded to bf16, f32 accumulation; NFNET_PRECISION)"
         } else {
             " (NFNET_PRECISION)"
         }

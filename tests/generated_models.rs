@@ -116,9 +116,9 @@ fn winograd_policies_match_timm_on_every_isa() {
     }
 }
 
-/// bf16 precision: every conv's inputs and weights rounded to bf16, f32 accumulation, on AMX
-/// where detection grants it, on `vdpbf16ps` where the CPU has AVX512-BF16, and on the
-/// portable kernel under every other ISA.
+/// bf16 precision: the inputs and weights of every conv on 64 or more input channels rounded
+/// to bf16, f32 accumulation, on AMX where detection grants it, on `vdpbf16ps` where the CPU
+/// has AVX512-BF16, and on the portable kernel under every other ISA.
 #[test]
 fn bf16_models_stay_close_to_timm_on_every_isa() {
     check_model!(tiny_bf16, "tiny", [1, 3], Bound::rel(5e-2));
