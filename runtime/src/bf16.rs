@@ -1,18 +1,20 @@
 //! Convolutions in bf16: inputs and weights rounded to bf16 (round to nearest even),
 //! products accumulated in f32, the epilogue (bias, pre-activation, SiLU, channel sums) in
-//! f32 over the accumulators, activations stored as f32.
+//! f32 over the accumulators; the output stored as f32, or as bf16 when only bf16 convs
+//! read it.
 //!
-//! Every conv is an implicit GEMM per group: A (pixels x K) gathers each output pixel's taps
-//! from the f32 input and rounds them to bf16 into a scratch block; B (K x columns) is packed
-//! at build time as AMX reads it ([`b_index`]): per 16 output channels and 32 K, one 1 KiB
-//! tile of 16 rows of K pairs. On AMX (`tdpbf16ps`) a block of 32 pixels x 32 channels is
-//! four 16 x 16 f32 tiles; elsewhere [`block_portable`] computes the same products.
+//! Every conv is an implicit GEMM per group. B (K x columns) is packed at build time as AMX
+//! reads it ([`b_index`]): per 16 output channels and 32 K, one 1 KiB tile of 16 rows of K
+//! pairs. A (pixels x K) is read straight from a bf16 input, tap by tap, where the conv
+//! allows ([`loads_direct`]), else gathered (and rounded) into a scratch block. A block of 32
+//! pixels x 32 channels is four 16 x 16 f32 tiles: on AMX (`tdpbf16ps`), with `vdpbf16ps`,
+//! or in plain code ([`block_portable`], the twin the others are tested against).
 //!
 //! Work items are (group, range of column tiles, range of bands): columns are split only to
-//! keep an item's weights in L2, so each pixel is gathered once per split; ranges of bands
-//! give the threads work. An item runs its pixels in gathered chunks, each block of 32 pixels
-//! over all its column pairs. Each item writes its own channels' sums of its own bands, in
-//! pixel order, so results do not depend on the threads.
+//! keep an item's weights in L2 (a gathering conv gathers each pixel once per split); ranges
+//! of bands give the threads work. An item runs its pixels in chunks, each block of 32 pixels
+//! over its column pairs in groups, K in ranges. Each item writes its own channels' sums of
+//! its own bands, in pixel order, so results do not depend on the threads.
 
 use crate::Isa;
 use crate::kernels::{Buf, ConvDesc, ConvIo, Ctx, NONE, NR};
@@ -184,7 +186,9 @@ impl Engine {
 
 /// [`item`]'s engine parameter.
 const PORTABLE: u8 = 0;
+#[cfg(target_arch = "x86_64")]
 const DPBF16: u8 = 1;
+#[cfg(target_arch = "x86_64")]
 const AMX: u8 = 2;
 
 /// Work item `it` of a bf16 conv.
@@ -508,6 +512,8 @@ impl Epilogue<'_> {
     /// As [`Epilogue::run`]; with `vector`, called from a function enabling AVX512-BF16.
     #[inline(always)]
     unsafe fn dispatch(&self, vector: bool, pre: bool, act: bool, sums: bool) {
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = vector;
         macro_rules! run {
             ($p:literal, $a:literal, $s:literal) => {{
                 #[cfg(target_arch = "x86_64")]
