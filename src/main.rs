@@ -377,14 +377,29 @@ fn info() -> Result<(), String> {
     let algorithms: Vec<&str> =
         v["kernels"].as_array().into_iter().flatten().filter_map(|k| k["algorithm"].as_str()).collect();
     let count = |a: &str| algorithms.iter().filter(|&&x| x == a).count();
-    println!(
-        "convs          {} ({} as Winograd F(4x4, 3x3), {} as F(2x2, 3x3); NFNET_WINOGRAD={}), {} weights",
-        algorithms.len(),
-        count("winograd_f4x4_3x3"),
-        count("winograd_f2x2_3x3"),
-        v["winograd"].as_str().unwrap_or("auto"),
-        m::WEIGHT_DTYPE
-    );
+    let plans: Vec<&serde_json::Value> =
+        v["kernels"].as_array().into_iter().flatten().filter_map(|k| k.get("plan").filter(|p| !p.is_null())).collect();
+    let in_bf16 = plans.iter().filter(|p| p["precision"] == "bf16").count();
+    if in_bf16 > 0 {
+        // bf16 precision: NFNET_WINOGRAD and NFNET_WEIGHT_DTYPE do not apply; its f32 convs
+        // take Winograd where it pays and keep f32 weights.
+        println!(
+            "convs          {} ({} in bf16 with bf16 weights; {} in f32 with f32 weights, {} of them as Winograd)",
+            algorithms.len(),
+            in_bf16,
+            algorithms.len() - in_bf16,
+            count("winograd_f4x4_3x3") + count("winograd_f2x2_3x3"),
+        );
+    } else {
+        println!(
+            "convs          {} ({} as Winograd F(4x4, 3x3), {} as F(2x2, 3x3); NFNET_WINOGRAD={}), {} weights",
+            algorithms.len(),
+            count("winograd_f4x4_3x3"),
+            count("winograd_f2x2_3x3"),
+            v["winograd"].as_str().unwrap_or("auto"),
+            m::WEIGHT_DTYPE
+        );
+    }
     Ok(())
 }
 
