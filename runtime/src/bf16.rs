@@ -304,8 +304,47 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
     // Written for each chunk's pixels before their blocks read them (not cleared: the
     // table is 12 KiB per item).
     let mut at = [std::mem::MaybeUninit::<(u32, u32, u32)>::uninit(); MAX_CHUNK];
+    // The epilogue of the pair of column tiles from `jj` whose results are `accs`, for the
+    // block's pixel rows `rows`.
+    let epilogue = |jj: usize, accs: &[f32; 4 * TILE * TILE], rows: &[(u32, u32, u32)]| {
+        let n0 = jj * TILE;
+        let ncols = col_end((jj + 1).min(j1 - 1)) - n0;
+        // The pair's bias: the group's row is padded to whole tiles.
+        let mut bias = [0.0f32; PAIR];
+        for (k, v) in bias[..ncols].iter_mut().enumerate() {
+            // SAFETY: the group's bias row (ntiles x 16 floats).
+            *v = unsafe { *ctx.w(io.bias + g * b.ntiles * TILE + n0 + k) };
+        }
+        let ep = Epilogue {
+            bias,
+            acc: accs,
+            at: rows,
+            out: if b.output16 { std::ptr::null_mut() } else { ctx.ptr(io.out + n0) },
+            out16: if b.output16 { arena16.wrapping_add(2 * io.out + n0) } else { std::ptr::null_mut() },
+            pre: if io.pre != NONE { ctx.ptr(io.pre + n0) } else { std::ptr::null_mut() },
+            sums: if sums.is_null() { sums } else { sums.wrapping_add(n0) },
+            sums_stride: d.out.c,
+            ncols,
+        };
+        // SAFETY: the pixels' outputs and bands' sums, this item's channels.
+        unsafe { ep.dispatch(E != PORTABLE, io.pre != NONE, d.act, !sums.is_null()) };
+    };
+    // A pair's epilogue waits until the next pair's last tile products are under way, so
+    // that the vector units work beside the tile unit: its column tile, its slot in `acc`
+    // and its rows of the pixel table.
+    let mut pending: Option<(usize, usize, std::ops::Range<usize>)> = None;
+    macro_rules! flush {
+        () => {
+            if let Some((jj, slot, rows)) = pending.take() {
+                // SAFETY: rows of the current chunk's table, written before its blocks.
+                epilogue(jj, &acc.0[slot], unsafe { at[rows].assume_init_ref() });
+            }
+        };
+    }
     let mut m0 = p0;
     while m0 < p1 {
+        // The last chunk's pending epilogue reads its rows of the table.
+        flush!();
         let m1 = (m0 + b.chunk).min(p1);
         for q in m0..m1 {
             let (y, x) = (q / vw, q % vw);
@@ -356,7 +395,7 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
         }
         // Each block of pixels over groups of the item's column pairs, K in ranges: the
         // block's A range stays in L1 while the group's weights pass by from L2, the
-        // group's results accumulate in `acc`; then its epilogue writes them.
+        // group's results accumulate in `acc`; then the epilogue of each pair writes them.
         let mut mb = m0;
         while mb < m1 {
             // The block's row 0 of A and the distance of its rows: the direct conv's rows
@@ -390,7 +429,12 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
                             prefetch_l2(ahead.wrapping_add(ahead_done * 64), n);
                             ahead_done += n;
                         }
-                        let c = &mut acc.0[(j - jg) / 2];
+                        let slot = (j - jg) / 2;
+                        // A pending epilogue reads its slot before these products overwrite it.
+                        if pending.as_ref().is_some_and(|p| p.1 == slot) {
+                            flush!();
+                        }
+                        let c = &mut acc.0[slot];
                         // SAFETY: the block's 32 rows at the steps' offsets (scratch, or the
                         // input and its slack), the group's tiles j and j + 1 (or j twice)
                         // from step s0 to s1.
@@ -403,27 +447,14 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
                                 _ => block_portable(ab, a_stride, &offs[s0..s1], b0, b1, c, r > 0),
                             }
                         }
+                        if r == ranges - 1 {
+                            // The pair's results are final: the previous pair's epilogue runs
+                            // while these products do, this pair's after the next pair's.
+                            flush!();
+                            pending = Some((j, slot, mb - m0..(m1 - m0).min(mb - m0 + MBLOCK)));
+                        }
                         j += 2;
                     }
-                }
-                for jj in jg..jg1 {
-                    let n0 = jj * TILE;
-                    let ep = Epilogue {
-                        // SAFETY: the group's padded bias row (ntiles x 16 floats).
-                        bias: unsafe { *(ctx.w(io.bias + g * b.ntiles * TILE + n0) as *const [f32; TILE]) },
-                        acc: &acc.0[(jj - jg) / 2],
-                        ni: (jj - jg) % 2,
-                        // SAFETY: entries m0..m1 of this chunk were written above.
-                        at: unsafe { at[mb - m0..(m1 - m0).min(mb - m0 + MBLOCK)].assume_init_ref() },
-                        out: if b.output16 { std::ptr::null_mut() } else { ctx.ptr(io.out + n0) },
-                        out16: if b.output16 { arena16.wrapping_add(2 * io.out + n0) } else { std::ptr::null_mut() },
-                        pre: if io.pre != NONE { ctx.ptr(io.pre + n0) } else { std::ptr::null_mut() },
-                        sums: if sums.is_null() { sums } else { sums.wrapping_add(n0) },
-                        sums_stride: d.out.c,
-                        ncols: col_end(jj) - n0,
-                    };
-                    // SAFETY: the pixels' outputs and bands' sums, this item's channels.
-                    unsafe { ep.dispatch(E != PORTABLE, io.pre != NONE, d.act, !sums.is_null()) };
                 }
                 jg = jg1;
             }
@@ -431,15 +462,18 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
         }
         m0 = m1;
     }
+    flush!();
 }
 
-/// The f32 epilogue of one result tile column of a block: bias, pre-activation, SiLU,
-/// output and channel sums, for each pixel row.
+/// Columns an epilogue covers: a pair of result tiles, a 64-byte line of bf16 per pixel.
+const PAIR: usize = 2 * TILE;
+
+/// The f32 epilogue of one pair of result tile columns of a block: bias, pre-activation,
+/// SiLU, output and channel sums, for each pixel row.
 struct Epilogue<'a> {
-    bias: [f32; TILE],
-    /// The block's four result tiles; this column's are `ni` and `2 + ni`.
+    bias: [f32; PAIR],
+    /// The pair's four result tiles: rows 0-15 in tiles 0 and 1, rows 16-31 in 2 and 3.
     acc: &'a [f32; 4 * TILE * TILE],
-    ni: usize,
     /// Per pixel row: output and pre-activation offsets (from `out` and `pre`; output
     /// [`SKIP`]: not stored) and band.
     at: &'a [(u32, u32, u32)],
@@ -448,61 +482,70 @@ struct Epilogue<'a> {
     out16: *mut u16,
     /// Null when not stored.
     pre: *mut f32,
-    /// This column's sums of band 0 (null: none); band `i` at `sums_stride * i`.
+    /// This pair's sums of band 0 (null: none); band `i` at `sums_stride * i`.
     sums: *mut f32,
     sums_stride: usize,
-    /// Valid columns (16 unless the group's last tile is partial).
+    /// Valid columns (32 unless the group's last tiles are partial or one).
     ncols: usize,
 }
 
 impl Epilogue<'_> {
+    /// Row `r`'s two tile rows of results.
+    #[inline(always)]
+    fn acc_row(&self, r: usize) -> [&[f32; TILE]; 2] {
+        let at = |t: usize| (((r / TILE) * 2 + t) * TILE + r % TILE) * TILE;
+        [0, 1].map(|t| self.acc[at(t)..at(t) + TILE].try_into().unwrap())
+    }
+
     /// # Safety
     /// `out` (and `pre`, `sums` when not null) valid at every offset of `at` for `ncols`.
     #[inline(always)]
     unsafe fn run<const PRE: bool, const ACT: bool, const SUMS: bool>(&self) {
-        let full = self.ncols == TILE;
-        let mut colsum = [0.0f32; TILE];
+        let n = self.ncols;
+        let mut colsum = [0.0f32; PAIR];
         let mut band = self.at.first().map_or(0, |a| a.2);
         for (r, &(o, po, bi)) in self.at.iter().enumerate() {
             if o == SKIP {
                 continue;
             }
-            let acc: &[f32; TILE] =
-                self.acc[((r / TILE) * 2 + self.ni) * TILE * TILE + (r % TILE) * TILE..][..TILE].try_into().unwrap();
-            let mut v = [0.0f32; TILE];
-            for k in 0..TILE {
-                v[k] = acc[k] + self.bias[k];
+            let acc = self.acc_row(r);
+            let mut v = [0.0f32; PAIR];
+            for k in 0..PAIR {
+                v[k] = acc[k / TILE][k % TILE] + self.bias[k];
             }
             // SAFETY: as this function's.
             unsafe {
                 if PRE {
-                    store(self.pre.add(po as usize), &v, full, self.ncols);
+                    store(self.pre.add(po as usize), &v, n);
                 }
                 if ACT {
                     for e in &mut v {
                         *e = silu(*e);
                     }
                 }
-                if self.out16.is_null() {
-                    store(self.out.add(o as usize), &v, full, self.ncols);
+                // What was stored: a bf16 output's sums add the rounded values (those its
+                // readers see).
+                let stored = if self.out16.is_null() {
+                    store(self.out.add(o as usize), &v, n);
+                    v
                 } else {
-                    store16(self.out16.add(o as usize), &v, full, self.ncols);
-                }
+                    store16(self.out16.add(o as usize), &v, n)
+                };
                 if SUMS {
                     if bi != band {
-                        add_sums(self.sums.add(band as usize * self.sums_stride), &colsum, self.ncols);
-                        colsum = [0.0; TILE];
+                        add_sums(self.sums.add(band as usize * self.sums_stride), &colsum, n);
+                        colsum = [0.0; PAIR];
                         band = bi;
                     }
-                    for k in 0..TILE {
-                        colsum[k] += v[k];
+                    for k in 0..PAIR {
+                        colsum[k] += stored[k];
                     }
                 }
             }
         }
         if SUMS {
             // SAFETY: as this function's.
-            unsafe { add_sums(self.sums.add(band as usize * self.sums_stride), &colsum, self.ncols) };
+            unsafe { add_sums(self.sums.add(band as usize * self.sums_stride), &colsum, n) };
         }
     }
 
@@ -538,8 +581,8 @@ impl Epilogue<'_> {
         }
     }
 
-    /// [`Epilogue::run`] in AVX-512: masked stores for a partial tile, SiLU's division as a
-    /// refined reciprocal, bf16 rounding by `vcvtneps2bf16`.
+    /// [`Epilogue::run`] in AVX-512: masked stores for partial tiles, SiLU's division as a
+    /// refined reciprocal, bf16 rounding by `vcvtne2ps2bf16` (a pair's row in one store).
     ///
     /// # Safety
     /// As [`Epilogue::run`]; the CPU has AVX512-BF16.
@@ -548,41 +591,52 @@ impl Epilogue<'_> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn run_avx512<const PRE: bool, const ACT: bool, const SUMS: bool>(&self) {
         use std::arch::x86_64::*;
-        let mask: __mmask16 = if self.ncols == TILE { 0xffff } else { ((1u32 << self.ncols) - 1) as u16 };
+        let m32 = if self.ncols >= PAIR { u32::MAX } else { (1u32 << self.ncols) - 1 };
+        let m = [m32 as u16, (m32 >> 16) as u16];
         // SAFETY: as this function's; `acc` rows are 64-byte aligned (the tiles' store).
         unsafe {
-            let bias = _mm512_loadu_ps(self.bias.as_ptr());
-            let mut colsum = _mm512_setzero_ps();
+            let ld = |p: *const f32, k: usize| _mm512_maskz_loadu_ps(m[k], p.add(k * TILE));
+            let st = |p: *mut f32, v: [__m512; 2]| {
+                for k in 0..2 {
+                    _mm512_mask_storeu_ps(p.add(k * TILE), m[k], v[k]);
+                }
+            };
+            let bias = [0, 1].map(|k| _mm512_loadu_ps(self.bias.as_ptr().add(k * TILE)));
+            let mut colsum = [_mm512_setzero_ps(); 2];
             let mut band = self.at.first().map_or(0, |a| a.2);
-            let flush = |band: u32, colsum: __m512| {
+            let flush = |band: u32, colsum: [__m512; 2]| {
                 let s = self.sums.add(band as usize * self.sums_stride);
-                _mm512_mask_storeu_ps(s, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, s), colsum));
+                st(s, [0, 1].map(|k| _mm512_add_ps(ld(s, k), colsum[k])));
             };
             for (r, &(o, po, bi)) in self.at.iter().enumerate() {
                 if o == SKIP {
                     continue;
                 }
-                let acc = self.acc.as_ptr().add(((r / TILE) * 2 + self.ni) * TILE * TILE + (r % TILE) * TILE);
-                let mut v = _mm512_add_ps(_mm512_load_ps(acc), bias);
+                let acc = self.acc_row(r);
+                let mut v = [0, 1].map(|k| _mm512_add_ps(_mm512_load_ps(acc[k].as_ptr()), bias[k]));
                 if PRE {
-                    _mm512_mask_storeu_ps(self.pre.add(po as usize), mask, v);
+                    st(self.pre.add(po as usize), v);
                 }
                 if ACT {
-                    v = amx::silu16(v);
+                    v = v.map(|x| amx::silu16(x));
                 }
-                if self.out16.is_null() {
-                    _mm512_mask_storeu_ps(self.out.add(o as usize), mask, v);
+                // What was stored: a bf16 output's sums add the rounded values.
+                let stored = if self.out16.is_null() {
+                    st(self.out.add(o as usize), v);
+                    v
                 } else {
-                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-                    _mm256_mask_storeu_epi16(self.out16.add(o as usize) as *mut i16, mask, h);
-                }
+                    let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(v[1], v[0]));
+                    _mm512_mask_storeu_epi16(self.out16.add(o as usize) as *mut i16, m32, h);
+                    let widen = |q: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(q)));
+                    [widen(_mm512_castsi512_si256(h)), widen(_mm512_extracti64x4_epi64::<1>(h))]
+                };
                 if SUMS {
                     if bi != band {
                         flush(band, colsum);
-                        colsum = _mm512_setzero_ps();
+                        colsum = [_mm512_setzero_ps(); 2];
                         band = bi;
                     }
-                    colsum = _mm512_add_ps(colsum, v);
+                    colsum = [0, 1].map(|k| _mm512_add_ps(colsum[k], stored[k]));
                 }
             }
             if SUMS {
@@ -606,37 +660,38 @@ fn prefetch_l2(p: *const u8, lines: usize) {
     let _ = (p, lines);
 }
 
-/// Stores the first `n` of 16 values (`full`: all 16, as one vector).
+/// Stores the first `n` of a pair's 32 values.
 ///
 /// # Safety
-/// `p` is valid for `n` floats (16 when `full`).
+/// `p` is valid for `n` floats.
 #[inline(always)]
-unsafe fn store(p: *mut f32, v: &[f32; TILE], full: bool, n: usize) {
+unsafe fn store(p: *mut f32, v: &[f32; PAIR], n: usize) {
     // SAFETY: as this function's.
     unsafe {
-        if full {
-            (p as *mut [f32; TILE]).write_unaligned(*v);
+        if n == PAIR {
+            (p as *mut [f32; PAIR]).write_unaligned(*v);
         } else {
             std::ptr::copy_nonoverlapping(v.as_ptr(), p, n);
         }
     }
 }
 
-/// Stores the first `n` of 16 values rounded to bf16 (`full`: all 16).
+/// Stores the first `n` of a pair's 32 values rounded to bf16; returns the rounded values.
 ///
 /// # Safety
-/// `p` is valid for `n` values (16 when `full`).
+/// `p` is valid for `n` values.
 #[inline(always)]
-unsafe fn store16(p: *mut u16, v: &[f32; TILE], full: bool, n: usize) {
-    let h: [u16; TILE] = std::array::from_fn(|k| round(v[k]));
+unsafe fn store16(p: *mut u16, v: &[f32; PAIR], n: usize) -> [f32; PAIR] {
+    let h: [u16; PAIR] = std::array::from_fn(|k| round(v[k]));
     // SAFETY: as this function's.
     unsafe {
-        if full {
-            (p as *mut [u16; TILE]).write_unaligned(h);
+        if n == PAIR {
+            (p as *mut [u16; PAIR]).write_unaligned(h);
         } else {
             std::ptr::copy_nonoverlapping(h.as_ptr(), p, n);
         }
     }
+    h.map(widen)
 }
 
 /// Adds the first `n` column sums to the band's row at `s`.
@@ -644,7 +699,7 @@ unsafe fn store16(p: *mut u16, v: &[f32; TILE], full: bool, n: usize) {
 /// # Safety
 /// `s` is valid for `n` floats.
 #[inline(always)]
-unsafe fn add_sums(s: *mut f32, colsum: &[f32; TILE], n: usize) {
+unsafe fn add_sums(s: *mut f32, colsum: &[f32; PAIR], n: usize) {
     for k in 0..n {
         // SAFETY: as this function's.
         unsafe { *s.add(k) += colsum[k] };
@@ -1393,7 +1448,8 @@ mod tests {
                     let tol_out = tol + if output16 { act.abs() / 256.0 } else { 0.0 };
                     assert!((pre - v).abs() <= tol, "{what}: pre ({y}, {x}, {n}) {pre} vs {v}");
                     assert!((got - act).abs() <= tol_out, "{what}: out ({y}, {x}, {n}) {got} vs {act}");
-                    sums[bi * cout + n] += act;
+                    // The sums add the values as stored (a bf16 output's rounded ones).
+                    sums[bi * cout + n] += got;
                 }
             }
         }
