@@ -338,20 +338,31 @@ impl<'g> Schedule<'g> {
     /// convs read is stored as bf16: its producer rounds it once, as every reader would. The
     /// rest stays f32: what other kernels read (the residual stream, ECA, pooling), what the
     /// caller may ask for, pre-activations, and what f32 convs read or write.
+    /// The activation the elementwise kernel ending a block stores for the next block's
+    /// convs follows the same rule.
     fn store_bf16_activations(&mut self) {
         for k in 0..self.kernels.len() {
-            let Op::Conv { out, .. } = self.kernels[k].op else { continue };
-            let readers = self.readers(out);
-            let bf16_conv = |op: &Op| plan::runs_bf16(self, op);
-            let only_bf16_convs = !readers.is_empty()
-                && readers.iter().all(|&r| {
-                    let op = &self.kernels[r].op;
-                    matches!(op, Op::Conv { input, .. } if *input == out) && bf16_conv(op)
-                });
-            if bf16_conv(&self.kernels[k].op) && only_bf16_convs && self.buffers[out].layout.c.is_multiple_of(2) {
-                self.buffers[out].bf16 = true;
+            let stored = match self.kernels[k].op {
+                Op::Conv { out, .. } if plan::runs_bf16(self, &self.kernels[k].op) => out,
+                Op::ScaleAddAct { act: Some(act), .. } => act,
+                _ => continue,
+            };
+            if self.bf16_convs_only_read(stored) {
+                self.buffers[stored].bf16 = true;
             }
         }
+    }
+
+    /// Whether buffer `b` holds what only bf16 convs read (as their input), in an even number
+    /// of channels: under bf16 precision its producer stores it as bf16.
+    pub(crate) fn bf16_convs_only_read(&self, b: BufId) -> bool {
+        let readers = self.readers(b);
+        self.buffers[b].layout.c.is_multiple_of(2)
+            && !readers.is_empty()
+            && readers.iter().all(|&r| {
+                let op = &self.kernels[r].op;
+                matches!(op, Op::Conv { input, .. } if *input == b) && plan::runs_bf16(self, op)
+            })
     }
 
     /// Live range of every buffer: (first kernel writing it, last kernel touching it).

@@ -241,6 +241,92 @@ pub unsafe fn conv_run(
     unsafe { crate::kernels::run_zeroing_borders(ctx, &[out, Buf { offset: io.pre, ..d.pre }], items, item) }
 }
 
+/// `v = r * gate + shortcut` (gate and shortcut optional), stored to `y` (f32, optional)
+/// and `silu(v)` rounded to bf16 to `act`, row by row: [`crate::kernels::scale_add_act`] for
+/// the activation of a block that only bf16 convs read.
+///
+/// # Safety
+/// Buffers from the schedule: same h, w, c; in the arena; `act` holds bf16 values and is
+/// disjoint from the others; `y` disjoint from `sc` and may be `r`.
+pub unsafe fn scale_add_act(ctx: &Ctx, r: &Buf, gate: usize, sc: &Buf, y: &Buf, act: &Buf) {
+    let pieces = (r.w * r.c).div_ceil(crate::kernels::SCALE_ADD_ACT_ITEM).clamp(1, r.w);
+    let piece = |it: usize| {
+        let arena16 = ctx.arena.0 as *mut u16;
+        let (yy, part) = (it / pieces, it % pieces);
+        let (x0, x1) = (part * r.w / pieces, (part + 1) * r.w / pieces);
+        let p = |b: &Buf| if b.is_some() { ctx.ptr(b.at(yy, x0)) } else { std::ptr::null_mut() };
+        let g = if gate == NONE { std::ptr::null() } else { ctx.ptr(gate) as *const f32 };
+        // The activation's values, two per arena float, from its offset on.
+        let a = arena16.wrapping_add(2 * act.offset + (act.at(yy, x0) - act.offset));
+        // SAFETY: pixels x0..x1 of row yy of each buffer are (x1 - x0) * c contiguous values
+        // inside the arena; each item writes its own pixels.
+        unsafe { scale_add_act_piece(ctx.bf16, (x1 - x0) * r.c, r.c, p(r), g, p(sc), p(y), a) };
+    };
+    // A bf16 buffer of c channels lies in the arena as an f32 one of c / 2.
+    let act_floats = Buf { c: act.c / 2, ..*act };
+    // SAFETY: buffers are in the arena (caller contract); the pieces write interior pixels.
+    unsafe { crate::kernels::run_zeroing_borders(ctx, &[*y, act_floats], r.h * pieces, &piece) }
+}
+
+/// [`scale_add_act`] over `n` contiguous values (`c` channels per pixel).
+///
+/// # Safety
+/// Non-null pointers valid for `n` values (`gate` for `c`); the engine's ISA is available.
+unsafe fn scale_add_act_piece(
+    engine: Engine,
+    n: usize,
+    c: usize,
+    r: *const f32,
+    gate: *const f32,
+    sc: *const f32,
+    y: *mut f32,
+    act: *mut u16,
+) {
+    #[inline(always)]
+    unsafe fn body(n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut u16) {
+        for i in 0..n {
+            // SAFETY: as the caller's.
+            unsafe {
+                let mut v = *r.add(i);
+                if !gate.is_null() {
+                    v *= *gate.add(i % c);
+                }
+                if !sc.is_null() {
+                    v += *sc.add(i);
+                }
+                if !y.is_null() {
+                    *y.add(i) = v;
+                }
+                *act.add(i) = round(silu(v));
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512(n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut u16) {
+        // SAFETY: as the caller's.
+        unsafe { body(n, c, r, gate, sc, y, act) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut u16) {
+        // SAFETY: as the caller's.
+        unsafe { body(n, c, r, gate, sc, y, act) }
+    }
+    // SAFETY: as this function's; each engine's ISA brings the features named.
+    unsafe {
+        match engine {
+            #[cfg(target_arch = "x86_64")]
+            Engine::Amx | Engine::Avx512Bf16 => amx::scale_add_act(n, c, r, gate, sc, y, act),
+            #[cfg(target_arch = "x86_64")]
+            Engine::PortableAvx512 => avx512(n, c, r, gate, sc, y, act),
+            #[cfg(target_arch = "x86_64")]
+            Engine::PortableAvx2 => avx2(n, c, r, gate, sc, y, act),
+            _ => body(n, c, r, gate, sc, y, act),
+        }
+    }
+}
+
 /// Marks a row of A whose pixel is not an output (a direct conv's pixels past a row's end).
 const SKIP: u32 = u32::MAX;
 
@@ -912,6 +998,64 @@ pub(crate) mod amx {
         }
     }
 
+    /// [`super::scale_add_act_piece`] in AVX-512, 32 channels at a time (masked at a
+    /// pixel's end), the activation rounded by `vcvtne2ps2bf16`. Asks for its inputs' lines
+    /// 2 KiB ahead: its SiLU keeps the core too busy for the hardware's streams to run far
+    /// enough ahead.
+    ///
+    /// # Safety
+    /// As [`super::scale_add_act_piece`]; the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn scale_add_act(
+        n: usize,
+        c: usize,
+        r: *const f32,
+        gate: *const f32,
+        sc: *const f32,
+        y: *mut f32,
+        act: *mut u16,
+    ) {
+        use std::arch::x86_64::*;
+        const AHEAD: usize = 512;
+        let hint = |p: *const f32| _mm_prefetch::<{ _MM_HINT_T0 }>(p as *const i8);
+        let mut p = 0;
+        // SAFETY: as this function's: pixel p's c values of each buffer (masked past c).
+        unsafe {
+            while p < n {
+                let mut ch = 0;
+                while ch < c {
+                    let left = c - ch;
+                    let m32 = if left >= 32 { u32::MAX } else { (1u32 << left) - 1 };
+                    let m = [m32 as u16, (m32 >> 16) as u16];
+                    let i = p + ch;
+                    hint(r.wrapping_add(i + AHEAD));
+                    hint(r.wrapping_add(i + AHEAD + 16));
+                    if !sc.is_null() {
+                        hint(sc.wrapping_add(i + AHEAD));
+                        hint(sc.wrapping_add(i + AHEAD + 16));
+                    }
+                    let mut v = [0, 1].map(|k| _mm512_maskz_loadu_ps(m[k], r.add(i + 16 * k)));
+                    if !gate.is_null() {
+                        v = [0, 1].map(|k| _mm512_mul_ps(v[k], _mm512_maskz_loadu_ps(m[k], gate.add(ch + 16 * k))));
+                    }
+                    if !sc.is_null() {
+                        v = [0, 1].map(|k| _mm512_add_ps(v[k], _mm512_maskz_loadu_ps(m[k], sc.add(i + 16 * k))));
+                    }
+                    if !y.is_null() {
+                        for k in 0..2 {
+                            _mm512_mask_storeu_ps(y.add(i + 16 * k), m[k], v[k]);
+                        }
+                    }
+                    let a = v.map(|x| silu16(x));
+                    let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(a[1], a[0]));
+                    _mm512_mask_storeu_epi16(act.add(i) as *mut i16, m32, h);
+                    ch += 32;
+                }
+                p += c;
+            }
+        }
+    }
+
     /// [`item`] with AVX-512 for the gather, rounding and epilogue.
     ///
     /// # Safety
@@ -1467,6 +1611,80 @@ mod tests {
                 arena[in_len + out_len.div_ceil(2)..in_len + out_len].iter().all(|&v| v == 0.0),
                 "{what}: past the end"
             );
+        }
+    }
+
+    #[test]
+    fn the_bf16_activation_of_a_block_equals_the_f64_one() {
+        // Every engine, channels a multiple of 32 and not (masked tails; bf16 buffers hold an
+        // even number), each of gate,
+        // shortcut and output present or absent, the output over r.
+        let mut st = 3;
+        for c in [64usize, 40, 6] {
+            let (h, w) = (3usize, 5usize);
+            for (has_gate, has_sc, has_y) in
+                [(true, true, true), (true, true, false), (false, true, true), (true, false, false)]
+            {
+                for engine in engines() {
+                    let len = h * w * c;
+                    // r (and y over it), gate, shortcut, then the activation (bf16, with a
+                    // border of one pixel).
+                    let act = Buf { offset: 2 * len + c, h, w, c, pad: 1 };
+                    let act_len = (h + 2) * (w + 2) * c / 2 + 1;
+                    let mut arena = vec![f32::NAN; act.offset + act_len];
+                    for v in &mut arena[..2 * len + c] {
+                        *v = rnd(&mut st) * 6.0;
+                    }
+                    let want: Vec<f64> = (0..len)
+                        .map(|i| {
+                            let mut v = arena[i] as f64;
+                            if has_gate {
+                                v *= arena[len + i % c] as f64;
+                            }
+                            if has_sc {
+                                v += arena[len + c + i] as f64;
+                            }
+                            v
+                        })
+                        .collect();
+                    let r = Buf { offset: 0, h, w, c, pad: 0 };
+                    let sc = if has_sc { Buf { offset: len + c, ..r } } else { Buf::none() };
+                    let y = if has_y { r } else { Buf::none() };
+                    let gate = if has_gate { len } else { NONE };
+                    let pool = crate::Pool::new(2).unwrap();
+                    let ctx = Ctx {
+                        arena: crate::SyncPtr(arena.as_mut_ptr()),
+                        weights: crate::SyncPtr(std::ptr::null_mut()),
+                        weights16: crate::SyncPtr(std::ptr::null_mut()),
+                        pool: &pool,
+                        bf16: engine,
+                    };
+                    // SAFETY: the buffers lie in the arena as laid out above.
+                    unsafe { scale_add_act(&ctx, &r, gate, &sc, &y, &act) };
+                    let a16 = arena.as_ptr() as *const u16;
+                    for yy in 0..h + 2 {
+                        for xx in 0..w + 2 {
+                            for ch in 0..c {
+                                // SAFETY: inside the activation's floats.
+                                let got =
+                                    widen(unsafe { *a16.add(2 * act.offset + (yy * (w + 2) + xx) * c + ch) }) as f64;
+                                let what = format!("c {c}, {engine:?}, gate {has_gate}, sc {has_sc}, y {has_y}");
+                                if yy == 0 || xx == 0 || yy == h + 1 || xx == w + 1 {
+                                    assert_eq!(got, 0.0, "{what}: border");
+                                    continue;
+                                }
+                                let i = ((yy - 1) * w + xx - 1) * c + ch;
+                                let v = want[i];
+                                let a = v / (1.0 + (-v).exp());
+                                assert!((got - a).abs() <= a.abs() / 256.0 + 1e-6, "{what}: act {i}: {got} vs {a}");
+                                if has_y {
+                                    assert!((arena[i] as f64 - v).abs() <= 1e-5 * (1.0 + v.abs()), "{what}: y {i}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -307,7 +307,7 @@ pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, s
 }
 
 /// Floats per work item of `scale_add_act`, about.
-const SCALE_ADD_ACT_ITEM: usize = 8192;
+pub(crate) const SCALE_ADD_ACT_ITEM: usize = 8192;
 
 /// AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) from `x` into `out`.
 ///

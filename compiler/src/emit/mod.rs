@@ -351,7 +351,13 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
             Op::ScaleAddAct { r, gate, shortcut, y, act } => {
                 let (r_, sc_, y_, a_) = (buf(s, Some(*r)), buf(s, *shortcut), buf(s, *y), buf(s, *act));
                 let g_ = offset(s, *gate);
-                quote!(rt::scale_add_act(k, ctx, &#r_, #g_, &#sc_, &#y_, &#a_);)
+                match act {
+                    // An activation only bf16 convs read: rounded to bf16 as it is stored.
+                    Some(a) if s.buffers[*a].bf16 => {
+                        quote!(nfnet_runtime::bf16::scale_add_act(ctx, &#r_, #g_, &#sc_, &#y_, &#a_);)
+                    }
+                    _ => quote!(rt::scale_add_act(k, ctx, &#r_, #g_, &#sc_, &#y_, &#a_);),
+                }
             }
             Op::AvgPool { input, out } => {
                 let (x, o) = (buf(s, Some(*input)), buf(s, Some(*out)));

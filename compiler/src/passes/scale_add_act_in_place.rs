@@ -1,5 +1,6 @@
 //! Lets an elementwise `v = r * gate + shortcut` write `v` over `r` and `silu(v)` over the
-//! shortcut when this kernel is their last reader and the layouts agree: each element is read
+//! shortcut when this kernel is their last reader, the layouts agree and the activation is
+//! f32 (not one only bf16 convs read, stored as bf16): each element is read
 //! before it is written at the same place, so the kernel is unchanged, and its stores hit
 //! lines it has just read (no read-for-ownership of fresh lines): 4 streams of memory traffic
 //! instead of 6, and two fewer buffers in the arena.
@@ -29,10 +30,14 @@ impl Pass for ScaleAddActInPlace {
             };
             let mut done = Vec::new();
             for (out, inp) in pairs.into_iter().flatten() {
+                // An activation only bf16 convs read is stored as bf16 (half the size).
+                let bf16_act = Some(out) == act && s.bf16_convs_only_read(out);
                 let why = if !last_reader(s, inp) {
                     Some("a later kernel reads the input")
                 } else if !same(s, out, inp) {
                     Some("the layouts differ")
+                } else if bf16_act {
+                    Some("the activation is stored as bf16")
                 } else {
                     None
                 };
