@@ -388,10 +388,11 @@ pub const BF16_MIN_INPUT_CHANNELS: usize = 64;
 /// Largest gather scratch of a bf16 work item (a band's pixels are gathered in chunks).
 pub const BF16_SCRATCH_BYTES: usize = 256 * 1024;
 
-/// Work items a bf16 conv is split into at least (when its bands allow), so that two or
-/// more threads share it evenly: ranges of bands, which each read the weights again (from
-/// cache when they are small) but gather each pixel once.
-pub const BF16_MIN_ITEMS: usize = 8;
+/// Work items a bf16 conv is split into at least (when its bands allow), so that two to
+/// four threads share it evenly (a multiple of 2, 3 and 4; a 1x1 conv in 3 column splits
+/// gets 12 items, not 9): ranges of bands, which each read the weights again (from cache
+/// when they are small) but gather each pixel once.
+pub const BF16_MIN_ITEMS: usize = 12;
 
 /// Most bytes of weights one bf16 work item runs: they stay in a core's L2 while its
 /// pixels pass by in chunks.
