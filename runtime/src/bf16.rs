@@ -906,13 +906,20 @@ pub(crate) mod amx {
         unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
     }
 
-    /// Runs `iters` x 4 independent `tdpbf16ps` (16 x 16 x 32 products each) on zero tiles:
-    /// the peak of [`crate::peak`].
+    /// Runs `iters` x 4 independent `tdpbf16ps` (16 x 16 x 32 products each) on tiles of
+    /// varied bf16 values in [-1, 1), like the data a conv multiplies (zero tiles can run
+    /// faster): the peak of [`crate::peak`].
     ///
     /// # Safety
     /// AMX granted to this process.
     pub(crate) unsafe fn peak_loop(iters: usize) {
-        let zeros = Aligned([0u8; 1024]);
+        let mut data = Aligned([0u16; 512]);
+        let mut st = 0x2545_f491_4f6c_dd1du64;
+        for v in data.0.iter_mut() {
+            st = st.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            *v = round(((st >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0);
+        }
+
         // SAFETY: loads from a 1 KiB buffer (16 rows of 64 bytes); tiles clobbered and
         // released before the block ends.
         unsafe {
@@ -935,7 +942,7 @@ pub(crate) mod amx {
                 "jnz 2b",
                 "tilerelease",
                 cfg = in(reg) &CONFIG,
-                z = in(reg) zeros.0.as_ptr(),
+                z = in(reg) data.0.as_ptr(),
                 s = in(reg) 64usize,
                 k = inout(reg) iters.max(1) => _,
                 out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
