@@ -290,12 +290,7 @@ pub(crate) unsafe fn run_zeroing_borders(ctx: &Ctx, bufs: &[Buf], items: usize, 
 /// Buffers from the schedule: same h, w, c; in the arena; outputs disjoint from inputs, or
 /// `y` the same buffer as `r` and `act` as `sc` (see the `Kernels` contract).
 pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, sc: &Buf, y: &Buf, act: &Buf) {
-    // Items of whole pixels, about SCALE_ADD_ACT_ITEM floats each: a thread that finishes
-    // first waits for at most one such piece (a row of L2's stage 2 is 30720 floats).
-    let pieces = (r.w * r.c).div_ceil(SCALE_ADD_ACT_ITEM).clamp(1, r.w);
-    let piece = |it: usize| {
-        let (yy, part) = (it / pieces, it % pieces);
-        let (x0, x1) = (part * r.w / pieces, (part + 1) * r.w / pieces);
+    let piece = |yy: usize, x0: usize, x1: usize| {
         let p = |b: &Buf| if b.is_some() { ctx.ptr(b.at(yy, x0)) } else { std::ptr::null_mut() };
         let g = if gate == NONE { std::ptr::null() } else { ctx.ptr(gate) as *const f32 };
         // SAFETY: pixels x0..x1 of row yy of each buffer are (x1 - x0) * c contiguous floats
@@ -303,11 +298,28 @@ pub unsafe fn scale_add_act<K: Kernels>(k: K, ctx: &Ctx, r: &Buf, gate: usize, s
         unsafe { k.scale_add_act((x1 - x0) * r.c, r.c, p(r), g, p(sc), p(y), p(act)) };
     };
     // SAFETY: buffers are in the arena (caller contract); the pieces write interior pixels.
-    unsafe { run_zeroing_borders(ctx, &[*y, *act], r.h * pieces, &piece) }
+    unsafe { run_row_pieces(ctx, r, &[*y, *act], &piece) }
+}
+
+/// Runs `piece(row, x0, x1)` on the pool over the interior pixels of `r`'s shape, rows cut
+/// into items of whole pixels of about [`SCALE_ADD_ACT_ITEM`] floats each (a thread that
+/// finishes first waits for at most one such piece; a row of L2's stage 2 is 30720 floats),
+/// and zeroes the `borders` of the buffers it writes.
+///
+/// # Safety
+/// As [`run_zeroing_borders`]; `piece` writes only its own pixels.
+pub(crate) unsafe fn run_row_pieces(ctx: &Ctx, r: &Buf, borders: &[Buf], piece: &(dyn Fn(usize, usize, usize) + Sync)) {
+    let pieces = (r.w * r.c).div_ceil(SCALE_ADD_ACT_ITEM).clamp(1, r.w);
+    let item = |it: usize| {
+        let (yy, part) = (it / pieces, it % pieces);
+        piece(yy, part * r.w / pieces, (part + 1) * r.w / pieces);
+    };
+    // SAFETY: as this function's.
+    unsafe { run_zeroing_borders(ctx, borders, r.h * pieces, &item) }
 }
 
 /// Floats per work item of `scale_add_act`, about.
-pub(crate) const SCALE_ADD_ACT_ITEM: usize = 8192;
+const SCALE_ADD_ACT_ITEM: usize = 8192;
 
 /// AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) from `x` into `out`.
 ///
