@@ -1396,7 +1396,8 @@ mod tests {
                 let saved = csr();
                 set_csr(saved & !0x3f);
                 // SAFETY: AVX-512F checked above.
-                let got: [f32; 16] = unsafe { std::mem::transmute(f(std::mem::transmute::<[f32; 16], _>(x))) };
+                let got: [f32; 16] =
+                    unsafe { std::mem::transmute(f(std::mem::transmute::<[f32; 16], std::arch::x86_64::__m512>(x))) };
                 let flags = csr() & 0x12;
                 set_csr(saved);
                 assert_eq!(flags, 0, "{name} on {x:?}: a denormal operand or result (MXCSR flags {flags:#x})");
