@@ -981,7 +981,8 @@ pub(crate) mod amx {
     /// [`super::silu`] of 16 values, the division as a reciprocal estimate refined by one
     /// Newton step (within 2 ulp of the division). `-x` is clamped to [-87, 86], so that
     /// `1 / (1 + e^-x)` stays a normal number (a denormal costs a microcode assist in every
-    /// operation it enters); below x = -86 the result is within 1e-35 of the exact one.
+    /// operation it enters); below x = -86 the result is x / (1 + e^86), at most 5e-38 |x| (the
+    /// exact value is smaller still).
     ///
     /// # Safety
     /// The CPU has AVX-512F.
