@@ -344,13 +344,34 @@ impl<'g> Schedule<'g> {
         for k in 0..self.kernels.len() {
             let stored = match self.kernels[k].op {
                 Op::Conv { out, .. } if plan::runs_bf16(self, &self.kernels[k].op) => out,
-                Op::ScaleAddAct { act: Some(act), .. } => act,
+                Op::ScaleAddAct { r, act: Some(act), .. } => {
+                    if self.branch_bf16(k) {
+                        self.buffers[r].bf16 = true;
+                    }
+                    act
+                }
                 _ => continue,
             };
             if self.bf16_convs_only_read(stored) {
                 self.buffers[stored].bf16 = true;
             }
         }
+    }
+
+    /// Whether elementwise kernel `k` reads its `r` as bf16 under bf16 precision: a bf16
+    /// conv's output (a block's residual branch before its gate) that only `k` reads, when
+    /// `k` stores its activation as bf16 too. The residual stream itself (`shortcut`, `y`)
+    /// stays f32.
+    pub(crate) fn branch_bf16(&self, k: usize) -> bool {
+        let Op::ScaleAddAct { r, act: Some(act), .. } = self.kernels[k].op else { return false };
+        let from_bf16_conv = self
+            .kernels
+            .iter()
+            .any(|w| matches!(w.op, Op::Conv { out, .. } if out == r) && plan::runs_bf16(self, &w.op));
+        from_bf16_conv
+            && self.readers(r) == [k]
+            && self.buffers[r].layout.c.is_multiple_of(2)
+            && self.bf16_convs_only_read(act)
     }
 
     /// Whether buffer `b` holds what only bf16 convs read (as their input), in an even number

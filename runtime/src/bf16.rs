@@ -243,21 +243,30 @@ pub unsafe fn conv_run(
 
 /// `v = r * gate + shortcut` (gate and shortcut optional), stored to `y` (f32, optional)
 /// and `silu(v)` rounded to bf16 to `act`, row by row: [`crate::kernels::scale_add_act`] for
-/// the activation of a block that only bf16 convs read.
+/// the activation of a block that only bf16 convs read. `r16`: `r` holds bf16 values (a
+/// block's branch output that only this kernel reads), else f32.
 ///
 /// # Safety
 /// Buffers from the schedule: same h, w, c; in the arena; `act` holds bf16 values and is
-/// disjoint from the others; `y` disjoint from `sc` and may be `r`.
-pub unsafe fn scale_add_act(ctx: &Ctx, r: &Buf, gate: usize, sc: &Buf, y: &Buf, act: &Buf) {
+/// disjoint from the others; `y` disjoint from `sc` and `r` (when bf16), may be `r` (f32)
+/// or `sc`.
+pub unsafe fn scale_add_act(ctx: &Ctx, r: &Buf, r16: bool, gate: usize, sc: &Buf, y: &Buf, act: &Buf) {
     let piece = |yy: usize, x0: usize, x1: usize| {
         let arena16 = ctx.arena.0 as *mut u16;
         let p = |b: &Buf| if b.is_some() { ctx.ptr(b.at(yy, x0)) } else { std::ptr::null_mut() };
-        let g = if gate == NONE { std::ptr::null() } else { ctx.ptr(gate) as *const f32 };
-        // The activation's values, two per arena float, from its offset on.
-        let a = arena16.wrapping_add(2 * act.offset + (act.at(yy, x0) - act.offset));
+        // A bf16 buffer's values, two per arena float, from its offset on.
+        let p16 = |b: &Buf| arena16.wrapping_add(2 * b.offset + (b.at(yy, x0) - b.offset));
+        let ptrs = SaaPtrs {
+            r: if r16 { std::ptr::null() } else { p(r) },
+            r16: if r16 { p16(r) } else { std::ptr::null() },
+            gate: if gate == NONE { std::ptr::null() } else { ctx.ptr(gate) as *const f32 },
+            sc: p(sc),
+            y: p(y),
+            act: p16(act),
+        };
         // SAFETY: pixels x0..x1 of row yy of each buffer are (x1 - x0) * c contiguous values
         // inside the arena; each item writes its own pixels.
-        unsafe { scale_add_act_piece(ctx.bf16, (x1 - x0) * r.c, r.c, p(r), g, p(sc), p(y), a) };
+        unsafe { scale_add_act_piece(ctx.bf16, (x1 - x0) * r.c, r.c, ptrs) };
     };
     // A bf16 buffer of c channels lies in the arena as an f32 one of c / 2.
     let act_floats = Buf { c: act.c / 2, ..*act };
@@ -265,61 +274,65 @@ pub unsafe fn scale_add_act(ctx: &Ctx, r: &Buf, gate: usize, sc: &Buf, y: &Buf, 
     unsafe { crate::kernels::run_row_pieces(ctx, r, &[*y, act_floats], &piece) }
 }
 
-/// [`scale_add_act`] over `n` contiguous values (`c` channels per pixel).
-///
-/// # Safety
-/// Non-null pointers valid for `n` values (`gate` for `c`); the engine's ISA is available.
-unsafe fn scale_add_act_piece(
-    engine: Engine,
-    n: usize,
-    c: usize,
+/// Where [`scale_add_act_piece`] reads and writes: `r` in f32 or (`r16`) bf16, one of them
+/// null; `gate`, `sc` and `y` null when absent.
+#[derive(Clone, Copy)]
+struct SaaPtrs {
     r: *const f32,
+    r16: *const u16,
     gate: *const f32,
     sc: *const f32,
     y: *mut f32,
     act: *mut u16,
-) {
+}
+
+/// [`scale_add_act`] over `n` contiguous values (`c` channels per pixel).
+///
+/// # Safety
+/// `p`'s non-null pointers valid for `n` values (`gate` for `c`); the engine's ISA is
+/// available.
+unsafe fn scale_add_act_piece(engine: Engine, n: usize, c: usize, p: SaaPtrs) {
     #[inline(always)]
-    unsafe fn body(n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut u16) {
+    unsafe fn body(n: usize, c: usize, p: SaaPtrs) {
         for i in 0..n {
             // SAFETY: as the caller's.
             unsafe {
-                let mut v = *r.add(i);
-                if !gate.is_null() {
-                    v *= *gate.add(i % c);
+                let mut v = if p.r16.is_null() { *p.r.add(i) } else { widen(*p.r16.add(i)) };
+                if !p.gate.is_null() {
+                    v *= *p.gate.add(i % c);
                 }
-                if !sc.is_null() {
-                    v += *sc.add(i);
+                if !p.sc.is_null() {
+                    v += *p.sc.add(i);
                 }
-                if !y.is_null() {
-                    *y.add(i) = v;
+                if !p.y.is_null() {
+                    *p.y.add(i) = v;
                 }
-                *act.add(i) = round(silu(v));
+                *p.act.add(i) = round(silu(v));
             }
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn avx512(n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut u16) {
+    unsafe fn avx512(n: usize, c: usize, p: SaaPtrs) {
         // SAFETY: as the caller's.
-        unsafe { body(n, c, r, gate, sc, y, act) }
+        unsafe { body(n, c, p) }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2(n: usize, c: usize, r: *const f32, gate: *const f32, sc: *const f32, y: *mut f32, act: *mut u16) {
+    unsafe fn avx2(n: usize, c: usize, p: SaaPtrs) {
         // SAFETY: as the caller's.
-        unsafe { body(n, c, r, gate, sc, y, act) }
+        unsafe { body(n, c, p) }
     }
     // SAFETY: as this function's; each engine's ISA brings the features named.
     unsafe {
         match engine {
             #[cfg(target_arch = "x86_64")]
-            Engine::Amx | Engine::Avx512Bf16 => amx::scale_add_act(n, c, r, gate, sc, y, act),
+            Engine::Amx | Engine::Avx512Bf16 => amx::scale_add_act(n, c, p),
             #[cfg(target_arch = "x86_64")]
-            Engine::PortableAvx512 => avx512(n, c, r, gate, sc, y, act),
+            Engine::PortableAvx512 => avx512(n, c, p),
             #[cfg(target_arch = "x86_64")]
-            Engine::PortableAvx2 => avx2(n, c, r, gate, sc, y, act),
-            _ => body(n, c, r, gate, sc, y, act),
+            Engine::PortableAvx2 => avx2(n, c, p),
+            _ => body(n, c, p),
         }
     }
 }
@@ -1043,18 +1056,12 @@ pub(crate) mod amx {
     /// # Safety
     /// As [`super::scale_add_act_piece`]; the CPU has AVX512-BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(super) unsafe fn scale_add_act(
-        n: usize,
-        c: usize,
-        r: *const f32,
-        gate: *const f32,
-        sc: *const f32,
-        y: *mut f32,
-        act: *mut u16,
-    ) {
+    pub(super) unsafe fn scale_add_act(n: usize, c: usize, ptrs: super::SaaPtrs) {
         use std::arch::x86_64::*;
         const AHEAD: usize = 512;
+        let super::SaaPtrs { r, r16, gate, sc, y, act } = ptrs;
         let hint = |p: *const f32| _mm_prefetch::<{ _MM_HINT_T0 }>(p as *const i8);
+        let widen = |q: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(q)));
         let mut p = 0;
         // SAFETY: as this function's: pixel p's c values of each buffer (masked past c).
         unsafe {
@@ -1065,13 +1072,19 @@ pub(crate) mod amx {
                     let m32 = if left >= 32 { u32::MAX } else { (1u32 << left) - 1 };
                     let m = [m32 as u16, (m32 >> 16) as u16];
                     let i = p + ch;
-                    hint(r.wrapping_add(i + AHEAD));
-                    hint(r.wrapping_add(i + AHEAD + 16));
+                    let mut v = if r16.is_null() {
+                        hint(r.wrapping_add(i + AHEAD));
+                        hint(r.wrapping_add(i + AHEAD + 16));
+                        [0, 1].map(|k| _mm512_maskz_loadu_ps(m[k], r.add(i + 16 * k)))
+                    } else {
+                        hint(r16.wrapping_add(i + 2 * AHEAD) as *const f32);
+                        let h = _mm512_maskz_loadu_epi16(m32, r16.add(i) as *const i16);
+                        [widen(_mm512_castsi512_si256(h)), widen(_mm512_extracti64x4_epi64::<1>(h))]
+                    };
                     if !sc.is_null() {
                         hint(sc.wrapping_add(i + AHEAD));
                         hint(sc.wrapping_add(i + AHEAD + 16));
                     }
-                    let mut v = [0, 1].map(|k| _mm512_maskz_loadu_ps(m[k], r.add(i + 16 * k)));
                     if !gate.is_null() {
                         v = [0, 1].map(|k| _mm512_mul_ps(v[k], _mm512_maskz_loadu_ps(m[k], gate.add(ch + 16 * k))));
                     }
@@ -1554,9 +1567,10 @@ mod tests {
         output16: bool,
     }
 
-    /// Runs a conv through `conv_item` (every item, one thread) and compares each output,
-    /// pre-activation and channel sum with the same conv in f64 over the same bf16 values.
-    fn check(case: &Case, engine: Engine, dt: Dtypes) {
+    /// Runs a conv (with SiLU when `act`) through `conv_item` (every item, one thread) and
+    /// compares each output, pre-activation and channel sum with the same conv in f64 over
+    /// the same bf16 values.
+    fn check(case: &Case, engine: Engine, dt: Dtypes, act: bool) {
         let Case { h, w, cin, cout, k, stride, groups, extra_pad, flat, band, splits, parts, chunk } = *case;
         let Dtypes { input16, output16 } = dt;
         let (cpad, pad) = (k / 2, k / 2 + extra_pad);
@@ -1628,7 +1642,7 @@ mod tests {
             kc,
             groups,
             cout_g,
-            act: true,
+            act,
             sums: true,
             panel_outer: false,
             flat,
@@ -1659,8 +1673,9 @@ mod tests {
         unsafe {
             conv_run(&ctx, &d, &b, &io, b.items(d.groups), &|it| conv_item::<{ 1 << 16 }>(&ctx, &d, &b, &io, it));
         }
-        let what =
-            format!("{h}x{w}x{cin} -> {cout}, {k}x{k}/{stride}, {groups} groups, flat {flat}, {engine:?}, {dt:?}");
+        let what = format!(
+            "{h}x{w}x{cin} -> {cout}, {k}x{k}/{stride}, {groups} groups, flat {flat}, {engine:?}, {dt:?}, act {act}"
+        );
         let mut sums = vec![0.0f64; bands * cout];
         for y in 0..oh {
             for x in 0..ow {
@@ -1691,7 +1706,7 @@ mod tests {
                     } else {
                         arena[in_len + out.at(y, x) + n] as f64
                     };
-                    let act = v / (1.0 + (-v).exp());
+                    let act = if act { v / (1.0 + (-v).exp()) } else { v };
                     let tol = 1e-5 * (1.0 + v.abs());
                     // A bf16 output also carries its rounding: half a unit in the 8th bit,
                     // and the fast SiLU's error (a thirtieth of that) before it.
@@ -1723,15 +1738,15 @@ mod tests {
     #[test]
     fn the_bf16_activation_of_a_block_equals_the_f64_one() {
         // Every engine, channels a multiple of 32 and not (masked tails; bf16 buffers hold an
-        // even number), each of gate,
-        // shortcut and output present or absent, the output over r.
+        // even number), each of gate, shortcut and output present or absent, r in f32 (the
+        // output over it) or bf16 (the output over the shortcut).
         let mut st = 3;
         for c in [64usize, 40, 6] {
             let (h, w) = (3usize, 5usize);
             for (has_gate, has_sc, has_y) in
                 [(true, true, true), (true, true, false), (false, true, true), (true, false, false)]
             {
-                for engine in engines() {
+                for (engine, r16) in engines().into_iter().flat_map(|e| [(e, false), (e, true)]) {
                     let len = h * w * c;
                     // r (and y over it), gate, shortcut, then the activation (bf16, with a
                     // border of one pixel).
@@ -1741,9 +1756,18 @@ mod tests {
                     for v in &mut arena[..2 * len + c] {
                         *v = rnd(&mut st) * 6.0;
                     }
+                    // A bf16 r holds the rounded values, from its offset on.
+                    let r_in: Vec<f32> = arena[..len].iter().map(|&v| if r16 { widen(round(v)) } else { v }).collect();
+                    if r16 {
+                        let a16 = arena.as_mut_ptr() as *mut u16;
+                        for (i, &v) in r_in.iter().enumerate() {
+                            // SAFETY: r's len / 2 floats hold its len bf16 values.
+                            unsafe { *a16.add(i) = round(v) };
+                        }
+                    }
                     let want: Vec<f64> = (0..len)
                         .map(|i| {
-                            let mut v = arena[i] as f64;
+                            let mut v = r_in[i] as f64;
                             if has_gate {
                                 v *= arena[len + i % c] as f64;
                             }
@@ -1755,7 +1779,11 @@ mod tests {
                         .collect();
                     let r = Buf { offset: 0, h, w, c, pad: 0 };
                     let sc = if has_sc { Buf { offset: len + c, ..r } } else { Buf::none() };
-                    let y = if has_y { r } else { Buf::none() };
+                    let y = match (has_y, r16) {
+                        (false, _) => Buf::none(),
+                        (true, false) => r,
+                        (true, true) => sc,
+                    };
                     let gate = if has_gate { len } else { NONE };
                     let pool = crate::Pool::new(2).unwrap();
                     let ctx = Ctx {
@@ -1766,7 +1794,7 @@ mod tests {
                         bf16: engine,
                     };
                     // SAFETY: the buffers lie in the arena as laid out above.
-                    unsafe { scale_add_act(&ctx, &r, gate, &sc, &y, &act) };
+                    unsafe { scale_add_act(&ctx, &r, r16, gate, &sc, &y, &act) };
                     let a16 = arena.as_ptr() as *const u16;
                     for yy in 0..h + 2 {
                         for xx in 0..w + 2 {
@@ -1774,7 +1802,8 @@ mod tests {
                                 // SAFETY: inside the activation's floats.
                                 let got =
                                     widen(unsafe { *a16.add(2 * act.offset + (yy * (w + 2) + xx) * c + ch) }) as f64;
-                                let what = format!("c {c}, {engine:?}, gate {has_gate}, sc {has_sc}, y {has_y}");
+                                let what =
+                                    format!("c {c}, {engine:?}, r16 {r16}, gate {has_gate}, sc {has_sc}, y {has_y}");
                                 if yy == 0 || xx == 0 || yy == h + 1 || xx == w + 1 {
                                     assert_eq!(got, 0.0, "{what}: border");
                                     continue;
@@ -1787,7 +1816,8 @@ mod tests {
                                 let tol = a.abs() / 256.0 * (1.0 + 1.0 / 30.0) + 1e-6;
                                 assert!((got - a).abs() <= tol, "{what}: act {i}: {got} vs {a}");
                                 if has_y {
-                                    assert!((arena[i] as f64 - v).abs() <= 1e-5 * (1.0 + v.abs()), "{what}: y {i}");
+                                    let got = arena[y.offset + i] as f64;
+                                    assert!((got - v).abs() <= 1e-5 * (1.0 + v.abs()), "{what}: y {i}");
                                 }
                             }
                         }
@@ -1919,7 +1949,9 @@ mod tests {
             for (input16, output16) in [(false, false), (true, true), (true, false), (false, true)] {
                 let dt = Dtypes { input16, output16 };
                 for engine in engines() {
-                    check(case, engine, dt);
+                    for act in [true, false] {
+                        check(case, engine, dt, act);
+                    }
                 }
             }
         }

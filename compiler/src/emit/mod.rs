@@ -354,7 +354,8 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
                 match act {
                     // An activation only bf16 convs read: rounded to bf16 as it is stored.
                     Some(a) if s.buffers[*a].bf16 => {
-                        quote!(nfnet_runtime::bf16::scale_add_act(ctx, &#r_, #g_, &#sc_, &#y_, &#a_);)
+                        let r16 = s.buffers[*r].bf16;
+                        quote!(nfnet_runtime::bf16::scale_add_act(ctx, &#r_, #r16, #g_, &#sc_, &#y_, &#a_);)
                     }
                     _ => quote!(rt::scale_add_act(k, ctx, &#r_, #g_, &#sc_, &#y_, &#a_);),
                 }

@@ -1,9 +1,10 @@
 //! Lets an elementwise `v = r * gate + shortcut` write `v` over `r` and `silu(v)` over the
 //! shortcut when this kernel is their last reader, the layouts agree and the activation is
-//! f32 (not one only bf16 convs read, stored as bf16): each element is read
-//! before it is written at the same place, so the kernel is unchanged, and its stores hit
-//! lines it has just read (no read-for-ownership of fresh lines): 4 streams of memory traffic
-//! instead of 6, and two fewer buffers in the arena.
+//! f32 (not one only bf16 convs read, stored as bf16); when `r` is bf16 too
+//! ([`Schedule::branch_bf16`]), `v` over the shortcut. Each element is read before it is
+//! written at the same place, so the kernel is unchanged, and its stores hit lines it has
+//! just read (no read-for-ownership of fresh lines): 4 streams of memory traffic instead of
+//! 6, and two fewer buffers in the arena.
 
 use super::Pass;
 use crate::schedule::{BufId, Op, PassReport, Schedule};
@@ -23,6 +24,8 @@ impl Pass for ScaleAddActInPlace {
             let same = |s: &Schedule, a: BufId, b: BufId| s.buffers[a].layout == s.buffers[b].layout;
             // (output, input it may overwrite)
             let pairs = match (y, act) {
+                // A bf16 `r` has half the size of f32 `v`.
+                (Some(y), Some(_)) if s.branch_bf16(k) => [shortcut.map(|sc| (y, sc)), None],
                 (Some(y), Some(a)) => [Some((y, r)), shortcut.map(|sc| (a, sc))],
                 (Some(y), None) => [Some((y, r)), None],
                 (None, Some(a)) => [Some((a, r)), None],
