@@ -246,7 +246,8 @@ pub struct ConvPlan {
     pub panel_outer: bool,
     /// One per entry of [`ISA_KERNELS`], in that order.
     pub micro: Vec<MicroKernel>,
-    /// The kernel whose weights this conv's work items fetch ahead into the cache.
+    /// The kernel whose weights this conv's work items fetch ahead into the cache (f32
+    /// convs only).
     pub ahead: Option<usize>,
     /// bf16 convs: the implicit GEMM's shape (`None`: f32).
     pub bf16: Option<Bf16Desc>,
@@ -316,7 +317,9 @@ pub fn plan_convs(s: &Schedule, p: Policies) -> Vec<Option<ConvPlan>> {
     let mut plans: Vec<Option<ConvPlan>> = s.kernels.iter().map(|k| plan_conv(s, &k.op, p)).collect();
     let mut next = None;
     for (i, k) in s.kernels.iter().enumerate().rev() {
-        if let Some(plan) = &mut plans[i] {
+        // bf16 convs leave the weights to the hardware's prefetchers: asking for them made
+        // every bf16 conv slower, the next one no faster.
+        if let Some(plan) = plans[i].as_mut().filter(|p| p.bf16.is_none()) {
             plan.ahead = next;
         }
         if matches!(k.op, Op::Conv { .. } | Op::Fc { .. }) {

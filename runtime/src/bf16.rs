@@ -74,8 +74,7 @@ pub const KRANGE: usize = 8;
 pub const GROUP_PAIRS: usize = 4;
 
 impl Bf16Desc {
-    /// Work items of a conv of `groups` groups (the emitted item count and the prefetch
-    /// shares both count them so).
+    /// Work items of a conv of `groups` groups.
     pub const fn items(&self, groups: usize) -> usize {
         groups * self.splits * self.parts
     }
@@ -386,15 +385,6 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
         *o = if b.direct { d.taps[s * KSTEP / d.kc].cast_unsigned() + s * KSTEP % d.kc } else { s * KSTEP };
     }
     let ranges = ksteps.div_ceil(KRANGE);
-    // Weights come from memory on their first use: each block asks for a share of the
-    // pair after next (its item's split, contiguous) and of the item's share of the next
-    // kernel's weights, into L2.
-    let pair_lines = 2 * ksteps * TILE;
-    let split_end = ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, 0, j1 * TILE)) as *const u8;
-    let (ahead, ahead_lines) = io.ahead_share(ctx, it, b.items(d.groups));
-    let item_blocks = (p1 - p0).div_ceil(MBLOCK) * (j1 - j0).div_ceil(2);
-    let ahead_per_block = ahead_lines.div_ceil(item_blocks.max(1));
-    let mut ahead_done = 0;
     // Per pixel of the chunk: its offsets in the output and pre-activation (channel 0 of
     // the group) and its band.
     // Written for each chunk's pixels before their blocks read them (not cleared: the
@@ -512,19 +502,6 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
                         let pair = j + 1 < jg1;
                         let w = |jj: usize| ctx.w16(io.weights + b_index(b.kpad, b.ntiles, g, s0 * KSTEP, jj * TILE));
                         let (b0, b1) = (w(j), if pair { w(j + 1) } else { w(j) });
-                        if r == 0 {
-                            if mb == p0 {
-                                // The first block meets the weights first: the pair after
-                                // next is fetched while this one computes.
-                                let next = (b0 as *const u8).wrapping_add(2 * pair_lines * 64);
-                                if next < split_end {
-                                    prefetch_l2(next, pair_lines);
-                                }
-                            }
-                            let n = ahead_per_block.min(ahead_lines - ahead_done);
-                            prefetch_l2(ahead.wrapping_add(ahead_done * 64), n);
-                            ahead_done += n;
-                        }
                         let slot = (j - jg) / 2;
                         // A pending epilogue reads its slot before these products overwrite it.
                         if pending.as_ref().is_some_and(|p| p.1 == slot) {
@@ -741,20 +718,6 @@ impl Epilogue<'_> {
             }
         }
     }
-}
-
-/// Asks for `lines` cache lines from `p` into L2 (a hint: never faults).
-#[inline(always)]
-fn prefetch_l2(p: *const u8, lines: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for l in 0..lines {
-        // SAFETY: a prefetch hint has no effect on memory and never faults.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.wrapping_add(l * 64) as *const i8)
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, lines);
 }
 
 /// Stores the first `n` of a pair's 32 values.

@@ -175,9 +175,10 @@ pub struct ConvIo {
     pub weights: usize,
     pub bias: usize,
     /// The next weight-bearing kernel's weights as a byte range of the blob (`ahead` is
-    /// `NONE` when none follows): every work item asks for its share of them into L2 while
-    /// it computes, so that kernel finds them in cache instead of DRAM (the model's weights
-    /// outgrow the caches and are read once per inference).
+    /// `NONE` when none follows, and for bf16 convs): every work item of an f32 conv asks
+    /// for its share of them into L2 while it computes, so that kernel finds them in cache
+    /// instead of DRAM (the model's weights outgrow the caches and are read once per
+    /// inference).
     pub ahead: usize,
     pub ahead_bytes: usize,
 }
