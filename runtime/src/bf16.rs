@@ -70,8 +70,8 @@ pub const MAX_KSTEPS: usize = 256;
 /// 16 KiB) stays in L1 while the pairs' weights stream from L2.
 pub const KRANGE: usize = 8;
 
-/// Column pairs whose results a block accumulates over its K ranges (16 KiB).
-pub const GROUP_PAIRS: usize = 4;
+/// Column pairs whose results a block accumulates over its K ranges (8 KiB).
+pub const GROUP_PAIRS: usize = 2;
 
 impl Bf16Desc {
     /// Work items of a conv of `groups` groups.
