@@ -394,7 +394,8 @@ pub const BF16_SCRATCH_BYTES: usize = 256 * 1024;
 /// Work items a bf16 conv is split into at least (when its bands allow), so that two to
 /// four threads share it evenly (a multiple of 2, 3 and 4; a 1x1 conv in 3 column splits
 /// gets 12 items, not 9): ranges of bands, which each read the weights again (from cache
-/// when they are small) but gather each pixel once.
+/// when they are small) but gather each pixel once. A 1x1 conv may take more (see
+/// `bf16_desc`).
 pub const BF16_MIN_ITEMS: usize = 12;
 
 /// Most bytes of weights one bf16 work item runs: they stay in a core's L2 while its
@@ -415,8 +416,28 @@ fn bf16_desc(geom: &ConvGeom, k: usize, cout_g: usize, groups: usize, out_w: usi
     let weight_bytes = kpad * ntiles * bf16::TILE * 2;
     // Columns are split only to keep an item's weights in L2: each split gathers the pixels again.
     let splits = weight_bytes.div_ceil(BF16_ITEM_WEIGHT_BYTES).clamp(1, pairs);
-    let parts = BF16_MIN_ITEMS.div_ceil(groups * splits).clamp(1, geom.bands());
+    let min_parts = BF16_MIN_ITEMS.div_ceil(groups * splits).clamp(1, geom.bands());
+    // A range of bands ends in a partial block of pixels, computed whole: a flat conv takes,
+    // of the part counts from the least to twice that which give items in multiples of 6
+    // (two or three threads get equal shares), the one that computes the fewest blocks (L2's
+    // stage 2 at 384: 6 parts of 96 pixels, 18 blocks per split, not 4 of 144 pixels, 20).
+    let even = |p: &usize| p == &min_parts || (groups * splits * p).is_multiple_of(6);
+    let parts = if geom.flat {
+        let most = (2 * min_parts).min(geom.bands());
+        (min_parts..=most).filter(even).min_by_key(|&p| flat_blocks(geom, p)).unwrap_or(min_parts)
+    } else {
+        min_parts
+    };
     Bf16Desc { kpad, ntiles, splits, parts, chunk, input16: false, output16: false, direct }
+}
+
+/// Blocks of [`bf16::MBLOCK`] pixels a flat conv computes with its bands in `parts` ranges
+/// (each range's pixels contiguous, its last block partial).
+fn flat_blocks(geom: &ConvGeom, parts: usize) -> usize {
+    let pixels = geom_pixels(geom, geom.row_len);
+    let start = |band: usize| (band * geom.band * geom.row_len).min(pixels);
+    let bands = geom.bands();
+    (0..parts).map(|i| (start((i + 1) * bands / parts) - start(i * bands / parts)).div_ceil(bf16::MBLOCK)).sum()
 }
 
 /// Output pixels of a conv's tiling.

@@ -247,8 +247,8 @@ pub unsafe fn conv_run(
 ///
 /// # Safety
 /// Buffers from the schedule: same h, w, c; in the arena; `act` holds bf16 values and is
-/// disjoint from the others; `y` disjoint from `sc` and `r` (when bf16), may be `r` (f32)
-/// or `sc`.
+/// disjoint from the others; `y` may be `r` (an f32 one) or `sc`, else is disjoint from
+/// both.
 pub unsafe fn scale_add_act(ctx: &Ctx, r: &Buf, r16: bool, gate: usize, sc: &Buf, y: &Buf, act: &Buf) {
     let piece = |yy: usize, x0: usize, x1: usize| {
         let arena16 = ctx.arena.0 as *mut u16;
