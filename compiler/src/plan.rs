@@ -421,7 +421,7 @@ fn bf16_desc(geom: &ConvGeom, k: usize, cout_g: usize, groups: usize, out_w: usi
     // of the part counts from the least to twice that which give items in multiples of 6
     // (two or three threads get equal shares), the one that computes the fewest blocks (L2's
     // stage 2 at 384: 6 parts of 96 pixels, 18 blocks per split, not 4 of 144 pixels, 20).
-    let even = |p: &usize| p == &min_parts || (groups * splits * p).is_multiple_of(6);
+    let even = |&p: &usize| p == min_parts || (groups * splits * p).is_multiple_of(6);
     let parts = if geom.flat {
         let most = (2 * min_parts).min(geom.bands());
         (min_parts..=most).filter(even).min_by_key(|&p| flat_blocks(geom, p)).unwrap_or(min_parts)
@@ -568,4 +568,27 @@ fn winograd_tile(s: &Schedule, op: &Op, policy: WinogradPolicy) -> Option<usize>
         }
     }
     best.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_bf16_convs_split_their_pixels_into_whole_blocks() {
+        // L2's stage-2 conv1 (1536 -> 384: 3 column splits): at 384, 576 pixels in 12 rows
+        // of 48 take 6 parts of 96 pixels (18 blocks per split), not 4 of 144 (20).
+        let at384 = ConvGeom::new(24, 24, true);
+        assert_eq!((flat_blocks(&at384, 4), flat_blocks(&at384, 6)), (20, 18));
+        let b = bf16_desc(&at384, 1536, 384, 1, 24, true);
+        assert_eq!((b.splits, b.parts), (3, 6));
+        // At 320 (400 pixels: 8 rows of 48 and one of 16) the least count is as good as any.
+        let at320 = ConvGeom::new(20, 20, true);
+        let b = bf16_desc(&at320, 1536, 384, 1, 20, true);
+        assert_eq!((b.parts, flat_blocks(&at320, b.parts)), (4, 13));
+        // Image rows (not flat) keep the least count.
+        let rows = ConvGeom::new(24, 24, false);
+        let b = bf16_desc(&rows, 9 * 64, 64, 6, 24, true);
+        assert_eq!(b.parts, BF16_MIN_ITEMS.div_ceil(6).min(rows.bands()));
+    }
 }
