@@ -11896,7 +11896,7 @@ pub struct Outputs<'a> {
 pub struct Workspace {
     /// Owns the arenas `arena_ptrs` point into (the kernels reach them only through
     /// those pointers, taken once: the boxes' contents never move).
-    _arenas: Box<[Box<[f32]>]>,
+    _arenas: Box<[nfnet_runtime::Arena]>,
     arena_ptrs: Box<[SyncPtr<f32>]>,
     pool: Pool,
     /// Runs every item on the calling thread: the pool of an image that has a thread
@@ -11908,8 +11908,8 @@ impl Workspace {
     pub fn new(threads: usize) -> std::io::Result<Workspace> {
         let pool = Pool::new(threads)?;
         let lanes = if BATCH > 1 { pool.threads().min(BATCH) } else { 1 };
-        let mut arenas: Box<[Box<[f32]>]> = (0..lanes)
-            .map(|_| nfnet_runtime::arena(ARENA_LEN))
+        let mut arenas: Box<[nfnet_runtime::Arena]> = (0..lanes)
+            .map(|_| nfnet_runtime::Arena::new(ARENA_LEN))
             .collect();
         let arena_ptrs = arenas.iter_mut().map(|a| SyncPtr(a.as_mut_ptr())).collect();
         Ok(Workspace {
