@@ -394,8 +394,7 @@ pub const BF16_SCRATCH_BYTES: usize = 256 * 1024;
 /// Work items a bf16 conv is split into at least (when its bands allow), so that two to
 /// four threads share it evenly (a multiple of 2, 3 and 4; a 1x1 conv in 3 column splits
 /// gets 12 items, not 9): ranges of bands, which each read the weights again (from cache
-/// when they are small) but gather each pixel once. A 1x1 conv may take more (see
-/// `bf16_desc`).
+/// when they are small) but gather each pixel once.
 pub const BF16_MIN_ITEMS: usize = 12;
 
 /// Most bytes of weights one bf16 work item runs: they stay in a core's L2 while its
@@ -416,28 +415,10 @@ fn bf16_desc(geom: &ConvGeom, k: usize, cout_g: usize, groups: usize, out_w: usi
     let weight_bytes = kpad * ntiles * bf16::TILE * 2;
     // Columns are split only to keep an item's weights in L2: each split gathers the pixels again.
     let splits = weight_bytes.div_ceil(BF16_ITEM_WEIGHT_BYTES).clamp(1, pairs);
-    let min_parts = BF16_MIN_ITEMS.div_ceil(groups * splits).clamp(1, geom.bands());
-    // A range of bands ends in a partial block of pixels, computed whole: a flat conv takes,
-    // of the part counts from the least to twice that which give items in multiples of 6
-    // (two or three threads get equal shares), the one that computes the fewest blocks (L2's
-    // stage 2 at 384: 6 parts of 96 pixels, 18 blocks per split, not 4 of 144 pixels, 20).
-    let even = |&p: &usize| p == min_parts || (groups * splits * p).is_multiple_of(6);
-    let parts = if geom.flat {
-        let most = (2 * min_parts).min(geom.bands());
-        (min_parts..=most).filter(even).min_by_key(|&p| flat_blocks(geom, p)).unwrap_or(min_parts)
-    } else {
-        min_parts
-    };
+    // Bands are whole blocks of pixels (see `ConvGeom::bf16`): any range of them computes
+    // no block a tighter split would not.
+    let parts = BF16_MIN_ITEMS.div_ceil(groups * splits).clamp(1, geom.bands());
     Bf16Desc { kpad, ntiles, splits, parts, chunk, input16: false, output16: false, direct }
-}
-
-/// Blocks of [`bf16::MBLOCK`] pixels a flat conv computes with its bands in `parts` ranges
-/// (each range's pixels contiguous, its last block partial).
-fn flat_blocks(geom: &ConvGeom, parts: usize) -> usize {
-    let pixels = geom_pixels(geom, geom.row_len);
-    let start = |band: usize| (band * geom.band * geom.row_len).min(pixels);
-    let bands = geom.bands();
-    (0..parts).map(|i| (start((i + 1) * bands / parts) - start(i * bands / parts)).div_ceil(bf16::MBLOCK)).sum()
 }
 
 /// Output pixels of a conv's tiling.
@@ -575,20 +556,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flat_bf16_convs_split_their_pixels_into_whole_blocks() {
-        // L2's stage-2 conv1 (1536 -> 384: 3 column splits): at 384, 576 pixels in 12 rows
-        // of 48 take 6 parts of 96 pixels (18 blocks per split), not 4 of 144 (20).
-        let at384 = ConvGeom::new(24, 24, true);
-        assert_eq!((flat_blocks(&at384, 4), flat_blocks(&at384, 6)), (20, 18));
-        let b = bf16_desc(&at384, 1536, 384, 1, 24, true);
-        assert_eq!((b.splits, b.parts), (3, 6));
-        // At 320 (400 pixels: 8 rows of 48 and one of 16) the least count is as good as any.
-        let at320 = ConvGeom::new(20, 20, true);
-        let b = bf16_desc(&at320, 1536, 384, 1, 20, true);
-        assert_eq!((b.parts, flat_blocks(&at320, b.parts)), (4, 13));
-        // Image rows (not flat) keep the least count.
-        let rows = ConvGeom::new(24, 24, false);
-        let b = bf16_desc(&rows, 9 * 64, 64, 6, 24, true);
-        assert_eq!(b.parts, BF16_MIN_ITEMS.div_ceil(6).min(rows.bands()));
+    fn bf16_convs_compute_the_fewest_blocks_their_parts_allow() {
+        // Blocks an item's pixels take (a direct 3x3 conv's rows as wide as its padded input).
+        let blocks = |g: &ConvGeom, b: &Bf16Desc, vw: usize| -> usize {
+            let (bands, end) = (g.bands(), if g.flat { g.row_len } else { vw } * (g.rows - 1) + g.last_row_len);
+            let start = |i: usize| if g.flat { (i * g.band * g.row_len).min(end) } else { (i * g.band * vw).min(end) };
+            (0..b.parts).map(|p| (start((p + 1) * bands / b.parts) - start(p * bands / b.parts)).div_ceil(MBLOCK)).sum()
+        };
+        use bf16::MBLOCK;
+        // L2's 1x1 convs (1536 -> 384: 3 column splits, 4 parts): every split computes the
+        // image's blocks and no more, at 320 (400 pixels: 13) and 384 (576: 18), and on the
+        // 10x10 and 12x12 maps (4 and 5; rows of 36, 36 and 28 took 5 and 6).
+        for (side, want) in [(20, 13), (24, 18), (10, 4), (12, 5)] {
+            let g = ConvGeom::bf16(side, side, true);
+            let b = bf16_desc(&g, 1536, 384, 1, side, true);
+            assert_eq!((b.splits, b.parts), (3, 4), "{side}x{side}");
+            assert_eq!(blocks(&g, &b, side), want, "{side}x{side}");
+            assert_eq!(want, (side * side).div_ceil(MBLOCK));
+        }
+        // Grouped 3x3 convs (6 groups, 2 parts) end their parts at any image row: 10x10 (rows
+        // 12 wide with the border) in 2 + 2 blocks, not the 2 + 3 of bands of 4 rows.
+        let g = ConvGeom::bf16(10, 10, false);
+        let b = bf16_desc(&g, 9 * 64, 64, 6, 10, true);
+        assert_eq!((g.band, b.parts, blocks(&g, &b, 12)), (1, 2, 4));
+        assert_eq!(blocks(&ConvGeom::new(10, 10, false), &b, 12), 5);
     }
 }

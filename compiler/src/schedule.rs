@@ -51,6 +51,21 @@ impl ConvGeom {
         }
     }
 
+    /// The tiling of a bf16 conv, whose blocks are [`nfnet_runtime::bf16::MBLOCK`] pixels:
+    /// flat rows of one block each, image rows one per band. A range of bands then ends in a
+    /// partial block only where the image does (L2's 10x10 maps: 4 blocks for 100 pixels, not
+    /// 5 for rows of 36, 36 and 28; its 20x20 3x3 convs: items end at any row, not every
+    /// other).
+    pub fn bf16(out_h: usize, out_w: usize, flat: bool) -> ConvGeom {
+        if flat {
+            let (m, row_len) = (out_h * out_w, nfnet_runtime::bf16::MBLOCK);
+            let rows = m.div_ceil(row_len);
+            ConvGeom { flat, rows, row_len, last_row_len: m - row_len * (rows - 1), band: 1 }
+        } else {
+            ConvGeom { flat, rows: out_h, row_len: out_w, last_row_len: out_w, band: 1 }
+        }
+    }
+
     pub fn bands(&self) -> usize {
         self.rows.div_ceil(self.band)
     }
@@ -434,7 +449,7 @@ impl<'g> Schedule<'g> {
         let GOp::Conv(c) = &self.graph.nodes[*node].op else { unreachable!("conv node") };
         let (li, lo) = (self.buffers[*input].layout, self.buffers[*out].layout);
         let flat = c.spec.k == 1 && c.spec.stride == 1 && li.pad == 0;
-        ConvGeom::new(lo.h, lo.w, flat)
+        if plan::runs_bf16(self, op) { ConvGeom::bf16(lo.h, lo.w, flat) } else { ConvGeom::new(lo.h, lo.w, flat) }
     }
 
     /// The output tile `m` of the Winograd F(m x m, 3x3) a conv kernel runs as, or `None`
