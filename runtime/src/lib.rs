@@ -55,24 +55,28 @@ impl Arena {
 
     /// `len` zeroed floats. Aborts (as `Vec` does) if the memory cannot be had.
     pub fn new(len: usize) -> Arena {
-        let bytes = (4 * len).max(64);
+        let bytes = len.checked_mul(4).expect("an arena's size fits in usize").max(64);
         let align = if bytes >= Self::HUGE { Self::HUGE } else { 64 };
         let layout = std::alloc::Layout::from_size_align(bytes, align).expect("an arena's size fits in isize");
         // SAFETY: the layout's size is not zero.
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
+        let raw = unsafe { std::alloc::alloc(layout) } as *mut f32;
         let Some(ptr) = std::ptr::NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
+        // The hint comes before the first touch (the zeroing below), which then takes huge
+        // pages where the kernel has them.
         #[cfg(target_os = "linux")]
         {
             let start = raw as usize;
             let (lo, hi) = (start.next_multiple_of(Self::HUGE), (start + bytes) / Self::HUGE * Self::HUGE);
             if hi > lo {
                 // SAFETY: madvise on whole pages inside our own allocation changes only how the
-                // kernel backs them; the contents (zero) are unchanged.
+                // kernel backs them.
                 unsafe {
                     libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE);
                 }
             }
         }
+        // SAFETY: `bytes` bytes from `raw` are ours.
+        unsafe { std::ptr::write_bytes(raw as *mut u8, 0, bytes) };
         Arena { ptr, layout }
     }
 

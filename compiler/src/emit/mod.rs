@@ -724,7 +724,7 @@ pub fn emit(s: &Schedule, info: &EmitInfo) -> Emitted {
         /// threads. So a workspace holds min(threads, BATCH) arenas.
         pub struct Workspace {
             /// Owns the arenas `arena_ptrs` point into (the kernels reach them only through
-            /// those pointers, taken once: the boxes' contents never move).
+            /// those pointers, taken once: an arena's floats never move).
             _arenas: Box<[nfnet_runtime::Arena]>,
             arena_ptrs: Box<[SyncPtr<f32>]>,
             pool: Pool,
