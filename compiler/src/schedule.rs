@@ -26,7 +26,8 @@ pub const M_BLOCK: usize = 48;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
     /// The pixels are contiguous in the input (1x1, stride 1, no border): rows are runs of
-    /// [`M_BLOCK`] pixels of the flattened image; else rows are image rows.
+    /// [`M_BLOCK`] pixels of the flattened image (a bf16 conv's: of one block, see
+    /// [`ConvGeom::bf16`]); else rows are image rows.
     pub flat: bool,
     pub rows: usize,
     pub row_len: usize,
