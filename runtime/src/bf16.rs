@@ -378,14 +378,20 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
     let arena16 = ctx.arena.0 as *mut u16;
     let (out, pre) = (Buf { offset: 0, ..d.out }, Buf { offset: 0, ..d.pre });
     // Two sets of result slots, groups of pairs taking turns, when epilogues run beside the
-    // next group's products (see `amx::Queue`); else the first set.
-    let mut acc = Aligned([[0.0f32; 4 * TILE * TILE]; 2 * GROUP_PAIRS]);
+    // next group's products (see `amx::Queue`); else the first set. Not cleared (16 KiB per
+    // item): a block's first K range writes all of its slot (its products, or zeros, then
+    // theirs) before anything reads it, and any bits are a float.
+    let mut acc_space = std::mem::MaybeUninit::<Aligned<[[f32; 4 * TILE * TILE]; 2 * GROUP_PAIRS]>>::uninit();
+    // SAFETY: see above; the space outlives every use of `acc`.
+    let acc = unsafe { &mut *acc_space.as_mut_ptr() };
     // Step s's 32 K of a pixel start at value offs[s] from its row of A: in the gathered
     // rows one after the other, in the input tap by tap.
-    let mut offs = [0usize; MAX_KSTEPS];
-    for (s, o) in offs[..ksteps].iter_mut().enumerate() {
-        *o = if b.direct { d.taps[s * KSTEP / d.kc].cast_unsigned() + s * KSTEP % d.kc } else { s * KSTEP };
+    let mut offs_space = [std::mem::MaybeUninit::<usize>::uninit(); MAX_KSTEPS];
+    for (s, o) in offs_space[..ksteps].iter_mut().enumerate() {
+        o.write(if b.direct { d.taps[s * KSTEP / d.kc].cast_unsigned() + s * KSTEP % d.kc } else { s * KSTEP });
     }
+    // SAFETY: the first `ksteps` were written just above.
+    let offs = unsafe { offs_space[..ksteps].assume_init_ref() };
     let ranges = ksteps.div_ceil(KRANGE);
     // Per pixel of the chunk: its offsets in the output and pre-activation (channel 0 of
     // the group) and its band.
@@ -447,36 +453,25 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
     let mut junk_line = Aligned([0u16; PAIR]);
     #[cfg(target_arch = "x86_64")]
     let junk = junk_line.0.as_mut_ptr();
-    // The queued epilogue of the pair from `jj` in `slot`, for the rows `rows` of the table.
+    // Fills the queued epilogue `p` of the pair from `jj` in `slot`, for the rows `rows` of
+    // the table.
     #[cfg(target_arch = "x86_64")]
-    let pending_of = |jj: usize, slot: &[f32; 4 * TILE * TILE], rows: &[(u32, u32, u32)]| {
+    let fill = |p: &mut amx::Pending, jj: usize, slot: usize, c: &[f32; 4 * TILE * TILE], rows: &[(u32, u32, u32)]| {
         let (n0, ncols, bias) = pair_cols(jj);
-        let mut p = amx::Pending {
-            e: amx::EpRows {
-                srcs: [std::ptr::null(); MBLOCK],
-                dsts: [std::ptr::null_mut(); MBLOCK],
-                bias,
-                row: 0,
-                end: 0,
-                rps,
-                mask: if ncols >= PAIR { u32::MAX } else { (1u32 << ncols) - 1 },
-                act: d.act as u32,
-                c: std::ptr::null_mut(),
-                accumulate: 0,
-            },
-            slot: 0,
-            at: rows.as_ptr(),
-            rows: rows.len(),
-            sums: if sums.is_null() { sums } else { sums.wrapping_add(n0) },
-            sums_stride: d.out.c,
-            band: rows.first().map_or(0, |a| a.2),
-            colsum: [0.0; PAIR],
-        };
+        p.e.bias = bias;
+        p.e.rps = rps;
+        p.e.mask = if ncols >= PAIR { u32::MAX } else { (1u32 << ncols) - 1 };
+        p.e.act = d.act as u32;
+        p.slot = slot;
+        p.at = rows.as_ptr();
+        p.rows = rows.len();
+        p.sums = if sums.is_null() { sums } else { sums.wrapping_add(n0) };
+        p.sums_stride = d.out.c;
+        p.band = rows.first().map_or(0, |a| a.2);
         for (r, &(o, _, _)) in rows.iter().enumerate() {
-            p.e.srcs[r] = slot[(r / TILE) * 2 * TILE * TILE + (r % TILE) * TILE..].as_ptr();
+            p.e.srcs[r] = c[(r / TILE) * 2 * TILE * TILE + (r % TILE) * TILE..].as_ptr();
             p.e.dsts[r] = if o == SKIP { junk } else { arena16.wrapping_add(2 * io.out + n0 + o as usize) };
         }
-        p
     };
     #[cfg(target_arch = "x86_64")]
     let mut groups_run = 0usize;
@@ -578,12 +573,9 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
                             }
                             if r == ranges - 1 {
                                 let rows = mb - m0..(m1 - m0).min(mb - m0 + MBLOCK);
-                                // SAFETY: rows of the current chunk's table, written before
-                                // its blocks.
-                                let mut p = pending_of(j, &acc.0[slot], unsafe { at[rows].assume_init_ref() });
-                                p.slot = slot;
-                                // SAFETY: as above.
-                                unsafe { q.push(p) };
+                                // SAFETY: as above; rows of the current chunk's table, written
+                                // before its blocks.
+                                unsafe { fill(q.push(), j, slot, &acc.0[slot], at[rows].assume_init_ref()) };
                             }
                             j += 2;
                             continue;
@@ -1334,6 +1326,30 @@ pub(crate) mod amx {
         pub colsum: [f32; PAIR],
     }
 
+    impl Pending {
+        const EMPTY: Pending = Pending {
+            e: EpRows {
+                srcs: [std::ptr::null(); MBLOCK],
+                dsts: [std::ptr::null_mut(); MBLOCK],
+                bias: [0.0; PAIR],
+                row: 0,
+                end: 0,
+                rps: 0,
+                mask: 0,
+                act: 0,
+                c: std::ptr::null_mut(),
+                accumulate: 0,
+            },
+            slot: 0,
+            at: std::ptr::null(),
+            rows: 0,
+            sums: std::ptr::null_mut(),
+            sums_stride: 0,
+            band: 0,
+            colsum: [0.0; PAIR],
+        };
+    }
+
     /// Most epilogues waiting at once: a group's, and the next group's first one.
     const QUEUE: usize = GROUP_PAIRS + 1;
 
@@ -1342,29 +1358,34 @@ pub(crate) mod amx {
     /// are about to overwrite, or whose rows of the pixel table are about to change,
     /// finishes first, in order.
     pub(super) struct Queue {
-        q: [std::mem::MaybeUninit<Pending>; QUEUE],
+        q: [Pending; QUEUE],
         head: usize,
         len: usize,
     }
 
     impl Queue {
         pub(super) fn new() -> Queue {
-            Queue { q: [const { std::mem::MaybeUninit::uninit() }; QUEUE], head: 0, len: 0 }
+            Queue { q: [const { Pending::EMPTY }; QUEUE], head: 0, len: 0 }
         }
 
-        /// Queues `p` (finishing the oldest first when full).
+        /// Queues an epilogue (finishing the oldest first when full): the entry to fill in
+        /// place (its rows from 0, its sums from zero; the rest as the last one left it).
         ///
         /// # Safety
-        /// `p`'s pointers valid until it finishes; the CPU has AVX512-BF16.
+        /// The entry's pointers, once filled, valid until it finishes; the CPU has
+        /// AVX512-BF16.
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-        pub(super) unsafe fn push(&mut self, p: Pending) {
+        pub(super) unsafe fn push(&mut self) -> &mut Pending {
             if self.len == QUEUE {
                 // SAFETY: as this function's.
                 unsafe { self.finish_head() };
             }
-            self.q[(self.head + self.len) % QUEUE].write(p);
             self.len += 1;
+            let p = &mut self.q[(self.head + self.len - 1) % QUEUE];
+            p.e.row = 0;
+            p.colsum = [0.0; PAIR];
+            p
         }
 
         /// Finishes the queued epilogues up to the last one reading `slot`.
@@ -1374,10 +1395,7 @@ pub(crate) mod amx {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
         pub(super) unsafe fn finish_slot(&mut self, slot: usize) {
-            // SAFETY: entries head..head + len are written.
-            let last = (0..self.len)
-                .rev()
-                .find(|&i| unsafe { self.q[(self.head + i) % QUEUE].assume_init_ref() }.slot == slot);
+            let last = (0..self.len).rev().find(|&i| self.q[(self.head + i) % QUEUE].slot == slot);
             if let Some(i) = last {
                 for _ in 0..=i {
                     // SAFETY: as this function's.
@@ -1403,9 +1421,9 @@ pub(crate) mod amx {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
         unsafe fn finish_head(&mut self) {
-            // SAFETY: len > 0 (callers), so the head is written; its pointers are valid.
+            // SAFETY: len > 0 (callers): the head's pointers are valid.
             unsafe {
-                let p = self.q[self.head].assume_init_mut();
+                let p = &mut self.q[self.head];
                 let r0 = p.e.row;
                 for r in r0..p.rows {
                     ep_row(&p.e, r);
@@ -1439,8 +1457,7 @@ pub(crate) mod amx {
                 // SAFETY: as this function's.
                 return unsafe { block(a, a_stride, offs, b0, b1, c, accumulate) };
             }
-            // SAFETY: the head is written (len > 0).
-            let p = unsafe { self.q[self.head].assume_init_mut() };
+            let p = &mut self.q[self.head];
             let r0 = p.e.row;
             p.e.end = p.rows.min(r0 + p.e.rps * offs.len());
             p.e.c = c.as_mut_ptr();
