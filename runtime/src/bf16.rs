@@ -1183,6 +1183,64 @@ pub(crate) mod amx {
         }
     }
 
+    /// The asm of the four result tiles loaded from, or stored to, the slot at register
+    /// `$c` (rows of 64 bytes, tile after tile).
+    macro_rules! results {
+        (tileloadd, $c:literal) => {
+            concat!(
+                "tileloadd tmm0, [",
+                $c,
+                " + {sb}]\n",
+                "tileloadd tmm1, [",
+                $c,
+                " + {sb} + 1024]\n",
+                "tileloadd tmm2, [",
+                $c,
+                " + {sb} + 2048]\n",
+                "tileloadd tmm3, [",
+                $c,
+                " + {sb} + 3072]",
+            )
+        };
+        (tilestored, $c:literal) => {
+            concat!(
+                "tilestored [",
+                $c,
+                " + {sb}], tmm0\n",
+                "tilestored [",
+                $c,
+                " + {sb} + 1024], tmm1\n",
+                "tilestored [",
+                $c,
+                " + {sb} + 2048], tmm2\n",
+                "tilestored [",
+                $c,
+                " + {sb} + 3072], tmm3",
+            )
+        };
+    }
+
+    /// The asm of one K step: A's two row tiles at the step's offset from `{a0}` and `{a1}`,
+    /// the pair's B tiles at `{b0}` and `{b1}`, and the four products.
+    macro_rules! k_step {
+        () => {
+            concat!(
+                "mov {t}, [{offs}]\n",
+                "lea {t}, [{a0} + 2 * {t}]\n",
+                "tileloadd tmm4, [{t} + {sa}]\n",
+                "tileloadd tmm6, [{b0} + {sb}]\n",
+                "mov {t}, [{offs}]\n",
+                "lea {t}, [{a1} + 2 * {t}]\n",
+                "tileloadd tmm5, [{t} + {sa}]\n",
+                "tileloadd tmm7, [{b1} + {sb}]\n",
+                "tdpbf16ps tmm0, tmm4, tmm6\n",
+                "tdpbf16ps tmm1, tmm4, tmm7\n",
+                "tdpbf16ps tmm2, tmm5, tmm6\n",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+            )
+        };
+    }
+
     /// Loads the tile configuration of [`block`] on this thread.
     ///
     /// # Safety
@@ -1241,10 +1299,7 @@ pub(crate) mod amx {
             asm!(
                 "test {acc}, {acc}",
                 "jz 3f",
-                "tileloadd tmm0, [{c} + {sb}]",
-                "tileloadd tmm1, [{c} + {sb} + 1024]",
-                "tileloadd tmm2, [{c} + {sb} + 2048]",
-                "tileloadd tmm3, [{c} + {sb} + 3072]",
+                results!(tileloadd, "{c}"),
                 "jmp 2f",
                 "3:",
                 "tilezero tmm0",
@@ -1252,27 +1307,13 @@ pub(crate) mod amx {
                 "tilezero tmm2",
                 "tilezero tmm3",
                 "2:",
-                "mov {t}, [{offs}]",
-                "lea {t}, [{a0} + 2 * {t}]",
-                "tileloadd tmm4, [{t} + {sa}]",
-                "tileloadd tmm6, [{b0} + {sb}]",
-                "mov {t}, [{offs}]",
-                "lea {t}, [{a1} + 2 * {t}]",
-                "tileloadd tmm5, [{t} + {sa}]",
-                "tileloadd tmm7, [{b1} + {sb}]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
+                k_step!(),
                 "add {offs}, 8",
                 "add {b0}, 1024",
                 "add {b1}, 1024",
                 "dec {k}",
                 "jnz 2b",
-                "tilestored [{c} + {sb}], tmm0",
-                "tilestored [{c} + {sb} + 1024], tmm1",
-                "tilestored [{c} + {sb} + 2048], tmm2",
-                "tilestored [{c} + {sb} + 3072], tmm3",
+                results!(tilestored, "{c}"),
                 a0 = in(reg) a,
                 a1 = in(reg) (a as *const u8).add(TILE * a_stride),
                 sa = in(reg) a_stride,
@@ -1587,10 +1628,7 @@ pub(crate) mod amx {
                 "mov {t}, qword ptr [{e} + {c}]",
                 "cmp qword ptr [{e} + {accf}], 0",
                 "je 3f",
-                "tileloadd tmm0, [{t} + {sb}]",
-                "tileloadd tmm1, [{t} + {sb} + 1024]",
-                "tileloadd tmm2, [{t} + {sb} + 2048]",
-                "tileloadd tmm3, [{t} + {sb} + 3072]",
+                results!(tileloadd, "{t}"),
                 "jmp 2f",
                 "3:",
                 "tilezero tmm0",
@@ -1598,18 +1636,7 @@ pub(crate) mod amx {
                 "tilezero tmm2",
                 "tilezero tmm3",
                 "2:",
-                "mov {t}, [{offs}]",
-                "lea {t}, [{a0} + 2 * {t}]",
-                "tileloadd tmm4, [{t} + {sa}]",
-                "tileloadd tmm6, [{b0} + {sb}]",
-                "mov {t}, [{offs}]",
-                "lea {t}, [{a1} + 2 * {t}]",
-                "tileloadd tmm5, [{t} + {sa}]",
-                "tileloadd tmm7, [{b1} + {sb}]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
+                k_step!(),
                 "mov {cnt}, qword ptr [{e} + {rps}]",
                 "4:",
                 "cmp {er}, qword ptr [{e} + {end}]",
@@ -1661,10 +1688,7 @@ pub(crate) mod amx {
                 "dec {k}",
                 "jnz 2b",
                 "mov {t}, qword ptr [{e} + {c}]",
-                "tilestored [{t} + {sb}], tmm0",
-                "tilestored [{t} + {sb} + 1024], tmm1",
-                "tilestored [{t} + {sb} + 2048], tmm2",
-                "tilestored [{t} + {sb} + 3072], tmm3",
+                results!(tilestored, "{t}"),
                 "mov qword ptr [{e} + {row}], {er}",
                 a0 = in(reg) a,
                 a1 = in(reg) (a as *const u8).add(TILE * a_stride),
