@@ -440,10 +440,9 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
             }
         };
     }
-    // Epilogues run beside the next products (`amx::Queue`) in AMX convs with a SiLU, a bf16
-    // output and no pre-activation: the SiLU is most of an epilogue's vector work. Without
-    // one, reading the stored values back for the channel sums costs more than the overlap
-    // gains.
+    // Epilogues run beside the next products (`amx::Queue`) in AMX convs with a SiLU (the
+    // vector work that overlaps the tile products), a bf16 output and no pre-activation;
+    // the others after the next pair's last products.
     #[cfg(target_arch = "x86_64")]
     let mut queue = (E == AMX && b.output16 && io.pre == NONE && d.act).then(amx::Queue::new);
     #[cfg(target_arch = "x86_64")]
@@ -1185,37 +1184,22 @@ pub(crate) mod amx {
 
     /// The asm of the four result tiles loaded from, or stored to, the slot at register
     /// `$c` (rows of 64 bytes, tile after tile).
+    #[rustfmt::skip]
     macro_rules! results {
         (tileloadd, $c:literal) => {
             concat!(
-                "tileloadd tmm0, [",
-                $c,
-                " + {sb}]\n",
-                "tileloadd tmm1, [",
-                $c,
-                " + {sb} + 1024]\n",
-                "tileloadd tmm2, [",
-                $c,
-                " + {sb} + 2048]\n",
-                "tileloadd tmm3, [",
-                $c,
-                " + {sb} + 3072]",
+                "tileloadd tmm0, [", $c, " + {sb}]\n",
+                "tileloadd tmm1, [", $c, " + {sb} + 1024]\n",
+                "tileloadd tmm2, [", $c, " + {sb} + 2048]\n",
+                "tileloadd tmm3, [", $c, " + {sb} + 3072]",
             )
         };
         (tilestored, $c:literal) => {
             concat!(
-                "tilestored [",
-                $c,
-                " + {sb}], tmm0\n",
-                "tilestored [",
-                $c,
-                " + {sb} + 1024], tmm1\n",
-                "tilestored [",
-                $c,
-                " + {sb} + 2048], tmm2\n",
-                "tilestored [",
-                $c,
-                " + {sb} + 3072], tmm3",
+                "tilestored [", $c, " + {sb}], tmm0\n",
+                "tilestored [", $c, " + {sb} + 1024], tmm1\n",
+                "tilestored [", $c, " + {sb} + 2048], tmm2\n",
+                "tilestored [", $c, " + {sb} + 3072], tmm3",
             )
         };
     }
@@ -1331,6 +1315,7 @@ pub(crate) mod amx {
             );
         }
     }
+
     /// What [`block_ep`] reads besides its products' operands: the result slot, and the
     /// epilogue rows it runs between the tile products (bias, SiLU when `act`, rounding to
     /// bf16, one masked store of 32 values per row), up to `rps` rows per K step from `row`

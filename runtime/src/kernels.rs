@@ -388,6 +388,52 @@ unsafe fn reduce_blocks(ctx: &Ctx, sums: usize, parts: usize, c: usize, ch: usiz
     t
 }
 
+/// Adds the sums of `totals.len()` channels of each of `parts` blocks (block `b`'s from
+/// `sums + b * c`) to `totals`, block after block as [`reduce_blocks`] does: the same values
+/// whatever vector width the loop runs at, which is the widest the model's ISA has.
+///
+/// # Safety
+/// The blocks' sums lie in the arena.
+unsafe fn add_block_sums(ctx: &Ctx, sums: usize, parts: usize, c: usize, totals: &mut [f64]) {
+    #[inline(always)]
+    unsafe fn body(ctx: &Ctx, sums: usize, parts: usize, c: usize, totals: &mut [f64]) {
+        for b in 0..parts {
+            // SAFETY: block b's sums (caller).
+            let block = unsafe { std::slice::from_raw_parts(ctx.ptr(sums + b * c), totals.len()) };
+            for (t, &v) in totals.iter_mut().zip(block) {
+                *t += v as f64;
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(ctx: &Ctx, sums: usize, parts: usize, c: usize, totals: &mut [f64]) {
+        // SAFETY: as the caller's.
+        unsafe { body(ctx, sums, parts, c, totals) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(ctx: &Ctx, sums: usize, parts: usize, c: usize, totals: &mut [f64]) {
+        // SAFETY: as the caller's.
+        unsafe { body(ctx, sums, parts, c, totals) }
+    }
+    // SAFETY: as this function's; the engine's ISA (the model's) has the features named.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::bf16::Engine;
+            match ctx.bf16 {
+                Engine::Amx | Engine::Avx512Bf16 | Engine::PortableAvx512 => {
+                    return avx512(ctx, sums, parts, c, totals);
+                }
+                Engine::PortableAvx2 => return avx2(ctx, sums, parts, c, totals),
+                Engine::Portable => {}
+            }
+        }
+        body(ctx, sums, parts, c, totals)
+    }
+}
+
 /// Channels per work item of the ECA gate.
 const ECA_CHUNK: usize = 64;
 /// Widest ECA kernel supported (timm's adaptive size stays far below).
@@ -422,14 +468,9 @@ pub unsafe fn eca_gate(
         let (first, last) = (lo.saturating_sub(half), (hi + k - 1 - half).min(c));
         let skip = first + half - lo;
         let mut totals = [0.0f64; ECA_CHUNK + ECA_MAX_K];
-        for b in 0..parts {
-            // SAFETY: block b's sums of channels first..last lie in the sums buffer, which
-            // holds parts * c floats (caller contract).
-            let block = unsafe { std::slice::from_raw_parts(ctx.ptr(sums + b * c + first), last - first) };
-            for (t, &v) in totals[skip..].iter_mut().zip(block) {
-                *t += v as f64;
-            }
-        }
+        // SAFETY: every block's sums of channels first..last lie in the sums buffer, which
+        // holds parts * c floats (caller contract).
+        unsafe { add_block_sums(ctx, sums + first, parts, c, &mut totals[skip..skip + last - first]) };
         let mut means = [0.0f32; ECA_CHUNK + ECA_MAX_K];
         for (m, t) in means[skip..skip + last - first].iter_mut().zip(&totals[skip..]) {
             *m = (t / pixels as f64) as f32;
