@@ -783,8 +783,7 @@ impl Epilogue<'_> {
                 } else {
                     let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(v[1], v[0]));
                     _mm512_mask_storeu_epi16(self.out16.add(o as usize) as *mut i16, m32, h);
-                    let widen = |q: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(q)));
-                    [widen(_mm512_castsi512_si256(h)), widen(_mm512_extracti64x4_epi64::<1>(h))]
+                    amx::widen32(h)
                 };
                 if SUMS {
                     if bi != band {
@@ -1084,6 +1083,18 @@ pub(crate) mod amx {
         _mm512_mul_ps(x, y)
     }
 
+    /// The 32 bf16 values of `h` as f32 (exact): the first 16 and the last 16.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn widen32(h: std::arch::x86_64::__m512i) -> [std::arch::x86_64::__m512; 2] {
+        use std::arch::x86_64::*;
+        let widen = |q: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(q)));
+        [widen(_mm512_castsi512_si256(h)), widen(_mm512_extracti64x4_epi64::<1>(h))]
+    }
+
     /// `dst[i] = round(src[i])`, 32 at a time with `vcvtne2ps2bf16` (which also rounds to
     /// nearest even; it flushes denormal inputs to zero).
     ///
@@ -1122,7 +1133,6 @@ pub(crate) mod amx {
         const AHEAD: usize = 512;
         let super::SaaPtrs { r, r16, gate, sc, y, act } = ptrs;
         let hint = |p: *const f32| _mm_prefetch::<{ _MM_HINT_T0 }>(p as *const i8);
-        let widen = |q: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(q)));
         let mut p = 0;
         // SAFETY: as this function's: pixel p's c values of each buffer (masked past c).
         unsafe {
@@ -1140,7 +1150,7 @@ pub(crate) mod amx {
                     } else {
                         hint(r16.wrapping_add(i + 2 * AHEAD) as *const f32);
                         let h = _mm512_maskz_loadu_epi16(m32, r16.add(i) as *const i16);
-                        [widen(_mm512_castsi512_si256(h)), widen(_mm512_extracti64x4_epi64::<1>(h))]
+                        widen32(h)
                     };
                     if !sc.is_null() {
                         hint(sc.wrapping_add(i + AHEAD));
@@ -1523,7 +1533,6 @@ pub(crate) mod amx {
                     _mm512_mask_storeu_ps(s.add(k * TILE), m[k], v);
                 }
             };
-            let widen = |q: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(q)));
             let mut colsum = [0, 1].map(|k| _mm512_loadu_ps(p.colsum.as_ptr().add(k * TILE)));
             let mut band = p.band;
             for r in r0..r1 {
@@ -1532,7 +1541,7 @@ pub(crate) mod amx {
                     continue;
                 }
                 let h = _mm512_maskz_loadu_epi16(p.e.mask, p.e.dsts[r] as *const i16);
-                let stored = [widen(_mm512_castsi512_si256(h)), widen(_mm512_extracti64x4_epi64::<1>(h))];
+                let stored = widen32(h);
                 if bi != band {
                     flush(band, colsum);
                     colsum = [_mm512_setzero_ps(); 2];
