@@ -485,14 +485,27 @@ unsafe fn item<const E: u8>(ctx: &Ctx, d: &ConvDesc, b: &Bf16Desc, io: &ConvIo, 
             unsafe { q.finish_all() };
         }
         let m1 = (m0 + b.chunk).min(p1);
+        // Pixel m0's image row and column and its place in its row of the tiling, then one
+        // pixel at a time (no division per pixel); the band changes only where a row starts.
+        let row_w = if d.flat { d.row_len } else { vw };
+        let (mut y, mut x, mut rx) = (m0 / vw, m0 % vw, m0 % row_w);
+        let mut band = band_of(m0) as u32;
         for q in m0..m1 {
-            let (y, x) = (q / vw, q % vw);
+            if x == vw {
+                (y, x) = (y + 1, 0);
+            }
+            if rx == row_w {
+                rx = 0;
+                band = band_of(q) as u32;
+            }
             at[q - m0].write(if x < ow {
                 let pre_at = if io.pre != NONE { pre.at(y, x) } else { 0 };
-                ((out.at(y, x) + g * d.cout_g) as u32, (pre_at + g * d.cout_g) as u32, band_of(q) as u32)
+                ((out.at(y, x) + g * d.cout_g) as u32, (pre_at + g * d.cout_g) as u32, band)
             } else {
-                (SKIP, 0, band_of(q) as u32)
+                (SKIP, 0, band)
             });
+            x += 1;
+            rx += 1;
         }
         if !b.direct {
             // Gather (and round): row i of A is pixel m0 + i's taps, K padded with zeros,
