@@ -114,20 +114,31 @@ pub fn b_index(kpad: usize, ntiles: usize, g: usize, k: usize, n: usize) -> usiz
     (((g * ntiles + j) * (kpad / KSTEP) + s) * TILE + kk / 2) * (2 * TILE) + c * 2 + kk % 2
 }
 
-/// `x * sigmoid(x)` without a library call or a float-to-int conversion (it vectorizes):
-/// `exp(-x)` as `2^n p(r)`, `n` rounded by adding 1.5 x 2^23 (its low mantissa bits are
-/// then `n`, which become the exponent bits of `2^n`), `p` a polynomial on
-/// `[-ln2/2, ln2/2]`; about 2 ulp.
+/// `exp(-x)` without a library call or a float-to-int conversion (it vectorizes): `2^n p(r)`,
+/// `n` rounded by adding 1.5 x 2^23 (its low mantissa bits are then `n`, which become the
+/// exponent bits of `2^n`), `p` a polynomial on `[-ln2/2, ln2/2]`; `x` clamped to
+/// `[-88, 87]` (the result stays a normal float); about 2 ulp.
 #[inline(always)]
-pub fn silu(x: f32) -> f32 {
+fn exp_neg(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let t = (-x).clamp(-87.0, 88.0);
     let z = t * std::f32::consts::LOG2_E + ROUND;
     let n = z - ROUND;
     let r = t - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_4 + r * (0.008_333_8 + r * 0.001_394_3)))));
-    let e = p * f32::from_bits(z.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23);
-    x / (1.0 + e)
+    p * f32::from_bits(z.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23)
+}
+
+/// `x * sigmoid(x)` by [`exp_neg`] (it vectorizes); about 2 ulp.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp_neg(x))
+}
+
+/// `scale * sigmoid(x)` by [`exp_neg`] (it vectorizes); about 2 ulp.
+#[inline(always)]
+pub fn scaled_sigmoid(scale: f32, x: f32) -> f32 {
+    scale / (1.0 + exp_neg(x))
 }
 
 /// Whether this process may run AMX bf16 tiles: the CPU has them, the OS saves their state,
@@ -1865,6 +1876,23 @@ mod tests {
         }
         assert!(silu(-200.0) <= 0.0 && silu(-200.0) > -1e-30);
         assert_eq!(silu(200.0), 200.0);
+    }
+
+    #[test]
+    fn scaled_sigmoid_is_accurate() {
+        for i in -20_000..20_000 {
+            let x = i as f32 * 0.005;
+            for scale in [1.0f32, 2.0, 0.37] {
+                let want = scale as f64 / (1.0 + (-x as f64).exp());
+                let got = scaled_sigmoid(scale, x) as f64;
+                // Below -87 the exponential is clamped (the result stays a normal float).
+                let tol = if x >= -87.0 { 3e-7 * want.abs() } else { 1e-37 };
+                assert!((got - want).abs() <= tol, "{scale} {x}: {got} vs {want}");
+            }
+        }
+        assert!(scaled_sigmoid(2.0, -200.0) >= 0.0 && scaled_sigmoid(2.0, -200.0) < 1e-37);
+        assert_eq!(scaled_sigmoid(2.0, 200.0), 2.0);
+        assert!(scaled_sigmoid(2.0, f32::NAN).is_nan());
     }
 
     #[test]

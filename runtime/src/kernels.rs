@@ -440,7 +440,8 @@ const ECA_CHUNK: usize = 64;
 const ECA_MAX_K: usize = 64;
 
 /// ECA gate: `gate[c] = scale * sigmoid(sum_j w[j] * mean[c + j - (k - 1) / 2])`, zero padded,
-/// with the channel means rounded to f32 from the block sums reduced in f64. Split across the
+/// with the channel means rounded to f32 from the block sums reduced in f64, the sum over the
+/// taps in f64, the sigmoid in f32 ([`crate::bf16::scaled_sigmoid`]). Split across the
 /// pool in chunks of channels; each chunk reduces the means it needs itself (its own channels
 /// and the kernel's reach beyond them), so the result does not depend on the split.
 ///
@@ -475,18 +476,25 @@ pub unsafe fn eca_gate(
         for (m, t) in means[skip..skip + last - first].iter_mut().zip(&totals[skip..]) {
             *m = (t / pixels as f64) as f32;
         }
+        let mut wk = [0.0f64; ECA_MAX_K];
+        for (j, v) in wk[..k].iter_mut().enumerate() {
+            // SAFETY: k weights at w in the blob (caller contract).
+            *v = unsafe { *ctx.w(w + j) } as f64;
+        }
+        // The taps whose channel lies in 0..c, in f64; then the sigmoids, which vectorize.
+        let mut z = [0.0f32; ECA_CHUNK];
         for ch in lo..hi {
+            let (j0, j1) = (half.saturating_sub(ch), k.min(c + half - ch));
             let mut acc = 0.0f64;
-            for j in 0..k {
-                let src = ch + j;
-                if src < half || src - half >= c {
-                    continue;
-                }
-                // SAFETY: k weights at w in the blob (caller contract).
-                acc += unsafe { *ctx.w(w + j) } as f64 * means[ch - lo + j] as f64;
+            for j in j0..j1 {
+                acc += wk[j] * means[ch - lo + j] as f64;
             }
-            // SAFETY: ch < c floats of the gate buffer; each item writes its own channels.
-            unsafe { *ctx.ptr(gate + ch) = (scale as f64 / (1.0 + (-acc).exp())) as f32 };
+            z[ch - lo] = acc as f32;
+        }
+        // SAFETY: channels lo..hi < c of the gate buffer; each item writes its own channels.
+        let out = unsafe { std::slice::from_raw_parts_mut(ctx.ptr(gate + lo), hi - lo) };
+        for (g, &x) in out.iter_mut().zip(&z) {
+            *g = crate::bf16::scaled_sigmoid(scale, x);
         }
     };
     ctx.pool.run(c.div_ceil(ECA_CHUNK), &chunk);
