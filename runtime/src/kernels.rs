@@ -531,27 +531,76 @@ pub unsafe fn pack_input(ctx: &Ctx, image: &[f32], out: &Buf) {
     unsafe { run_zeroing_borders(ctx, &[*out], out.h, &row) }
 }
 
-/// An NHWC buffer out to the caller's NCHW slice (`c * h * w` floats).
+/// An NHWC buffer out to the caller's NCHW slice (`c * h * w` floats): image rows on the
+/// pool, each in tiles of 16 pixels x 16 channels, read a pixel's channels at a time and
+/// written a channel's pixels at a time (whole lines both ways, where a pixel-by-pixel copy
+/// writes one value to each of `c` planes in turn).
 ///
 /// # Safety
 /// `x` from the schedule, in the arena.
 pub unsafe fn copy_out(ctx: &Ctx, x: &Buf, dst: &mut [f32]) {
+    const T: usize = 16;
     assert_eq!(dst.len(), x.c * x.h * x.w, "output size");
-    let plane = x.h * x.w;
-    for y in 0..x.h {
-        for xx in 0..x.w {
-            let src = ctx.ptr(x.at(y, xx));
-            for c in 0..x.c {
-                // SAFETY: interior pixel of x.
-                dst[c * plane + y * x.w + xx] = unsafe { *src.add(c) };
+    let (plane, out) = (x.h * x.w, SyncPtr(dst.as_mut_ptr()));
+    let row = |y: usize| {
+        let out = &out;
+        // Each tile reads back only what it wrote.
+        let mut t = [[0.0f32; T]; T];
+        for x0 in (0..x.w).step_by(T) {
+            let nx = T.min(x.w - x0);
+            for c0 in (0..x.c).step_by(T) {
+                let nc = T.min(x.c - c0);
+                for i in 0..nx {
+                    let col = ctx.ptr(x.at(y, x0 + i) + c0);
+                    for (j, tj) in t[..nc].iter_mut().enumerate() {
+                        // SAFETY: channel c0 + j < c of interior pixel (y, x0 + i) of x.
+                        tj[i] = unsafe { *col.add(j) };
+                    }
+                }
+                for (j, tj) in t[..nc].iter().enumerate() {
+                    // SAFETY: pixels x0..x0 + nx of row y of plane c0 + j, inside `dst`
+                    // (c * h * w floats); each item writes its own row of every plane.
+                    unsafe {
+                        let d = out.0.add((c0 + j) * plane + y * x.w + x0);
+                        std::ptr::copy_nonoverlapping(tj.as_ptr(), d, nx);
+                    }
+                }
             }
         }
-    }
+    };
+    ctx.pool.run(x.h, &row);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_out_transposes_every_value_at_any_shape() {
+        let pool = crate::Pool::new(3).unwrap();
+        for (h, w, c, pad) in [(1, 1, 1, 0), (3, 17, 5, 1), (4, 16, 16, 0), (5, 33, 40, 2), (2, 7, 3072, 0)] {
+            let x = Buf { offset: 16, h, w, c, pad };
+            let len = x.offset + (h + 2 * pad) * (w + 2 * pad) * c;
+            let mut arena: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let ctx = Ctx {
+                arena: SyncPtr(arena.as_mut_ptr()),
+                weights: SyncPtr(std::ptr::null_mut()),
+                weights16: SyncPtr(std::ptr::null_mut()),
+                pool: &pool,
+                bf16: crate::bf16::Engine::Portable,
+            };
+            let mut dst = vec![f32::NAN; c * h * w];
+            // SAFETY: x lies in the arena.
+            unsafe { copy_out(&ctx, &x, &mut dst) };
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        assert_eq!(dst[(ch * h + y) * w + xx], arena[x.at(y, xx) + ch], "{h}x{w}x{c} pad {pad}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn shares_of_the_next_weights_cover_every_line_once() {
