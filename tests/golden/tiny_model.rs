@@ -1284,7 +1284,7 @@ unsafe fn forward_image<K: ModelKernels>(
                 &rt::ConvIo {
                     input: 7712,
                     out: 0,
-                    pre: 4208,
+                    pre: if features.is_some() { 4208 } else { rt::NONE },
                     sums: rt::NONE,
                     weights: 976,
                     bias: 2000,
@@ -2190,7 +2190,7 @@ unsafe fn forward_image<K: ModelKernels>(
                 &rt::ConvIo {
                     input: 2176,
                     out: 768,
-                    pre: 0,
+                    pre: if features.is_some() { 0 } else { rt::NONE },
                     sums: 1536,
                     weights: 76224,
                     bias: 100800,

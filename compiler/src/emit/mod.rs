@@ -312,6 +312,9 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
     for (i, k) in s.kernels.iter().enumerate() {
         let slot = packed.slots[i];
         let doc = format!("{}: {}", k.op.kind(), k.modules.join("+"));
+        // A kernel's call when it runs alone (`run_kernel`), where it differs from its call in
+        // `forward_image`.
+        let mut alone = None;
         let call = match &k.op {
             Op::PackInput { out } => {
                 let o = buf(s, Some(*out));
@@ -329,9 +332,22 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
                     }
                     None => (quote!(rt::NONE), quote!(0)),
                 };
-                quote!(k.#name(ctx, &rt::ConvIo {
-                    input: #i_, out: #o_, pre: #p_, sums: #s_, weights: #w, bias: #b, ahead: #a, ahead_bytes: #a_len
-                });)
+                let io = |pre: TokenStream| {
+                    quote!(k.#name(ctx, &rt::ConvIo {
+                        input: #i_, out: #o_, pre: #pre, sums: #s_, weights: #w, bias: #b, ahead: #a, ahead_bytes: #a_len
+                    });)
+                };
+                // A pre-activation only the feature maps read is stored only when the caller
+                // asks for them.
+                let tapped_only = preact.is_some_and(|p| {
+                    s.readers(p).iter().all(|&r| matches!(s.kernels[r].op, Op::CopyOut { tap: Tap::Feature(_), .. }))
+                });
+                if tapped_only {
+                    alone = Some(io(p_.clone()));
+                    io(quote!(if features.is_some() { #p_ } else { rt::NONE }))
+                } else {
+                    io(p_)
+                }
             }
             Op::ChannelSums { input, sums } => {
                 let x = buf(s, Some(*input));
@@ -394,7 +410,8 @@ fn emit_forward(s: &Schedule, packed: &Packed, convs: &Convs) -> (TokenStream, T
         };
         let idx = u(i);
         if !matches!(k.op, Op::PackInput { .. } | Op::CopyOut { .. }) {
-            arms.push(quote!(#idx => { #call }));
+            let alone = alone.as_ref().unwrap_or(&call);
+            arms.push(quote!(#idx => { #alone }));
         }
         let label = format!("{STEP_LABEL}{doc}");
         calls.push(quote! {
