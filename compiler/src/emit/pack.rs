@@ -44,7 +44,7 @@ impl Packed {
 }
 
 /// Conv weights as panels: `[group][panel][tap][ci][16]`, columns beyond the group's output
-/// channels zero (in `data`, or rounded to nearest-even 16 bits in `data16`); then the bias
+/// channels zero (in `data`, or in 16 bits in `data16`, by [`round_keeping_sum`]); then the bias
 /// as `[group][panel][16]` in `data`.
 ///
 /// For a conv run as Winograd F(m x m, 3x3) (`winograd` = `Some(m)`), the weights are first
@@ -101,10 +101,28 @@ pub fn pack_conv(
         WeightDtype::Bf16 | WeightDtype::F16 => {
             data16.resize(data16.len().next_multiple_of(32), 0);
             let at = data16.len();
-            data16.extend(panel_values.iter().map(|&v| match wd {
-                WeightDtype::Bf16 => half::bf16::from_f64(v).to_bits(),
-                _ => half::f16::from_f64(v).to_bits(),
-            }));
+            let half = Half::of(wd);
+            if winograd.is_some() {
+                data16.extend(panel_values.iter().map(|&v| (half.to_bits)(v)));
+            } else {
+                // The same layout as `panel_values`, each output channel rounded keeping its sum.
+                let per_channel = cin_g * kk;
+                let rounded: Vec<u16> =
+                    c.weight.chunks(per_channel).flat_map(|ch| round_keeping_sum(ch, half)).collect();
+                for g in 0..s.groups {
+                    for p in 0..panels {
+                        for t in 0..kk {
+                            for ci in 0..cin_g {
+                                for j in 0..NR {
+                                    let n = p * NR + j;
+                                    let i = ((g * cout_g + n) * cin_g + ci) * kk + t;
+                                    data16.push(if n < cout_g { rounded[i] } else { 0 });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             at
         }
     };
@@ -122,8 +140,8 @@ pub fn pack_conv(
 }
 
 /// A bf16 conv's weights in the tiles' layout (`nfnet_runtime::bf16::b_index`: K = tap x
-/// input channel, zero where K or the columns are padded), rounded to nearest even from
-/// f64; the bias in f32, per group padded to whole column tiles.
+/// input channel, zero where K or the columns are padded), rounded from f64 by
+/// [`round_keeping_sum`]; the bias in f32, per group padded to whole column tiles.
 fn pack_conv_bf16(c: &FoldedConv, b: &Bf16Desc, data: &mut Vec<f32>, data16: &mut Vec<u16>) -> Slot {
     let s = &c.spec;
     let (cin_g, cout_g, kk) = (s.cin / s.groups, s.cout / s.groups, s.k * s.k);
@@ -133,11 +151,11 @@ fn pack_conv_bf16(c: &FoldedConv, b: &Bf16Desc, data: &mut Vec<f32>, data16: &mu
     data16.resize(weights + len, 0);
     for g in 0..s.groups {
         for n in 0..cout_g {
+            let at = ((g * cout_g + n) * cin_g) * kk;
+            let rounded = round_keeping_sum(&c.weight[at..at + cin_g * kk], Half::BF16);
             for ci in 0..cin_g {
                 for t in 0..kk {
-                    let v = c.weight[((g * cout_g + n) * cin_g + ci) * kk + t];
-                    data16[weights + bf16::b_index(b.kpad, b.ntiles, g, t * cin_g + ci, n)] =
-                        half::bf16::from_f64(v).to_bits();
+                    data16[weights + bf16::b_index(b.kpad, b.ntiles, g, t * cin_g + ci, n)] = rounded[ci * kk + t];
                 }
             }
         }
@@ -150,6 +168,79 @@ fn pack_conv_bf16(c: &FoldedConv, b: &Bf16Desc, data: &mut Vec<f32>, data16: &mu
         }
     }
     Slot { weights, bias, len, half: true }
+}
+
+/// A 16-bit float format: rounding to nearest even from f64, and back.
+#[derive(Clone, Copy)]
+pub struct Half {
+    to_bits: fn(f64) -> u16,
+    to_f64: fn(u16) -> f64,
+}
+
+impl Half {
+    pub const BF16: Half =
+        Half { to_bits: |v| half::bf16::from_f64(v).to_bits(), to_f64: |b| half::bf16::from_bits(b).to_f64() };
+    pub const F16: Half =
+        Half { to_bits: |v| half::f16::from_f64(v).to_bits(), to_f64: |b| half::f16::from_bits(b).to_f64() };
+
+    fn of(wd: WeightDtype) -> Half {
+        match wd {
+            WeightDtype::F16 => Half::F16,
+            _ => Half::BF16,
+        }
+    }
+}
+
+/// One output channel's weights rounded to 16 bits, to nearest even except where rounding
+/// the other way keeps their sum: weight standardization leaves each output channel's
+/// weights summing to zero, and rounding errors that add up would shift the output by their
+/// sum times the inputs' common mean, alike at every pixel. The values nearest the midpoint
+/// between their two neighbors go the other way first, one by one while that brings the sum
+/// of the rounded values closer to the exact one.
+pub fn round_keeping_sum(v: &[f64], half: Half) -> Vec<u16> {
+    let mut r: Vec<u16> = v.iter().map(|&x| (half.to_bits)(x)).collect();
+    let mut excess: f64 = v.iter().zip(&r).map(|(&x, &b)| (half.to_f64)(b) - x).sum();
+    // Each value's other neighbor and the error that rounding to it adds.
+    let mut other: Vec<(f64, usize, u16)> = Vec::new();
+    for (i, (&x, &b)) in v.iter().zip(&r).enumerate() {
+        let near = (half.to_f64)(b);
+        if x == near || !x.is_finite() {
+            continue;
+        }
+        let away = if x > near { next_up(b) } else { next_down(b) };
+        let far = (half.to_f64)(away);
+        if far.is_finite() {
+            other.push(((far - x).abs() - (near - x).abs(), i, away));
+        }
+    }
+    other.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (_, i, away) in other {
+        let step = (half.to_f64)(away) - (half.to_f64)(r[i]);
+        if (excess + step).abs() < excess.abs() {
+            excess += step;
+            r[i] = away;
+        }
+    }
+    r
+}
+
+/// The least 16-bit float above `b` (bf16 or f16 bit patterns, sign and magnitude; zero of
+/// either sign goes to the least subnormal).
+fn next_up(b: u16) -> u16 {
+    match b {
+        0x0000 | 0x8000 => 0x0001,
+        _ if b & 0x8000 == 0 => b + 1,
+        _ => b - 1,
+    }
+}
+
+/// The greatest 16-bit float below `b`.
+fn next_down(b: u16) -> u16 {
+    match b {
+        0x0000 | 0x8000 => 0x8001,
+        _ if b & 0x8000 == 0 => b - 1,
+        _ => b + 1,
+    }
 }
 
 /// Lavin and Gray's `G` of F(2x2, 3x3), points 0, 1, -1 and infinity.
@@ -240,6 +331,61 @@ pub fn pack(s: &Schedule) -> Packed {
 mod tests {
     use super::*;
     use crate::arch::ConvSpec;
+
+    /// Standardized weights of one output channel: pseudo-random, centered to sum to zero.
+    fn zero_sum_weights(n: usize, seed: u64) -> Vec<f64> {
+        let mut x = seed;
+        let mut v: Vec<f64> = (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.2
+            })
+            .collect();
+        let mean = v.iter().sum::<f64>() / n as f64;
+        v.iter_mut().for_each(|w| *w -= mean);
+        v
+    }
+
+    #[test]
+    fn rounding_keeps_the_sum_and_only_picks_neighbors() {
+        for half in [Half::BF16, Half::F16] {
+            for (n, seed) in [(1, 1), (2, 2), (16, 3), (64, 4), (576, 5), (1536, 6), (1536, 7)] {
+                let v = zero_sum_weights(n, seed);
+                let r = round_keeping_sum(&v, half);
+                let mut sum = 0.0;
+                let mut sum_nearest = 0.0;
+                for (&x, &b) in v.iter().zip(&r) {
+                    let (got, nearest) = ((half.to_f64)(b), (half.to_f64)((half.to_bits)(x)));
+                    // The nearest value or the neighbor on x's other side, nothing further.
+                    let other = if x > nearest { next_up((half.to_bits)(x)) } else { next_down((half.to_bits)(x)) };
+                    assert!(got == nearest || b == other, "{x} rounded to {got} (nearest {nearest})");
+                    sum += got;
+                    sum_nearest += nearest;
+                }
+                let largest_step = v.iter().map(|&x| (x.abs() * 2.0f64.powi(-7)).max(1e-30)).fold(0.0, f64::max);
+                assert!(sum.abs() <= sum_nearest.abs(), "n {n}: sum {sum} against {sum_nearest} to nearest");
+                if n >= 16 {
+                    // Candidates in both directions remain: the sum is off by half a step at most.
+                    assert!(sum.abs() <= largest_step / 2.0, "n {n}: sum {sum}");
+                }
+                if n >= 576 {
+                    assert!(sum.abs() * 16.0 < sum_nearest.abs(), "n {n}: sum {sum} against {sum_nearest}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_leaves_exact_values_and_signs() {
+        let v = [0.0, -0.0, 1.0, -2.5, 0.375, -0.0078125];
+        let r = round_keeping_sum(&v, Half::BF16);
+        assert_eq!(r, v.iter().map(|&x| half::bf16::from_f64(x).to_bits()).collect::<Vec<_>>());
+        // A sum short by 0.85 of a step moves one value up: the one nearer its midpoint.
+        let step = 2.0f64.powi(-7);
+        let r = round_keeping_sum(&[1.0 + 0.4 * step, 1.0 + 0.45 * step, -3.0], Half::BF16);
+        let got: Vec<f64> = r.iter().map(|&x| half::bf16::from_bits(x).to_f64()).collect();
+        assert_eq!(got, [1.0, 1.0 + step, -3.0]);
+    }
 
     #[test]
     fn panels_hold_each_groups_columns_zero_padded() {
