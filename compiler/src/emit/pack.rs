@@ -44,7 +44,7 @@ impl Packed {
 }
 
 /// Conv weights as panels: `[group][panel][tap][ci][16]`, columns beyond the group's output
-/// channels zero (in `data`, or in 16 bits in `data16`, by [`round_keeping_sum`]); then the bias
+/// channels zero (in `data`, or in 16 bits in `data16`, by [`round_channel`]); then the bias
 /// as `[group][panel][16]` in `data`.
 ///
 /// For a conv run as Winograd F(m x m, 3x3) (`winograd` = `Some(m)`), the weights are first
@@ -108,7 +108,7 @@ pub fn pack_conv(
                 // The same layout as `panel_values`, each output channel rounded keeping its sum.
                 let per_channel = cin_g * kk;
                 let rounded: Vec<u16> =
-                    c.weight.chunks(per_channel).flat_map(|ch| round_keeping_sum(ch, half)).collect();
+                    c.weight.chunks(per_channel).flat_map(|ch| round_channel(ch, kk, half)).collect();
                 for g in 0..s.groups {
                     for p in 0..panels {
                         for t in 0..kk {
@@ -141,7 +141,7 @@ pub fn pack_conv(
 
 /// A bf16 conv's weights in the tiles' layout (`nfnet_runtime::bf16::b_index`: K = tap x
 /// input channel, zero where K or the columns are padded), rounded from f64 by
-/// [`round_keeping_sum`]; the bias in f32, per group padded to whole column tiles.
+/// [`round_channel`]; the bias in f32, per group padded to whole column tiles.
 fn pack_conv_bf16(c: &FoldedConv, b: &Bf16Desc, data: &mut Vec<f32>, data16: &mut Vec<u16>) -> Slot {
     let s = &c.spec;
     let (cin_g, cout_g, kk) = (s.cin / s.groups, s.cout / s.groups, s.k * s.k);
@@ -152,7 +152,7 @@ fn pack_conv_bf16(c: &FoldedConv, b: &Bf16Desc, data: &mut Vec<f32>, data16: &mu
     for g in 0..s.groups {
         for n in 0..cout_g {
             let at = ((g * cout_g + n) * cin_g) * kk;
-            let rounded = round_keeping_sum(&c.weight[at..at + cin_g * kk], Half::BF16);
+            let rounded = round_channel(&c.weight[at..at + cin_g * kk], kk, Half::BF16);
             for ci in 0..cin_g {
                 for t in 0..kk {
                     data16[weights + bf16::b_index(b.kpad, b.ntiles, g, t * cin_g + ci, n)] = rounded[ci * kk + t];
@@ -191,12 +191,26 @@ impl Half {
     }
 }
 
-/// One output channel's weights rounded to 16 bits, to nearest even except where rounding
-/// the other way keeps their sum: weight standardization leaves each output channel's
-/// weights summing to zero, and rounding errors that add up would shift the output by their
-/// sum times the inputs' common mean, alike at every pixel. The values nearest the midpoint
-/// between their two neighbors go the other way first, one by one while that brings the sum
-/// of the rounded values closer to the exact one.
+/// One output channel's weights (`[input channel][tap]`, `taps` per input channel) rounded
+/// to 16 bits keeping sums (see [`round_keeping_sum`]): over each input channel's taps when
+/// the kernel has several, else over all of them. Rounding errors that add up shift a conv's
+/// output by their sum times the input, alike at every pixel where the input is even, and
+/// global pooling keeps such a shift while it averages the pixel-to-pixel errors away. Over
+/// all inputs, the sum is zero (weight standardization) and stays near it; over one input
+/// channel's taps, the error vanishes wherever that channel is locally even, whatever its
+/// level, which suits the smooth maps of the first layers (sums per tap set made the L2
+/// logits' errors smaller than one sum per output channel on every input tried).
+pub fn round_channel(v: &[f64], taps: usize, half: Half) -> Vec<u16> {
+    if taps > 1 {
+        v.chunks(taps).flat_map(|t| round_keeping_sum(t, half)).collect()
+    } else {
+        round_keeping_sum(v, half)
+    }
+}
+
+/// Values rounded to 16 bits, to nearest even except where rounding the other way keeps
+/// their sum: the values nearest the midpoint between their two neighbors go the other way
+/// first, one by one while that brings the sum of the rounded values closer to the exact one.
 pub fn round_keeping_sum(v: &[f64], half: Half) -> Vec<u16> {
     let mut r: Vec<u16> = v.iter().map(|&x| (half.to_bits)(x)).collect();
     let mut excess: f64 = v.iter().zip(&r).map(|(&x, &b)| (half.to_f64)(b) - x).sum();
@@ -373,6 +387,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_kernels_channels_keep_the_sum_of_their_taps() {
+        let v = zero_sum_weights(64 * 9, 8);
+        let r = round_channel(&v, 9, Half::BF16);
+        assert_eq!(r.len(), v.len());
+        for (ci, (v, r)) in v.chunks(9).zip(r.chunks(9)).enumerate() {
+            assert_eq!(r, round_keeping_sum(v, Half::BF16), "input channel {ci}");
+            let sum = |b: &[u16]| b.iter().zip(v).map(|(&b, &x)| half::bf16::from_bits(b).to_f64() - x).sum::<f64>();
+            let nearest: Vec<u16> = v.iter().map(|&x| half::bf16::from_f64(x).to_bits()).collect();
+            assert!(sum(r).abs() <= sum(&nearest).abs(), "input channel {ci}");
+        }
+        // A 1x1 kernel keeps the sum over all of its inputs.
+        assert_eq!(round_channel(&v, 1, Half::F16), round_keeping_sum(&v, Half::F16));
     }
 
     #[test]
