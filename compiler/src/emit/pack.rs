@@ -78,18 +78,7 @@ pub fn pack_conv(
             }
         }
     } else {
-        for g in 0..s.groups {
-            for p in 0..panels {
-                for t in 0..kk {
-                    for ci in 0..cin_g {
-                        for j in 0..NR {
-                            let n = p * NR + j;
-                            panel_values.push(if n < cout_g { w(g, n, ci, t) } else { 0.0 });
-                        }
-                    }
-                }
-            }
-        }
+        panel_values.extend(direct_panel_order(c).iter().map(|&i| i.map_or(0.0, |i| c.weight[i])));
     }
     let weights = match wd {
         WeightDtype::F32 => {
@@ -105,23 +94,10 @@ pub fn pack_conv(
             if winograd.is_some() {
                 data16.extend(panel_values.iter().map(|&v| (half.to_bits)(v)));
             } else {
-                // The same layout as `panel_values`, each output channel rounded keeping its sum.
-                let per_channel = cin_g * kk;
+                // The same layout as `panel_values`, each output channel rounded keeping sums.
                 let rounded: Vec<u16> =
-                    c.weight.chunks(per_channel).flat_map(|ch| round_channel(ch, kk, half)).collect();
-                for g in 0..s.groups {
-                    for p in 0..panels {
-                        for t in 0..kk {
-                            for ci in 0..cin_g {
-                                for j in 0..NR {
-                                    let n = p * NR + j;
-                                    let i = ((g * cout_g + n) * cin_g + ci) * kk + t;
-                                    data16.push(if n < cout_g { rounded[i] } else { 0 });
-                                }
-                            }
-                        }
-                    }
-                }
+                    c.weight.chunks(cin_g * kk).flat_map(|ch| round_channel(ch, kk, half)).collect();
+                data16.extend(direct_panel_order(c).iter().map(|&i| i.map_or(0, |i| rounded[i])));
             }
             at
         }
@@ -137,6 +113,27 @@ pub fn pack_conv(
         }
     }
     Slot { weights, bias, len: panel_values.len(), half: wd != WeightDtype::F32 }
+}
+
+/// Where each value of a direct conv's panels comes from in `c.weight`, in the panels' order
+/// (`[group][panel][tap][ci][16]`); `None` for the columns beyond the group's output channels.
+fn direct_panel_order(c: &FoldedConv) -> Vec<Option<usize>> {
+    let s = &c.spec;
+    let (cin_g, cout_g, kk) = (s.cin / s.groups, s.cout / s.groups, s.k * s.k);
+    let mut order = Vec::with_capacity(s.groups * cout_g.div_ceil(NR) * NR * kk * cin_g);
+    for g in 0..s.groups {
+        for p in 0..cout_g.div_ceil(NR) {
+            for t in 0..kk {
+                for ci in 0..cin_g {
+                    for j in 0..NR {
+                        let n = p * NR + j;
+                        order.push((n < cout_g).then_some(((g * cout_g + n) * cin_g + ci) * kk + t));
+                    }
+                }
+            }
+        }
+    }
+    order
 }
 
 /// A bf16 conv's weights in the tiles' layout (`nfnet_runtime::bf16::b_index`: K = tap x
