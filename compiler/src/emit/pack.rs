@@ -195,8 +195,8 @@ impl Half {
 /// global pooling keeps such a shift while it averages the pixel-to-pixel errors away. Over
 /// all inputs, the sum is zero (weight standardization) and stays near it; over one input
 /// channel's taps, the error vanishes wherever that channel is locally even, whatever its
-/// level, which suits the smooth maps of the first layers (sums per tap set made the L2
-/// logits' errors smaller than one sum per output channel on every input tried).
+/// level (a finer condition than one sum over all inputs, which only holds where all channels
+/// share one level).
 pub fn round_channel(v: &[f64], taps: usize, half: Half) -> Vec<u16> {
     if taps > 1 {
         v.chunks(taps).flat_map(|t| round_keeping_sum(t, half)).collect()
