@@ -77,8 +77,11 @@ pub fn pack_conv(
                 }
             }
         }
-    } else {
-        panel_values.extend(direct_panel_order(c).iter().map(|&i| i.map_or(0.0, |i| c.weight[i])));
+    }
+    // A direct conv's panels: where each value comes from in `c.weight`.
+    let order = winograd.is_none().then(|| direct_panel_order(c));
+    if let Some(order) = &order {
+        panel_values.extend(order.iter().map(|&i| i.map_or(0.0, |i| c.weight[i])));
     }
     let weights = match wd {
         WeightDtype::F32 => {
@@ -91,13 +94,14 @@ pub fn pack_conv(
             data16.resize(data16.len().next_multiple_of(32), 0);
             let at = data16.len();
             let half = Half::of(wd);
-            if winograd.is_some() {
-                data16.extend(panel_values.iter().map(|&v| (half.to_bits)(v)));
-            } else {
-                // The same layout as `panel_values`, each output channel rounded keeping sums.
-                let rounded: Vec<u16> =
-                    c.weight.chunks(cin_g * kk).flat_map(|ch| round_channel(ch, kk, half)).collect();
-                data16.extend(direct_panel_order(c).iter().map(|&i| i.map_or(0, |i| rounded[i])));
+            match &order {
+                None => data16.extend(panel_values.iter().map(|&v| (half.to_bits)(v))),
+                Some(order) => {
+                    // The same layout as `panel_values`, each output channel rounded keeping sums.
+                    let rounded: Vec<u16> =
+                        c.weight.chunks(cin_g * kk).flat_map(|ch| round_channel(ch, kk, half)).collect();
+                    data16.extend(order.iter().map(|&i| i.map_or(0, |i| rounded[i])));
+                }
             }
             at
         }
@@ -373,7 +377,15 @@ mod tests {
                     sum += got;
                     sum_nearest += nearest;
                 }
-                let largest_step = v.iter().map(|&x| (x.abs() * 2.0f64.powi(-7)).max(1e-30)).fold(0.0, f64::max);
+                // The widest gap between a value's two neighbors in the format.
+                let largest_step = v
+                    .iter()
+                    .map(|&x| {
+                        let b = (half.to_bits)(x);
+                        (half.to_f64)(next_up(b)) - (half.to_f64)(next_down(b))
+                    })
+                    .fold(0.0, f64::max)
+                    / 2.0;
                 assert!(sum.abs() <= sum_nearest.abs(), "n {n}: sum {sum} against {sum_nearest} to nearest");
                 if n >= 16 {
                     // Candidates in both directions remain: the sum is off by half a step at most.
